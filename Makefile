@@ -1,0 +1,34 @@
+# The two commands: `make bench` (default benchmark) and `make test` (fast test tier).
+# Both create .venv, install the package with its extras and the default data first.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: bench test test-slow data venv perf clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+data:
+	@bash scripts/ensure-data.sh
+
+bench: venv data
+	$(PY) -m robustpath.bench $(ARGS)
+
+test: venv data
+	$(PY) -m pytest -q $(ARGS)
+
+test-slow: venv data
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+perf: venv data
+	$(PY) -m benchmarks $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,52 @@
+"""Small feed-forward families: ``mlp``, ``cnn-small`` and Tatro et al.'s ``tinyten``."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from . import register
+from .common import conv_bn_relu, scaled
+
+
+@register("mlp")
+def mlp(channels: int, size: int, num_classes: int, width: float) -> nn.Module:
+    """Flatten -> Linear(512w) -> ReLU -> Linear(512w) -> ReLU -> Linear(classes)."""
+    h = scaled(512, width)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(channels * size * size, h), nn.ReLU(),
+        nn.Linear(h, h), nn.ReLU(),
+        nn.Linear(h, num_classes),
+    )
+
+
+@register("cnn-small")
+def cnn_small(channels: int, size: int, num_classes: int, width: float) -> nn.Module:
+    """CPU-friendly default: two conv-BN-ReLU-maxpool blocks (16w, 32w channels, 3x3),
+    then Linear(128w)-ReLU and the classifier. About 0.3 M parameters at width 1 on
+    28x28 inputs, ~1.2 M multiply-adds per image."""
+    c1, c2, h = scaled(16, width), scaled(32, width), scaled(128, width)
+    spatial = size // 4
+    return nn.Sequential(
+        conv_bn_relu(channels, c1), nn.MaxPool2d(2),
+        conv_bn_relu(c1, c2), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * spatial * spatial, h), nn.ReLU(),
+        nn.Linear(h, num_classes),
+    )
+
+
+@register("tinyten")
+def tinyten(channels: int, size: int, num_classes: int, width: float) -> nn.Module:
+    """TinyTen (Tatro et al. 2020, after Kornblith et al. 2019): 8 conv-BN-ReLU blocks of
+    widths 16, 16, 32 (stride 2), 32, 32, 64 (stride 2), 64 (3x3), 64 (1x1), global
+    average pooling and a linear classifier (10 layers with weights in all)."""
+    plan = [(16, 3, 1), (16, 3, 1), (32, 3, 2), (32, 3, 1), (32, 3, 1), (64, 3, 2), (64, 3, 1),
+            (64, 1, 1)]
+    layers, cin = [], channels
+    for base, k, s in plan:
+        cout = scaled(base, width)
+        layers.append(conv_bn_relu(cin, cout, k, s))
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
+    return nn.Sequential(*layers)
