@@ -1,0 +1,173 @@
+"""``python -m robustpath.bench``: the whole robust-loss-barrier benchmark.
+
+Trains (or reuses) adversarially robust endpoint pairs, aligns them, fits the
+curves with PGD in the loop, evaluates clean and robust accuracy and loss along
+every path on a t grid, and writes records, barrier tables and plots to the run
+folder (default ``results/<dataset>-<arch>-<preset>``). Every stage is cached by a
+hash of its configuration: a second identical run does no training, a killed run
+resumes where it stopped.
+
+Example: ``python -m robustpath.bench --attack pgd --eps 8/255``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import stages
+from .attacks import ATTACKS
+from .config import ALIGN_METHODS, PRESETS, BenchConfig, from_preset
+from .device import resolve
+from .errors import UserError, cli_main
+from .numbers import parse_int_list
+from .records import PathRecord
+from .records import write as write_records
+from .report import build_report, format_summary
+from .store import atomic_write_json, atomic_write_text, provenance
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad input
+        raise UserError(f"{message} (see --help)")
+
+
+def _list(text: str) -> list[str]:
+    return [p for p in str(text).replace(",", " ").split() if p]
+
+
+def parser() -> argparse.ArgumentParser:
+    from .curves import CURVES
+    from .data import DATASETS
+    from .models import available
+
+    p = _Parser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())} "
+      "(quick: CPU minutes; paper: Tatro et al.'s robust setting, for a GPU)")
+    a("--dataset", default=None, help=f"dataset: {', '.join(DATASETS.names())} (default: preset's)")
+    a("--data-root", default=None, help="folder with dataset files (default ./data; "
+      "Fashion-MNIST is also read from /usr/share/datasets/fashion-mnist)")
+    a("--arch", default=None, help=f"architecture: {', '.join(available())} (default: preset's)")
+    a("--width", type=float, default=None, help="width multiplier of the architecture")
+    a("--seeds", default="0,1", help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3)")
+    a("--align", default="none,activation",
+      help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)}")
+    a("--align-inputs", default="clean", help="activation matching on clean or adv inputs")
+    a("--paths", default="line,bezier", help=f"path families: {', '.join(CURVES.names())}")
+    a("--bends", type=int, default=None, help="control points of bezier/polychain (default 1)")
+    a("--attack", default="pgd", help=f"evaluation attack: {', '.join(ATTACKS.names())}")
+    a("--norm", default="linf", help="threat model: linf or l2")
+    a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 or 0.1 "
+      "(default 0.1 for 28x28 datasets, 8/255 for CIFAR); also used in training")
+    a("--step-size", default=None, help="PGD step size (default eps/4)")
+    a("--steps", type=int, default=None, help="attack steps in evaluation (quick 10, paper 5)")
+    a("--train-steps", type=int, default=None, help="PGD steps in endpoint and curve training (5)")
+    a("--restarts", type=int, default=None, help="attack restarts in evaluation (1)")
+    a("--epochs", type=int, default=None, help="endpoint training epochs (quick 4, paper 200)")
+    a("--curve-epochs", type=int, default=None, help="curve training epochs (quick 4, paper 200)")
+    a("--train-subset", type=int, default=None, help="training examples (0 = all; quick 10000)")
+    a("--test-subset", type=int, default=None, help="test examples (0 = all; quick 1000)")
+    a("--t-points", type=int, default=None, help="evenly spaced t in [0,1] (quick 11, paper 65)")
+    a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
+    a("--bn-batches", type=int, default=None, help="training batches for BN recomputation")
+    a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
+    a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+    a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
+    a("--overwrite", action="store_true",
+      help="allow --out to hold a run with a different configuration (its records are replaced)")
+    a("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def config_from_args(args) -> BenchConfig:
+    cfg = from_preset(
+        args.preset, dataset=args.dataset, arch=args.arch, width=args.width,
+        seeds=parse_int_list(args.seeds, name="--seeds"), align=_list(args.align),
+        align_inputs=args.align_inputs, paths=_list(args.paths), bends=args.bends,
+        attack=args.attack, norm=args.norm, eps=args.eps, step_size=args.step_size,
+        eval_steps=args.steps, train_steps=args.train_steps, restarts=args.restarts,
+        endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,
+        train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
+        bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
+        data_root=args.data_root, device=args.device)
+    cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
+    return cfg
+
+
+def _comparable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("device", "out", "data_root")}
+
+
+def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
+        command: str | None = None) -> Path:
+    """Run every stage of the benchmark for ``cfg``; returns the run folder."""
+    device = resolve(cfg.device)
+    run_dir = Path(cfg.out)
+    stages.check_writable(run_dir)
+    old = stages.read_json(run_dir / "config.json")
+    if old and _comparable(old) != _comparable(cfg.to_dict()) and not overwrite:
+        raise UserError(f"{run_dir} holds a run with a different configuration; "
+                        "use another --out or pass --overwrite")
+    start = time.perf_counter()
+    data = stages.RunData.load(cfg)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    endpoints = {}
+    for seed in cfg.seeds:
+        model, metrics, key = stages.endpoint(cfg, seed, run_dir, data, device, progress)
+        endpoints[seed] = (model, metrics, key)
+
+    records: list[PathRecord] = []
+    align_reports, curve_metrics = {}, {}
+    for sa, sb in cfg.pairs():
+        (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
+        for method in cfg.align:
+            aligned, report, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run_dir, data,
+                                                     device, progress)
+            align_reports[f"{method}-s{sa}-{sb}"] = report
+            for kind in cfg.paths:
+                c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data, device,
+                                           progress)
+                if cm:
+                    curve_metrics[f"{method}-{kind}-s{sa}-{sb}"] = cm
+                res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
+                                       desc=f"eval {method}/{kind} s{sa}-{sb}")
+                records.append(PathRecord(method, kind, sa, sb, res))
+
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    atomic_write_json(run_dir / "provenance.json", provenance())
+    atomic_write_text(run_dir / "command.txt", (command or "") + "\n")
+    atomic_write_json(run_dir / "endpoints.json",
+                      {str(s): {k: v for k, v in m.items() if k != "history"}
+                       for s, (_, m, _) in endpoints.items()})
+    atomic_write_json(run_dir / "alignment.json", align_reports)
+    atomic_write_json(run_dir / "curves.json", curve_metrics)
+    write_records(run_dir, records)
+    summary = build_report(run_dir)
+    elapsed = time.perf_counter() - start
+    print(format_summary(summary, cfg.to_dict()))
+    print(f"\n{len(records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "
+          f"(tables/summary.md, plots/paths.png, records.csv)")
+    return run_dir
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    cfg = config_from_args(args)
+    command = "python -m robustpath.bench " + " ".join(shlex.quote(a) for a in argv)
+    run(cfg, progress=not args.no_progress, overwrite=args.overwrite, command=command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Benchmark configuration: one dataclass, presets, and resolution of defaults.
+
+Presets (``--preset``):
+
+* ``quick`` - the CPU default: Fashion-MNIST, ``cnn-small``, 10,000 training images,
+  4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
+  training, PGD-10 in evaluation. Minutes on 2 cores.
+* ``paper`` - Tatro et al. 2020's robust setting, for a GPU: CIFAR-10, TinyTen,
+  full data, 200 endpoint and 200 curve epochs, PGD-5 L-inf eps 8/255 step 2/255
+  in training and evaluation, 65 t points, BN recomputed on adversarial inputs.
+
+Flags given on the command line override the preset. Default eps: 0.1 for the
+28x28 grey-scale datasets, 8/255 for CIFAR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from . import data as data_mod
+from . import models
+from .attacks import ATTACKS, AttackConfig, parse_norm
+from .errors import UserError
+from .numbers import parse_fraction
+from .registry import Registry
+
+PRESETS: Registry[dict] = Registry("preset")
+
+PRESETS.register("quick")({
+    "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0,
+    "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
+    "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 10, "lr": 0.05,
+    "curve_lr": 0.02, "batch_size": 128, "augment": False,
+})
+PRESETS.register("paper")({
+    "dataset": "cifar10", "arch": "tinyten", "width": 1.0,
+    "train_subset": 0, "test_subset": 0, "endpoint_epochs": 200, "curve_epochs": 200,
+    "t_points": 65, "train_steps": 5, "eval_steps": 5, "bn_batches": 40, "lr": 0.1,
+    "curve_lr": 0.015, "batch_size": 128, "augment": True,
+})
+
+ALIGN_METHODS = ("none", "activation", "weight")
+DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
+
+
+@dataclass
+class BenchConfig:
+    """The resolved configuration of one benchmark run (written into the run folder)."""
+
+    preset: str = "quick"
+    dataset: str = "fashion-mnist"
+    arch: str = "cnn-small"
+    width: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    align: list[str] = field(default_factory=lambda: ["none", "activation"])
+    align_inputs: str = "clean"
+    paths: list[str] = field(default_factory=lambda: ["line", "bezier"])
+    bends: int = 1
+    attack: str = "pgd"
+    norm: str = "linf"
+    eps: float = 0.1
+    step_size: float | None = None
+    train_steps: int = 5
+    eval_steps: int = 10
+    restarts: int = 1
+    train_subset: int = 10000
+    test_subset: int = 1000
+    endpoint_epochs: int = 4
+    curve_epochs: int = 4
+    lr: float = 0.05
+    curve_lr: float = 0.02
+    batch_size: int = 128
+    augment: bool = False
+    t_points: int = 11
+    bn_batches: int = 10
+    bn_inputs: str = "adv"
+    bootstrap: int = 1000
+    data_root: str | None = None
+    device: str = "auto"
+    out: str = ""
+
+    # ------------------------------------------------------------------ derived
+    def train_attack(self) -> AttackConfig:
+        """PGD used to make training inputs (endpoints and curves)."""
+        return AttackConfig(name="pgd", norm=self.norm, eps=self.eps, steps=self.train_steps,
+                            step_size=self.step_size)
+
+    def eval_attack(self) -> AttackConfig:
+        """The configured attack for evaluation along paths (seeded for repeatability)."""
+        return AttackConfig(name=self.attack, norm=self.norm, eps=self.eps, steps=self.eval_steps,
+                            step_size=self.step_size, restarts=self.restarts, seed=0)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Seed pairs: consecutive seeds (0,1), (2,3)... ; with 2 seeds one pair."""
+        s = self.seeds
+        return [(s[i], s[i + 1]) for i in range(0, len(s) - 1, 2)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> "BenchConfig":
+        data_mod.info(self.dataset)
+        models.MODELS.get(self.arch)
+        ATTACKS.get(self.attack)
+        parse_norm(self.norm)
+        from . import curves  # late: curves imports torch.func machinery
+
+        for p in self.paths:
+            curves.CURVES.get(p)
+        for a in self.align:
+            if a not in ALIGN_METHODS:
+                raise UserError(f"unknown alignment method {a!r} (known: {', '.join(ALIGN_METHODS)})")
+        if self.align_inputs not in ("clean", "adv"):
+            raise UserError(f"--align-inputs must be clean or adv, got {self.align_inputs!r}")
+        if self.bn_inputs not in ("clean", "adv"):
+            raise UserError(f"--bn-inputs must be clean or adv, got {self.bn_inputs!r}")
+        if len(self.seeds) < 2 or len(self.seeds) % 2:
+            raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"--seeds must be distinct, got {self.seeds}")
+        if not self.paths or not self.align:
+            raise UserError("--paths and --align need at least one value each")
+        if self.t_points < 2:
+            raise UserError(f"--t-points must be >= 2, got {self.t_points}")
+        for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
+                     "bn_batches", "bootstrap", "bends"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+        self.eps = parse_fraction(self.eps, name="--eps")
+        if self.step_size is not None:
+            self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
+        return self
+
+
+def from_preset(preset: str, **overrides) -> BenchConfig:
+    """Start from ``preset``, apply non-None ``overrides``; eps defaults per dataset."""
+    base = dict(PRESETS.get(preset))
+    base["preset"] = preset
+    for k, v in overrides.items():
+        if v is not None:
+            base[k] = v
+    if base.get("eps") is None:
+        base["eps"] = DEFAULT_EPS.get(base["dataset"], 8 / 255)
+    known = set(BenchConfig.__dataclass_fields__)
+    unknown = set(base) - known
+    if unknown:
+        raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
+    return BenchConfig(**base).validate()
+
+
+def with_changes(cfg: BenchConfig, **kw) -> BenchConfig:
+    return replace(cfg, **kw)

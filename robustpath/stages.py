@@ -1,0 +1,190 @@
+"""The benchmark's stages, each a function of (config, input files) -> output files.
+
+Every stage names its output by a hash of its resolved configuration *and* of its
+inputs' hashes, stores it under ``<run>/ckpt/<stage>/``, and returns the stored
+result when it already exists. A second identical run therefore does no work, and
+a run killed inside any stage resumes there (curve training also resumes inside
+the stage, from its last epoch checkpoint). A cluster executor can run these
+functions as separate jobs: they only share files.
+
+Stages: :func:`endpoint` (adversarial training), :func:`alignment`,
+:func:`curve` (fit with PGD in the loop; ``line`` needs no fitting),
+:func:`path_eval` (per-example results along t).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import curves as curves_mod
+from . import data as data_mod
+from .attacks import build_attack
+from .config import BenchConfig
+from .errors import UserError
+from .evaluate import PathResult, curve_speed, evaluate_path, t_grid
+from .store import (atomic_write_bytes, atomic_write_json, checkpoint_exists, config_hash,
+                    load_model, save_model)
+from .train import TrainConfig, train_endpoint
+
+
+@dataclass
+class RunData:
+    """The run's data, loaded once: training subset, test subset, alignment subset."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def load(cls, cfg: BenchConfig) -> "RunData":
+        x_tr, y_tr = data_mod.load(cfg.dataset, train=True, root=cfg.data_root,
+                                   subset=cfg.train_subset, seed=1234)
+        x_te, y_te = data_mod.load(cfg.dataset, train=False, root=cfg.data_root,
+                                   subset=cfg.test_subset, seed=4321)
+        return cls(x_tr, y_tr, x_te, y_te, data_mod.info(cfg.dataset).num_classes)
+
+    def train_batches(self, cfg: BenchConfig, seed: int = 0, device="cpu", limit: int | None = None):
+        x, y = (self.x_train, self.y_train) if limit is None else (self.x_train[:limit],
+                                                                   self.y_train[:limit])
+        return data_mod.Batches(x, y, cfg.batch_size, shuffle=True, seed=seed, device=device)
+
+
+def _ckpt(run_dir: Path, stage: str, name: str) -> Path:
+    return Path(run_dir) / "ckpt" / stage / name
+
+
+# ---------------------------------------------------------------- endpoints
+def endpoint_config(cfg: BenchConfig, seed: int) -> TrainConfig:
+    return TrainConfig(dataset=cfg.dataset, arch=cfg.arch, width=cfg.width, seed=seed,
+                       method="pgd", epochs=cfg.endpoint_epochs, batch_size=cfg.batch_size,
+                       lr=cfg.lr, augment=cfg.augment, train_subset=cfg.train_subset,
+                       test_subset=cfg.test_subset, attack=cfg.train_attack(),
+                       eval_attack=cfg.eval_attack(), data_root=cfg.data_root)
+
+
+def endpoint(cfg: BenchConfig, seed: int, run_dir: Path, data: RunData, device,
+             progress: bool = True) -> tuple[nn.Module, dict, str]:
+    """Train (or reload) endpoint ``seed``. Returns ``(model, metrics, key)``."""
+    tc = endpoint_config(cfg, seed)
+    key = config_hash(tc.cache_key())
+    path = _ckpt(run_dir, "endpoints", f"{cfg.arch}-seed{seed}-{key}")
+    if checkpoint_exists(path):
+        model, meta = load_model(path, device)
+        return model.eval(), meta["metrics"], key
+    model, metrics = train_endpoint(tc, path, device=device, progress=progress,
+                                    data=(data.x_train, data.y_train, data.x_test, data.y_test))
+    return model.eval(), metrics, key
+
+
+# ---------------------------------------------------------------- alignment
+ALIGN_SAMPLES = 2000
+
+
+def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
+              key_a: str, key_b: str, run_dir: Path, data: RunData, device,
+              progress: bool = True) -> tuple[nn.Module, dict, str]:
+    """Align model B onto A with ``method`` (none | activation | weight).
+
+    Activation matching uses the first 2,000 training examples, clean or adversarial
+    (``cfg.align_inputs``). Returns ``(aligned_b, report, key)``.
+    """
+    spec = {"method": method, "a": key_a, "b": key_b}
+    if method == "none":
+        return model_b, {"method": "none"}, config_hash(spec)
+    if method == "activation":
+        spec.update(inputs=cfg.align_inputs, samples=ALIGN_SAMPLES)
+        if cfg.align_inputs == "adv":
+            spec["attack"] = cfg.train_attack().to_dict()
+    key = config_hash(spec)
+    path = _ckpt(run_dir, "align", f"{method}-{key}")
+    if checkpoint_exists(path):
+        aligned, meta = load_model(path, device)
+        return aligned.eval(), meta["report"], key
+    from .align import align
+
+    loader = data_mod.Batches(data.x_train[:ALIGN_SAMPLES], data.y_train[:ALIGN_SAMPLES], 250,
+                              device=device)
+    attack = build_attack(cfg.train_attack(), data.num_classes) if cfg.align_inputs == "adv" else None
+    aligned, _perm, report = align(model_a, model_b, method=method, data=loader,
+                                   inputs=cfg.align_inputs if method == "activation" else "clean",
+                                   attack=attack)
+    report = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    save_model(path, aligned, {"report": report, "spec": spec})
+    return aligned.eval(), report, key
+
+
+# ---------------------------------------------------------------- curves
+def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, key_a: str,
+          key_b: str, run_dir: Path, data: RunData, device, progress: bool = True):
+    """Build the curve ``kind`` between A and (aligned) B and fit it with PGD in the
+    loop unless it is a ``line``. Returns ``(curve, metrics, key)``."""
+    from .curve_train import CurveTrainConfig, train_curve
+
+    c = curves_mod.build_curve(kind, model_a, model_b, bends=cfg.bends).to(device)
+    if not c.trainable:
+        return c, {}, config_hash({"kind": kind, "a": key_a, "b": key_b})
+    tcfg = CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
+                            seed=0, attack=cfg.train_attack())
+    spec = {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": tcfg.to_dict()}
+    key = config_hash(spec)
+    metrics = train_curve(c, data.x_train, data.y_train, tcfg, _ckpt(run_dir, "curves", f"{kind}-{key}"),
+                          device=device, progress=progress)
+    return c, metrics, key
+
+
+# ---------------------------------------------------------------- evaluation
+def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, device,
+              progress: bool = True, desc: str = "path") -> PathResult:
+    """Evaluate curve ``c`` on the t grid; cached as ``ckpt/eval/<key>.npz``."""
+    spec = {"curve": curve_key, "t_points": cfg.t_points, "bn_batches": cfg.bn_batches,
+            "bn_inputs": cfg.bn_inputs, "attack": cfg.eval_attack().to_dict(),
+            "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
+    key = config_hash(spec)
+    path = _ckpt(run_dir, "eval", f"{key}.npz")
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                return PathResult.from_arrays({k: z[k] for k in z.files})
+        except Exception:
+            pass  # a damaged cache entry is recomputed
+    ts = t_grid(cfg.t_points)
+    attack = build_attack(cfg.eval_attack(), data.num_classes)
+    bn_attack = build_attack(cfg.train_attack(), data.num_classes)
+    with torch.no_grad():
+        speed = curve_speed(c.params_at, ts)
+    res = evaluate_path(c.model_at, ts, data.x_test, data.y_test, attack,
+                        bn_loader=data.train_batches(cfg, seed=0, device=device),
+                        bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
+                        speed=speed, device=device, progress=progress, desc=desc)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **res.to_arrays())
+    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_json(path.with_suffix(".json"), spec)
+    return res
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail early, with one line, when the run folder cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output folder {run_dir} is not writable ({e.strerror or e})") from None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

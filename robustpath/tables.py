@@ -1,0 +1,120 @@
+"""Barrier tables in the layout of Tatro et al.'s tables: one row per alignment x
+path family; columns endpoint / min / average clean and robust accuracy along the
+path and the loss and accuracy barriers. CSV (full precision, CIs as columns),
+Markdown and LaTeX.
+
+One seed pair: value [95% bootstrap CI]. Several pairs: mean ± std over pairs.
+Accuracies in percent, losses in nats.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .barrier import path_metrics
+from .records import PathRecord
+from .store import atomic_write_text
+
+ALIGN_LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)"}
+
+# (metric, header, percent?)
+COLUMNS = [
+    ("clean_acc_ends", "Clean ends", True),
+    ("clean_acc_min", "Clean min", True),
+    ("clean_acc_avg", "Clean avg", True),
+    ("robust_acc_ends", "Robust ends", True),
+    ("robust_acc_min", "Robust min", True),
+    ("robust_t_min", "t at robust min", False),
+    ("robust_acc_avg", "Robust avg", True),
+    ("clean_loss_barrier", "Clean loss barrier", False),
+    ("robust_loss_barrier", "Robust loss barrier", False),
+    ("robust_acc_barrier", "Robust acc barrier", True),
+]
+
+
+def per_path_frame(paths: list[PathRecord], bootstrap: int = 1000) -> pd.DataFrame:
+    """One row per path with ``<metric>``, ``<metric>_lo``, ``<metric>_hi`` columns."""
+    rows = []
+    for p in paths:
+        m = path_metrics(p.result, bootstrap=bootstrap, seed=0)
+        row = {"path_id": p.path_id, "align": p.align, "curve": p.curve, "seed_a": p.seed_a,
+               "seed_b": p.seed_b}
+        for name, v in m.items():
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = v["value"], v["lo"], v["hi"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_frame(per_path: pd.DataFrame) -> pd.DataFrame:
+    """Aggregate over seed pairs per (align, curve): mean, std, CI of single pairs."""
+    rows = []
+    order = {a: i for i, a in enumerate(ALIGN_LABEL)}
+    keys = sorted(per_path.groupby(["align", "curve"]).groups,
+                  key=lambda k: (order.get(k[0], 99), k[0], k[1]))
+    for align, curve in keys:
+        g = per_path[(per_path["align"] == align) & (per_path["curve"] == curve)]
+        row = {"align": align, "curve": curve, "pairs": len(g)}
+        for name, _, _ in COLUMNS:
+            vals = g[name].to_numpy(dtype=np.float64)
+            row[name] = float(vals.mean())
+            row[f"{name}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+            row[f"{name}_lo"] = float(g[f"{name}_lo"].iloc[0]) if len(g) == 1 else float("nan")
+            row[f"{name}_hi"] = float(g[f"{name}_hi"].iloc[0]) if len(g) == 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(row, name: str, pct: bool, latex: bool) -> str:
+    scale, digits = (100.0, 1) if pct else (1.0, 3)
+    v = row[name] * scale
+    if row["pairs"] > 1:
+        pm = r" $\pm$ " if latex else " ± "
+        return f"{v:.{digits}f}{pm}{row[f'{name}_std'] * scale:.{digits}f}"
+    lo, hi = row[f"{name}_lo"] * scale, row[f"{name}_hi"] * scale
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _cells(summary: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
+    header = ["Alignment", "Path"] + [h for _, h, _ in COLUMNS]
+    body = []
+    for _, row in summary.iterrows():
+        body.append([ALIGN_LABEL.get(row["align"], row["align"]), str(row["curve"])]
+                    + [_fmt(row, n, p, latex) for n, _, p in COLUMNS])
+    return header, body
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    header, body = _cells(summary, latex=False)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(summary: pd.DataFrame, caption: str = "") -> str:
+    header, body = _cells(summary, latex=True)
+    esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
+             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in body]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(r"\caption{" + esc(caption) + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(out_dir: str | Path, paths: list[PathRecord], *, bootstrap: int = 1000,
+                 caption: str = "") -> pd.DataFrame:
+    """Write per_path.csv, summary.csv, summary.md, summary.tex; returns the summary."""
+    out_dir = Path(out_dir)
+    per_path = per_path_frame(paths, bootstrap)
+    summary = summary_frame(per_path)
+    atomic_write_text(out_dir / "per_path.csv", per_path.to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(out_dir / "summary.md", to_markdown(summary))
+    atomic_write_text(out_dir / "summary.tex", to_latex(summary, caption))
+    return summary
