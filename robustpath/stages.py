@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,10 +130,10 @@ def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, k
     from .curve_train import CurveTrainConfig, train_curve
 
     c = curves_mod.build_curve(kind, model_a, model_b, bends=cfg.bends).to(device)
-    if not c.trainable:
+    if not any(p.requires_grad for p in c.parameters()):  # a line has nothing to fit
         return c, {}, config_hash({"kind": kind, "a": key_a, "b": key_b})
     tcfg = CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
-                            seed=0, attack=cfg.train_attack())
+                            seed=0, augment=cfg.augment, attack=cfg.train_attack())
     spec = {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": tcfg.to_dict()}
     key = config_hash(spec)
     metrics = train_curve(c, data.x_train, data.y_train, tcfg, _ckpt(run_dir, "curves", f"{kind}-{key}"),
@@ -158,7 +158,8 @@ def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData,
             pass  # a damaged cache entry is recomputed
     ts = t_grid(cfg.t_points)
     attack = build_attack(cfg.eval_attack(), data.num_classes)
-    bn_attack = build_attack(cfg.train_attack(), data.num_classes)
+    # seeded, so every path sees the same BN batches and perturbation draws at equal t
+    bn_attack = build_attack(replace(cfg.train_attack(), seed=1), data.num_classes)
     with torch.no_grad():
         speed = curve_speed(c.params_at, ts)
     res = evaluate_path(c.model_at, ts, data.x_test, data.y_test, attack,

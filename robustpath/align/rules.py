@@ -1,0 +1,524 @@
+"""Propagation rules: how each graph operation moves a unit permutation.
+
+Every tensor in the traced graph gets a *state*:
+
+* :data:`FIXED_T` - its units are never permuted (the input image, the normalised
+  input, anything computed only from them, the logits);
+* :class:`Perm` - one axis carries permuted units, laid out as consecutive
+  :class:`Seg` ments. A segment is ``size`` units of one union-find variable, each unit
+  owning ``inner`` consecutive indices along the axis (``inner`` is 1 for channels and
+  ``H*W`` after a flatten, where a channel permutation becomes a block permutation);
+  segments come from concatenation;
+* :class:`Attr` - a parameter/buffer read with ``get_attr`` (e.g. the mean/std buffers
+  of input normalisation), permuted only where it meets a permuted tensor;
+* :data:`NON_TENSOR` - shapes, sizes, Python values.
+
+Rules are looked up by module class (``call_module``) or by function / method name
+(``call_function`` from torch / operator, ``call_method``). An operation without a rule
+is allowed only when none of its inputs carries permuted units (its output is then
+fixed and its parameters are pinned, i.e. never permuted); otherwise the builder
+refuses with a :class:`~robustpath.errors.UserError` naming the node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch.fx as fx
+import torch.nn as nn
+
+FIXED = 0  # the union-find variable meaning "never permuted"
+
+
+class _Marker:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+FIXED_T = _Marker("FIXED")
+NON_TENSOR = _Marker("NON_TENSOR")
+
+
+@dataclass(frozen=True)
+class Attr:
+    key: str
+
+
+@dataclass(frozen=True)
+class Seg:
+    var: int
+    size: int
+    inner: int = 1
+
+
+@dataclass(frozen=True)
+class Perm:
+    axis: int
+    segs: tuple[Seg, ...]
+
+
+ACTIVATIONS = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu",
+               "celu", "gelu", "silu", "mish", "sigmoid", "sigmoid_", "tanh", "tanh_",
+               "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "softplus", "softsign",
+               "logsigmoid", "rrelu"}
+PASSTHROUGH = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+               "feature_alpha_dropout", "contiguous", "clone", "detach", "float", "to", "type",
+               "abs", "neg", "exp", "clamp", "clamp_", "clip", "clamp_min", "clamp_max", "sqrt",
+               "square"}
+BINARY = {"add", "add_", "iadd", "sub", "sub_", "isub", "mul", "mul_", "imul", "truediv", "div",
+          "div_", "itruediv", "maximum", "minimum"}
+RESHAPE = {"flatten", "view", "reshape", "view_as", "reshape_as", "squeeze", "unsqueeze",
+           "unflatten"}
+SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+           "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+           "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "lp_pool1d",
+           "lp_pool2d", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear"}
+REDUCE = {"mean", "sum", "amax", "amin", "logsumexp"}
+SOFTMAX = {"softmax", "log_softmax"}
+SHAPE_QUERIES = {"size", "dim", "numel"}
+SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
+_TRUSTED_MODULES = ("torch", "_operator", "operator", "builtins", "math")
+
+_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+                nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+                nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.RReLU)
+_PASS_MODULES = (nn.Identity, nn.modules.dropout._DropoutNd)
+_SPATIAL_MODULES = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
+                    nn.modules.pooling._LPPoolNd, nn.Upsample)
+_PAD_MODULES = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+                nn.modules.padding._ReplicationPadNd)
+
+
+def arg(node: fx.Node, i: int, name: str, default=None):
+    """Positional argument ``i`` or keyword ``name`` of a node."""
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def function_name(node: fx.Node) -> str | None:
+    """The rule name of a call_function/call_method node (None: untrusted function)."""
+    if node.op == "call_method":
+        return str(node.target)
+    mod = getattr(node.target, "__module__", None) or "builtins"
+    if not mod.startswith(_TRUSTED_MODULES):
+        return None
+    return getattr(node.target, "__name__", None)
+
+
+# ----------------------------------------------------------------------------- helpers
+def main_input(b, node: fx.Node, x):
+    """State of an operation's main tensor input; parameters read directly are pinned."""
+    st = b.state(x)
+    if isinstance(st, Attr):
+        b.pin(st.key)
+        return FIXED_T
+    return st
+
+
+def _norm_axis(d: int, ndim: int) -> int:
+    return d % ndim if ndim else 0
+
+
+def _flat_nodes(node: fx.Node) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), out.append)
+    return out
+
+
+def passthrough(b, node: fx.Node):
+    """Element-wise unary op: units keep their place."""
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    others = [a for a in _flat_nodes(node) if a is not x and b.state(a) is not NON_TENSOR]
+    if isinstance(st, Perm) and others:
+        b.refuse(node, "element-wise op with extra tensor arguments")
+    for a in others:
+        main_input(b, node, a)
+    return st if isinstance(st, Perm) else FIXED_T
+
+
+def activation(b, node: fx.Node):
+    st = passthrough(b, node)
+    if isinstance(st, Perm):
+        b.activations.append(node)
+    return st
+
+
+def binary(b, node: fx.Node):
+    """Broadcasting element-wise op (add, mul, ...): all permuted operands share units;
+    a fixed operand varying along the permuted axis pins them; a parameter/buffer
+    varying along it is permuted with them."""
+    out_shape = b.shape(node)
+    if out_shape is None:
+        return unknown(b, node)
+    nd = len(out_shape)
+    perms, others = [], []
+    for x in _flat_nodes(node):
+        st = b.state(x)
+        if st is NON_TENSOR:
+            continue
+        shp = b.shape(x) or ()
+        off = nd - len(shp)
+        if isinstance(st, Perm):
+            perms.append((st, st.axis + off))
+        else:
+            others.append((st, shp, off))
+    if not perms:
+        for st, _, _ in others:
+            if isinstance(st, Attr):
+                b.pin(st.key)
+        return FIXED_T
+    segs, axis = perms[0][0].segs, perms[0][1]
+    for st, ax in perms[1:]:
+        if ax != axis:
+            b.refuse(node, f"operands carry permuted units on different axes ({axis} and {ax})")
+        b.union_segs(segs, st.segs, node)
+    for st, shp, off in others:
+        local = axis - off
+        if local < 0 or shp[local] == 1:
+            continue  # broadcast along the permuted axis: the same value for every unit
+        if isinstance(st, Attr):
+            b.register(st.key, local, segs, node)
+        else:
+            b.fix(segs)
+    return Perm(axis, segs)
+
+
+def reshape(b, node: fx.Node):
+    """view / reshape / flatten / (un)squeeze: find the output axis that holds the permuted
+    units whole; a unit owning ``inner`` indices with trailing size ``S`` becomes a block
+    of ``inner * S / S'`` indices. Splitting a unit across axes is refused."""
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        return FIXED_T
+    ins, outs = b.shape(x), b.shape(node)
+    if outs is None:
+        b.refuse(node, "reshape without a tensor output")
+    a = st.axis
+    lead, trail = math.prod(ins[:a]), math.prod(ins[a + 1:])
+    span = ins[a] * trail
+    candidates, prefix = [], 1
+    for i, d in enumerate(outs):
+        if prefix == lead:
+            t2 = math.prod(outs[i + 1:])
+            if d * t2 == span and t2 > 0 and all((s.inner * trail) % t2 == 0 for s in st.segs
+                                                 if s.var != FIXED) and \
+                    all((s.size * s.inner * trail) % t2 == 0 for s in st.segs):
+                candidates.append(i)
+        prefix *= d
+    if not candidates:
+        b.refuse(node, f"reshape {tuple(ins)} -> {tuple(outs)} splits the permuted units of "
+                       f"axis {a} across axes")
+    i = next((c for c in candidates if outs[c] > 1), candidates[0])
+    t2 = math.prod(outs[i + 1:])
+    segs = tuple(Seg(s.var, s.size * s.inner * trail // t2, 1) if s.var == FIXED
+                 else Seg(s.var, s.size, s.inner * trail // t2) for s in st.segs)
+    return Perm(i, segs)
+
+
+def spatial(b, node: fx.Node):
+    """Pooling / resizing over the trailing spatial axes: channel axis 1 unchanged."""
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        return FIXED_T
+    ins, outs = b.shape(x), b.shape(node)
+    if outs is None or len(ins) < 3 or st.axis != 1 or len(outs) != len(ins):
+        b.refuse(node, "pooling/resizing must act on spatial axes with units on axis 1")
+    return st
+
+
+def pad(b, node: fx.Node, k: int | None = None):
+    """Padding of the last ``k`` axes (F.pad pads ``len(pad) // 2`` trailing axes)."""
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        return FIXED_T
+    if k is None:
+        k = len(arg(node, 1, "pad")) // 2
+    if st.axis >= len(b.shape(x)) - k:
+        b.refuse(node, "padding along the permuted axis")
+    return st
+
+
+def reduce(b, node: fx.Node):
+    """mean / sum / amax ...: reducing over the permuted axis gives a fixed result."""
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        return FIXED_T
+    dims = arg(node, 1, "dim", node.kwargs.get("axis"))
+    keep = bool(arg(node, 2, "keepdim", False))
+    nd = len(b.shape(x))
+    if dims is None:
+        return FIXED_T
+    dims = [_norm_axis(d, nd) for d in (dims if isinstance(dims, (tuple, list)) else [dims])]
+    if st.axis in dims:
+        return FIXED_T
+    return Perm(st.axis if keep else st.axis - sum(d < st.axis for d in dims), st.segs)
+
+
+def softmax(b, node: fx.Node):
+    """Softmax is permutation-equivariant along any axis."""
+    st = main_input(b, node, arg(node, 0, "input"))
+    return st if isinstance(st, Perm) else FIXED_T
+
+
+def transpose(b, node: fx.Node):
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        return FIXED_T
+    nd = len(b.shape(x))
+    name = function_name(node)
+    if name == "t":
+        order = list(range(nd))[::-1]
+    elif name == "transpose":
+        d0, d1 = _norm_axis(arg(node, 1, "dim0"), nd), _norm_axis(arg(node, 2, "dim1"), nd)
+        order = list(range(nd))
+        order[d0], order[d1] = d1, d0
+    else:
+        dims = node.args[1:] if node.op == "call_method" else (arg(node, 1, "dims"),)
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        order = [_norm_axis(d, nd) for d in dims]
+    return Perm(order.index(st.axis), st.segs)
+
+
+def cat(b, node: fx.Node):
+    """Concatenation: along the permuted axis the parts' segments follow each other in
+    order (a fixed part is a fixed segment); along another axis the parts share units."""
+    parts = arg(node, 0, "tensors")
+    outs = b.shape(node)
+    dim = _norm_axis(arg(node, 1, "dim", 0), len(outs))
+    states = [main_input(b, node, p) for p in parts]
+    perms = [s for s in states if isinstance(s, Perm)]
+    if not perms:
+        return FIXED_T
+    if any(s.axis == dim for s in perms):
+        if any(s.axis != dim for s in perms):
+            b.refuse(node, "concatenated parts carry permuted units on different axes")
+        segs: list[Seg] = []
+        for p, s in zip(parts, states):
+            segs += s.segs if isinstance(s, Perm) else [Seg(FIXED, b.shape(p)[dim], 1)]
+        return Perm(dim, tuple(segs))
+    first = perms[0]
+    for s in perms[1:]:
+        if s.axis != first.axis:
+            b.refuse(node, "concatenated parts carry permuted units on different axes")
+        b.union_segs(first.segs, s.segs, node)
+    if len(perms) < len(states):
+        b.fix(first.segs)
+    return first
+
+
+def getitem(b, node: fx.Node):
+    """Indexing: shapes and tuples pass through; on a permuted tensor only full slices of
+    the permuted axis (with ints / None / ``...`` elsewhere) are allowed."""
+    x, idx = node.args[0], node.args[1]
+    st = b.state(x)
+    if not isinstance(st, Perm):
+        if isinstance(st, Attr):
+            b.pin(st.key)
+        return FIXED_T if b.shape(node) is not None else NON_TENSOR
+    items = idx if isinstance(idx, tuple) else (idx,)
+    nd = len(b.shape(x))
+    consuming = sum(isinstance(i, (int, slice)) for i in items)
+    expanded: list = []
+    for i in items:
+        expanded += [slice(None)] * (nd - consuming) if i is Ellipsis else [i]
+    d_in = d_out = 0
+    for i in expanded:
+        if i is None:
+            d_out += 1
+        elif isinstance(i, int):
+            if d_in == st.axis:
+                b.refuse(node, "indexing a single permuted unit")
+            d_in += 1
+        elif isinstance(i, slice):
+            if d_in == st.axis:
+                if i != slice(None):
+                    b.refuse(node, "slicing the permuted axis")
+                new = d_out
+            d_in += 1
+            d_out += 1
+        else:
+            b.refuse(node, f"indexing with {type(i).__name__}")
+    if st.axis >= d_in:
+        new = d_out + st.axis - d_in
+    return Perm(new, st.segs)
+
+
+def shape_query(b, node: fx.Node):
+    return NON_TENSOR
+
+
+def getattr_fn(b, node: fx.Node):
+    if node.args[1] in SHAPE_ATTRS:
+        return NON_TENSOR
+    return unknown(b, node)
+
+
+def unknown(b, node: fx.Node, reason: str = "no permutation rule for this operation"):
+    """Ops without a rule: allowed on fixed inputs only (output fixed, parameters pinned)."""
+    for a in _flat_nodes(node):
+        st = b.state(a)
+        if isinstance(st, Perm):
+            b.refuse(node, reason)
+        if isinstance(st, Attr):
+            b.pin(st.key)
+    if node.op == "call_module":
+        mod = b.module(node)
+        for n, _ in list(mod.named_parameters()) + list(mod.named_buffers()):
+            b.pin(b.key(node.target, n))
+    return FIXED_T if "tensor_meta" in node.meta else NON_TENSOR
+
+
+# -------------------------------------------------------------- layers with weights
+def affine(b, node: fx.Node, x, name: str, wkey: str, bkey: str | None, out_units: int,
+           kind: str, groups: int = 1, transposed: bool = False):
+    """Linear (units on the last axis) or convolution (units on axis 1): the input's
+    units permute the weight's input axis, a fresh group permutes its output axis.
+    Depthwise convolutions (groups == in == out channels) pass the input's units on."""
+    st = main_input(b, node, x)
+    nd = len(b.shape(x))
+    unit_axis = nd - 1 if kind == "linear" else 1
+    w_in, w_out = (0, 1) if transposed else (1, 0)
+    in_units = b.shape(x)[unit_axis]
+    if groups != 1:
+        if groups == in_units == out_units and not transposed:
+            if not isinstance(st, Perm):
+                return FIXED_T
+            if st.axis != unit_axis:
+                b.refuse(node, f"units on axis {st.axis}, the layer mixes axis {unit_axis}")
+            b.register(wkey, 0, st.segs, node)
+            if bkey:
+                b.register(bkey, 0, st.segs, node)
+            return st
+        if isinstance(st, Perm):
+            b.refuse(node, f"grouped convolution (groups={groups}) on permuted units")
+        b.pin(wkey)
+        if bkey:
+            b.pin(bkey)
+        return FIXED_T
+    if isinstance(st, Perm):
+        if st.axis != unit_axis:
+            b.refuse(node, f"permuted units on axis {st.axis}, but the layer mixes axis "
+                           f"{unit_axis}")
+        b.register(wkey, w_in, st.segs, node)
+    segs = (Seg(b.new_var(out_units, name, node), out_units, 1),)
+    b.register(wkey, w_out, segs, node)
+    if bkey:
+        b.register(bkey, 0, segs, node)
+    return Perm(unit_axis, segs)
+
+
+def module_rule(b, node: fx.Node):
+    m, name = b.module(node), node.target
+    x = arg(node, 0, "input")
+
+    def key(attr: str) -> str | None:
+        return b.key(name, attr) if getattr(m, attr, None) is not None else None
+
+    if isinstance(m, nn.Linear):
+        return affine(b, node, x, name, key("weight"), key("bias"), m.out_features, "linear")
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return affine(b, node, x, name, key("weight"), key("bias"), m.out_channels, "conv",
+                      m.groups, m.transposed)
+    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+                      nn.GroupNorm)):
+        st = main_input(b, node, x)
+        if not isinstance(st, Perm):
+            return FIXED_T
+        if st.axis != 1:
+            b.refuse(node, f"normalisation over axis 1, permuted units on axis {st.axis}")
+        if isinstance(m, nn.GroupNorm) and m.num_groups not in (1, m.num_channels):
+            b.refuse(node, f"GroupNorm with {m.num_groups} groups mixes neighbouring units")
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            if key(attr):
+                b.register(key(attr), 0, st.segs, node)
+        return st
+    if isinstance(m, nn.LayerNorm):
+        st = main_input(b, node, x)
+        if not isinstance(st, Perm):
+            return FIXED_T
+        first = len(b.shape(x)) - len(m.normalized_shape)
+        if st.axis >= first:
+            for attr in ("weight", "bias"):
+                if key(attr):
+                    b.register(key(attr), st.axis - first, st.segs, node)
+        return st
+    if isinstance(m, nn.PReLU):
+        if m.weight.numel() == 1:
+            return activation(b, node)
+        st = main_input(b, node, x)
+        if isinstance(st, Perm):
+            if st.axis != 1:
+                b.refuse(node, "PReLU slopes are per channel on axis 1")
+            b.register(key("weight"), 0, st.segs, node)
+            b.activations.append(node)
+            return st
+        return FIXED_T
+    if isinstance(m, _ACT_MODULES):
+        return activation(b, node)
+    if isinstance(m, _PASS_MODULES):
+        return passthrough(b, node)
+    if isinstance(m, _SPATIAL_MODULES):
+        return spatial(b, node)
+    if isinstance(m, _PAD_MODULES):
+        return pad(b, node, len(m.padding) // 2)
+    if isinstance(m, (nn.Flatten, nn.Unflatten)):
+        return reshape(b, node)
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
+        return softmax(b, node)
+    return unknown(b, node, f"no permutation rule for {type(m).__name__}")
+
+
+def functional_affine(b, node: fx.Node, name: str):
+    """F.linear / F.convNd with the weight read from a parameter (get_attr)."""
+    x, w = arg(node, 0, "input"), arg(node, 1, "weight")
+    bias = arg(node, 2, "bias")
+    ws = b.state(w) if isinstance(w, fx.Node) else None
+    bs = b.state(bias) if isinstance(bias, fx.Node) else None
+    if not isinstance(ws, Attr) or (bias is not None and not isinstance(bs, Attr)):
+        return unknown(b, node, "functional layer whose weight is not a plain parameter")
+    kind = "linear" if name == "linear" else "conv"
+    groups = 1 if kind == "linear" else int(arg(node, 6, "groups", 1))
+    out_units = b.shape(node)[-1 if kind == "linear" else 1]
+    return affine(b, node, x, ws.key.rsplit(".", 1)[0], ws.key, bs.key if bs else None,
+                  out_units, kind, groups)
+
+
+_BY_NAME = {}
+for _names, _rule in ((ACTIVATIONS, activation), (PASSTHROUGH, passthrough), (BINARY, binary),
+                      (RESHAPE, reshape), (SPATIAL, spatial), (REDUCE, reduce),
+                      (SOFTMAX, softmax), (SHAPE_QUERIES, shape_query),
+                      ({"transpose", "permute", "t"}, transpose),
+                      ({"cat", "concat", "concatenate"}, cat), ({"pad"}, pad),
+                      ({"getitem"}, getitem), ({"getattr"}, getattr_fn)):
+    for _n in _names:
+        _BY_NAME[_n] = _rule
+
+
+def apply_rule(b, node: fx.Node):
+    """The state of ``node``'s output (see module docstring)."""
+    if node.op == "placeholder":
+        return FIXED_T
+    if node.op == "get_attr":
+        return Attr(b.key("", node.target))
+    if node.op == "call_module":
+        return module_rule(b, node)
+    name = function_name(node)
+    if node.op == "call_function" and name in ("linear", "conv1d", "conv2d", "conv3d"):
+        return functional_affine(b, node, name)
+    rule = _BY_NAME.get(name) if name else None
+    if rule is None:
+        return unknown(b, node)
+    return rule(b, node)

@@ -1,0 +1,307 @@
+"""Permutation spec derived from the model graph (no hand-written spec per architecture).
+
+``permutation_spec(model, example_input)`` traces the model with ``torch.fx``
+(:mod:`.trace`), walks the graph once applying the propagation rules of :mod:`.rules`
+and joins, with union-find, every (parameter/buffer, axis) that must be permuted
+together. The result says which hidden units can be reordered without changing the
+function:
+
+* a Linear / Conv layer's output units start a *group*; the layers reading them have
+  their input axis permuted with it; BatchNorm affine parameters and running
+  statistics follow (``num_batches_tracked`` never moves);
+* element-wise activations, dropout, pooling, spatial padding keep the group;
+  flatten/view turns a channel permutation into a block permutation (``inner = H*W``);
+* every tensor added into one residual stream shares one group;
+* concatenation lays the parts' groups side by side along the axis;
+* the input channels (including normalisation by mean/std buffers) and the output
+  logits are never permuted.
+
+Group names: the first layer (in graph order) that writes the units, e.g. ``net.0.0``;
+``name+k`` means k further layers write into the same units (a residual stream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ..errors import UserError
+from . import rules
+from .rules import FIXED, FIXED_T, NON_TENSOR, Attr, Perm, Seg
+from .trace import node_location, node_shape, trace
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``size`` consecutive units of ``group`` (None: never permuted) along an axis, each
+    unit owning ``inner`` consecutive indices (1 for channels, H*W after a flatten)."""
+
+    group: str | None
+    size: int
+    inner: int = 1
+
+    @property
+    def length(self) -> int:
+        return self.size * self.inner
+
+
+@dataclass(frozen=True)
+class AxisSpec:
+    """Axis ``axis`` of state-dict entry ``key`` is permuted segment by segment."""
+
+    key: str
+    axis: int
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor in the graph (node name) whose axis ``axis`` holds the ``size`` units of
+    ``group``, each ``inner`` indices wide. ``kind``: ``post`` (after an activation),
+    ``pre`` (the activation's input) or ``out`` (a layer's output; fallback)."""
+
+    group: str
+    node: str
+    axis: int
+    size: int
+    inner: int
+    kind: str
+
+
+@dataclass
+class PermutationSpec:
+    """Which parameter/buffer axes share which permutation group.
+
+    ``groups``: group name -> number of units, in graph order. ``axes``: every permuted
+    (state-dict key, axis). ``taps``: tensors where each group's units can be observed
+    (for activation matching). ``graph_module``: the traced graph (shares the traced
+    model's submodules).
+    """
+
+    groups: dict[str, int]
+    axes: list[AxisSpec]
+    taps: list[Tap]
+    graph_module: fx.GraphModule = field(repr=False, compare=False)
+
+    def axes_of(self, key: str) -> list[AxisSpec]:
+        return [a for a in self.axes if a.key == key]
+
+    def members(self, group: str) -> list[tuple[str, int]]:
+        """(key, axis) pairs that group ``group`` permutes."""
+        return [(a.key, a.axis) for a in self.axes
+                if any(s.group == group for s in a.segments)]
+
+    def taps_of(self, group: str, kind: str) -> list[Tap]:
+        return [t for t in self.taps if t.group == group and t.kind == kind]
+
+    def describe(self) -> str:
+        lines = [f"{len(self.groups)} permutation groups, {len(self.axes)} permuted axes"]
+        for g, n in self.groups.items():
+            mem = ", ".join(f"{k}[{a}]" for k, a in self.members(g))
+            lines.append(f"  {g} ({n} units): {mem}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"groups": dict(self.groups),
+                "axes": [{"key": a.key, "axis": a.axis,
+                          "segments": [[s.group, s.size, s.inner] for s in a.segments]}
+                         for a in self.axes]}
+
+
+class _Builder:
+    """Walks the graph once; union-find over unit variables (variable 0 = FIXED)."""
+
+    def __init__(self, gm: fx.GraphModule, model: nn.Module):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.parent, self.sizes = [FIXED], [0]
+        self.producers: dict[int, list[tuple[str, fx.Node]]] = {}
+        self.regs: dict[str, dict[int, tuple[Seg, ...]]] = {}
+        self.pinned: set[str] = set()
+        self.states: dict[fx.Node, object] = {}
+        self.activations: list[fx.Node] = []
+        first: dict[int, str] = {}
+        self.canon: dict[str, str] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+        named = list(model.named_parameters(remove_duplicate=False)) + \
+            list(model.named_buffers(remove_duplicate=False))
+        for name, t in named:
+            self.canon[name] = first.setdefault(id(t), name)
+            self.tensors[name] = t
+
+    # --- interface used by the rules
+    def state(self, x):
+        return self.states.get(x, NON_TENSOR) if isinstance(x, fx.Node) else NON_TENSOR
+
+    def shape(self, node: fx.Node):
+        return node_shape(node)
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self.modules[node.target]
+
+    def key(self, module_name: str, attr: str) -> str:
+        full = f"{module_name}.{attr}" if module_name else attr
+        return self.canon.get(full, full)
+
+    def new_var(self, size: int, producer: str, node: fx.Node) -> int:
+        v = len(self.parent)
+        self.parent.append(v)
+        self.sizes.append(int(size))
+        self.producers[v] = [(producer, node)]
+        return v
+
+    def find(self, v: int) -> int:
+        root = v
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[v] != root:
+            self.parent[v], v = root, self.parent[v]
+        return root
+
+    def union(self, a: int, b: int, node: fx.Node | None = None) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if FIXED not in (ra, rb) and self.sizes[ra] != self.sizes[rb]:
+            self.refuse(node, f"unit groups of sizes {self.sizes[ra]} and {self.sizes[rb]} meet")
+        if rb == FIXED:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        if ra != FIXED:
+            self.producers[ra] += self.producers.pop(rb, [])
+
+    def union_segs(self, s1, s2, node: fx.Node) -> None:
+        if len(s1) != len(s2) or any((a.size, a.inner) != (b.size, b.inner)
+                                     for a, b in zip(s1, s2)):
+            self.refuse(node, "the operands' permuted units are laid out differently")
+        for a, b in zip(s1, s2):
+            self.union(a.var, b.var, node)
+
+    def fix(self, segs) -> None:
+        for s in segs:
+            self.union(s.var, FIXED)
+
+    def register(self, key: str, axis: int, segs, node: fx.Node) -> None:
+        t = self.tensors.get(key)
+        length = sum(s.size * s.inner for s in segs)
+        if t is None or t.dim() <= axis or t.shape[axis] != length:
+            self.refuse(node, f"'{key}' axis {axis} does not match {length} permuted units")
+        axes = self.regs.setdefault(key, {})
+        if axis in axes:
+            self.union_segs(axes[axis], segs, node)
+        else:
+            axes[axis] = tuple(segs)
+
+    def pin(self, key: str) -> None:
+        self.pinned.add(key)
+
+    def refuse(self, node: fx.Node | None, reason: str):
+        where = node_location(node) if node is not None else "the graph"
+        raise UserError(f"cannot derive a permutation spec: {where}: {reason}. Supported: "
+                        "Linear/Conv (groups 1 or depthwise), BatchNorm/InstanceNorm/"
+                        "GroupNorm/LayerNorm, element-wise activations, dropout, pooling, "
+                        "spatial pad, flatten/view, add/mul, cat")
+
+    # --- the walk
+    def run(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                for x in _flat(node.args):
+                    st = self.state(x)
+                    if isinstance(st, Perm):
+                        self.fix(st.segs)
+                continue
+            self.states[node] = rules.apply_rule(self, node)
+        for key in self.pinned & set(self.regs):
+            for segs in self.regs[key].values():
+                self.fix(segs)
+
+
+def _flat(args) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(args, out.append)
+    return out
+
+
+def _group_names(b: _Builder) -> dict[int, str]:
+    order = {n: i for i, n in enumerate(b.gm.graph.nodes)}
+    roots = {b.find(s.var) for axes in b.regs.values() for segs in axes.values() for s in segs}
+    roots.discard(FIXED)
+    named = []
+    for r in roots:
+        prods = sorted(b.producers[r], key=lambda p: order[p[1]])
+        distinct = list(dict.fromkeys(p[0] for p in prods))
+        name = distinct[0] + (f"+{len(distinct) - 1}" if len(distinct) > 1 else "")
+        named.append((order[prods[0][1]], r, name))
+    return {r: name for _, r, name in sorted(named)}
+
+
+def _segments(b: _Builder, names: dict[int, str], segs) -> tuple[Segment, ...]:
+    out: list[Segment] = []
+    for s in segs:
+        g = names.get(b.find(s.var))
+        if g is None:
+            length = s.size * s.inner
+            if out and out[-1].group is None:
+                length += out.pop().length
+            out.append(Segment(None, length, 1))
+        else:
+            out.append(Segment(g, s.size, s.inner))
+    return tuple(out)
+
+
+def _taps(b: _Builder, names: dict[int, str]) -> list[Tap]:
+    def tap(node: fx.Node, kind: str) -> Tap | None:
+        st = b.states.get(node)
+        if not isinstance(st, Perm) or len(st.segs) != 1:
+            return None
+        g = names.get(b.find(st.segs[0].var))
+        if g is None:
+            return None
+        return Tap(g, node.name, st.axis, st.segs[0].size, st.segs[0].inner, kind)
+
+    found: list[Tap] = []
+    for act in b.activations:
+        post = act
+        if rules.function_name(act) in ("sigmoid", "sigmoid_") or isinstance(
+                b.modules.get(act.target) if act.op == "call_module" else None, nn.Sigmoid):
+            x = act.args[0]
+            for user in act.users:  # Swish: x * sigmoid(x)
+                if rules.function_name(user) in ("mul", "mul_", "imul") and \
+                        set(_flat(user.args)) == {x, act}:
+                    post = user
+        found += [t for t in (tap(post, "post"), tap(act.args[0], "pre")) if t]
+    for var_prods in b.producers.values():
+        found += [t for t in (tap(n, "out") for _, n in var_prods) if t]
+    unique = {(t.node, t.kind): t for t in found}
+    return list(unique.values())
+
+
+def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
+    """Derive the :class:`PermutationSpec` of ``model`` from its torch.fx graph.
+
+    ``example_input``: a batch the model accepts, e.g. ``torch.rand(2, 3, 32, 32)``
+    (used once, in eval mode without gradients, for the tensor shapes). Raises
+    ``UserError`` naming the module / node when the graph cannot be traced or contains
+    an operation that would be mis-permuted.
+    """
+    gm = trace(model, example_input)
+    b = _Builder(gm, model)
+    b.run()
+    names = _group_names(b)
+    groups = {name: b.sizes[r] for r, name in names.items()}
+    order = {k: i for i, k in enumerate(model.state_dict(keep_vars=True))}
+    axes = []
+    for key in sorted(b.regs, key=lambda k: order.get(k, len(order))):
+        for axis in sorted(b.regs[key]):
+            segs = _segments(b, names, b.regs[key][axis])
+            if any(s.group is not None for s in segs):
+                axes.append(AxisSpec(key, axis, segs))
+    return PermutationSpec(groups, axes, _taps(b, names), gm)
+
+
+__all__ = ["AxisSpec", "PermutationSpec", "Segment", "Tap", "permutation_spec", "FIXED_T",
+           "Attr"]

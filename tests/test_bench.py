@@ -1,0 +1,217 @@
+"""The benchmark end to end on a tiny configuration: caching, resume, report,
+barrier invariants, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from robustpath import bench, curve_train, stages, train
+from robustpath.attacks import AttackConfig, build_attack
+from robustpath.barrier import path_metrics
+from robustpath.bn import recompute_bn
+from robustpath.curves import build_curve
+from robustpath.data import Batches
+from robustpath.evaluate import evaluate_path, t_grid
+from robustpath.metrics import per_example
+from robustpath.report import main as report_main
+from robustpath.tables import COLUMNS
+
+TINY = ["--train-subset", "600", "--test-subset", "120", "--epochs", "1", "--curve-epochs", "2",
+        "--t-points", "3", "--bn-batches", "2", "--bootstrap", "50", "--seeds", "0,1",
+        "--align", "none,weight", "--paths", "line,bezier", "--steps", "3", "--train-steps", "2",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "run"
+    assert bench.main(TINY + ["--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_documented_outputs(tiny_run):
+    for name in ("config.json", "provenance.json", "command.txt", "records.csv", "examples.npz",
+                 "tables/summary.csv", "tables/summary.md", "tables/summary.tex",
+                 "tables/per_path.csv", "plots/paths.png", "plots/paths.pdf"):
+        assert (tiny_run / name).is_file(), name
+    rec = pd.read_csv(tiny_run / "records.csv")
+    assert len(rec) == 4 * 3  # 2 alignments x 2 paths x 3 t
+    assert (rec["robust_acc"] <= rec["clean_acc"] + 1e-9).all()
+    summary = pd.read_csv(tiny_run / "tables" / "summary.csv")
+    for metric, _, _ in COLUMNS:
+        assert metric in summary.columns
+    md = (tiny_run / "tables" / "summary.md").read_text()
+    for _, header, _ in COLUMNS:
+        assert header in md
+    assert "unaligned" in md and "aligned (weight)" in md
+    assert "python -m robustpath.bench" in (tiny_run / "command.txt").read_text()
+
+
+def test_endpoints_identical_across_paths(tiny_run):
+    rec = pd.read_csv(tiny_run / "records.csv")
+    for t in (0.0, 1.0):
+        at = rec[np.isclose(rec["t"], t)]
+        if t == 0.0:  # model A is the same on every path
+            assert at["clean_acc"].nunique() == 1 and at["robust_acc"].nunique() == 1
+
+
+def test_second_run_reuses_every_stage(tiny_run, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("a cached stage was recomputed")
+
+    monkeypatch.setattr(stages, "train_endpoint", boom)
+    monkeypatch.setattr(stages, "evaluate_path", boom)
+    monkeypatch.setattr(curve_train, "_train_epoch", boom, raising=False)
+    before = (tiny_run / "tables" / "summary.md").read_bytes()
+    assert bench.main(TINY + ["--out", str(tiny_run)]) == 0
+    assert (tiny_run / "tables" / "summary.md").read_bytes() == before
+
+
+def test_report_rebuilds_byte_identical_tables(tiny_run):
+    names = ["summary.csv", "summary.md", "summary.tex", "per_path.csv"]
+    before = {n: (tiny_run / "tables" / n).read_bytes() for n in names}
+    for n in names:
+        (tiny_run / "tables" / n).unlink()
+    assert report_main([str(tiny_run)]) == 0
+    for n in names:
+        assert (tiny_run / "tables" / n).read_bytes() == before[n], n
+
+
+def test_report_refuses_corrupt_records_and_keeps_tables(tiny_run, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("config.json", "examples.npz"):
+        (bad / f).write_bytes((tiny_run / f).read_bytes())
+    text = (tiny_run / "records.csv").read_text()
+    (bad / "records.csv").write_text(text[: len(text) // 2])  # truncated mid-row
+    (bad / "tables").mkdir()
+    (bad / "tables" / "summary.md").write_text("earlier result\n")
+    assert report_main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert (bad / "tables" / "summary.md").read_text() == "earlier result\n"
+    # a truncated per-example file too
+    (bad / "records.csv").write_text(text)
+    blob = (tiny_run / "examples.npz").read_bytes()
+    (bad / "examples.npz").write_bytes(blob[: len(blob) // 3])
+    assert report_main([str(bad)]) == 2
+
+
+def test_interrupted_curve_training_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = TINY + ["--align", "none", "--paths", "bezier", "--out", str(out)]
+    real = curve_train.train_curve
+    seen = []
+
+    def interrupted(*a, **k):
+        def hook(epoch, record):
+            seen.append(epoch)
+            raise KeyboardInterrupt
+
+        return real(*a, **{**k, "on_epoch_end": hook})
+
+    monkeypatch.setattr(curve_train, "train_curve", interrupted)
+    assert bench.main(args) == 130  # killed after the first curve epoch
+    assert seen == [1] and not (out / "records.csv").exists()
+
+    def watched(*a, **k):
+        return real(*a, **{**k, "on_epoch_end": lambda e, r: seen.append(e)})
+
+    monkeypatch.setattr(curve_train, "train_curve", watched)
+    assert bench.main(args) == 0
+    assert seen == [1, 2]  # the rerun trained only epoch 2
+    assert (out / "records.csv").is_file()
+
+
+def test_barrier_of_model_to_itself_is_zero(trained_pair, fmnist):
+    model_a = trained_pair[0]
+    x_tr, y_tr, x_te, y_te = fmnist
+    c = build_curve("line", model_a, model_a)
+    attack = build_attack(AttackConfig(eps=0.1, steps=3, seed=0))
+    res = evaluate_path(c.model_at, t_grid(5), x_te[:200], y_te[:200], attack,
+                        bn_loader=Batches(x_tr, y_tr, 128, shuffle=True, seed=0), bn_batches=3,
+                        progress=False)
+    m = path_metrics(res, bootstrap=50)
+    for name in ("clean_loss_barrier", "robust_loss_barrier", "clean_acc_barrier",
+                 "robust_acc_barrier"):
+        assert abs(m[name]["value"]) < 1e-6, name
+
+
+def test_line_metrics_match_direct_interpolation(trained_pair, fmnist):
+    a, b = trained_pair[0], trained_pair[1]
+    x_tr, y_tr, x_te, y_te = fmnist
+    x_te, y_te = x_te[:200], y_te[:200]
+    c = build_curve("line", a, b)
+    attack = build_attack(AttackConfig(eps=0.1, steps=3, seed=0))
+    loader = Batches(x_tr, y_tr, 128, shuffle=True, seed=0)
+    res = evaluate_path(c.model_at, [0.0, 0.5, 1.0], x_te, y_te, attack, bn_loader=loader,
+                        bn_batches=3, progress=False)
+    # direct: average the state dicts by hand
+    sa, sb = a.state_dict(), b.state_dict()
+    direct = train.models.create("cnn-small", "fashion-mnist")
+    direct.load_state_dict({k: (0.5 * sa[k] + 0.5 * sb[k]) if sa[k].is_floating_point() else sa[k]
+                            for k in sa})
+    recompute_bn(direct, loader, batches=3)
+    clean = per_example(direct, x_te, y_te)
+    robust = per_example(direct, x_te, y_te, attack)
+    assert np.array_equal(res.clean_correct[1], clean.correct.numpy())
+    assert abs(res.robust_correct[1].mean() - robust.accuracy) <= 0.01
+    assert np.allclose(res.clean_loss[1], clean.loss.numpy(), atol=1e-4)
+    assert (res.robust_correct <= res.clean_correct | True).all()
+    m = path_metrics(res, bootstrap=50)
+    lin = 0.5 * (res.clean_loss[0].mean() + res.clean_loss[2].mean())
+    assert m["clean_loss_barrier"]["value"] == pytest.approx(
+        max(0.0, res.clean_loss[1].mean() - lin), abs=1e-6)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "robustpath.bench", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ["--dataset", "imagenet"], ["--arch", "resnet9000"], ["--attack", "banana"],
+    ["--eps", "banana"], ["--eps", "-1"], ["--paths", "spiral"], ["--align", "magic"],
+    ["--seeds", "0"], ["--bogus-flag"], ["--t-points", "1"], ["--device", "tpu"],
+])
+def test_bad_input_one_line_exit_2(args, tmp_path):
+    out = tmp_path / "run"
+    r = _cli(*args, "--out", str(out))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = _cli("--out", str(blocker / "run"), "--epochs", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_missing_data_root_for_cifar(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "robustpath.bench", "--dataset", "cifar10",
+                        "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "ROBUSTPATH_OFFLINE": "1"})
+    assert r.returncode == 2 and "cifar10" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_documents_every_flag():
+    r = _cli("--help")
+    assert r.returncode == 0
+    for flag in ("--attack", "--eps", "--dataset", "--data-root", "--arch", "--preset", "--seeds",
+                 "--align", "--paths", "--device", "--out"):
+        assert flag in r.stdout
+    assert torch is not None
