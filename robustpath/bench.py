@@ -109,14 +109,14 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
         command: str | None = None) -> Path:
     """Run every stage of the benchmark for ``cfg``; returns the run folder."""
     device = resolve(cfg.device)
+    start = time.perf_counter()
     run_dir = Path(cfg.out)
+    data = stages.RunData.load(cfg)  # missing data fails before anything is written
     stages.check_writable(run_dir)
     old = stages.read_json(run_dir / "config.json")
     if old and _comparable(old) != _comparable(cfg.to_dict()) and not overwrite:
         raise UserError(f"{run_dir} holds a run with a different configuration; "
                         "use another --out or pass --overwrite")
-    start = time.perf_counter()
-    data = stages.RunData.load(cfg)
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
 

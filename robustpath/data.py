@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -130,20 +131,66 @@ def _load_mnist(root: Path, train: bool, download: bool):
     return _mnist_like("mnist", "MNIST", dirs, root, train, download, hint)
 
 
-def _cifar(tv_name: str, folder: str, name: str):
-    def load(root: Path, train: bool, download: bool):
-        import torchvision
+_CIFAR_FILES = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+    "cifar100": (["train"], ["test"], "fine_labels"),
+}
 
-        present = (root / folder).is_dir()
-        if not present and not download:
-            raise UserError(f"{name} not found: expected torchvision's format in {root / folder}")
-        try:
-            ds = getattr(torchvision.datasets, tv_name)(str(root), train=train, download=not present)
-        except Exception as e:
-            raise UserError(f"{name} not found in {root / folder} and download failed "
-                            f"({type(e).__name__}); put torchvision's CIFAR files there") from None
-        x = torch.from_numpy(np.asarray(ds.data)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
-        y = torch.as_tensor(ds.targets, dtype=torch.int64)
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR's python batches that only rebuilds numpy arrays, lists,
+    dicts and bytes: a file in the data root cannot run code when it is read."""
+
+    _ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+
+
+def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except (OSError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path} is not a CIFAR python batch or is corrupt "
+                        f"({type(e).__name__})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise UserError(f"{path} has unexpected shape {data.shape} (expected [N, 3072] and N labels)")
+    return data, labels
+
+
+def _cifar(tv_name: str, folder: str, name: str):
+    """Loader for torchvision's on-disk CIFAR format (``<root>/<folder>/`` with the python
+    pickle batches). The batches are read directly, not through torchvision's dataset
+    class, whose md5 check would reject any folder but the official one (e.g. a small
+    test folder); torchvision only downloads (and verifies) a missing folder."""
+    train_files, test_files, label_key = _CIFAR_FILES[name]
+
+    def load(root: Path, train: bool, download: bool):
+        files = [root / folder / f for f in (train_files if train else test_files)]
+        missing = [f for f in files if not f.is_file()]
+        if missing and download:
+            import torchvision
+
+            try:
+                getattr(torchvision.datasets, tv_name)(str(root), train=train, download=True)
+            except Exception as e:  # noqa: BLE001  (network errors come in many types)
+                raise UserError(f"{name} not found in {root / folder} and download failed "
+                                f"({type(e).__name__}); put torchvision's CIFAR files there") from None
+            missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"{name} not found: expected torchvision's format in {root / folder} "
+                            f"(missing {missing[0].name})")
+        parts = [_read_cifar_batch(f, label_key) for f in files]
+        data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
+        x = torch.from_numpy(data).float().div_(255.0).contiguous()
+        y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
         return x, y
 
     return load

@@ -68,7 +68,12 @@ def test_second_run_reuses_every_stage(tiny_run, monkeypatch):
 
     monkeypatch.setattr(stages, "train_endpoint", boom)
     monkeypatch.setattr(stages, "evaluate_path", boom)
-    monkeypatch.setattr(curve_train, "_train_epoch", boom, raising=False)
+    real = curve_train.train_curve
+
+    def no_epochs(*a, **k):
+        return real(*a, **{**k, "on_epoch_end": boom})
+
+    monkeypatch.setattr(curve_train, "train_curve", no_epochs)
     before = (tiny_run / "tables" / "summary.md").read_bytes()
     assert bench.main(TINY + ["--out", str(tiny_run)]) == 0
     assert (tiny_run / "tables" / "summary.md").read_bytes() == before

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..errors import UserError
 from .spec import AxisSpec, PermutationSpec, permutation_spec
@@ -37,7 +37,7 @@ class Permutation(dict):
             raise UserError(f"permutation of group {group!r} is not a permutation of {n} units")
         super().__setitem__(group, p)
 
-    def inverse(self) -> "Permutation":
+    def inverse(self) -> Permutation:
         """The permutation that undoes this one: ``apply(apply(m, p), p.inverse()) == m``."""
         return Permutation(self.spec, {g: torch.argsort(p) for g, p in self.items()})
 

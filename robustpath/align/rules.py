@@ -25,8 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch.fx as fx
-import torch.nn as nn
+from torch import fx, nn
 
 FIXED = 0  # the union-find variable meaning "never permuted"
 

@@ -22,15 +22,15 @@ Group names: the first layer (in graph order) that writes the units, e.g. ``net.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-import torch.fx as fx
-import torch.nn as nn
+from torch import fx, nn
 
 from ..errors import UserError
 from . import rules
-from .rules import FIXED, FIXED_T, NON_TENSOR, Attr, Perm, Seg
+from .rules import FIXED, NON_TENSOR, Perm, Seg
 from .trace import node_location, node_shape, trace
 
 
@@ -61,7 +61,8 @@ class AxisSpec:
 class Tap:
     """A tensor in the graph (node name) whose axis ``axis`` holds the ``size`` units of
     ``group``, each ``inner`` indices wide. ``kind``: ``post`` (after an activation),
-    ``pre`` (the activation's input) or ``out`` (a layer's output; fallback)."""
+    ``pre`` (the activation's input) or ``out`` (a layer's output; fallback). A ``post``
+    tap names its activation's input in ``pre`` (the fallback for dead units)."""
 
     group: str
     node: str
@@ -69,6 +70,7 @@ class Tap:
     size: int
     inner: int
     kind: str
+    pre: str | None = None
 
 
 @dataclass
@@ -273,7 +275,10 @@ def _taps(b: _Builder, names: dict[int, str]) -> list[Tap]:
                 if rules.function_name(user) in ("mul", "mul_", "imul") and \
                         set(_flat(user.args)) == {x, act}:
                     post = user
-        found += [t for t in (tap(post, "post"), tap(act.args[0], "pre")) if t]
+        t_post, t_pre = tap(post, "post"), tap(act.args[0], "pre")
+        if t_post and t_pre and (t_pre.group, t_pre.size) == (t_post.group, t_post.size):
+            t_post = dataclasses.replace(t_post, pre=t_pre.node)
+        found += [t for t in (t_post, t_pre) if t]
     for var_prods in b.producers.values():
         found += [t for t in (tap(n, "out") for _, n in var_prods) if t]
     unique = {(t.node, t.kind): t for t in found}
@@ -303,5 +308,4 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> Permutati
     return PermutationSpec(groups, axes, _taps(b, names), gm)
 
 
-__all__ = ["AxisSpec", "PermutationSpec", "Segment", "Tap", "permutation_spec", "FIXED_T",
-           "Attr"]
+__all__ = ["AxisSpec", "PermutationSpec", "Segment", "Tap", "permutation_spec"]

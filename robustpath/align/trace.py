@@ -18,8 +18,7 @@ import os
 import traceback
 
 import torch
-import torch.fx as fx
-import torch.nn as nn
+from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..attacks import eval_mode
@@ -53,7 +52,7 @@ def _user_frame(exc: BaseException) -> str | None:
     """The innermost traceback frame outside torch: where the user's code failed."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not os.path.abspath(f.filename).startswith(_TORCH_DIR)
-              and not f.filename.endswith(os.path.join("align", "trace.py"))]
+              and f.filename != __file__]
     if not frames:
         return None
     f = frames[-1]
@@ -74,7 +73,7 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
     with eval_mode(model):
         try:
             graph = tracer.trace(model)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (user code; re-raised as UserError)
             where = getattr(e, "_robustpath_module", f"<root> ({type(model).__name__})")
             frame = _user_frame(e)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -87,7 +86,7 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
         try:
             with torch.no_grad():
                 ShapeProp(gm).propagate(example_input)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (user code; re-raised as UserError)
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"{type(model).__name__} does not run on an example input of shape "
                             f"{tuple(example_input.shape)}: {msg}") from None
@@ -114,12 +113,23 @@ def node_location(node: fx.Node) -> str:
         what = f"method .{node.target}() (node '{node.name}')"
     else:
         what = f"{node.op} '{node.target}'"
-    st = node.stack_trace
-    if st:
-        lines = [ln.strip() for ln in st.strip().splitlines()]
-        files = [i for i, ln in enumerate(lines) if ln.startswith("File ")]
-        if files:
-            i = files[-1]
-            code = f" `{lines[i + 1]}`" if i + 1 < len(lines) else ""
-            what += f" at {lines[i][5:]}{code}"
+    frames = _frames(node.stack_trace or "")
+    if frames:
+        path, rest, code = frames[-1]
+        what += f" at {path}{rest}" + (f" `{code}`" if code else "")
     return what
+
+
+def _frames(stack_trace: str) -> list[tuple[str, str, str]]:
+    """(file, ', line N, in fn', code) of the stack-trace frames outside torch."""
+    lines = [ln.strip() for ln in stack_trace.strip().splitlines()]
+    out = []
+    for i, ln in enumerate(lines):
+        if not ln.startswith('File "'):
+            continue
+        path, _, rest = ln[6:].partition('"')
+        if os.path.abspath(path).startswith(_TORCH_DIR) or path == __file__:
+            continue
+        code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("File ") else ""
+        out.append((path, rest, code))
+    return out

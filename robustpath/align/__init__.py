@@ -1,0 +1,54 @@
+"""Neuron alignment: reorder model B's hidden units to match model A's.
+
+Two networks trained from different seeds compute similar features in a different
+order. Reordering the units of every hidden layer of B (and the weights that read
+them) leaves B's function unchanged, and can make it much closer to A in weight space
+(Tatro et al. 2020; Ainsworth et al. 2022, "Git Re-Basin").
+
+Public API::
+
+    spec = permutation_spec(model, example_input)     # derived from the torch.fx graph
+    perm = random_permutation(model, example_input, seed=0)
+    model2 = apply(model, perm)                       # deep copy, same function
+    aligned_b, perm, report = align(model_a, model_b, method="activation", data=batches)
+
+A :class:`Permutation` is a ``dict[str, LongTensor]``: group name -> index vector ``p``
+with unit ``i`` of the permuted model = unit ``p[i]`` of the original; ``perm.spec`` is
+its :class:`PermutationSpec`. Methods (registry :data:`MATCHERS`): ``activation``,
+``weight``, ``none``.
+
+Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` (how each op moves a
+permutation), :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
+(apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`.
+"""
+
+from . import activation as _activation  # noqa: F401  (registers "activation")
+from . import weight as _weight  # noqa: F401  (registers "weight")
+from .activation import CoMoments, correlations
+from .api import AlignReport, GroupReport, align
+from .context import MATCHERS, MatchContext, solve_assignment
+from .permute import Permutation, apply, identity_permutation, random_permutation
+from .spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
+from .weight import weight_matching, weight_similarity
+
+__all__ = [
+           "MATCHERS",
+           "AlignReport",
+           "AxisSpec",
+           "CoMoments",
+           "GroupReport",
+           "MatchContext",
+           "Permutation",
+           "PermutationSpec",
+           "Segment",
+           "Tap",
+           "align",
+           "apply",
+           "correlations",
+           "identity_permutation",
+           "permutation_spec",
+           "random_permutation",
+           "solve_assignment",
+           "weight_matching",
+           "weight_similarity",
+]

@@ -1,0 +1,158 @@
+"""``align(model_a, model_b, method=...)``: the one entry point, and its report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..attacks import AttackConfig, build_attack
+from ..errors import UserError
+from .activation import check_compatible, correlations
+from .context import MATCHERS, MatchContext
+from .permute import Permutation, apply
+from .spec import PermutationSpec, permutation_spec
+from .weight import weight_similarity
+
+
+@dataclass
+class GroupReport:
+    """One permutation group: its size and the mean matched similarity of its units
+    before (identity) and after alignment."""
+
+    size: int
+    before: float | None = None
+    after: float | None = None
+
+
+@dataclass
+class AlignReport:
+    """What ``align`` did. ``measure``: ``correlation`` (mean Pearson correlation of
+    matched units' activations, Tatro et al.'s figure; computed whenever data is given)
+    or ``weight_cosine`` (mean cosine similarity of matched units' weights, when no data
+    is given). ``mean_before`` / ``mean_after`` average the groups, unweighted.
+    ``seconds``: wall time of the whole call; ``seconds_statistics``: collecting
+    activations (0 when unused); ``seconds_matching``: the matcher including statistics.
+    """
+
+    method: str
+    measure: str
+    inputs: str | None
+    num_samples: int
+    groups: dict[str, GroupReport] = field(default_factory=dict)
+    mean_before: float | None = None
+    mean_after: float | None = None
+    seconds: float = 0.0
+    seconds_statistics: float = 0.0
+    seconds_matching: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+def _example_input(model_a: nn.Module, data, example_input):
+    if example_input is not None:
+        return example_input, data
+    x = getattr(data, "x", None)  # robustpath.data.Batches
+    if isinstance(x, torch.Tensor) and len(x):
+        return x[:2], data
+    if data is not None:
+        it = iter(data)
+        first = next(it, None)
+        if first is not None:
+            import itertools
+
+            xb = first[0] if isinstance(first, (tuple, list)) else first
+            return xb[:2], itertools.chain([first], it)
+    meta = getattr(model_a, "robustpath_meta", None)
+    if meta:
+        from ..data import info
+
+        return torch.rand(2, *info(meta["dataset"]).shape), data
+    raise UserError("align needs data or example_input= to trace the model")
+
+
+def _resolve_attack(inputs: str, attack):
+    if inputs not in ("clean", "adv"):
+        raise UserError(f"inputs must be 'clean' or 'adv', got {inputs!r}")
+    if inputs == "clean":
+        return None
+    if attack is None:
+        attack = AttackConfig()  # PGD L-inf 8/255, 5 steps of 2/255 (Tatro et al.)
+    if isinstance(attack, AttackConfig):
+        attack = build_attack(attack)
+    if not callable(attack):
+        raise UserError("attack must be an AttackConfig or a callable attack(model, x, y)")
+    return attack
+
+
+def align(model_a: nn.Module, model_b: nn.Module, method: str = "activation",
+          data: Iterable | None = None, inputs: str = "clean",
+          attack: AttackConfig | Callable | None = None, max_batches: int | None = None, *,
+          pre_activation: bool = False, seed: int = 0, example_input: torch.Tensor | None = None,
+          spec: PermutationSpec | None = None) -> tuple[nn.Module, Permutation, AlignReport]:
+    """Permute ``model_b``'s hidden units to match ``model_a``'s.
+
+    Args:
+        model_a, model_b: the same architecture; neither is modified.
+        method: ``activation`` (Tatro et al. 2020; needs ``data``), ``weight`` (Git
+            Re-Basin weight matching; no data needed) or ``none`` (identity baseline).
+        data: iterable of ``(x, y)`` batches, pixels in [0, 1] (e.g.
+            ``robustpath.data.Batches``); used for activation statistics and, for any
+            method, for the correlation figures of the report.
+        inputs: ``clean`` or ``adv`` (adversarial examples generated against each model
+            on its own).
+        attack: ``AttackConfig`` or ``attack(model, x, y)``; default for ``adv``: PGD
+            L-inf eps 8/255, 5 steps of 2/255, random start.
+        max_batches: use at most this many batches of ``data``.
+        pre_activation: match units before the nonlinearity (default: after).
+        seed: order of weight matching's coordinate-descent sweeps.
+        example_input: batch used to trace the model (default: 2 images of ``data``).
+        spec: a precomputed :func:`permutation_spec` of the architecture.
+
+    Returns:
+        ``(aligned_b, perm, report)``: ``aligned_b = apply(model_b, perm)`` computes the
+        same function as ``model_b``; ``perm`` is a :class:`Permutation`; ``report`` an
+        :class:`AlignReport` with per-group similarity before/after and timings.
+    """
+    t0 = time.perf_counter()
+    matcher = MATCHERS.get(method)
+    attack_fn = _resolve_attack(inputs, attack)
+    check_compatible(model_a, model_b)
+    example, data = _example_input(model_a, data, example_input)
+    if spec is None:
+        spec = permutation_spec(model_a, example.to(next(model_a.parameters()).device))
+    ctx = MatchContext(model_a, model_b, spec, data, inputs, attack_fn, max_batches,
+                       pre_activation, seed)
+    t1 = time.perf_counter()
+    perm = Permutation(spec, matcher(ctx))
+    t2 = time.perf_counter()
+    aligned = apply(model_b, perm)
+
+    report = AlignReport(method=method, measure="correlation", inputs=inputs, num_samples=0)
+    if data is not None:
+        corr, report.num_samples = correlations(ctx)
+        report.seconds_statistics = ctx.cache["seconds"]
+        for g, c in corr.items():
+            rows = torch.arange(c.shape[0])
+            report.groups[g] = GroupReport(c.shape[0], float(c.diagonal().mean()),
+                                           float(c[rows, perm[g]].mean()))
+    else:
+        report.measure, report.inputs = "weight_cosine", None
+        pa, pb = dict(model_a.named_parameters()), dict(model_b.named_parameters())
+        before = weight_similarity(spec, pa, pb, {g: torch.arange(n) for g, n in
+                                                  spec.groups.items()})
+        after = weight_similarity(spec, pa, pb, perm)
+        for g, n in spec.groups.items():
+            report.groups[g] = GroupReport(n, before.get(g), after.get(g))
+    vals = [(r.before, r.after) for r in report.groups.values() if r.before is not None]
+    if vals:
+        report.mean_before = sum(v[0] for v in vals) / len(vals)
+        report.mean_after = sum(v[1] for v in vals) / len(vals)
+    report.seconds_matching = t2 - t1
+    report.seconds = time.perf_counter() - t0
+    return aligned, perm, report

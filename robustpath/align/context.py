@@ -1,0 +1,84 @@
+"""What a matcher gets: the two models, their spec, the data and the options.
+
+Matchers are registered in :data:`MATCHERS` by name (``activation``, ``weight``,
+``none``) and are called as ``matcher(ctx) -> dict[group, LongTensor]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from ..errors import UserError
+from ..registry import Registry
+from .spec import PermutationSpec
+
+Matcher = Callable[["MatchContext"], dict[str, torch.Tensor]]
+MATCHERS: Registry[Matcher] = Registry("alignment method")
+
+
+@dataclass
+class MatchContext:
+    """Inputs of one alignment of ``model_b`` onto ``model_a``.
+
+    ``data``: iterable of ``(x, y)`` batches (or bare ``x``), pixels in [0, 1].
+    ``inputs``: ``clean`` or ``adv`` (``attack(model, x, y)`` run against each model on
+    its own). ``max_batches``: stop after that many batches (None: all).
+    ``pre_activation``: observe units before the nonlinearity instead of after.
+    ``seed``: order of the weight-matching sweeps.
+    """
+
+    model_a: nn.Module
+    model_b: nn.Module
+    spec: PermutationSpec
+    data: Iterable | None = None
+    inputs: str = "clean"
+    attack: Callable | None = None
+    max_batches: int | None = None
+    pre_activation: bool = False
+    seed: int = 0
+    cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        p = next(iter(self.model_a.parameters()), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """``(x, y)`` on the models' device; ``y`` is None for unlabelled data."""
+        if self.data is None:
+            raise UserError("this alignment needs data (an iterable of (x, y) batches)")
+        dev = self.device
+        for i, item in enumerate(self.data):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            if isinstance(item, (tuple, list)):
+                x, y = item[0], item[1] if len(item) > 1 else None
+            else:
+                x, y = item, None
+            if not isinstance(x, torch.Tensor):
+                raise UserError(f"data must yield tensors or (x, y) pairs, got {type(x).__name__}")
+            yield x.to(dev), (y.to(dev) if isinstance(y, torch.Tensor) else None)
+
+
+def solve_assignment(score: torch.Tensor) -> torch.Tensor:
+    """Hungarian assignment maximising ``sum_i score[i, p[i]]`` (scipy's
+    ``linear_sum_assignment``); returns ``p`` as a LongTensor."""
+    s = score.detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(s)):
+        raise UserError("similarity matrix contains NaN/inf (diverged weights or activations?)")
+    rows, cols = linear_sum_assignment(s, maximize=True)
+    p = torch.empty(len(rows), dtype=torch.long)
+    p[torch.from_numpy(rows)] = torch.from_numpy(cols).long()
+    return p
+
+
+@MATCHERS.register("none")
+def _no_matching(ctx: MatchContext) -> dict[str, torch.Tensor]:
+    """Identity: the unaligned baseline."""
+    return {g: torch.arange(n) for g, n in ctx.spec.groups.items()}
