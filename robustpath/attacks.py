@@ -8,7 +8,11 @@ Own, batched implementations (fast path, used everywhere by default):
 * ``pgd``  - Madry et al. 2018, L-inf or L2, uniform random start in the eps ball,
   ``steps`` steps of size ``step_size`` (default eps/4, i.e. 2/255 for 8/255 as in
   Tatro et al.), ``restarts`` keeping the worst case per example (misclassified
-  first, then highest loss). Gradients are taken for the input only.
+  first, then highest loss). Gradients are taken for the input only (the model's
+  parameters stop requiring grad while the attack runs, so no weight gradients or
+  their saved activations are built). ``early_stop=True`` is the accuracy-only
+  mode: an example is frozen at the first iterate that is misclassified and
+  only the still-correct examples are forwarded in later steps and restarts.
 * ``fgsm`` - FGSM with random start (Wong et al. 2020, "Fast is better than free"),
   step 1.25 eps by default.
 * ``none`` - returns ``x`` unchanged (clean evaluation / clean training).
@@ -20,13 +24,14 @@ PGDL2), ``apgd`` (APGD-CE), ``autoattack`` (standard: APGD-CE, APGD-T, FAB-T, Sq
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .errors import UserError
 from .numbers import parse_fraction
@@ -57,8 +62,9 @@ class AttackConfig:
     restarts: int = 1
     random_start: bool = True
     seed: int | None = None
+    early_stop: bool = False  # PGD: freeze examples once misclassified (accuracy-only mode)
 
-    def validate(self) -> "AttackConfig":
+    def validate(self) -> AttackConfig:
         ATTACKS.get(self.name)
         parse_norm(self.norm)
         self.eps = parse_fraction(self.eps, name="eps")
@@ -69,6 +75,7 @@ class AttackConfig:
         if int(self.restarts) < 1:
             raise UserError(f"attack restarts must be >= 1, got {self.restarts}")
         self.steps, self.restarts = int(self.steps), int(self.restarts)
+        self.early_stop = bool(self.early_stop)
         return self
 
     def to_dict(self) -> dict:
@@ -129,12 +136,39 @@ def _random_start(x: torch.Tensor, norm: Norm, eps: float, g) -> torch.Tensor:
     return (x + delta).clamp(0, 1) - x
 
 
+@contextlib.contextmanager
+def frozen_params(model: nn.Module):
+    """Turn ``requires_grad`` off for ``model``'s parameters, restoring it afterwards.
+
+    An attack needs the gradient with respect to the input only; with trainable
+    parameters autograd would also record what it needs for weight gradients.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class PGD:
     """Projected gradient descent on the cross-entropy (Madry et al. 2018).
 
     Args: ``norm`` linf|l2, ``eps``, ``steps``, ``step_size`` (default eps/4),
     ``restarts`` (worst case kept per example), ``random_start``, ``seed`` (None:
-    global RNG). Returns ``x_adv`` with ``||x_adv - x|| <= eps`` and values in [0, 1].
+    global RNG), ``early_stop``. Returns ``x_adv`` ``[N, C, H, W]`` with
+    ``||x_adv - x|| <= eps`` and values in [0, 1].
+
+    ``early_stop`` (accuracy-only mode): each example is frozen at the first iterate
+    the model misclassifies, and later steps and restarts forward only the examples
+    still classified correctly, which saves compute on every example already broken.
+    With the same seed the iterates are those of the full attack up to the freeze, so
+    every example the full attack breaks is broken here too (robust accuracy is the
+    same or lower: an example the full attack breaks and then "un-breaks" stays
+    broken). Returned points are not the highest-loss ones, so use the full mode for
+    robust *loss*.
     """
 
     def __init__(self, cfg: AttackConfig, num_classes: int = 10):
@@ -145,41 +179,94 @@ class PGD:
         self.restarts = int(cfg.restarts)
         self.random_start = bool(cfg.random_start)
         self.seed = cfg.seed
+        self.early_stop = bool(getattr(cfg, "early_stop", False))
 
-    def _single(self, model, x, y, g) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _start(self, x: torch.Tensor, g) -> torch.Tensor:
         if self.random_start and self.eps > 0:
-            delta = _random_start(x, self.norm, self.eps, g)
+            return _random_start(x, self.norm, self.eps, g)
+        return torch.zeros_like(x)
+
+    def _step(self, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if self.norm is Norm.LINF:
+            step = self.step_size * grad.sign()
         else:
-            delta = torch.zeros_like(x)
+            step = self.step_size * grad / _l2_norm(grad)
+        delta = _project(delta + step, self.norm, self.eps)
+        return (x + delta).clamp_(0, 1) - x
+
+    def _single(self, model, x, y, g, final_eval: bool):
+        delta = self._start(x, g)
         for _ in range(self.steps if self.eps > 0 else 0):
             delta.requires_grad_(True)
             loss = F.cross_entropy(model(x + delta), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, [delta])
             with torch.no_grad():
-                if self.norm is Norm.LINF:
-                    step = self.step_size * grad.sign()
-                else:
-                    step = self.step_size * grad / _l2_norm(grad)
-                delta = _project(delta.detach() + step, self.norm, self.eps)
-                delta = (x + delta).clamp(0, 1) - x
+                delta = self._step(x, delta.detach(), grad)
         x_adv = (x + delta).detach()
+        if not final_eval:
+            return x_adv, None, None
         with torch.no_grad():
             logits = model(x_adv)
             losses = F.cross_entropy(logits, y, reduction="none")
             wrong = logits.argmax(1) != y
         return x_adv, losses, wrong
 
+    def _single_early_stop(self, model, x, y, g, todo, final_eval: bool):
+        """One restart in accuracy-only mode on the examples ``todo``.
+
+        Returns ``(x_adv, broken)`` for those examples; ``broken`` marks the ones
+        seen misclassified (frozen there). The start is drawn for the whole batch, so
+        the random stream, and with it each example's trajectory, is the full attack's.
+        """
+        delta = self._start(x, g)
+        if len(todo) != len(x):
+            x, y, delta = x[todo], y[todo], delta[todo]
+        active = torch.arange(len(x), device=x.device)
+        broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.steps if self.eps > 0 else 0):
+            xa, ya = x[active], y[active]
+            d = delta[active].requires_grad_(True)
+            logits = model(xa + d)
+            loss = F.cross_entropy(logits, ya, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, [d])
+            with torch.no_grad():
+                keep = logits.argmax(1) == ya
+                broken[active[~keep]] = True
+                active = active[keep]
+                if len(active) == 0:
+                    break
+                delta[active] = self._step(xa[keep], d.detach()[keep], grad[keep])
+        if final_eval and len(active):
+            with torch.no_grad():
+                broken[active] = model(x[active] + delta[active]).argmax(1) != y[active]
+        return (x + delta).detach(), broken
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = _generator(self.seed, x.device)
         x = x.detach()
-        with eval_mode(model), torch.enable_grad():
-            best, best_loss, best_wrong = self._single(model, x, y, g)
+        with eval_mode(model), frozen_params(model), torch.enable_grad():
+            if self.early_stop:
+                return self._early_stop(model, x, y, g)
+            more = self.restarts > 1
+            best, best_loss, best_wrong = self._single(model, x, y, g, final_eval=more)
             for _ in range(self.restarts - 1):
-                cand, loss, wrong = self._single(model, x, y, g)
+                cand, loss, wrong = self._single(model, x, y, g, final_eval=True)
                 better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
                 best = torch.where(better.view(-1, 1, 1, 1), cand, best)
                 best_loss = torch.where(better, loss, best_loss)
                 best_wrong = best_wrong | wrong
+        return best
+
+    def _early_stop(self, model, x, y, g) -> torch.Tensor:
+        best = x.clone()
+        todo = torch.arange(len(x), device=x.device)
+        for r in range(self.restarts):
+            last = r == self.restarts - 1
+            x_adv, broken = self._single_early_stop(model, x, y, g, todo, final_eval=not last)
+            best[todo] = x_adv
+            todo = todo[~broken]
+            if len(todo) == 0:
+                break
         return best
 
 
@@ -198,7 +285,7 @@ class FGSMRS:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = _generator(self.seed, x.device)
         x = x.detach()
-        with eval_mode(model), torch.enable_grad():
+        with eval_mode(model), frozen_params(model), torch.enable_grad():
             delta = _random_start(x, Norm.LINF, self.eps, g) if self.random_start else torch.zeros_like(x)
             delta.requires_grad_(True)
             loss = F.cross_entropy(model(x + delta), y, reduction="sum")

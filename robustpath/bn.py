@@ -16,12 +16,13 @@ Every evaluation at an interior ``t`` therefore re-estimates the statistics firs
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .attacks import Attack
+from .errors import UserError
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 INPUTS = ("clean", "adv")
@@ -103,16 +104,14 @@ def recompute_bn(model: nn.Module, loader: Iterable, batches: int | None = None,
             of a path: a clean pass first gives usable statistics, then ``attack``
             (required) is run against a frozen copy of the model in eval mode with
             those statistics, and the statistics are re-estimated from scratch on
-            the adversarial batches (two passes over ``batches``). The eval-mode attack mirrors how the path is
-            attacked at evaluation time.
+            the adversarial batches (two passes over ``batches``). The eval-mode
+            attack mirrors how the path is attacked at evaluation time.
         attack: ``attack(model, x, y) -> x_adv``, needed for ``inputs="adv"``.
 
     Only BatchNorm layers are put in train mode during the passes (dropout and
     similar layers stay in eval mode); afterwards every module's train/eval flag and
     every BatchNorm's ``momentum`` are restored. Returns ``model``.
     """
-    from .errors import UserError
-
     if inputs not in INPUTS:
         raise UserError(f"unknown BatchNorm inputs {inputs!r} (known: {', '.join(INPUTS)})")
     if inputs == "adv" and attack is None:

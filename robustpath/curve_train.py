@@ -19,8 +19,10 @@ switches its target to eval mode (:func:`robustpath.attacks.eval_mode`), and wri
 nothing anywhere. Evaluating a point later recomputes its statistics
 (:func:`robustpath.bn.recompute_bn`).
 
-Resumable: at the end of every epoch ``<out_dir>/last.safetensors`` + ``.json``
-hold the control points, the SGD momentum buffer and the history. Data order, the
+Resumable: at the end of epoch e, ``<out_dir>/epoch-000e.safetensors`` + ``.json``
+hold the control points, the SGD momentum buffer and the history; the JSON is
+written last, so the newest epoch with a JSON is complete even after a kill in the
+middle of writing, and older epoch files are removed once it is. Data order, the
 t draws and the attack's random starts are seeded per epoch from ``cfg.seed``, so
 a run killed and restarted in the same folder continues at the next epoch and
 ends bit-for-bit where an uninterrupted run ends (same device and threads).
@@ -32,9 +34,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +94,7 @@ class CurveTrainConfig:
     attack: AttackConfig | None = field(default_factory=AttackConfig)
     checkpoint_every_epoch: bool = True
 
-    def validate(self) -> "CurveTrainConfig":
+    def validate(self) -> CurveTrainConfig:
         if int(self.epochs) < 1 or int(self.batch_size) < 1:
             raise UserError("curve training needs epochs >= 1 and batch size >= 1")
         self.epochs, self.batch_size = int(self.epochs), int(self.batch_size)
@@ -114,7 +117,7 @@ class CurveTrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CurveTrainConfig":
+    def from_dict(cls, d: dict) -> CurveTrainConfig:
         d = dict(d)
         if d.get("attack") is not None:
             d["attack"] = AttackConfig(**d["attack"])
@@ -127,6 +130,27 @@ def _seed(*parts: int) -> int:
     for p in parts:
         h = (h ^ (int(p) + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & ((1 << 64) - 1)
     return h & ((1 << 63) - 1)
+
+
+def epoch_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete per-epoch checkpoints in ``out_dir`` (without suffix), oldest first."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    paths = sorted(p.with_suffix("") for p in out_dir.glob("epoch-*.json"))
+    return [p for p in paths if checkpoint_exists(p)]
+
+
+def latest_epoch_checkpoint(out_dir: str | Path) -> Path | None:
+    done = epoch_checkpoints(out_dir)
+    return done[-1] if done else None
+
+
+def _remove_epoch_files(out_dir: Path, keep: str | None = None) -> None:
+    """Delete epoch checkpoint files (complete or half-written) except ``keep``."""
+    for f in out_dir.glob("epoch-*"):
+        if f.name.split(".")[0] != keep:
+            f.unlink(missing_ok=True)
 
 
 def _check_run(meta: dict, key: str, path: Path) -> None:
@@ -145,7 +169,7 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
             has nothing to train and is only recorded as final).
         x_train, y_train: ``[N, C, H, W]`` pixels in [0, 1], ``[N]`` int64 labels.
         cfg: :class:`CurveTrainConfig`.
-        out_dir: run folder; an existing ``last`` checkpoint is resumed and an
+        out_dir: run folder; the newest epoch checkpoint is resumed and an
             existing ``final`` one is loaded into ``curve`` and its metrics returned
             without training (both must come from the same config and endpoints).
         device: where to train; ``curve`` is moved there.
@@ -161,8 +185,8 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
     device = torch.device(device)
     out_dir = Path(out_dir)
     run_key = config_hash({"config": cfg.cache_key(), "curve": curve.describe(),
-                           "examples": int(len(x_train))})
-    final, last = out_dir / "final", out_dir / "last"
+                           "examples": len(x_train)})
+    final = out_dir / "final"
     curve.to(device)
     if checkpoint_exists(final):
         tensors, meta = load_checkpoint(final, device)
@@ -174,7 +198,8 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
     opt = torch.optim.SGD([curve.controls], lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=0.0)
     start, history = 0, []
-    if checkpoint_exists(last):
+    last = latest_epoch_checkpoint(out_dir)
+    if last is not None:
         tensors, meta = load_checkpoint(last, device)
         _check_run(meta, run_key, last)
         with torch.no_grad():
@@ -213,13 +238,17 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 t = float(torch.rand((), generator=t_gen))
                 theta = curve.flat_at(t)
                 params = curve.unflatten(theta)
-                xa = attack(curve.point(t, params), xb, yb) if attack is not None else xb
-                logits = curve.forward_batch_stats(xa, t, params)
+                point = curve.point(t, params)
+                xa = attack(point, xb, yb) if attack is not None else xb
+                logits = curve.forward_batch_stats(xa, t, params, point.point_buffers)
                 loss = F.cross_entropy(logits, yb)
-                objective = loss + 0.5 * cfg.weight_decay * theta.pow(2).sum() if cfg.weight_decay else loss
+                objective = loss
+                if cfg.weight_decay:
+                    objective = loss + 0.5 * cfg.weight_decay * theta.pow(2).sum()
                 opt.zero_grad(set_to_none=True)
-                objective.backward()
-                opt.step()
+                if objective.requires_grad:   # t == 0 exactly leaves no control point in θ(t)
+                    objective.backward()
+                    opt.step()
                 tot_loss += float(loss.detach()) * len(yb)
                 correct += int((logits.detach().argmax(1) == yb).sum())
                 n += len(yb)
@@ -230,15 +259,19 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                   "train_acc": correct / max(n, 1), "seconds": times[-1]}
         history.append(record)
         if progress:
-            tqdm.write(f"{curve.kind} epoch {epoch + 1}/{cfg.epochs}: loss {record['train_loss']:.4f} "
+            tqdm.write(f"{curve.kind} epoch {epoch + 1}/{cfg.epochs}: "
+                       f"loss {record['train_loss']:.4f} "
                        f"acc {record['train_acc']:.4f} ({record['seconds']:.1f} s)")
         if cfg.checkpoint_every_epoch:
             state = {"controls": curve.controls.detach()}
             buf = opt.state.get(curve.controls, {}).get("momentum_buffer")
             if buf is not None:
                 state["momentum"] = buf
-            save_checkpoint(last, state, {"run_key": run_key, "epoch": epoch + 1, "history": history,
-                                          "config": cfg.to_dict(), "curve": curve.describe()})
+            path = out_dir / f"epoch-{epoch + 1:04d}"
+            save_checkpoint(path, state, {"run_key": run_key, "epoch": epoch + 1,
+                                          "history": history, "config": cfg.to_dict(),
+                                          "curve": curve.describe()})
+            _remove_epoch_files(out_dir, keep=path.name)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     curve.eval()
@@ -249,4 +282,5 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                "seconds_per_epoch": sum(times) / len(times) if times else None,
                "device": str(device)}
     save_curve(final, curve, {"run_key": run_key, "config": cfg.to_dict(), "metrics": metrics})
+    _remove_epoch_files(out_dir)
     return metrics

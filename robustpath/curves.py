@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call
 
 from .bn import batch_stats_copy
@@ -46,13 +46,14 @@ from .errors import UserError
 from .registry import Registry
 from .store import load_checkpoint, save_checkpoint
 
-CURVES: Registry[type["Curve"]] = Registry("curve")
+CURVES: Registry[type[Curve]] = Registry("curve")
 
 
 def check_same_architecture(model_a: nn.Module, model_b: nn.Module) -> None:
     """Raise :class:`UserError` unless both models have the same parameter and buffer
     names, shapes and dtypes (the condition for a curve between them)."""
-    for what, get in (("parameter", nn.Module.named_parameters), ("buffer", nn.Module.named_buffers)):
+    for what, get in (("parameter", nn.Module.named_parameters),
+                      ("buffer", nn.Module.named_buffers)):
         a = {n: (tuple(t.shape), t.dtype) for n, t in get(model_a)}
         b = {n: (tuple(t.shape), t.dtype) for n, t in get(model_b)}
         if a.keys() != b.keys():
@@ -110,23 +111,27 @@ class Curve(nn.Module):
             raise UserError("the endpoint models have no parameters to connect")
         dtypes = {p.dtype for _, p in named}
         if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-            raise UserError(f"curves need all parameters in one floating dtype, got {sorted(map(str, dtypes))}")
+            raise UserError("curves need all parameters in one floating dtype, "
+                            f"got {sorted(map(str, dtypes))}")
         params_b = dict(model_b.named_parameters())
         self.param_names = [n for n, _ in named]
         self.param_shapes = [tuple(p.shape) for _, p in named]
         self.param_numels = [p.numel() for _, p in named]
-        self.register_buffer("theta_a", torch.cat([p.detach().reshape(-1) for _, p in named]).clone())
+        self.register_buffer("theta_a",
+                             torch.cat([p.detach().reshape(-1) for _, p in named]).clone())
         self.register_buffer("theta_b", torch.cat(
             [params_b[n].detach().reshape(-1).to(self.theta_a.device) for n in self.param_names]))
         n = self.bends + 1
         init = [self.theta_a * (1 - i / n) + self.theta_b * (i / n) for i in range(1, n)]
-        self.controls = nn.Parameter(torch.stack(init) if init else self.theta_a.new_zeros(0, self.theta_a.numel()))
+        self.controls = nn.Parameter(
+            torch.stack(init) if init else self.theta_a.new_zeros(0, self.theta_a.numel()))
 
         bufs_a, bufs_b = dict(model_a.named_buffers()), dict(model_b.named_buffers())
         self.float_buffer_names = [k for k, v in bufs_a.items() if v.is_floating_point()]
         self.fixed_buffer_names = [k for k, v in bufs_a.items() if not v.is_floating_point()]
         self.buffers_a = _TensorList([bufs_a[k] for k in self.float_buffer_names])
-        self.buffers_b = _TensorList([bufs_b[k].to(bufs_a[k].device) for k in self.float_buffer_names])
+        self.buffers_b = _TensorList(
+            [bufs_b[k].to(bufs_a[k].device) for k in self.float_buffer_names])
         self.fixed_buffers = _TensorList([bufs_a[k] for k in self.fixed_buffer_names])
 
         # Structure only (meta device, no memory): every tensor is supplied per call.
@@ -138,6 +143,7 @@ class Curve(nn.Module):
         object.__setattr__(self, "_batch_template", batch_template)
         object.__setattr__(self, "_batch_buffer_names", [n for n in bufs_a if n in keep])
         self.meta = dict(getattr(model_a, "robustpath_meta", {}) or {})
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ family
     def weights(self, t: float) -> list[float]:
@@ -172,16 +178,24 @@ class Curve(nn.Module):
         """Parameters at ``t``: name -> tensor, differentiable w.r.t. the control points."""
         return self.unflatten(self.flat_at(t))
 
-    def buffers_at(self, t: float) -> dict[str, torch.Tensor]:
+    def buffers_at(self, t: float, names: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Buffers at ``t`` (fresh tensors): floating ones linearly interpolated between
         the endpoints (meaningless BatchNorm statistics at interior t until
-        recomputed), non-floating ones (``num_batches_tracked``) copied from A."""
+        recomputed), non-floating ones (``num_batches_tracked``) copied from A.
+        ``names`` restricts the result to those buffers."""
         t = float(t)
+        wanted = None if names is None else set(names)
         out = {}
-        for name, a, b in zip(self.float_buffer_names, self.buffers_a.tensors(), self.buffers_b.tensors()):
-            out[name] = a.clone() if t == 0.0 else b.clone() if t == 1.0 else a * (1 - t) + b * t
+        pairs = zip(self.float_buffer_names, self.buffers_a.tensors(), self.buffers_b.tensors())
+        for name, a, b in pairs:
+            if wanted is None or name in wanted:
+                if t in (0.0, 1.0):
+                    out[name] = (a if t == 0.0 else b).clone()
+                else:
+                    out[name] = a * (1 - t) + b * t
         for name, v in zip(self.fixed_buffer_names, self.fixed_buffers.tensors()):
-            out[name] = v.clone()
+            if wanted is None or name in wanted:
+                out[name] = v.clone()
         return out
 
     # ------------------------------------------------------------------ networks
@@ -195,16 +209,21 @@ class Curve(nn.Module):
         return functional_call(self._template, {**self.params_at(t), **self.buffers_at(t)}, (x,))
 
     def forward_batch_stats(self, x: torch.Tensor, t: float,
-                            params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                            params: dict[str, torch.Tensor] | None = None,
+                            buffers: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits at ``t`` with every BatchNorm normalising by the batch's statistics,
         whatever the mode (:func:`robustpath.bn.batch_stats_copy`). ``params``
-        (default :meth:`params_at`) lets a caller reuse one θ(t) for several calls."""
+        (default :meth:`params_at`) and ``buffers`` (default :meth:`batch_buffers_at`)
+        let a caller reuse one θ(t) for several calls."""
         params = self.params_at(t) if params is None else params
-        bufs = self.buffers_at(t)
-        bufs = {n: bufs[n] for n in self._batch_buffer_names}
-        return functional_call(self._batch_template, {**params, **bufs}, (x,))
+        buffers = self.batch_buffers_at(t) if buffers is None else buffers
+        return functional_call(self._batch_template, {**params, **buffers}, (x,))
 
-    def point(self, t: float, params: dict[str, torch.Tensor] | None = None) -> "CurvePoint":
+    def batch_buffers_at(self, t: float) -> dict[str, torch.Tensor]:
+        """The buffers that :meth:`forward_batch_stats` needs (all but BatchNorm's)."""
+        return self.buffers_at(t, self._batch_buffer_names)
+
+    def point(self, t: float, params: dict[str, torch.Tensor] | None = None) -> CurvePoint:
         """θ(t) as a module with batch-statistics BatchNorm and detached parameters,
         the target of attacks during curve training."""
         params = self.params_at(t) if params is None else params
@@ -225,7 +244,7 @@ class Curve(nn.Module):
                 getattr(model.get_submodule(owner), attr).copy_(value)
         return model.eval()
 
-    def train(self, mode: bool = True) -> "Curve":
+    def train(self, mode: bool = True) -> Curve:
         super().train(mode)
         self._template.train(mode)
         self._batch_template.train(mode)
@@ -235,7 +254,9 @@ class Curve(nn.Module):
     def fingerprint(self) -> str:
         """Short hash of the endpoints' parameters: identifies which pair a curve
         (e.g. aligned or unaligned B) was fitted between."""
-        return _fingerprint(self.theta_a, self.theta_b)
+        if self._fingerprint is None:
+            self._fingerprint = _fingerprint(self.theta_a, self.theta_b)
+        return self._fingerprint
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "bends": self.bends, "model": self.meta,
@@ -254,10 +275,11 @@ class CurvePoint(nn.Module):
         super().__init__()
         object.__setattr__(self, "_curve", curve)
         self.t = float(t)
-        self._params = params
+        self.point_params = params
+        self.point_buffers = curve.batch_buffers_at(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._curve.forward_batch_stats(x, self.t, self._params)
+        return self._curve.forward_batch_stats(x, self.t, self.point_params, self.point_buffers)
 
 
 @CURVES.register("line")
@@ -317,7 +339,8 @@ def save_curve(path: str | Path, curve: Curve, meta: dict[str, Any] | None = Non
     """Write the control points to ``<path>.safetensors`` and the curve's description
     (kind, bends, architecture, endpoint fingerprint) plus ``meta`` to ``<path>.json``.
     The endpoints are not stored: :func:`load_curve` takes them."""
-    save_checkpoint(path, {"controls": curve.controls.detach()}, {"curve": curve.describe(), **(meta or {})})
+    save_checkpoint(path, {"controls": curve.controls.detach()},
+                    {"curve": curve.describe(), **(meta or {})})
 
 
 def load_curve(path: str | Path, model_a: nn.Module, model_b: nn.Module,
@@ -336,8 +359,8 @@ def load_curve(path: str | Path, model_a: nn.Module, model_b: nn.Module,
         raise UserError(f"curve {path} was fitted between other endpoint models "
                         f"(fingerprint {desc['endpoints']}, given {curve.fingerprint()})")
     if tuple(tensors["controls"].shape) != tuple(curve.controls.shape):
-        raise UserError(f"curve {path} has control points of shape {tuple(tensors['controls'].shape)}, "
-                        f"expected {tuple(curve.controls.shape)}")
+        got, want = tuple(tensors["controls"].shape), tuple(curve.controls.shape)
+        raise UserError(f"curve {path} has control points of shape {got}, expected {want}")
     with torch.no_grad():
         curve.controls.copy_(tensors["controls"])
     return curve, meta

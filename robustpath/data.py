@@ -15,7 +15,9 @@ Sources, in order:
   ``<root>/cifar-100-python``), else torchvision's download.
 
 Missing data with no way to get it raises :class:`~robustpath.errors.UserError`
-naming what to install or where to put the files.
+naming what to install or where to put the files. Setting the environment variable
+``ROBUSTPATH_OFFLINE=1`` turns every download off (as ``download=False`` does), for
+machines without a network and for tests.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +37,16 @@ from .registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_ROOT = Path(os.environ.get("ROBUSTPATH_DATA", "data"))
+OFFLINE_ENV = "ROBUSTPATH_OFFLINE"
+
+
+def offline() -> bool:
+    """True when ``ROBUSTPATH_OFFLINE`` is set to anything but "", "0", "false", "no"."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _offline_note(download: bool) -> str:
+    return f" (downloads are off: {OFFLINE_ENV} is set)" if download and offline() else ""
 
 
 @dataclass(frozen=True)
@@ -65,14 +77,21 @@ def info(name: str) -> DatasetInfo:
 
 # ---------------------------------------------------------------- IDX (MNIST-style) files
 def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (optionally gzipped) into an array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise UserError(f"{path} is not an IDX file")
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # truncated or corrupt gzip stream (BadGzipFile is OSError)
+        raise UserError(f"{path} is unreadable or corrupt ({type(e).__name__}); "
+                        "delete it and fetch it again") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise UserError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
+    if ndim == 0 or len(data) < offset:
+        raise UserError(f"{path} is truncated or corrupt (incomplete header)")
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     expected = int(np.prod(dims))
     if len(data) - offset != expected:
         raise UserError(f"{path} is truncated or corrupt ({len(data) - offset} of {expected} bytes)")
@@ -105,17 +124,17 @@ def _mnist_like(name: str, tv_name: str, dirs: list[Path], root: Path, train: bo
     found = _idx_split(dirs, train)
     if found is not None:
         return found
-    if download:
+    if download and not offline():
         import torchvision
 
         try:
             getattr(torchvision.datasets, tv_name)(str(root), train=train, download=True)
-        except Exception as e:  # network errors come in many types
+        except Exception as e:  # noqa: BLE001  (network errors come in many types)
             raise UserError(f"{name} not found and download failed ({type(e).__name__}); {hint}") from None
         found = _idx_split(dirs, train)
         if found is not None:
             return found
-    raise UserError(f"{name} not found; {hint}")
+    raise UserError(f"{name} not found; {hint}{_offline_note(download)}")
 
 
 def _load_fashion_mnist(root: Path, train: bool, download: bool):
@@ -175,7 +194,7 @@ def _cifar(tv_name: str, folder: str, name: str):
     def load(root: Path, train: bool, download: bool):
         files = [root / folder / f for f in (train_files if train else test_files)]
         missing = [f for f in files if not f.is_file()]
-        if missing and download:
+        if missing and download and not offline():
             import torchvision
 
             try:
@@ -186,7 +205,7 @@ def _cifar(tv_name: str, folder: str, name: str):
             missing = [f for f in files if not f.is_file()]
         if missing:
             raise UserError(f"{name} not found: expected torchvision's format in {root / folder} "
-                            f"(missing {missing[0].name})")
+                            f"(missing {missing[0].name}){_offline_note(download)}")
         parts = [_read_cifar_batch(f, label_key) for f in files]
         data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
         x = torch.from_numpy(data).float().div_(255.0).contiguous()

@@ -17,6 +17,7 @@ intervals can be computed later (:mod:`robustpath.barrier`).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -78,10 +79,12 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
     """
     ts = np.asarray(ts, dtype=np.float64)
     out = {k: [] for k in ARRAYS}
+    # the same BN batches at every t, so differences along t are not sampling noise
+    bn_data = list(itertools.islice(iter(bn_loader), bn_batches)) if bn_loader is not None else None
     for t in tqdm(ts, desc=desc, disable=not progress, unit="t", leave=False):
         model = model_at(float(t)).to(device)
-        if bn_loader is not None:
-            recompute_bn(model, bn_loader, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
+        if bn_data is not None:
+            recompute_bn(model, bn_data, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
         model.eval()
         clean = per_example(model, x_test, y_test, None, batch_size=batch_size, device=device)
         robust = per_example(model, x_test, y_test, attack, batch_size=batch_size, device=device)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import Attack, eval_mode
@@ -96,7 +96,7 @@ def strong_eval(model_at: ModelAt, ts: Sequence[float], x: torch.Tensor, y: torc
     rows = []
     for t in tqdm(list(ts), desc=desc, disable=not progress, unit="t", leave=False):
         model = setup.prepare(model_at, t)
-        kw = dict(batch_size=setup.batch_size, device=setup.device)
+        kw = {"batch_size": setup.batch_size, "device": setup.device}
         clean = per_example(model, x, y, None, **kw)
         w = per_example(model, x, y, weak, **kw)
         s = per_example(model, x, y, strong, **kw)
@@ -106,7 +106,7 @@ def strong_eval(model_at: ModelAt, ts: Sequence[float], x: torch.Tensor, y: torc
                      "gap": w.accuracy - s.accuracy,
                      "robust_acc_worst": float((w.correct & s.correct).float().mean()),
                      f"robust_loss_{weak_name}": w.mean_loss,
-                     f"robust_loss_{strong_name}": s.mean_loss, "n": int(len(y))})
+                     f"robust_loss_{strong_name}": s.mean_loss, "n": len(y)})
     return pd.DataFrame(rows)
 
 
@@ -154,7 +154,7 @@ def transfer_check(model_at: ModelAt, result: PathResult, x: torch.Tensor, y: to
         row["transfer_acc"] = float(survive.float().mean())
         row["transfer_only"] = float((direct & ~survive).float().mean())
         row["stronger"] = bool(row["transfer_acc"] < row["direct_acc"] - margin)
-        row["n"] = int(len(y))
+        row["n"] = len(y)
         flagged |= row["stronger"]
         rows.append(row)
     return pd.DataFrame(rows), flagged
@@ -191,7 +191,8 @@ def write_strong(frame: pd.DataFrame, out_dir: str | Path, *, title: str = "") -
     head = f"{title}\n\n" if title else ""
     note = ("Accuracies in percent; gap = robust_acc_pgd - robust_acc_aa (how much the weak "
             "attack overestimates robustness).\n\n")
-    atomic_write_text(out_dir / "strong_eval.md", head + note + _markdown(frame, _pct_columns(frame)))
+    atomic_write_text(out_dir / "strong_eval.md",
+                      head + note + _markdown(frame, _pct_columns(frame)))
 
 
 def write_transfer(frame: pd.DataFrame, out_dir: str | Path, flagged: bool, *,

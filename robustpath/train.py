@@ -74,7 +74,7 @@ class TrainConfig:
     eval_attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=0.1, steps=10, seed=0))
     data_root: str | None = None
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         models.MODELS.get(self.arch)
         data_mod.info(self.dataset)
         SCHEDULES.get(self.schedule)
@@ -97,7 +97,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         d["attack"] = AttackConfig(**d["attack"])
         d["eval_attack"] = AttackConfig(**d["eval_attack"])
@@ -171,9 +171,16 @@ def train_endpoint(cfg: TrainConfig, path: str | Path, *, device="cpu", progress
     return model, metrics
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as :class:`UserError`: one line on stderr, exit 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m robustpath.train",
+    p = _Parser(prog="python -m robustpath.train",
                                 description="Adversarially train one endpoint network.")
     p.add_argument("--dataset", default=d.dataset, help="dataset name (default %(default)s)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")

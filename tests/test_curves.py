@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from robustpath import data, models
 from robustpath.attacks import AttackConfig, build_attack
 from robustpath.bn import bn_modules, recompute_bn
-from robustpath.curve_train import CurveTrainConfig, train_curve
+from robustpath.curve_train import CurveTrainConfig, epoch_checkpoints, train_curve
 from robustpath.curves import CURVES, build_curve, load_curve, save_curve
 from robustpath.errors import UserError
 from robustpath.metrics import per_example
@@ -79,7 +79,7 @@ def test_family_weights_and_gradients():
     # d θ(t) / d c = 2 t (1 - t) for the quadratic Bezier curve.
     torch.testing.assert_close(bez.controls.grad, torch.full_like(bez.controls, 2 * t * (1 - t)))
     assert sum(w for w in bez.weights(0.37)) == pytest.approx(1.0)
-    assert list(build_curve("line", a, b, bends=5).parameters())[0].shape[0] == 0
+    assert next(iter(build_curve("line", a, b, bends=5).parameters())).shape[0] == 0
     assert set(CURVES.names()) >= {"line", "bezier", "polychain"}
 
 
@@ -183,8 +183,8 @@ def test_bn_recomputed_at_endpoints_reproduces_accuracy(trained_pair, fmnist):
 
 # ---------------------------------------------------------------------- training
 def _tiny_cfg(**kw):
-    base = dict(epochs=2, batch_size=64, lr=0.05, seed=3,
-                attack=AttackConfig(eps=0.1, steps=1))
+    base = {"epochs": 2, "batch_size": 64, "lr": 0.05, "seed": 3,
+                "attack": AttackConfig(eps=0.1, steps=1)}
     base.update(kw)
     return CurveTrainConfig(**base)
 
@@ -207,14 +207,19 @@ def test_training_resumes_after_a_kill(tmp_path, fmnist):
     killed = build_curve("bezier", a, b)
     with pytest.raises(Killed):
         train_curve(killed, x, y, cfg, tmp_path / "run", progress=False, on_epoch_end=kill)
-    state = json.loads((tmp_path / "run" / "last.json").read_text())
+    assert [p.name for p in epoch_checkpoints(tmp_path / "run")] == ["epoch-0001"]
+    state = json.loads((tmp_path / "run" / "epoch-0001.json").read_text())
     assert state["epoch"] == 1 and not (tmp_path / "run" / "final.json").exists()
+    # A kill while writing epoch 2 leaves a tensor file without its JSON: ignored.
+    (tmp_path / "run" / "epoch-0002.safetensors").write_bytes(b"partial")
 
     seen = []
     resumed = build_curve("bezier", a, b)
     m_resumed = train_curve(resumed, x, y, cfg, tmp_path / "run", progress=False,
                             on_epoch_end=lambda e, r: seen.append(e))
     assert seen == [2]                                   # only the missing epoch ran
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["final.json",
+                                                                    "final.safetensors"]
     assert torch.equal(resumed.controls, straight.controls)   # bit-for-bit
     assert [h["train_loss"] for h in m_resumed["history"]] == \
         [h["train_loss"] for h in m_straight["history"]]
@@ -261,7 +266,8 @@ def test_curve_with_pgd_beats_the_line_midpoint(trained_pair, fmnist, tmp_path):
     model_a, model_b = trained_pair[0], trained_pair[1]
     x_tr, y_tr, x_te, y_te = fmnist
     curve = build_curve("bezier", model_a, model_b)
-    cfg = CurveTrainConfig(epochs=2, batch_size=128, lr=0.05, seed=0,
+    # One epoch on 3000 images: midpoint robust accuracy ~0.43 vs ~0.19 on the line.
+    cfg = CurveTrainConfig(epochs=1, batch_size=128, lr=0.05, seed=0,
                            attack=AttackConfig(eps=0.1, steps=3))
     train_curve(curve, x_tr, y_tr, cfg, tmp_path, progress=False)
     line = build_curve("line", model_a, model_b)
@@ -270,5 +276,5 @@ def test_curve_with_pgd_beats_the_line_midpoint(trained_pair, fmnist, tmp_path):
     for name, c in (("bezier", curve), ("line", line)):
         m = recompute_bn(c.model_at(0.5), data.Batches(x_tr, y_tr, 128), batches=10)
         robust[name] = per_example(m, x_te, y_te, attack).accuracy
-    assert robust["bezier"] > robust["line"] + 0.05, robust
+    assert robust["bezier"] > robust["line"] + 0.1, robust
     assert isinstance(next(iter(curve.parameters())), nn.Parameter)

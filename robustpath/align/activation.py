@@ -78,8 +78,9 @@ class CoMoments:
         """Pearson correlation ``[C, C]`` (0 where a unit has no variance)."""
         sa, sb = self.m2_a.sqrt(), self.m2_b.sqrt()
         denom = torch.outer(sa, sb)
-        return torch.where(denom > eps, self.cab / denom.clamp_min(eps),
+        corr = torch.where(denom > eps, self.cab / denom.clamp_min(eps),
                            torch.zeros_like(self.cab))
+        return corr.clamp_(-1.0, 1.0)  # float32 batch products can overshoot by ~1e-6
 
 
 def _rows(t: torch.Tensor, tap: Tap) -> torch.Tensor:

@@ -1,0 +1,289 @@
+"""RobustBench zoo: offline loading by name, architecture groups, the compare CLI, the
+strong (AutoAttack) evaluation and the transfer check. CPU only, no network.
+
+Full-size zoo architectures (ResNet-18: 11M, WRN-28-10: 36M parameters) are too slow for
+this tier, so two tiny RobustBench architectures (``WideResNet`` depth 10 width 1 and
+``DMWideResNet`` depth 10 width 1, from ``robustbench.model_zoo.architectures``) are
+registered under test names in RobustBench's own registry dict - the dict its
+``load_model`` reads - with random-weight checkpoints in RobustBench's layout.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from robustpath import data, zoo
+from robustpath.attacks import AttackConfig, build_attack
+from robustpath.errors import UserError
+from robustpath.evaluate import evaluate_path
+from robustpath.strong import PointSetup, strong_eval, strong_ts, transfer_check, write_transfer
+
+NAME_A, NAME_B, NAME_C = "TinyTest2099_WRN_A", "TinyTest2099_WRN_B", "TinyTest2099_DMWRN_C"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wrn():
+    from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+    return WideResNet(depth=10, widen_factor=1)
+
+
+def _dm_wrn():
+    from robustbench.model_zoo.architectures.dm_wide_resnet import (CIFAR10_MEAN, CIFAR10_STD,
+                                                                    DMWideResNet, Swish)
+
+    return DMWideResNet(num_classes=10, depth=10, width=1, activation_fn=Swish,
+                        mean=CIFAR10_MEAN, std=CIFAR10_STD)
+
+
+def write_cifar10(root: Path, per_batch: int = 16, test: int = 24, seed: int = 0) -> Path:
+    """A tiny folder in torchvision's CIFAR-10 python format (random images)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = test if name == "test_batch" else per_batch
+        entry = {"batch_label": name, "labels": rng.integers(0, 10, n).tolist(),
+                 "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "filenames": [f"{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)], "num_vis": 3072}, f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    """Test entries in RobustBench's CIFAR-10 L-inf registry + random checkpoints in
+    ``<dir>/cifar10/Linf/<name>.pt`` (A: {'state_dict': 'module.'-prefixed}, B, C: plain);
+    ROBUSTPATH_OFFLINE=1. Yields ``(model_dir, data_root, state dicts)``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ROBUSTPATH_OFFLINE", "1")
+    reg = zoo.registry("cifar10", "Linf")
+    states = {}
+    model_dir = tmp_path_factory.mktemp("models")
+    ckpt_dir = model_dir / "cifar10" / "Linf"
+    ckpt_dir.mkdir(parents=True)
+    for i, (name, ctor) in enumerate(((NAME_A, _wrn), (NAME_B, _wrn), (NAME_C, _dm_wrn))):
+        mp.setitem(reg, name, {"model": ctor, "gdrive_id": "not-used"})
+        torch.manual_seed(i)
+        model = ctor()
+        with torch.no_grad():  # non-trivial BN statistics, so loading them is checked
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.9, 1.1)
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        states[name] = sd
+        blob = {"state_dict": {f"module.{k}": v for k, v in sd.items()}} if name == NAME_A else sd
+        torch.save(blob, ckpt_dir / f"{name}.pt")
+    root = write_cifar10(tmp_path_factory.mktemp("data"))
+    yield model_dir, root, states
+    mp.undo()
+
+
+# ---------------------------------------------------------------- data
+def test_cifar_loader_reads_a_small_folder(tmp_path):
+    root = write_cifar10(tmp_path, per_batch=4, test=6)
+    x, y = data.load("cifar10", train=False, root=root, download=False)
+    assert x.shape == (6, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    with open(root / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        raw = pickle.load(f)
+    assert torch.equal(x, torch.from_numpy(raw["data"]).float().div(255).view(6, 3, 32, 32))
+    assert y.tolist() == raw["labels"]
+    x_tr, _ = data.load("cifar10", train=True, root=root, download=False)
+    assert len(x_tr) == 20
+    with pytest.raises(UserError, match="cifar-10-batches-py"):
+        data.load("cifar10", train=False, root=tmp_path / "nothing", download=False)
+
+
+# ---------------------------------------------------------------- loading and listing
+def test_load_by_name_offline(tiny_zoo):
+    model_dir, _, states = tiny_zoo
+    for name in (NAME_A, NAME_B, NAME_C):
+        model = zoo.load(name, model_dir, "cifar10", "Linf")
+        assert not model.training
+        got = model.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in states[name].items())
+    a, c = zoo.describe(NAME_A), zoo.describe(NAME_C)
+    assert a.arch == "WideResNet" and c.arch == "DMWideResNet"
+    assert c.normalisation.startswith("inside the model")  # mean/std buffers
+    assert a.normalisation.startswith("none")  # trained on raw [0, 1] pixels
+
+
+def test_architecture_groups():
+    d = {n: zoo.describe(n) for n in ("Sehwag2021Proxy_R18", "Addepalli2022Efficient_RN18",
+                                      "Rebuffi2021Fixing_R18_ddpm", "Rade2021Helper_R18_ddpm",
+                                      "Standard", "Gowal2021Improving_28_10_ddpm_100m")}
+    assert d["Sehwag2021Proxy_R18"].group == d["Addepalli2022Efficient_RN18"].group
+    assert d["Rebuffi2021Fixing_R18_ddpm"].group == d["Rade2021Helper_R18_ddpm"].group
+    assert d["Sehwag2021Proxy_R18"].group != d["Rebuffi2021Fixing_R18_ddpm"].group
+    # same depth and width, different classes (WideResNet vs DMWideResNet): no path
+    assert d["Standard"].group != d["Gowal2021Improving_28_10_ddpm_100m"].group
+    with pytest.raises(UserError, match="different architectures"):
+        zoo.check_pair(d["Sehwag2021Proxy_R18"], d["Rebuffi2021Fixing_R18_ddpm"])
+    with pytest.raises(UserError, match="not in RobustBench"):
+        zoo.describe("Sehwag2021Proxy_R19")
+
+
+def test_list_marks_present_checkpoints(tiny_zoo, capsys):
+    model_dir, _, _ = tiny_zoo
+    assert zoo.main(["list", "--model-dir", str(model_dir), "--present"]) == 0
+    out = capsys.readouterr().out
+    assert f"* {NAME_A}" in out and f"* {NAME_C}" in out
+    assert out.index("WideResNet (") < out.index(NAME_A) < out.index("DMWideResNet (")
+
+
+def test_mismatched_pair_is_refused(tiny_zoo, tmp_path, capsys):
+    model_dir, root, _ = tiny_zoo
+    rc = zoo.main(["compare", "--models", f"{NAME_A},{NAME_C}", "--model-dir", str(model_dir),
+                   "--data-root", str(root), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "different architectures" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_checkpoint_offline_cli(tmp_path):
+    env = dict(os.environ, ROBUSTPATH_OFFLINE="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "robustpath.zoo", "compare", "--models",
+         "Sehwag2021Proxy_R18,Addepalli2022Efficient_RN18", "--model-dir", str(tmp_path / "m"),
+         "--data-root", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    expected = tmp_path / "m" / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt"
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(expected) in lines[0] and "Traceback" not in proc.stderr
+    assert not expected.exists() and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- compare end to end
+def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path, monkeypatch):
+    model_dir, root, _ = tiny_zoo
+    out = tmp_path / "run"
+    argv = ["compare", "--models", f"{NAME_A},{NAME_B},{NAME_C}", "--model-dir", str(model_dir),
+            "--data-root", str(root), "--align", "none,weight,activation", "--t-points", "3",
+            "--test-subset", "16", "--train-subset", "0", "--batch-size", "16",
+            "--bn-batches", "2", "--bn-inputs", "clean", "--steps", "2", "--eps", "8/255",
+            "--strong-attack", "apgd", "--strong-t", "0.25", "--bootstrap", "50",
+            "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert zoo.main(argv) == 0
+    for f in ("records.csv", "examples.npz", "tables/summary.md", "plots/paths.png",
+              "barrier_matrix.csv", "plots/barrier_matrix_line.png", "strong_eval.csv",
+              "strong_eval.md", "transfer.csv", "transfer.md", "models.json", "alignment.json",
+              f"pairs/{NAME_A}__{NAME_B}/tables/summary.md"):
+        assert (out / f).is_file(), f
+    records = pd.read_csv(out / "records.csv")
+    assert set(records["align"]) == {"none", "weight", "activation"}
+    assert set(zip(records["seed_a"], records["seed_b"])) == {(0, 1)}  # C: other architecture
+    matrix = pd.read_csv(out / "barrier_matrix.csv")
+    assert len(matrix) == 3 and set(matrix["model_b"]) == {NAME_B}
+    assert {"robust_loss_barrier", "robust_acc_min"} <= set(matrix.columns)
+    strong = pd.read_csv(out / "strong_eval.csv")
+    assert {"robust_acc_pgd", "robust_acc_apgd", "gap"} <= set(strong.columns)
+    assert set(strong["t"].round(3)) >= {0.0, 0.25, 1.0}
+    transfer = pd.read_csv(out / "transfer.csv")
+    assert {"direct_acc", "transfer_acc_a", "transfer_acc_b", "stronger"} <= set(transfer.columns)
+    # the unaligned path's endpoints evaluated directly agree with the records
+    rec = records[records["align"] == "none"].set_index("t")["robust_acc"]
+    tr = transfer[transfer["align"] == "none"].set_index("t")["direct_acc"]
+    assert np.allclose(rec.to_numpy(), tr.to_numpy())
+
+    ckpt = {p: p.stat().st_mtime_ns for p in (out / "ckpt").rglob("*") if p.is_file()}
+
+    def no_loading(*a, **k):
+        raise AssertionError("a rerun must not load models")
+
+    monkeypatch.setattr(zoo, "load", no_loading)
+    start = time.perf_counter()
+    assert zoo.main(argv) == 0
+    assert time.perf_counter() - start < 30
+    after = {p: p.stat().st_mtime_ns for p in (out / "ckpt").rglob("*") if p.is_file()}
+    assert after == ckpt
+    assert pd.read_csv(out / "records.csv").equals(records)
+
+
+def test_aligned_line_runs_on_loaded_models(tiny_zoo):
+    """Programmatic use: load, align by weights, evaluate a short line path."""
+    from robustpath.align import align
+    from robustpath.curves import build_curve
+
+    model_dir, root, _ = tiny_zoo
+    a, b = (zoo.load(n, model_dir) for n in (NAME_A, NAME_B))
+    x, y = data.load("cifar10", train=False, root=root, download=False)
+    aligned, _, _ = align(a, b, method="weight", example_input=x[:2])
+    with torch.no_grad():
+        assert torch.allclose(aligned(x), b(x), atol=1e-4)
+    c = build_curve("line", a, aligned)
+    x_tr, y_tr = data.load("cifar10", train=True, root=root, download=False)
+    res = evaluate_path(c.model_at, [0.0, 0.5, 1.0], x, y,
+                        build_attack(AttackConfig(eps=8 / 255, steps=2, seed=0)),
+                        bn_loader=data.Batches(x_tr, y_tr, 16), bn_batches=2, progress=False)
+    assert res.robust_correct.shape == (3, len(y))
+
+
+# ---------------------------------------------------------------- strong evaluation
+def test_autoattack_is_at_least_as_strong_as_pgd(trained_pair, fmnist):
+    model = trained_pair[0]
+    _, _, x_te, y_te = fmnist
+    x, y = x_te[:64], y_te[:64]
+    pgd = build_attack(AttackConfig(eps=0.1, steps=10, seed=0))
+    aa = build_attack(AttackConfig(name="autoattack", eps=0.1, seed=0))
+    frame = strong_eval(lambda t: model, [0.0], x, y, pgd, aa, progress=False)
+    row = frame.iloc[0]
+    assert row["robust_acc_aa"] <= row["robust_acc_pgd"]
+    assert row["gap"] == pytest.approx(row["robust_acc_pgd"] - row["robust_acc_aa"])
+    assert row["robust_acc_worst"] <= row["robust_acc_aa"]
+    assert 0 < row["clean_acc"]
+
+
+class _Quantised(nn.Module):
+    """8-bit input quantisation: zero input gradient, the classic masked gradient."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 255) / 255)
+
+
+def test_transfer_check_flags_masked_gradients(trained_pair, fmnist, tmp_path):
+    model = trained_pair[0]
+    masked = _Quantised(model).eval()
+    _, _, x_te, y_te = fmnist
+    x, y = x_te[:64], y_te[:64]
+    pgd = build_attack(AttackConfig(eps=0.1, steps=5, seed=0))
+    path = lambda t: model if t in (0.0, 1.0) else masked  # noqa: E731
+    res = evaluate_path(path, [0.0, 0.5, 1.0], x, y, pgd, progress=False)
+    frame, flagged = transfer_check(path, res, x, y, {"a": model}, pgd, PointSetup(),
+                                    progress=False)
+    assert flagged
+    assert list(frame["stronger"]) == [False, True, False]
+    write_transfer(frame, tmp_path, flagged)
+    assert "possible gradient masking" in (tmp_path / "transfer.md").read_text()
+
+
+def test_strong_ts_picks_endpoints_and_worst_t():
+    from robustpath.evaluate import PathResult
+
+    correct = np.array([[1, 1], [1, 0], [0, 0], [1, 1]], dtype=bool)
+    res = PathResult(ts=np.linspace(0, 1, 4), speed=np.ones(4), clean_correct=correct,
+                     robust_correct=correct, clean_loss=np.zeros((4, 2)),
+                     robust_loss=np.zeros((4, 2)))
+    assert strong_ts(res, [0.5]) == [0.0, 0.5, pytest.approx(2 / 3), 1.0]
+    with pytest.raises(UserError):
+        strong_ts(res, [1.5])
