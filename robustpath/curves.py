@@ -284,12 +284,15 @@ class CurvePoint(nn.Module):
 
 @CURVES.register("line")
 class Line(Curve):
-    """θ(t) = (1 - t) θ0 + t θ1. Has no control points; ``bends`` is ignored."""
+    """θ(t) = (1 - t) θ0 + t θ1. Has no control points (``controls`` is an empty,
+    frozen ``[0, P]`` tensor); ``bends`` is ignored."""
 
     kind = "line"
 
     def __init__(self, model_a: nn.Module, model_b: nn.Module, bends: int = 0):
         super().__init__(model_a, model_b, 0)
+        # Empty [0, P] control tensor, frozen: ``any(p.requires_grad ...)`` is False.
+        self.controls.requires_grad_(False)
 
     def weights(self, t: float) -> list[float]:
         return [1.0 - t, t]
