@@ -368,6 +368,7 @@ class CompareConfig:
     curve_epochs: int = 4
     curve_lr: float = 0.015
     strong_attack: str = "none"
+    strong_steps: int = 100
     strong_t: list[float] = field(default_factory=list)
     transfer: bool = True
     masking_margin: float = 0.02
@@ -390,7 +391,7 @@ class CompareConfig:
 
     def strong_attack_config(self) -> AttackConfig:
         return AttackConfig(name=self.strong_attack, norm=self.norm, eps=self.eps,
-                            steps=max(self.steps, 100), seed=0)
+                            steps=self.strong_steps, seed=0)
 
     def validate(self) -> CompareConfig:
         from . import curves
@@ -423,8 +424,8 @@ class CompareConfig:
         if self.strong_attack != "none":
             ATTACKS.get(self.strong_attack)
         ATTACKS.get(self.attack)
-        for name in ("steps", "restarts", "train_steps", "bn_batches", "batch_size", "curve_epochs",
-                     "bootstrap", "bends", "align_samples"):
+        for name in ("steps", "restarts", "train_steps", "strong_steps", "bn_batches",
+                     "batch_size", "curve_epochs", "bootstrap", "bends", "align_samples"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, "
                                 f"got {getattr(self, name)}")
@@ -479,6 +480,8 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--curve-lr", default="0.015", help="learning rate of curve fitting")
     a("--strong-attack", default="none", help="strong attack at chosen t: none, autoattack "
       "(torchattacks AutoAttack, standard) or apgd")
+    a("--strong-steps", type=int, default=100, help="iterations of apgd as --strong-attack "
+      "(AutoAttack's standard version fixes its own)")
     a("--strong-t", default="", help="extra t for the strong attack, comma-separated (always: "
       "0, 1 and the t of the lowest PGD robust accuracy)")
     a("--no-transfer", action="store_true", help="skip the transfer check (adversarial examples "
@@ -518,7 +521,8 @@ def config_from_args(args) -> CompareConfig:
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, batch_size=args.batch_size,
         curve_epochs=args.curve_epochs,
         curve_lr=parse_fraction(args.curve_lr, name="--curve-lr", allow_zero=False),
-        strong_attack=args.strong_attack, strong_t=strong_t, transfer=not args.no_transfer,
+        strong_attack=args.strong_attack, strong_steps=args.strong_steps, strong_t=strong_t,
+        transfer=not args.no_transfer,
         masking_margin=args.masking_margin, bootstrap=args.bootstrap,
         trust_checkpoints=args.trust_checkpoints, device=args.device, out=args.out or "")
     cfg.validate()
@@ -825,8 +829,7 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
                     i, j = int(r["index_a"]), int(r["index_b"])
                     mat[i, j] = mat[j, i] = r[metric] * scale
                 ax = axes[row, col]
-                cm = plt.get_cmap(cmap).copy()
-                cm.set_bad("#dddddd")
+                cm = plt.get_cmap(cmap).with_extremes(bad="#dddddd")
                 im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, vmin=lo,
                                vmax=hi if hi > lo else lo + 1e-9)
                 for i in range(n):

@@ -133,7 +133,7 @@ def test_align_recovers_permuted_copy(arch, dataset, method):
     assert _same_weights(model, aligned)
     for g, p in found.items():  # the inverse of the shuffle
         assert torch.equal(p, torch.argsort(perm[g])), g
-    assert report.mean_after == pytest.approx(1.0, abs=1e-6)
+    assert report.mean_after == pytest.approx(1.0, abs=1e-4)
     assert report.mean_before < 0.5
     json.dumps(report.to_dict())
 

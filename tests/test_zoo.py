@@ -40,8 +40,12 @@ def _wrn():
 
 
 def _dm_wrn():
-    from robustbench.model_zoo.architectures.dm_wide_resnet import (CIFAR10_MEAN, CIFAR10_STD,
-                                                                    DMWideResNet, Swish)
+    from robustbench.model_zoo.architectures.dm_wide_resnet import (
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+        DMWideResNet,
+        Swish,
+    )
 
     return DMWideResNet(num_classes=10, depth=10, width=1, activation_fn=Swish,
                         mean=CIFAR10_MEAN, std=CIFAR10_STD)
@@ -162,7 +166,7 @@ def test_missing_checkpoint_offline_cli(tmp_path):
         [sys.executable, "-m", "robustpath.zoo", "compare", "--models",
          "Sehwag2021Proxy_R18,Addepalli2022Efficient_RN18", "--model-dir", str(tmp_path / "m"),
          "--data-root", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cpu"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     expected = tmp_path / "m" / "cifar10" / "Linf" / "Sehwag2021Proxy_R18.pt"
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -178,7 +182,8 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
             "--data-root", str(root), "--align", "none,weight,activation", "--t-points", "3",
             "--test-subset", "16", "--train-subset", "0", "--batch-size", "16",
             "--bn-batches", "2", "--bn-inputs", "clean", "--steps", "2", "--eps", "8/255",
-            "--strong-attack", "apgd", "--strong-t", "0.25", "--bootstrap", "50",
+            "--strong-attack", "fgsm", "--strong-t", "0.25",
+            "--bootstrap", "50",
             "--device", "cpu", "--out", str(out), "--no-progress"]
     assert zoo.main(argv) == 0
     for f in ("records.csv", "examples.npz", "tables/summary.md", "plots/paths.png",
@@ -193,7 +198,7 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
     assert len(matrix) == 3 and set(matrix["model_b"]) == {NAME_B}
     assert {"robust_loss_barrier", "robust_acc_min"} <= set(matrix.columns)
     strong = pd.read_csv(out / "strong_eval.csv")
-    assert {"robust_acc_pgd", "robust_acc_apgd", "gap"} <= set(strong.columns)
+    assert {"robust_acc_pgd", "robust_acc_fgsm", "gap"} <= set(strong.columns)
     assert set(strong["t"].round(3)) >= {0.0, 0.25, 1.0}
     transfer = pd.read_csv(out / "transfer.csv")
     assert {"direct_acc", "transfer_acc_a", "transfer_acc_b", "stronger"} <= set(transfer.columns)
@@ -236,6 +241,7 @@ def test_aligned_line_runs_on_loaded_models(tiny_zoo):
 
 
 # ---------------------------------------------------------------- strong evaluation
+@pytest.mark.slow  # AutoAttack (standard) takes minutes on a CPU
 def test_autoattack_is_at_least_as_strong_as_pgd(trained_pair, fmnist):
     model = trained_pair[0]
     _, _, x_te, y_te = fmnist
@@ -267,7 +273,7 @@ def test_transfer_check_flags_masked_gradients(trained_pair, fmnist, tmp_path):
     _, _, x_te, y_te = fmnist
     x, y = x_te[:64], y_te[:64]
     pgd = build_attack(AttackConfig(eps=0.1, steps=5, seed=0))
-    path = lambda t: model if t in (0.0, 1.0) else masked  # noqa: E731
+    path = lambda t: model if t in (0.0, 1.0) else masked
     res = evaluate_path(path, [0.0, 0.5, 1.0], x, y, pgd, progress=False)
     frame, flagged = transfer_check(path, res, x, y, {"a": model}, pgd, PointSetup(),
                                     progress=False)
