@@ -43,9 +43,10 @@ class Timings:
 
 
 def interleaved(variants: dict[str, Callable[[], object]], rounds: int, *, warmup: int = 1,
-                device: torch.device = torch.device("cpu"),
+                device: torch.device | None = None,
                 progress: Callable[[str], None] | None = None) -> Timings:
     """Time ``variants`` (name -> zero-argument callable) over ``rounds`` rotated rounds."""
+    device = device if device is not None else torch.device("cpu")
     names = list(variants)
     for _ in range(warmup):
         for name in names:

@@ -720,6 +720,16 @@ class CompareRun:
                             "attack": c.eval_attack().to_dict(), "test_subset": c.test_subset,
                             "train_subset": c.train_subset, "batch_size": c.batch_size})
 
+    def eval_keys(self, pairs: list[tuple[str, str]]) -> list[str]:
+        """The evaluation cache keys of every path of ``pairs``."""
+        keys = []
+        for a, b in pairs:
+            ka, kb = self.model_key(a), self.model_key(b)
+            for method in self.cfg.align:
+                akey = self.align_key(method, ka, kb)
+                keys += [self.eval_key(self.curve_key(kind, ka, akey)) for kind in self.cfg.paths]
+        return keys
+
     def load_eval(self, key: str) -> PathResult | None:
         path = self._path("eval", f"{key}.npz")
         if path.is_file():
@@ -748,10 +758,12 @@ class CompareRun:
         atomic_write_bytes(self._path("eval", f"{key}.npz"), buf.getvalue())
         return res
 
-    def cached_json(self, stage: str, key: str):
+    def cached_frame(self, stage: str, key: str) -> pd.DataFrame | None:
+        """A table stored by :meth:`strong` / :meth:`transfer` (columns in order)."""
         try:
-            return json.loads(self._path(stage, f"{key}.json").read_text())
-        except (OSError, ValueError):
+            d = json.loads(self._path(stage, f"{key}.json").read_text())
+            return pd.DataFrame(d["data"], columns=d["columns"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def strong(self, c, ts: list[float], key: str, desc: str) -> pd.DataFrame:
@@ -764,7 +776,7 @@ class CompareRun:
                             self.setup(), weak_name=_short(self.cfg.attack),
                             strong_name=_short(self.cfg.strong_attack), progress=self.progress,
                             desc=desc)
-        atomic_write_json(self._path("strong", f"{key}.json"), frame.to_dict(orient="list"))
+        atomic_write_json(self._path("strong", f"{key}.json"), frame.to_dict(orient="split"))
         return frame
 
     def transfer(self, c, res: PathResult, key: str, desc: str) -> pd.DataFrame:
@@ -776,7 +788,7 @@ class CompareRun:
         frame, _ = transfer_check(c.model_at, res, x_te, y_te, sources,
                                   build_attack(self.cfg.eval_attack(), num_classes), setup,
                                   margin=self.cfg.masking_margin, progress=self.progress, desc=desc)
-        atomic_write_json(self._path("transfer", f"{key}.json"), frame.to_dict(orient="list"))
+        atomic_write_json(self._path("transfer", f"{key}.json"), frame.to_dict(orient="split"))
         return frame
 
 
@@ -809,40 +821,44 @@ def barrier_matrix(records: list[PathRecord], models: list[str],
 def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | Path,
                         title: str = "") -> list[Path]:
     """Heat maps (one PNG per path family): rows robust loss barrier / robust accuracy
-    minimum, one column per alignment method; grey cells: pairs not compared."""
+    minimum (one colour scale per row), one column per alignment method; the matrix is
+    symmetric; grey cells: pairs not compared (diagonal, different architectures)."""
+    from matplotlib.colors import Normalize
+
     from .plots import _matplotlib
 
     plt = _matplotlib()
     n, written = len(models), []
-    panels = (("robust_loss_barrier", "robust loss barrier", 1.0, "magma_r"),
-              ("robust_acc_min", "robust acc. min (%)", 100.0, "viridis"))
+    panels = (("robust_loss_barrier", "robust loss barrier", 1.0, "magma_r", "{:.2f}"),
+              ("robust_acc_min", "robust acc. min (%)", 100.0, "viridis", "{:.1f}"))
     for curve, part in frame.groupby("curve", sort=True):
         aligns = [a for a in ALIGN_METHODS if a in set(part["align"])]
-        size = 1.2 + 0.55 * n
-        fig, axes = plt.subplots(2, len(aligns), figsize=(size * len(aligns) + 1, 2 * size + 1),
-                                 squeeze=False)
-        for row, (metric, label, scale, cmap) in enumerate(panels):
+        size = 1.5 + 0.45 * n
+        fig, axes = plt.subplots(2, len(aligns), figsize=(size * len(aligns) + 2.5, 2 * size + 2.5),
+                                 squeeze=False, constrained_layout=True)
+        for row, (metric, label, scale, cmap, fmt) in enumerate(panels):
             lo, hi = part[metric].min() * scale, part[metric].max() * scale
+            norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+            cm = plt.get_cmap(cmap).with_extremes(bad="#dddddd")
             for col, align in enumerate(aligns):
                 mat = np.full((n, n), np.nan)
                 for _, r in part[part["align"] == align].iterrows():
                     i, j = int(r["index_a"]), int(r["index_b"])
                     mat[i, j] = mat[j, i] = r[metric] * scale
                 ax = axes[row, col]
-                cm = plt.get_cmap(cmap).with_extremes(bad="#dddddd")
-                im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, vmin=lo,
-                               vmax=hi if hi > lo else lo + 1e-9)
-                for i in range(n):
-                    for j in range(n):
-                        if np.isfinite(mat[i, j]) and n <= 12:
-                            ax.text(j, i, f"{mat[i, j]:.2f}" if scale == 1 else f"{mat[i, j]:.1f}",
-                                    ha="center", va="center", fontsize=7, color="w")
-                ax.set_xticks(range(n), models, rotation=60, ha="right", fontsize=7)
+                im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, norm=norm)
+                for i, j in zip(*np.nonzero(np.isfinite(mat))):
+                    if n <= 12:
+                        r_, g_, b_, _ = cm(norm(mat[i, j]))
+                        dark = 0.299 * r_ + 0.587 * g_ + 0.114 * b_ < 0.5
+                        ax.text(j, i, fmt.format(mat[i, j]), ha="center", va="center",
+                                fontsize=7, color="w" if dark else "k")
+                ax.set_xticks(range(n), models if row == 1 else [""] * n, rotation=60,
+                              ha="right", fontsize=7)
                 ax.set_yticks(range(n), models if col == 0 else [""] * n, fontsize=7)
-                ax.set_title(f"{LABEL.get(align, align)}: {label}", fontsize=9)
-                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+                ax.set_title(f"{LABEL.get(align, align)}", fontsize=9)
+            fig.colorbar(im, ax=list(axes[row]), shrink=0.8, label=label)
         fig.suptitle(f"{title} ({curve} paths)" if title else f"{curve} paths", fontsize=10)
-        fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120, metadata={"Software": None})
         plt.close(fig)
@@ -877,6 +893,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     pairs, skipped = resolve_pairs(cfg)
     run = CompareRun(cfg, device, progress)
     run.ensure_checkpoints()
+    if not all(run.load_eval(k) is not None for k in run.eval_keys(pairs)):
+        run.data()  # missing data fails here, before anything is written
     check_writable(run.dir)
     entries = {m: describe(m, cfg.dataset, cfg.threat) for m in cfg.models}
     cfg_dict = dict(cfg.to_dict(), norm=cfg.norm,
@@ -918,15 +936,15 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                     ts = strong_ts(res, cfg.strong_t)
                     skey = config_hash({"eval": ekey, "ts": ts,
                                         "strong": cfg.strong_attack_config().to_dict()})
-                    cached = run.cached_json("strong", skey)
-                    frame = (pd.DataFrame(cached) if cached is not None
-                             else run.strong(curve(), ts, skey, f"{cfg.strong_attack} {desc}"))
+                    frame = run.cached_frame("strong", skey)
+                    if frame is None:
+                        frame = run.strong(curve(), ts, skey, f"{cfg.strong_attack} {desc}")
                     strong_frames.append(_labelled(frame, a, b, method, kind))
                 if cfg.transfer:
                     tkey = config_hash({"eval": ekey, "transfer": cfg.eval_attack().to_dict()})
-                    cached = run.cached_json("transfer", tkey)
-                    frame = (pd.DataFrame(cached) if cached is not None
-                             else run.transfer(curve(), res, tkey, f"transfer {desc}"))
+                    frame = run.cached_frame("transfer", tkey)
+                    if frame is None:
+                        frame = run.transfer(curve(), res, tkey, f"transfer {desc}")
                     frame["stronger"] = (frame["transfer_acc"]
                                          < frame["direct_acc"] - cfg.masking_margin)
                     if frame["stronger"].any():

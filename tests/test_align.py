@@ -251,7 +251,7 @@ def test_streaming_correlation_matches_full_batch():
     b = a @ torch.randn(6, 6, generator=g) + torch.randn(1000, 6, generator=g)
     stats = CoMoments(6)
     for i in range(0, 1000, 137):
-        stats.update(a[i:i + 137], b[i:i + 137])
+        stats.update(a[i:i + 137].T, b[i:i + 137].T)
     full = torch.corrcoef(torch.cat([a, b], 1).T.double())[:6, 6:]
     assert torch.allclose(stats.correlation(), full, atol=1e-6)
 

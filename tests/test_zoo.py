@@ -160,6 +160,15 @@ def test_mismatched_pair_is_refused(tiny_zoo, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_missing_data_fails_before_writing(tiny_zoo, tmp_path, capsys):
+    model_dir, _, _ = tiny_zoo
+    rc = zoo.main(["compare", "--models", f"{NAME_A},{NAME_B}", "--model-dir", str(model_dir),
+                   "--data-root", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"),
+                   "--device", "cpu"])
+    assert rc == 2 and "cifar-10-batches-py" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_checkpoint_offline_cli(tmp_path):
     env = dict(os.environ, ROBUSTPATH_OFFLINE="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(

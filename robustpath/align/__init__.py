@@ -17,8 +17,8 @@ with unit ``i`` of the permuted model = unit ``p[i]`` of the original; ``perm.sp
 its :class:`PermutationSpec`. Methods (registry :data:`MATCHERS`): ``activation``,
 ``weight``, ``none``.
 
-Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` (how each op moves a
-permutation), :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
+Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.layers`
+(how each op moves a permutation), :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
 (apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`.
 """
 

@@ -37,7 +37,8 @@ from .spec import PermutationSpec, Tap
 
 
 class CoMoments:
-    """Streaming means, variances and cross-covariance of two ``[M, C]`` row sets."""
+    """Streaming means, variances and cross-covariance of the units of two models
+    (``C`` units each), observed over any number of ``[C, M]`` batches."""
 
     def __init__(self, c: int):
         self.n = 0
@@ -48,15 +49,16 @@ class CoMoments:
         self.cab = torch.zeros(c, c, dtype=torch.float64)
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        m = a.shape[0]
+        """Add observations: ``a``, ``b`` of shape ``[C, M]`` (units x observations)."""
+        m = a.shape[1]
         if m == 0:
             return
         a, b = a.float(), b.float()
-        ma, mb = a.mean(0), b.mean(0)
-        ac, bc = a - ma, b - mb
-        cab = (ac.T @ bc).double().cpu()
-        va, vb = (ac * ac).sum(0).double().cpu(), (bc * bc).sum(0).double().cpu()
-        ma, mb = ma.double().cpu(), mb.double().cpu()
+        ma, mb = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
+        ac, bc = a - ma, b - mb  # batch-centred: no cancellation in float32
+        cab = (ac @ bc.T).double().cpu()
+        va, vb = (ac * ac).sum(1).double().cpu(), (bc * bc).sum(1).double().cpu()
+        ma, mb = ma.view(-1).double().cpu(), mb.view(-1).double().cpu()
         n = self.n + m
         da, db = ma - self.mean_a, mb - self.mean_b
         w = self.n * m / n
@@ -83,12 +85,10 @@ class CoMoments:
         return corr.clamp_(-1.0, 1.0)  # float32 batch products can overshoot by ~1e-6
 
 
-def _rows(t: torch.Tensor, tap: Tap) -> torch.Tensor:
-    """``[M, C]``: the tap's units as columns, samples x positions x inner as rows."""
-    t = t.movedim(tap.axis, -1)
-    if tap.inner > 1:
-        t = t.reshape(*t.shape[:-1], tap.size, tap.inner).movedim(-1, -2)
-    return t.reshape(-1, tap.size)
+def _units(t: torch.Tensor, tap: Tap) -> torch.Tensor:
+    """``[C, M]``: one row per unit of the tap; columns are samples x positions (x the
+    unit's ``inner`` indices), in the same order for both models."""
+    return t.movedim(tap.axis, 0).reshape(tap.size, -1)
 
 
 def select_taps(spec: PermutationSpec, pre_activation: bool = False) -> list[Tap]:
@@ -150,7 +150,7 @@ def correlations(ctx: MatchContext) -> tuple[dict[str, torch.Tensor], int]:
             with torch.no_grad():
                 outs_a, outs_b = gm_a(xa), gm_b(xb)
             for tap, ta, tb in zip(order, outs_a, outs_b):
-                stats[tap.node].update(_rows(ta, tap), _rows(tb, tap))
+                stats[tap.node].update(_units(ta, tap), _units(tb, tap))
             samples += len(x)
     if samples == 0:
         raise UserError("the data for alignment is empty")

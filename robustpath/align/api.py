@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from ..attacks import AttackConfig, build_attack
+from ..data import info as dataset_info
 from ..errors import UserError
 from .activation import check_compatible, correlations
 from .context import MATCHERS, MatchContext
@@ -64,15 +66,11 @@ def _example_input(model_a: nn.Module, data, example_input):
         it = iter(data)
         first = next(it, None)
         if first is not None:
-            import itertools
-
             xb = first[0] if isinstance(first, (tuple, list)) else first
             return xb[:2], itertools.chain([first], it)
     meta = getattr(model_a, "robustpath_meta", None)
-    if meta:
-        from ..data import info
-
-        return torch.rand(2, *info(meta["dataset"]).shape), data
+    if meta:  # models.create() records the dataset: its shape is enough for tracing
+        return torch.rand(2, *dataset_info(meta["dataset"]).shape), data
     raise UserError("align needs data or example_input= to trace the model")
 
 

@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from ..errors import UserError
 from . import rules
+from .layers import apply_rule
 from .rules import FIXED, NON_TENSOR, Perm, Seg
 from .trace import node_location, node_shape, trace
 
@@ -216,7 +217,7 @@ class _Builder:
                     if isinstance(st, Perm):
                         self.fix(st.segs)
                 continue
-            self.states[node] = rules.apply_rule(self, node)
+            self.states[node] = apply_rule(self, node)
         for key in self.pinned & set(self.regs):
             for segs in self.regs[key].values():
                 self.fix(segs)
