@@ -78,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
     a("--bn-batches", type=int, default=None, help="training batches for BN recomputation")
     a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
+    a("--plane-grid", type=int, default=None,
+      help="loss surface on each bezier curve's plane on an N x N grid (0 = off)")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
     a("--overwrite", action="store_true",
@@ -96,6 +98,7 @@ def config_from_args(args) -> BenchConfig:
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
+        plane_grid=args.plane_grid,
         data_root=args.data_root, device=args.device)
     cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
     return cfg
@@ -126,7 +129,7 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
         endpoints[seed] = (model, metrics, key)
 
     records: list[PathRecord] = []
-    align_reports, curve_metrics = {}, {}
+    align_reports, curve_metrics, planes = {}, {}, {}
     for sa, sb in cfg.pairs():
         (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
         for method in cfg.align:
@@ -141,6 +144,8 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
                 res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
                                        desc=f"eval {method}/{kind} s{sa}-{sb}")
                 records.append(PathRecord(method, kind, sa, sb, res))
+                if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
+                    planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device, progress)
 
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     atomic_write_json(run_dir / "provenance.json", provenance())
@@ -151,6 +156,16 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     atomic_write_json(run_dir / "alignment.json", align_reports)
     atomic_write_json(run_dir / "curves.json", curve_metrics)
     write_records(run_dir, records)
+    if planes:
+        from .plane import plot_planes
+        from .tables import ALIGN_LABEL
+
+        plot_planes({ALIGN_LABEL.get(m, m): p for m, p in planes.items()},
+                    run_dir / "plots" / "plane", title=f"{cfg.dataset} / {cfg.arch}: bezier planes")
+        atomic_write_json(run_dir / "plane.json", {
+            m: {"max_out_of_plane": float(p["out_of_plane"].max()),
+                "clean_loss_min": float(p["clean_loss"].min()),
+                "robust_loss_min": float(p["robust_loss"].min())} for m, p in planes.items()})
     summary = build_report(run_dir)
     elapsed = time.perf_counter() - start
     print(format_summary(summary, cfg.to_dict()))

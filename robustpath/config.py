@@ -75,6 +75,7 @@ class BenchConfig:
     bn_batches: int = 10
     bn_inputs: str = "adv"
     bootstrap: int = 1000
+    plane_grid: int = 0          # 0: no loss-surface plane plots
     data_root: str | None = None
     device: str = "auto"
     out: str = ""
@@ -126,6 +127,8 @@ class BenchConfig:
                      "bn_batches", "bootstrap", "bends"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.plane_grid and self.plane_grid < 3:
+            raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")

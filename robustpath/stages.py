@@ -189,3 +189,37 @@ def read_json(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------- plane of a curve
+def plane(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, device,
+          progress: bool = True) -> dict:
+    """Loss surface on the plane of curve ``c`` (``cfg.plane_grid`` squared points, on
+    the first ``PLANE_EXAMPLES`` test examples); cached as ``ckpt/plane/<key>.npz``."""
+    from .plane import out_of_plane, plane_grid
+
+    spec = {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "attack": cfg.eval_attack().to_dict()}
+    key = config_hash(spec)
+    path = _ckpt(run_dir, "plane", f"{key}.npz")
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except Exception:
+            pass
+    attack = build_attack(cfg.eval_attack(), data.num_classes)
+    bn_attack = build_attack(replace(cfg.train_attack(), seed=1), data.num_classes)
+    bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
+    res = plane_grid(c, data.x_test[:PLANE_EXAMPLES], data.y_test[:PLANE_EXAMPLES], attack,
+                     bn_data, grid=cfg.plane_grid, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
+                     device=device, progress=progress)
+    res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **res)
+    atomic_write_bytes(path, buf.getvalue())
+    return res
+
+
+PLANE_EXAMPLES = 300
