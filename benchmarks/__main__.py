@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-batch", type=int, default=500, help="attack batch, cnn-small")
     p.add_argument("--resnet-batch", type=int, default=100, help="attack batch, resnet20")
     p.add_argument("--cnn-train", type=int, default=4000, help="training images, cnn-small")
-    p.add_argument("--resnet-train", type=int, default=2000, help="training images, resnet20")
+    p.add_argument("--resnet-train", type=int, default=4000, help="training images, resnet20")
     p.add_argument("--epoch-images", type=int, default=10000,
                    help="images in the timed PGD-training epoch (default 10000)")
     p.add_argument("--matmul-n", type=int, default=2048, help="matrix size for the peak (default 2048)")
@@ -78,8 +78,10 @@ def _pgd_table(results) -> list[str]:
     return lines
 
 
-SHIPPED = {"before": "-", "frozen params": "yes", "no final forward": "yes",
-           "after (robustpath PGD)": "yes", "after + channels_last": "no", "after, 1 thread": "no"}
+SHIPPED = {"before": "-", "frozen params": "no", "no final forward": "yes",
+           "+ channels_last input": "no (no-op for 1 channel)", "+ channels_last weights": "yes",
+           "after (robustpath PGD)": "yes", "after, 1 thread": "no", "torchattacks": "peer",
+           "torchattacks, channels_last model": "peer"}
 
 
 def _opt_table(results) -> list[str]:
@@ -103,7 +105,8 @@ def _epoch_table(e, attack_eff) -> list[str]:
     lines = ["| quantity | value |", "|---|---|",
              f"| float32 matmul peak ({e.peak_n}x{e.peak_n}, torch.mm) | {e.peak / g:.1f} GFLOP/s |",
              (f"| PGD-training epoch, cnn-small, {e.n_train} images, batch {e.batch}, "
-             f"{e.steps} steps | {e.seconds:.2f} s |"),
+              f"{e.steps} steps | {e.seconds:.2f} s (channels-last off, as before: "
+              f"{e.seconds_before:.2f} s; {e.seconds_before / e.seconds:.2f}x) |"),
              (f"| counted FLOPs per epoch (FlopCounterMode; attack share) | "
              f"{e.epoch_flops / g:.1f} GFLOP ({100 * e.attack_share:.0f}% attack) |"),
              f"| achieved | {e.achieved / g:.2f} GFLOP/s |",
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
     if "epoch" not in skip:
         _log(f"one PGD-training epoch of cnn-small on {args.epoch_images} images ...")
         epoch_result = efficiency.training_epoch(args.epoch_images, peak, args.matmul_n, device,
-                                                 root=args.data_root)
+                                                 rounds=min(2, args.rounds), root=args.data_root)
     for r, subj in zip(pgd_results, (cnn, res)):
         xb, yb = subj.x[:r.batch].to(device), subj.y[:r.batch].to(device)
         flops = efficiency.attack_flops_per_image(subj.model, xb, yb, subj.eps, r.steps)

@@ -1,10 +1,17 @@
 """The PGD loop as it was before the optimisations (robustpath commit 4cb2237), kept
 here so every run can measure "before" against "after" on the same machine.
 
-Each knob switches one optimisation on, so each can be measured on its own:
-``freeze`` turns the parameters' ``requires_grad`` off during the attack and
-``final_forward=False`` drops the extra evaluation pass after the last step (it is
-only needed to pick the best of several restarts).
+Each knob switches one candidate optimisation on, so each is measured on its own:
+
+* ``freeze``: parameters' ``requires_grad`` off during the attack (no autograd
+  record for weight gradients);
+* ``final_forward=False``: no evaluation pass after the last step (only needed to
+  pick the best of several restarts);
+* ``channels_last="input"``: inputs in channels-last memory format (a no-op for
+  1-channel images, whose two layouts coincide);
+* ``channels_last="weights"``: the model run through ``functional_call`` with
+  channels-last copies of its 4-D weights, as ``robustpath.attacks.attack_forward``
+  does (the model itself untouched).
 """
 
 from __future__ import annotations
@@ -14,23 +21,46 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
-from robustpath.attacks import eval_mode, frozen_params
+from robustpath.attacks import eval_mode
+
+
+@contextlib.contextmanager
+def frozen_params(model: nn.Module):
+    """Turn ``requires_grad`` off for ``model``'s parameters, restoring it afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def pgd_before(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int,
                step_size: float, freeze: bool = False, final_forward: bool = True,
-               seed: int = 0) -> torch.Tensor:
+               channels_last: str | None = None, seed: int = 0) -> torch.Tensor:
     """L-inf PGD with uniform random start, one restart (the original code path)."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     x = x.detach()
+    forward = model
+    if channels_last == "input":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif channels_last == "weights":
+        weights = {n: p.detach().contiguous(memory_format=torch.channels_last)
+                   for n, p in model.named_parameters() if p.dim() == 4}
+
+        def forward(inp):
+            return functional_call(model, weights, (inp,), strict=False)
     frozen = frozen_params(model) if freeze else contextlib.nullcontext()
     with eval_mode(model), frozen, torch.enable_grad():
         delta = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1) * eps
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):
             delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+            loss = F.cross_entropy(forward(x + delta), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, [delta])
             with torch.no_grad():
                 delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
@@ -38,7 +68,7 @@ def pgd_before(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         x_adv = (x + delta).detach()
         if final_forward:  # the original computed losses and correctness for restarts
             with torch.no_grad():
-                logits = model(x_adv)
+                logits = forward(x_adv)
                 F.cross_entropy(logits, y, reduction="none")
                 logits.argmax(1)
     return x_adv

@@ -7,11 +7,14 @@
   products and convolutions, forward and backward, not element-wise ops such as
   BatchNorm, ReLU or pooling), times the batches in an epoch (every batch has the
   same shape: ``drop_last``).
-* Time: one real epoch of ``robustpath.train.train_model`` (``seconds_per_epoch``).
+* Time: one real epoch of ``robustpath.train.train_model`` (``seconds_per_epoch``),
+  with the channels-last switches of :mod:`robustpath.attacks` and
+  :mod:`robustpath.train` on (as shipped) and off (before), interleaved.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from robustpath import data, models
+from robustpath import attacks, data, models
+from robustpath import train as train_mod
 from robustpath.attacks import PGD, AttackConfig, build_attack
 from robustpath.train import TrainConfig, train_model
 
@@ -57,7 +61,8 @@ class EpochResult:
     flops_per_batch: float
     attack_share: float   # fraction of the FLOPs spent generating the attack
     epoch_flops: float
-    seconds: float
+    seconds: float        # median epoch time, as shipped
+    seconds_before: float  # median epoch time, channels-last switches off
     achieved: float       # FLOP/s
     peak: float
     peak_n: int
@@ -68,7 +73,7 @@ class EpochResult:
 
 
 def training_epoch(n_train: int, peak: float, peak_n: int, device, *, steps: int = 5,
-                   batch: int = 128, root=None) -> EpochResult:
+                   batch: int = 128, rounds: int = 2, root=None) -> EpochResult:
     """Count and time one PGD-training epoch of cnn-small (defaults of TrainConfig)."""
     cfg = TrainConfig(arch="cnn-small", dataset="fashion-mnist", epochs=1, batch_size=batch,
                       train_subset=n_train, test_subset=16,
@@ -95,9 +100,22 @@ def training_epoch(n_train: int, peak: float, peak_n: int, device, *, steps: int
     per_batch = fc.get_total_flops()
     n_batches = n_train // batch if n_train > batch else 1
 
-    _, metrics = train_model(cfg, device=device, progress=False, data=(x_tr, y_tr, x_te, y_te))
-    seconds = metrics["seconds_per_epoch"]
+    def epoch(channels_last: bool) -> float:
+        saved = attacks.CHANNELS_LAST_CPU, train_mod.CHANNELS_LAST_CPU
+        attacks.CHANNELS_LAST_CPU = train_mod.CHANNELS_LAST_CPU = channels_last
+        try:
+            _, metrics = train_model(cfg, device=device, progress=False,
+                                     data=(x_tr, y_tr, x_te, y_te))
+        finally:
+            attacks.CHANNELS_LAST_CPU, train_mod.CHANNELS_LAST_CPU = saved
+        return metrics["seconds_per_epoch"]
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for cl in ((True, False) if r % 2 == 0 else (False, True)):
+            times[cl].append(epoch(cl))
+    seconds, seconds_before = statistics.median(times[True]), statistics.median(times[False])
     epoch_flops = per_batch * n_batches
     return EpochResult(n_train=n_train, batch=batch, steps=steps, flops_per_batch=per_batch,
                        attack_share=attack_flops / per_batch, epoch_flops=epoch_flops,
-                       seconds=seconds, achieved=epoch_flops / seconds, peak=peak, peak_n=peak_n)
+                       seconds=seconds, seconds_before=seconds_before, achieved=epoch_flops / seconds, peak=peak, peak_n=peak_n)

@@ -1,14 +1,18 @@
 """Before/after for the cheap CPU optimisations of our PGD (full mode, L-inf).
 
 Variants, timed interleaved against ``before`` (the loop of commit 4cb2237, see
-:mod:`benchmarks.baseline`):
+:mod:`benchmarks.baseline`), each switching one candidate on:
 
 * ``frozen params``: parameters' ``requires_grad`` off while attacking.
 * ``no final forward``: no evaluation pass after the last step with one restart.
-* ``after (robustpath PGD)``: the shipped attack (both of the above).
-* ``after + channels_last``: model and inputs in channels-last memory format.
+* ``+ channels_last input``: the above, inputs in channels-last format.
+* ``+ channels_last weights``: the above, the model run with channels-last copies of
+  its conv weights (``functional_call``; the model untouched).
+* ``after (robustpath PGD)``: the shipped attack.
 * ``after, 1 thread``: ``torch.set_num_threads(1)`` while attacking (only when
   more than one thread is in use).
+* ``torchattacks`` and ``torchattacks, channels_last model``: the peer, on the
+  model as given and on a channels-last copy (what a user could do by hand).
 """
 
 from __future__ import annotations
@@ -62,15 +66,22 @@ def run(subject: Subject, *, n: int, steps: int, batch: int, rounds: int, device
         return lambda: batched(lambda a, b: pgd_before(model, a, b, eps=eps, steps=steps,
                                                        step_size=step, **kw), x)
 
+    import torchattacks
+
+    ta = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=True)
+    ta_cl = torchattacks.PGD(model_cl, eps=eps, alpha=step, steps=steps, random_start=True)
     variants = {
         "before": before(),
         "frozen params": before(freeze=True),
         "no final forward": before(final_forward=False),
+        "+ channels_last input": before(final_forward=False, channels_last="input"),
+        "+ channels_last weights": before(final_forward=False, channels_last="weights"),
         "after (robustpath PGD)": lambda: batched(lambda a, b: after(model, a, b), x),
-        "after + channels_last": lambda: batched(lambda a, b: after(model_cl, a, b), x_cl),
     }
     if torch.get_num_threads() > 1 and device.type == "cpu":
         variants["after, 1 thread"] = _one_thread(variants["after (robustpath PGD)"])
+    variants["torchattacks"] = lambda: batched(ta, x)
+    variants["torchattacks, channels_last model"] = lambda: batched(ta_cl, x_cl)
     t = interleaved(variants, rounds, warmup=1, device=device,
                     progress=lambda s: log(f"  optimisations, {subject.name}: {s}"))
     return OptResult(subject=subject.name, n=n, steps=steps,

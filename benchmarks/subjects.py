@@ -77,11 +77,11 @@ def resnet20(n_train: int, n_attack: int, device, root=None) -> Subject:
         note = (f"CIFAR-10 not found: Fashion-MNIST padded to 3x32x32 as a CIFAR-shaped "
                 f"stand-in ({n_attack})")
     eps = 8 / 255
-    cfg = TrainConfig(arch="resnet20", dataset="cifar10", epochs=1, method="fgsm", lr=0.1,
+    cfg = TrainConfig(arch="resnet20", dataset="cifar10", epochs=3, batch_size=64, method="fgsm", lr=0.1,
                       train_subset=n_train, test_subset=n_attack,
                       attack=AttackConfig(eps=eps), eval_attack=AttackConfig(eps=eps, steps=1, seed=0))
     model, _ = train_model(cfg, device=device, progress=False, data=(x_tr, y_tr, x_te[:16], y_te[:16]))
     model.eval()
     return Subject("resnet20 / CIFAR shapes 3x32x32", model, x_te, y_te, eps, note,
-                   f"FGSM-RS training, eps 8/255, 1 epoch on {n_train} images",
+                   f"FGSM-RS training, eps 8/255, 3 epochs on {n_train} images",
                    _accuracy(model, x_te, y_te, device))

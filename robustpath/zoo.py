@@ -292,35 +292,47 @@ def load(name: str, model_dir: str | Path = DEFAULT_MODEL_DIR, dataset: str = "c
     if not entry.supported:
         raise UserError(f"{name} cannot be used: {entry.note}")
     path = checkpoint_path(model_dir, dataset, threat, name)
-    fetched = False
+    _, _, _, utils = _rb()
     if not path.is_file():
         if not download or offline():
             raise UserError(f"checkpoint of {name} not found: expected {path} (offline: put "
                             "RobustBench's file there, or run with a network to download it)")
-        fetched = True
-    _, _, _, utils = _rb()
+        _download(utils, name, dataset, threat, path)
+    error = None
     try:
         with warnings.catch_warnings(), \
                 _env("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1" if trust_checkpoint else None):
             warnings.simplefilter("ignore")
             model = utils.load_model(name, model_dir=str(model_dir), dataset=dataset,
                                      threat_model=threat)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001  (download and unpickling raise anything)
-        if fetched:
-            with contextlib.suppress(OSError):
-                path.unlink()  # never leave a half-downloaded file to be read next time
-            return _raise(UserError(f"download of {name} failed ({type(e).__name__}); put "
-                                    f"RobustBench's checkpoint at {path}"))
-        return _raise(_load_error(e, name, path))
+    except Exception as e:  # noqa: BLE001  (unpickling and state-dict loading raise anything)
+        error = _load_error(e, name, path)
+    if error is not None:
+        raise error
     model = model.float().eval()
     model.robustpath_zoo = {"name": name, "dataset": dataset, "threat": threat}
     return model
 
 
-def _raise(err: UserError):
-    raise err from None
+def _download(utils, name: str, dataset: str, threat: str, path: Path) -> None:
+    """RobustBench's own Google Drive download of ``name`` to ``path``; a failed or
+    partial download is removed so it is never read as a checkpoint."""
+    gdrive_id = _entry(name, dataset, threat)["gdrive_id"]
+    print(f"downloading {name} to {path}", file=sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    error = None
+    try:
+        utils.download_gdrive_new(gdrive_id, str(path))
+    except Exception as e:  # noqa: BLE001  (network errors come in many types)
+        error = UserError(f"download of {name} failed ({type(e).__name__}); put RobustBench's "
+                          f"checkpoint at {path}")
+    if error is None and not path.is_file():
+        error = UserError(f"download of {name} produced no file; put RobustBench's checkpoint "
+                          f"at {path}")
+    if error is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise error
 
 
 def fresh(name: str, dataset: str = "cifar10", threat: str = "Linf") -> nn.Module:
@@ -599,9 +611,9 @@ class CompareRun:
             self._data = (x_tr, y_tr, x_te, y_te, data_mod.info(c.dataset).num_classes)
         return self._data
 
-    def ensure_checkpoints(self) -> None:
+    def ensure_checkpoints(self, names: list[str]) -> None:
         """Fail (or download) before any work when a checkpoint file is missing."""
-        for name in self.cfg.models:
+        for name in names:
             if not checkpoint_path(self.cfg.model_dir, self.cfg.dataset, self.cfg.threat,
                                    name).is_file():
                 self.model(name)
@@ -892,7 +904,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     device = resolve(cfg.device)
     pairs, skipped = resolve_pairs(cfg)
     run = CompareRun(cfg, device, progress)
-    run.ensure_checkpoints()
+    used = [m for m in cfg.models if any(m in p for p in pairs)]
+    run.ensure_checkpoints(used)
     if not all(run.load_eval(k) is not None for k in run.eval_keys(pairs)):
         run.data()  # missing data fails here, before anything is written
     check_writable(run.dir)
@@ -962,7 +975,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     atomic_write_text(run.dir / "command.txt", (command or "") + "\n")
     atomic_write_json(run.dir / "models.json", {
         str(index[m]): dict(entries[m].to_dict(), checkpoint=str(checkpoint_path(
-            cfg.model_dir, cfg.dataset, cfg.threat, m)), key=run.model_key(m))
+            cfg.model_dir, cfg.dataset, cfg.threat, m)),
+            key=run.model_key(m) if m in used else None)
         for m in cfg.models})
     atomic_write_json(run.dir / "alignment.json", align_reports)
     write_records(run.dir, records)

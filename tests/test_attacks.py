@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robustpath import models
+from robustpath import attacks, data, models
 from robustpath.attacks import PGD, AttackConfig, build_attack, eval_mode
 from robustpath.errors import UserError
 from robustpath.metrics import per_example
@@ -99,6 +99,22 @@ def test_attacks_restore_training_mode_and_requires_grad(batch, kw):
     assert all(p.grad is None for p in model.parameters())  # no weight gradients left behind
 
 
+@pytest.mark.parametrize("arch,dataset", [("cnn-small", "fashion-mnist"), ("resnet20", "cifar10")])
+def test_attacks_leave_the_weights_alone(arch, dataset):
+    """The CPU fast path runs channels-last *copies* of the conv weights."""
+    torch.manual_seed(0)
+    model = models.create(arch, dataset, 0.5).eval()
+    before = {k: (v.clone(), v.stride(), v.data_ptr()) for k, v in model.state_dict().items()}
+    x = torch.rand(4, *data.info(dataset).shape)
+    y = torch.arange(4)
+    for name in ("pgd", "fgsm"):
+        x_adv = build_attack(AttackConfig(name=name, eps=0.1, steps=2, seed=0))(model, x, y)
+        assert x_adv.is_contiguous()
+    for k, v in model.state_dict().items():
+        value, stride, ptr = before[k]
+        assert torch.equal(v, value) and v.stride() == stride and v.data_ptr() == ptr, k
+
+
 def test_eval_mode_restores_on_exception():
     model = models.create("cnn-small", "fashion-mnist", 0.5).train()
     with pytest.raises(RuntimeError), eval_mode(model):
@@ -161,6 +177,20 @@ def test_early_stop_pgd_gives_the_same_robust_accuracy(trained, kw):
     assert missed <= 1, missed
     # ... and examples the full attack breaks and then loses are rare
     assert abs(full.accuracy - es.accuracy) <= 0.01, (full.accuracy, es.accuracy)
+
+
+def test_channels_last_path_matches_the_default_layout(trained, monkeypatch):
+    model, x, y = trained
+    cfg = AttackConfig(eps=0.1, steps=5, seed=0)
+    fast = build_attack(cfg)(model, x, y)
+    monkeypatch.setattr(attacks, "CHANNELS_LAST_CPU", False)
+    plain = build_attack(cfg)(model, x, y)
+    # same start and steps; only float rounding differs between the two layouts
+    assert float((fast - plain).abs().mean()) < 1e-3
+    with torch.no_grad():
+        acc_fast = (model(fast).argmax(1) == y).float().mean()
+        acc_plain = (model(plain).argmax(1) == y).float().mean()
+    assert abs(float(acc_fast - acc_plain)) <= 0.01
 
 
 def test_early_stop_forwards_fewer_examples(trained):

@@ -37,6 +37,8 @@ def test_trained_models_come_back_in_eval_mode_and_trainable(trained_pair):
     for model in trained_pair[:2]:
         assert not model.training
         assert all(p.requires_grad for p in model.parameters())
+        # trained in channels-last on CPU, handed back in the default layout
+        assert all(p.is_contiguous() for p in model.parameters())
 
 
 def _tiny_cfg(seed: int = 0, **kw) -> TrainConfig:

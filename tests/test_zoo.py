@@ -211,10 +211,13 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
     assert set(strong["t"].round(3)) >= {0.0, 0.25, 1.0}
     transfer = pd.read_csv(out / "transfer.csv")
     assert {"direct_acc", "transfer_acc_a", "transfer_acc_b", "stronger"} <= set(transfer.columns)
-    # the unaligned path's endpoints evaluated directly agree with the records
-    rec = records[records["align"] == "none"].set_index("t")["robust_acc"]
-    tr = transfer[transfer["align"] == "none"].set_index("t")["direct_acc"]
-    assert np.allclose(rec.to_numpy(), tr.to_numpy())
+    # the strong evaluation prepares each network exactly as the path evaluation did
+    # (same BN batches): its PGD loss at t in {0, 1} matches the records
+    for align in ("none", "weight"):
+        rec = records[records["align"] == align].set_index("t")["robust_loss"]
+        st = strong[strong["align"] == align].set_index("t")["robust_loss_pgd"]
+        assert np.allclose(rec.loc[[0.0, 1.0]].to_numpy(), st.loc[[0.0, 1.0]].to_numpy(),
+                           rtol=1e-4)
 
     ckpt = {p: p.stat().st_mtime_ns for p in (out / "ckpt").rglob("*") if p.is_file()}
 
