@@ -134,6 +134,8 @@ def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
             ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "w--", lw=1.5, label="line")
             ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "wo", ms=6)
             ax.set_title(f"{label}: {key.replace('_', ' ')}")
+            ax.set_xlabel("along θ1 - θ0")
+            ax.set_ylabel("towards the control point")
             ax.set_aspect("auto")
     axes[0, 0].legend(loc="upper right", fontsize=8)
     if title:
