@@ -142,7 +142,7 @@ def input_normalisation(model: nn.Module) -> str:
         leaf = name.split(".")[-1]
         if "normaliz" in cls or "normalis" in cls or leaf in ("normalize", "norm_layer"):
             return f"inside the model ({type(m).__name__})"
-    return "none (trained on raw [0, 1] pixels)"
+    return "none in the model (it expects raw [0, 1] pixels)"
 
 
 class ZooEntry:
@@ -981,7 +981,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     atomic_write_json(run.dir / "alignment.json", align_reports)
     write_records(run.dir, records)
     summary = build_report(run.dir)
-    for a, b in pairs:
+    for a, b in pairs if len(pairs) > 1 else []:  # one pair: the run folder is its report
         pdir = run.dir / "pairs" / f"{a}__{b}"
         atomic_write_json(pdir / "config.json", dict(cfg_dict, arch=entries[a].arch, models=[a, b]))
         write_records(pdir, [r for r in records if (r.seed_a, r.seed_b) == (index[a], index[b])])
