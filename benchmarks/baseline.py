@@ -9,9 +9,8 @@ Each knob switches one candidate optimisation on, so each is measured on its own
   pick the best of several restarts);
 * ``channels_last="input"``: inputs in channels-last memory format (a no-op for
   1-channel images, whose two layouts coincide);
-* ``channels_last="weights"``: the model run through ``functional_call`` with
-  channels-last copies of its 4-D weights, as ``robustpath.attacks.attack_forward``
-  does (the model itself untouched).
+* ``channels_last="weights"``: the model's 4-D weights held in channels-last format
+  during the attack, as ``robustpath.attacks.channels_last_weights`` does.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from robustpath.attacks import eval_mode
+from robustpath.attacks import channels_last_weights, eval_mode
 
 
 @contextlib.contextmanager
@@ -48,14 +46,10 @@ def pgd_before(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     forward = model
     if channels_last == "input":
         x = x.contiguous(memory_format=torch.channels_last)
-    elif channels_last == "weights":
-        weights = {n: p.detach().contiguous(memory_format=torch.channels_last)
-                   for n, p in model.named_parameters() if p.dim() == 4}
-
-        def forward(inp):
-            return functional_call(model, weights, (inp,), strict=False)
+    weights = (channels_last_weights(model, x) if channels_last == "weights"
+               else contextlib.nullcontext())
     frozen = frozen_params(model) if freeze else contextlib.nullcontext()
-    with eval_mode(model), frozen, torch.enable_grad():
+    with eval_mode(model), weights, frozen, torch.enable_grad():
         delta = (torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) * 2 - 1) * eps
         delta = (x + delta).clamp(0, 1) - x
         for _ in range(steps):

@@ -7,7 +7,7 @@ Variants, timed interleaved against ``before`` (the loop of commit 4cb2237, see
 * ``no final forward``: no evaluation pass after the last step with one restart.
 * ``+ channels_last input``: the above, inputs in channels-last format.
 * ``+ channels_last weights``: the above, the model run with channels-last copies of
-  its conv weights (``functional_call``; the model untouched).
+  its conv weights, swapped in for the attack and put back afterwards.
 * ``after (robustpath PGD)``: the shipped attack.
 * ``after, 1 thread``: ``torch.set_num_threads(1)`` while attacking (only when
   more than one thread is in use).

@@ -9,9 +9,9 @@ Own, batched implementations (fast path, used everywhere by default):
   ``steps`` steps of size ``step_size`` (default eps/4, i.e. 2/255 for 8/255 as in
   Tatro et al.), ``restarts`` keeping the worst case per example (misclassified
   first, then highest loss). Gradients are taken for the input only. On CPU the
-  attack runs the model with channels-last copies of its 4-D (convolution)
-  weights, through ``torch.func.functional_call``, the model itself untouched
-  (measured 1.2-1.3x faster on cnn-small and resnet20: ``benchmarks/RESULTS.md``).
+  model's convolution weights are held in channels-last format while the attack
+  runs and put back afterwards (faster on cnn-small and resnet20:
+  ``benchmarks/RESULTS.md``).
   ``early_stop=True`` is the accuracy-only mode: an example is frozen at the first
   iterate that is misclassified and only the still-correct examples are forwarded
   in later steps and restarts.
@@ -34,7 +34,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from .errors import UserError
 from .numbers import parse_fraction
@@ -143,19 +142,26 @@ def _random_start(x: torch.Tensor, norm: Norm, eps: float, g) -> torch.Tensor:
 CHANNELS_LAST_CPU = True
 
 
-def attack_forward(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward an attack calls on inputs like ``x``: ``model`` itself, or on CPU
-    with 4-D inputs ``model`` run with detached channels-last copies of its 4-D
-    parameters (oneDNN then runs every convolution, and the layers between them,
-    in NHWC, which is faster on CPU). The model's own parameters are not modified.
+@contextlib.contextmanager
+def channels_last_weights(model: nn.Module, x: torch.Tensor):
+    """While an attack runs on CPU with 4-D inputs, hold ``model``'s 4-D (convolution)
+    parameters in channels-last memory format, so oneDNN runs the convolutions and
+    the layers between them in NHWC, which is faster on CPU. The original tensors are
+    put back afterwards (same values, layout and storage), also on an exception.
     """
     if not (CHANNELS_LAST_CPU and x.device.type == "cpu" and x.dim() == 4):
-        return model
-    weights = {name: p.detach().contiguous(memory_format=torch.channels_last)
-               for name, p in model.named_parameters() if p.dim() == 4}
-    if not weights:
-        return model
-    return lambda inp: functional_call(model, weights, (inp,), strict=False)
+        yield model
+        return
+    swapped = []
+    for p in model.parameters():
+        if p.dim() == 4:
+            swapped.append((p, p.data))
+            p.data = p.data.to(memory_format=torch.channels_last)  # as Module.to does
+    try:
+        yield model
+    finally:
+        for p, original in swapped:
+            p.data = original
 
 
 class PGD:
@@ -251,14 +257,13 @@ class PGD:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = _generator(self.seed, x.device)
         x = x.detach()
-        with eval_mode(model), torch.enable_grad():
-            forward = attack_forward(model, x)
+        with eval_mode(model), channels_last_weights(model, x), torch.enable_grad():
             if self.early_stop:
-                return self._early_stop(forward, x, y, g).contiguous()
+                return self._early_stop(model, x, y, g).contiguous()
             more = self.restarts > 1
-            best, best_loss, best_wrong = self._single(forward, x, y, g, final_eval=more)
+            best, best_loss, best_wrong = self._single(model, x, y, g, final_eval=more)
             for _ in range(self.restarts - 1):
-                cand, loss, wrong = self._single(forward, x, y, g, final_eval=True)
+                cand, loss, wrong = self._single(model, x, y, g, final_eval=True)
                 better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
                 best = torch.where(better.view(-1, 1, 1, 1), cand, best)
                 best_loss = torch.where(better, loss, best_loss)
@@ -293,11 +298,10 @@ class FGSMRS:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = _generator(self.seed, x.device)
         x = x.detach()
-        with eval_mode(model), torch.enable_grad():
-            forward = attack_forward(model, x)
+        with eval_mode(model), channels_last_weights(model, x), torch.enable_grad():
             delta = _random_start(x, Norm.LINF, self.eps, g) if self.random_start else torch.zeros_like(x)
             delta.requires_grad_(True)
-            loss = F.cross_entropy(forward(x + delta), y, reduction="sum")
+            loss = F.cross_entropy(model(x + delta), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, [delta])
             delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
             return (x + delta).clamp(0, 1).detach().contiguous()

@@ -4,7 +4,7 @@ Presets (``--preset``):
 
 * ``quick`` - the CPU default: Fashion-MNIST, ``cnn-small``, 10,000 training images,
   4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
-  training, PGD-10 in evaluation, 7x7 loss planes of the bezier curves. Minutes
+  training, PGD-10 in evaluation, 5x5 loss planes of the bezier curves. Minutes
   on 2 cores.
 * ``paper`` - Tatro et al. 2020's robust setting, for a GPU: CIFAR-10, TinyTen,
   full data, 200 endpoint and 200 curve epochs, PGD-5 L-inf eps 8/255 step 2/255
@@ -31,7 +31,7 @@ PRESETS.register("quick")({
     "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0,
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
     "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 10, "lr": 0.05,
-    "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 7,
+    "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 5,
 })
 PRESETS.register("paper")({
     "dataset": "cifar10", "arch": "tinyten", "width": 1.0,
@@ -100,7 +100,7 @@ class BenchConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def validate(self) -> "BenchConfig":
+    def validate(self) -> BenchConfig:
         data_mod.info(self.dataset)
         models.MODELS.get(self.arch)
         ATTACKS.get(self.attack)

@@ -18,8 +18,8 @@ intervals can be computed later (:mod:`robustpath.barrier`).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class PathResult:
         return {"ts": self.ts, "speed": self.speed, **{k: getattr(self, k) for k in ARRAYS}}
 
     @classmethod
-    def from_arrays(cls, d) -> "PathResult":
+    def from_arrays(cls, d) -> PathResult:
         return cls(ts=np.asarray(d["ts"], dtype=np.float64),
                    speed=np.asarray(d["speed"], dtype=np.float64),
                    **{k: np.asarray(d[k]) for k in ARRAYS})

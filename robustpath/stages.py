@@ -29,8 +29,14 @@ from .attacks import build_attack
 from .config import BenchConfig
 from .errors import UserError
 from .evaluate import PathResult, curve_speed, evaluate_path, t_grid
-from .store import (atomic_write_bytes, atomic_write_json, checkpoint_exists, config_hash,
-                    load_model, save_model)
+from .store import (
+    atomic_write_bytes,
+    atomic_write_json,
+    checkpoint_exists,
+    config_hash,
+    load_model,
+    save_model,
+)
 from .train import TrainConfig, train_endpoint
 
 
@@ -45,7 +51,7 @@ class RunData:
     num_classes: int
 
     @classmethod
-    def load(cls, cfg: BenchConfig) -> "RunData":
+    def load(cls, cfg: BenchConfig) -> RunData:
         x_tr, y_tr = data_mod.load(cfg.dataset, train=True, root=cfg.data_root,
                                    subset=cfg.train_subset, seed=1234)
         x_te, y_te = data_mod.load(cfg.dataset, train=False, root=cfg.data_root,
