@@ -22,6 +22,7 @@ import torch
 
 from . import stages
 from .attacks import ATTACKS
+from .cli import ArgumentParser, split_list
 from .config import ALIGN_METHODS, PRESETS, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
@@ -32,21 +33,12 @@ from .report import build_report, format_summary
 from .store import atomic_write_json, atomic_write_text, provenance
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other bad input
-        raise UserError(f"{message} (see --help)")
-
-
-def _list(text: str) -> list[str]:
-    return [p for p in str(text).replace(",", " ").split() if p]
-
-
 def parser() -> argparse.ArgumentParser:
     from .curves import CURVES
     from .data import DATASETS
     from .models import available
 
-    p = _Parser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())} "
@@ -91,8 +83,8 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> BenchConfig:
     cfg = from_preset(
         args.preset, dataset=args.dataset, arch=args.arch, width=args.width,
-        seeds=parse_int_list(args.seeds, name="--seeds"), align=_list(args.align),
-        align_inputs=args.align_inputs, paths=_list(args.paths), bends=args.bends,
+        seeds=parse_int_list(args.seeds, name="--seeds"), align=split_list(args.align),
+        align_inputs=args.align_inputs, paths=split_list(args.paths), bends=args.bends,
         attack=args.attack, norm=args.norm, eps=args.eps, step_size=args.step_size,
         eval_steps=args.steps, train_steps=args.train_steps, restarts=args.restarts,
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,

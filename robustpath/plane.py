@@ -11,7 +11,6 @@ line are drawn in plane coordinates. For curves with more bends,
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from .attacks import Attack
 from .bn import recompute_bn
 from .metrics import per_example
-from .store import atomic_write_bytes
+from .plots import save_figure
 
 
 def plane_basis(curve) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,17 +140,7 @@ def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out_stem = Path(out_stem)
-    written = []
-    for ext, kw in (("png", {"dpi": 110, "metadata": {"Software": None}}),
-                    ("pdf", {"metadata": {"CreationDate": None, "Producer": None, "Creator": None}})):
-        buf = io.BytesIO()
-        fig.savefig(buf, format=ext, **kw)
-        path = out_stem.with_suffix(f".{ext}")
-        atomic_write_bytes(path, buf.getvalue())
-        written.append(path)
-    plt.close(fig)
-    return written
+    return save_figure(fig, out_stem, dpi=110)
 
 
 __all__ = ["plane_basis", "coords", "out_of_plane", "plane_grid", "plot_planes"]

@@ -60,11 +60,19 @@ def plot_paths(paths: list[PathRecord], out_stem: str | Path, *, title: str = ""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out_stem = Path(out_stem)
-    written = []
+    return save_figure(fig, out_stem, dpi=120)
+
+
+def save_figure(fig, out_stem: str | Path, dpi: int = 120) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` atomically, without
+    timestamps in the metadata (reruns give identical PDFs), and close it."""
     import io
 
-    for ext, kw in (("png", {"dpi": 120, "metadata": {"Software": None}}),
+    import matplotlib.pyplot as plt
+
+    out_stem = Path(out_stem)
+    written = []
+    for ext, kw in (("png", {"dpi": dpi, "metadata": {"Software": None}}),
                     ("pdf", {"metadata": {"CreationDate": None, "Producer": None, "Creator": None}})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, **kw)

@@ -11,12 +11,12 @@ robust loss barrier) to ``--compare-out`` (default ``results/comparison``).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from .cli import ArgumentParser
 from .errors import UserError, cli_main
 from .plots import plot_paths
 from .records import read as read_records
@@ -102,14 +102,9 @@ def comparison(run_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     return frame
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="python -m robustpath.report", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m robustpath.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (each with records.csv and examples.npz)")
     p.add_argument("--compare-out", default="results/comparison",
                    help="where the cross-run comparison table goes (with several runs)")

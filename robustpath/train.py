@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from . import models
 from .attacks import AttackConfig, build_attack
+from .cli import ArgumentParser
 from .device import resolve
 from .errors import UserError, cli_main
 from .metrics import per_example
@@ -181,16 +182,9 @@ def train_endpoint(cfg: TrainConfig, path: str | Path, *, device="cpu", progress
     return model, metrics
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as :class:`UserError`: one line on stderr, exit 2."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 def _parser() -> argparse.ArgumentParser:
     d = TrainConfig()
-    p = _Parser(prog="python -m robustpath.train",
+    p = ArgumentParser(prog="python -m robustpath.train",
                                 description="Adversarially train one endpoint network.")
     p.add_argument("--dataset", default=d.dataset, help="dataset name (default %(default)s)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")

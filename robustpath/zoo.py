@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, AttackConfig, build_attack
+from .cli import ArgumentParser, split_list
 from .config import ALIGN_METHODS
 from .device import resolve
 from .errors import UserError, cli_main
@@ -514,19 +515,19 @@ def config_from_args(args) -> CompareConfig:
     pairs = None
     if args.pairs:
         pairs = []
-        for item in _list(args.pairs):
+        for item in split_list(args.pairs):
             parts = item.split(":")
             if len(parts) != 2 or not all(parts):
                 raise UserError(f"--pairs items look like A:B, got {item!r}")
             pairs.append(parts)
     try:
-        strong_t = [float(t) for t in _list(args.strong_t)]
+        strong_t = [float(t) for t in split_list(args.strong_t)]
     except ValueError:
         raise UserError(f"--strong-t must be numbers in [0, 1], got {args.strong_t!r}") from None
     cfg = CompareConfig(
-        models=_list(args.models), model_dir=args.model_dir, dataset=args.dataset,
-        threat=args.threat, data_root=args.data_root, pairs=pairs, align=_list(args.align),
-        align_inputs=args.align_inputs, align_samples=args.align_samples, paths=_list(args.paths),
+        models=split_list(args.models), model_dir=args.model_dir, dataset=args.dataset,
+        threat=args.threat, data_root=args.data_root, pairs=pairs, align=split_list(args.align),
+        align_inputs=args.align_inputs, align_samples=args.align_samples, paths=split_list(args.paths),
         bends=args.bends, attack=args.attack, eps=args.eps, steps=args.steps,
         step_size=args.step_size, restarts=args.restarts, train_steps=args.train_steps,
         t_points=args.t_points, test_subset=args.test_subset, train_subset=args.train_subset,
@@ -1013,20 +1014,11 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
 
 
 # ---------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other bad input
-        raise UserError(f"{message} (see --help)")
-
-
-def _list(text: str) -> list[str]:
-    return [p for p in str(text).replace(",", " ").split() if p]
-
-
 def parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = _Parser(prog="python -m robustpath.zoo", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m robustpath.zoo", description=__doc__.split("\n\n")[0],
                 formatter_class=fmt)
-    sub = p.add_subparsers(dest="command", metavar="{list,compare}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{list,compare}", parser_class=ArgumentParser)
     sub.required = True
 
     def common(q):
@@ -1057,7 +1049,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_list(args) -> int:
+def cmdsplit_list(args) -> int:
     dataset, threat = parse_dataset(args.dataset), parse_threat(args.threat)
     names = list(registry(dataset, threat))
     have = {n for n in names if checkpoint_path(args.model_dir, dataset, threat, n).is_file()}
@@ -1083,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     if args.command == "list":
-        return cmd_list(args)
+        return cmdsplit_list(args)
     cfg = config_from_args(args)
     command = "python -m robustpath.zoo " + " ".join(shlex.quote(a) for a in argv)
     run_compare(cfg, progress=not args.no_progress, overwrite=args.overwrite,
