@@ -136,6 +136,11 @@ class BenchConfig:
         self.eps = parse_fraction(self.eps, name="--eps")
         if self.step_size is not None:
             self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
+        from .attacks import build_attack
+
+        # building the attacks checks combinations (e.g. fgsm is L-inf only) before any work
+        build_attack(self.eval_attack(), data_mod.info(self.dataset).num_classes)
+        build_attack(self.train_attack(), data_mod.info(self.dataset).num_classes)
         return self
 
 
