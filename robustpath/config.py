@@ -128,6 +128,8 @@ class BenchConfig:
                      "bn_batches", "bootstrap", "bends"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.width or self.width <= 0:
+            raise UserError(f"--width must be > 0, got {self.width}")
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
         for name in ("train_subset", "test_subset"):
