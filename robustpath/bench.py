@@ -16,14 +16,16 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import stages
 from .attacks import ATTACKS
 from .cli import ArgumentParser, split_list
-from .config import ALIGN_METHODS, PRESETS, BenchConfig, from_preset
+from .config import ALIGN_METHODS, PAM_METHODS, PRESETS, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
 from .numbers import parse_int_list
@@ -72,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane on an N x N grid (0 = off)")
+    a("--t-batch", type=int, default=None,
+      help="t points evaluated at once by vmap over stacked parameters (same results; "
+      "pays on a GPU with small models, slower on CPU; default 1)")
+    a("--pam-iters", type=int, default=None,
+      help="outer iterations of PAM (alignments pam-none, pam-activation; each: permutation "
+      "step + 1 curve epoch; default 2)")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
     a("--overwrite", action="store_true",
@@ -90,14 +98,69 @@ def config_from_args(args) -> BenchConfig:
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
-        plane_grid=args.plane_grid,
+        plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
         data_root=args.data_root, device=args.device)
     cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
     return cfg
 
 
-def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in ("device", "out", "data_root")}
+def comparable(d: dict) -> dict:
+    """A run config without the fields that do not change results (device, paths)."""
+    out = {k: v for k, v in d.items() if k not in ("device", "out", "data_root", "t_batch")}
+    if not set(out.get("align") or ()) & set(PAM_METHODS):  # pam_iters matters only for PAM
+        out.pop("pam_iters", None)
+    return out
+
+
+@dataclass
+class RunOutputs:
+    """What the stages of one run produced, in memory: the input of :func:`write_run`.
+
+    ``endpoints``: seed -> training metrics; ``alignment``: ``"<method>-s<a>-<b>"`` ->
+    alignment report; ``curves``: ``"<method>-<kind>-s<a>-<b>"`` -> curve-fit metrics
+    (fitted curves only); ``records``: one :class:`PathRecord` per evaluated path, in
+    the order they appear in ``records.csv``; ``planes``: alignment method -> plane
+    arrays of its bezier curve (first seed pair; empty without ``--plane-grid``).
+    """
+
+    endpoints: dict[int, dict] = field(default_factory=dict)
+    alignment: dict[str, dict] = field(default_factory=dict)
+    curves: dict[str, dict] = field(default_factory=dict)
+    records: list[PathRecord] = field(default_factory=list)
+    planes: dict[str, dict] = field(default_factory=dict)
+
+
+def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
+              command: str | None = None) -> pd.DataFrame:
+    """Write a run folder from a run's outputs; returns the summary frame.
+
+    Writes (each atomically) ``config.json``, ``provenance.json``, ``command.txt``,
+    ``endpoints.json``, ``alignment.json``, ``curves.json``, ``records.csv`` +
+    ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
+    the tables and plots of :func:`robustpath.report.build_report`. Used by
+    :func:`run` and by the sweep executors (one call per cell).
+    """
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    atomic_write_json(run_dir / "provenance.json", provenance())
+    atomic_write_text(run_dir / "command.txt", (command or "") + "\n")
+    atomic_write_json(run_dir / "endpoints.json",
+                      {str(s): {k: v for k, v in m.items() if k != "history"}
+                       for s, m in out.endpoints.items()})
+    atomic_write_json(run_dir / "alignment.json", out.alignment)
+    atomic_write_json(run_dir / "curves.json", out.curves)
+    write_records(run_dir, out.records)
+    if out.planes:
+        from .plane import plot_planes
+        from .tables import ALIGN_LABEL
+
+        plot_planes({ALIGN_LABEL.get(m, m): p for m, p in out.planes.items()},
+                    run_dir / "plots" / "plane", title=f"{cfg.dataset} / {cfg.arch}: bezier planes")
+        atomic_write_json(run_dir / "plane.json", {
+            m: {"max_out_of_plane": float(p["out_of_plane"].max()),
+                "clean_loss_min": float(p["clean_loss"].min()),
+                "robust_loss_min": float(p["robust_loss"].min())} for m, p in out.planes.items()})
+    return build_report(run_dir)
 
 
 def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
@@ -109,7 +172,7 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
     stages.check_writable(run_dir)
     old = stages.read_json(run_dir / "config.json")
-    if old and _comparable(old) != _comparable(cfg.to_dict()) and not overwrite:
+    if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
         raise UserError(f"{run_dir} holds a run with a different configuration; "
                         "use another --out or pass --overwrite")
     if device.type == "cpu":
@@ -139,26 +202,9 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
                 if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
                     planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device, progress)
 
-    atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    atomic_write_json(run_dir / "provenance.json", provenance())
-    atomic_write_text(run_dir / "command.txt", (command or "") + "\n")
-    atomic_write_json(run_dir / "endpoints.json",
-                      {str(s): {k: v for k, v in m.items() if k != "history"}
-                       for s, (_, m, _) in endpoints.items()})
-    atomic_write_json(run_dir / "alignment.json", align_reports)
-    atomic_write_json(run_dir / "curves.json", curve_metrics)
-    write_records(run_dir, records)
-    if planes:
-        from .plane import plot_planes
-        from .tables import ALIGN_LABEL
-
-        plot_planes({ALIGN_LABEL.get(m, m): p for m, p in planes.items()},
-                    run_dir / "plots" / "plane", title=f"{cfg.dataset} / {cfg.arch}: bezier planes")
-        atomic_write_json(run_dir / "plane.json", {
-            m: {"max_out_of_plane": float(p["out_of_plane"].max()),
-                "clean_loss_min": float(p["clean_loss"].min()),
-                "robust_loss_min": float(p["robust_loss"].min())} for m, p in planes.items()})
-    summary = build_report(run_dir)
+    summary = write_run(run_dir, cfg, RunOutputs(
+        endpoints={s: m for s, (_, m, _) in endpoints.items()}, alignment=align_reports,
+        curves=curve_metrics, records=records, planes=planes), command=command)
     elapsed = time.perf_counter() - start
     print(format_summary(summary, cfg.to_dict()))
     print(f"\n{len(records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "

@@ -1,0 +1,162 @@
+"""Running a sweep: prepare the folder, plan, execute, write cells, aggregate.
+
+Sweep folder (``--out``, default ``results/<name>``)::
+
+    sweep.json  sweep.toml  command.txt  provenance.json   what was asked, resolved
+    ckpt/<stage>/...       the stage cache shared by all cells (robustpath.stages)
+    cells/<cell>/          one benchmark run folder per cell (as robustpath.bench
+                           writes it) + done.json, written last
+    aggregate/             the table across cells (robustpath.report.sweep_report)
+    status.json            each cell's state, updated as the sweep runs
+    tasks.json             this run's tasks: stage, seconds, computed or cached, host
+
+A cell whose ``done.json`` matches its configuration is skipped, so a rerun of a
+finished sweep runs no task, and a rerun after a crash runs only the unfinished
+cells, whose finished stages come from the stage cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import stages
+from ..bench import RunOutputs, comparable, write_run
+from ..errors import UserError
+from ..records import PathRecord
+from ..report import sweep_report
+from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
+from .executors import EXECUTORS, executor_names
+from .nodes import Context, run_data
+from .plan import CellPlan, Plan, build_plan
+from .spec import Cell, Sweep
+from .tracker import Tracker
+
+
+@dataclass
+class SweepResult:
+    """What a sweep run did: cells done (including earlier runs), failed (name ->
+    error), skipped because an earlier run finished them; tasks run; the plan."""
+
+    out: Path
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    tasks: list[dict] = field(default_factory=list)
+    plan: Plan | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def cell_hash(cell: Cell) -> str:
+    return config_hash(comparable(cell.cfg.to_dict()))
+
+
+def _place(sweep: Sweep, out: Path) -> None:
+    """Point every cell at ``out/cells/<name>``; make a relative data root absolute so
+    workers started elsewhere read the same files."""
+    for cell in sweep.cells:
+        cell.cfg.out = str(out / "cells" / cell.name)
+        if cell.cfg.data_root:
+            cell.cfg.data_root = str(Path(cell.cfg.data_root).resolve())
+
+
+def _finished_before(cell: Cell) -> bool:
+    done = stages.read_json(Path(cell.cfg.out) / "done.json") or {}
+    return done.get("config") == cell_hash(cell) and (Path(cell.cfg.out) / "records.csv").is_file()
+
+
+def _check_conflicts(sweep: Sweep, overwrite: bool) -> None:
+    for cell in sweep.cells:
+        old = stages.read_json(Path(cell.cfg.out) / "config.json")
+        if old and comparable(old) != comparable(cell.cfg.to_dict()) and not overwrite:
+            raise UserError(f"{cell.cfg.out} holds a cell with a different configuration; "
+                            "use another --out or pass --overwrite")
+
+
+def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
+    """Write a cell's run folder (:func:`robustpath.bench.write_run`), then ``done.json``."""
+    cfg = cp.cell.cfg
+    sa, sb = cp.cell.pair
+    out = RunOutputs(
+        endpoints={s: results[n]["metrics"] for s, n in cp.endpoints.items()},
+        alignment={f"{m}-s{sa}-{sb}": results[n]["report"] for m, n in cp.aligns.items()},
+        curves={f"{m}-{k}-s{sa}-{sb}": results[n]["metrics"] for (m, k), n in cp.curves.items()
+                if results[n]["metrics"]},
+        records=[PathRecord(m, k, sa, sb, results[n]["result"]) for (m, k), n in cp.evals.items()],
+        planes={m: results[n]["plane"] for m, n in cp.planes.items()})
+    write_run(cfg.out, cfg, out, command=f"{command}  # cell {cp.cell.name}")
+    atomic_write_json(Path(cfg.out) / "done.json", {"config": cell_hash(cp.cell),
+                                                    "finished": time.time()})
+
+
+def _attack_note(sweep: Sweep) -> str:
+    notes = {f"{c.cfg.attack} {c.cfg.norm} eps={c.cfg.eps:.4g}, {c.cfg.eval_steps} steps"
+             for c in sweep.cells}
+    return f"Evaluation attack: {notes.pop()}." if len(notes) == 1 else ""
+
+
+def _write_meta(sweep: Sweep, out: Path, command: str) -> None:
+    meta = sweep.to_dict()
+    meta["attack_note"] = _attack_note(sweep)
+    meta["bootstrap"] = sweep.cells[0].cfg.bootstrap
+    atomic_write_json(out / "sweep.json", meta)
+    atomic_write_text(out / "sweep.toml", sweep.text)
+    atomic_write_text(out / "command.txt", command + "\n")
+    atomic_write_json(out / "provenance.json", provenance())
+
+
+def describe_plan(sweep: Sweep, plan: Plan, skipped: list[str]) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items())
+    lines = [f"sweep {sweep.name}: {len(sweep.cells)} cells ({len(skipped)} finished before), "
+             f"{len(plan.nodes)} tasks ({counts or 'none'})"]
+    for name, cp in plan.cells.items():
+        lines.append(f"  {name}: {len(cp.nodes())} tasks")
+    return "\n".join(lines)
+
+
+def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
+              address: str | None = None, max_parallel: int = 0, progress: bool = True,
+              overwrite: bool = False, command: str = "", dry_run: bool = False) -> SweepResult:
+    """Run ``sweep`` into ``out`` with ``executor`` (``local`` or ``ray``)."""
+    start = time.time()
+    out = Path(out)
+    executor_names()
+    exe = EXECUTORS.get(executor)(address=address, max_parallel=max_parallel)
+    _place(sweep, out)
+    _check_conflicts(sweep, overwrite)
+    skipped = [c.name for c in sweep.cells if _finished_before(c)]
+    todo = [c for c in sweep.cells if c.name not in skipped]
+    plan = build_plan(todo)
+    result = SweepResult(out, skipped=list(skipped), plan=plan)
+    print(describe_plan(sweep, plan, skipped), flush=True)
+    if dry_run:
+        return result
+    stages.check_writable(out)
+    if executor == "local":  # missing data fails here, before any work (Ray: in the task)
+        for cell in todo:
+            run_data(cell.cfg)
+    _write_meta(sweep, out, command)
+
+    ctx = Context.from_env(out, progress and exe.stage_progress)
+    slots = exe.prepare() if plan.nodes else 1.0
+    tracker = Tracker(plan, out, on_cell=lambda name, res: write_cell(plan.cells[name], res, command),
+                      slots=slots, done_before=tuple(skipped), progress=progress)
+    try:
+        if plan.nodes:
+            exe.execute(plan, ctx, tracker, sweep.resources)
+    finally:
+        tracker.close()
+    result.done = [c for c, s in tracker.state.items() if s == "done"]
+    result.failed = dict(tracker.errors)
+    for c, s in tracker.state.items():  # a cell can only end unfinished if a task was lost
+        if s not in ("done", "failed"):
+            result.failed[c] = "did not finish"
+    result.tasks = list(tracker.results.values())
+    sweep_report(out, rebuild=False)
+    result.seconds = time.time() - start
+    return result

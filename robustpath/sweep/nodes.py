@@ -1,0 +1,200 @@
+"""What one task of a sweep does: run one node of the plan through the stage functions.
+
+Both executors call :func:`call_node` (the local one in-process, Ray in a worker).
+A node's inputs arrive as its input nodes' results (small dicts); the models
+themselves come from the stage cache under ``<sweep>/ckpt/`` - the stage functions
+of :mod:`robustpath.stages` return a stored output instead of recomputing it. On a
+cluster that folder must therefore be on a filesystem every node shares; an input
+missing there is an error (:class:`MissingInput`) rather than a silent retraining.
+
+Results: ``endpoint`` -> ``{"key", "metrics"}``, ``align`` -> ``{"key", "report"}``,
+``curve`` -> ``{"key", "metrics"}``, ``eval`` -> ``{"result": PathResult}``, ``plane``
+-> ``{"plane": arrays}``; every result also has ``node``, ``stage``, ``seconds``,
+``files`` (stage outputs, relative to the sweep folder), ``computed`` (an output was
+written by this task; ``None`` where the stage writes nothing the task can name),
+``host`` and ``pid``. A :class:`robustpath.errors.UserError` (bad data, bad
+checkpoint) is returned as ``{"error": ...}`` instead of raised, so it is not retried;
+a node whose input failed returns ``{"error": ..., "upstream": True}`` without running.
+
+Test-only fault hook: ``ROBUSTPATH_SWEEP_FAULT="STAGE[@CELL]:MARKER"`` (read by the
+driver, passed in :class:`Context`) makes the first task of ``STAGE`` (of cell
+``CELL`` if given) raise once: it creates the file ``MARKER`` and fails; later
+attempts see the file and run. ``MARKER = always`` fails every attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import stages
+from ..config import BenchConfig
+from ..device import resolve
+from ..errors import UserError
+from ..registry import Registry
+from ..store import config_hash
+from .plan import Node
+
+FAULT_ENV = "ROBUSTPATH_SWEEP_FAULT"
+RUNNERS: Registry[Callable[..., dict]] = Registry("sweep stage")
+
+
+class MissingInput(RuntimeError):
+    """An input node's stage output is not on this machine's filesystem."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the test-only fault hook."""
+
+
+@dataclass
+class Context:
+    """What every task needs besides its node: the sweep folder (absolute; holds the
+    stage cache ``ckpt/``), whether stages draw progress bars, the fault hook."""
+
+    root: str
+    progress: bool = False
+    fault: str | None = None
+
+    @classmethod
+    def from_env(cls, root: Path, progress: bool) -> Context:
+        return cls(str(Path(root).resolve()), progress, os.environ.get(FAULT_ENV) or None)
+
+
+_DATA: dict[tuple, stages.RunData] = {}
+
+
+def run_data(cfg: BenchConfig) -> stages.RunData:
+    """The cell's data, loaded once per process (a worker runs many tasks; the last
+    four data settings are kept)."""
+    key = (cfg.dataset, cfg.data_root, cfg.train_subset, cfg.test_subset)
+    if key not in _DATA:
+        while len(_DATA) >= 4:
+            _DATA.pop(next(iter(_DATA)))
+        _DATA[key] = stages.RunData.load(cfg)
+    return _DATA[key]
+
+
+def _maybe_fault(node: Node, ctx: Context) -> None:
+    if not ctx.fault:
+        return
+    target, _, marker = ctx.fault.partition(":")
+    stage, _, cell = target.partition("@")
+    if stage != node.stage or (cell and cell not in node.cells):
+        return
+    if marker == "always":
+        raise InjectedFault(f"injected fault in {node.label} ({FAULT_ENV}, every attempt)")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise InjectedFault(f"injected fault in {node.label} ({FAULT_ENV}, first attempt)")
+
+
+def _files(root: Path, pattern: str) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.glob(pattern))
+
+
+def _check_inputs(root: Path, upstream: tuple[dict, ...]) -> None:
+    for up in upstream:
+        for f in up.get("files", ()):
+            if not (root / f).is_file():
+                raise MissingInput(
+                    f"input {f} of {up.get('node')} is missing on {socket.gethostname()}: the "
+                    f"results folder {root} must be on a filesystem shared by every Ray node")
+
+
+def call_node(node: Node, ctx: Context, *upstream: dict) -> dict:
+    """Run ``node`` given its inputs' results; see the module docstring for the result."""
+    for up in upstream:
+        if "error" in up:
+            return {"node": node.id, "stage": node.stage, "upstream": True,
+                    "error": f"input {up['node']} failed"}
+    _maybe_fault(node, ctx)
+    root = Path(ctx.root)
+    start = time.time()
+    try:
+        _check_inputs(root, upstream)
+        cfg = node.cfg
+        out = RUNNERS.get(node.stage)(node, cfg, root, run_data(cfg), resolve(cfg.device),
+                                      ctx.progress)
+    except UserError as e:
+        return {"node": node.id, "stage": node.stage, "error": str(e)}
+    files = out.setdefault("files", [])
+    out.setdefault("computed", any((root / f).stat().st_mtime >= start - 1 for f in files)
+                   if files else None)
+    out.update(node=node.id, stage=node.stage, seconds=time.time() - start,
+               host=socket.gethostname(), pid=os.getpid())
+    return out
+
+
+# ---------------------------------------------------------------- stage runners
+def _endpoints(node: Node, cfg, root, data, device, progress):
+    sa, sb = node.params["pair"]
+    a = stages.endpoint(cfg, sa, root, data, device, progress)
+    b = stages.endpoint(cfg, sb, root, data, device, progress)
+    return a, b
+
+
+def _aligned(node: Node, cfg, root, data, device, progress):
+    (ma, _, ka), (mb, _, kb) = _endpoints(node, cfg, root, data, device, progress)
+    aligned, report, akey = stages.alignment(cfg, node.params["method"], ma, mb, ka, kb, root,
+                                             data, device, progress)
+    return ma, ka, aligned, report, akey
+
+
+def _curve(node: Node, cfg, root, data, device, progress):
+    ma, ka, aligned, _, akey = _aligned(node, cfg, root, data, device, progress)
+    return stages.curve(cfg, node.params["kind"], ma, aligned, ka, akey, root, data, device,
+                        progress)
+
+
+@RUNNERS.register("endpoint")
+def _run_endpoint(node: Node, cfg, root: Path, data, device, progress) -> dict:
+    seed = node.params["seed"]
+    key = config_hash(stages.endpoint_config(cfg, seed).cache_key())
+    existed = bool(_files(root, f"ckpt/endpoints/*{key}.json"))
+    _, metrics, key = stages.endpoint(cfg, seed, root, data, device, progress)
+    return {"key": key, "metrics": metrics, "computed": not existed,
+            "files": _files(root, f"ckpt/endpoints/*{key}.json")}
+
+
+@RUNNERS.register("align")
+def _run_align(node: Node, cfg, root: Path, data, device, progress) -> dict:
+    _, _, _, report, akey = _aligned(node, cfg, root, data, device, progress)
+    return {"key": akey, "report": report, "files": _files(root, f"ckpt/align/*{akey}.json")}
+
+
+@RUNNERS.register("curve")
+def _run_curve(node: Node, cfg, root: Path, data, device, progress) -> dict:
+    _, metrics, ckey = _curve(node, cfg, root, data, device, progress)
+    return {"key": ckey, "metrics": metrics,
+            "files": _files(root, f"ckpt/curves/*{ckey}/final.json")}
+
+
+@RUNNERS.register("eval")
+def _run_eval(node: Node, cfg, root: Path, data, device, progress) -> dict:
+    c, _, ckey = _curve(node, cfg, root, data, device, progress)
+    sa, sb = node.params["pair"]
+    desc = f"eval {node.params['method']}/{node.params['kind']} s{sa}-{sb}"
+    res = stages.path_eval(cfg, c, ckey, root, data, device, progress, desc=desc)
+    return {"result": res}
+
+
+@RUNNERS.register("plane")
+def _run_plane(node: Node, cfg, root: Path, data, device, progress) -> dict:
+    c, _, ckey = _curve(node, cfg, root, data, device, progress)
+    return {"plane": stages.plane(cfg, c, ckey, root, data, device, progress)}
+
+
+def describe(result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able part of a result (for ``tasks.json``)."""
+    keep = ("node", "stage", "seconds", "computed", "host", "pid", "error", "upstream", "key",
+            "files", "attempts")
+    return {k: result[k] for k in keep if k in result}
