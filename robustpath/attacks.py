@@ -192,10 +192,19 @@ class PGD:
         self.seed = cfg.seed
         self.early_stop = bool(getattr(cfg, "early_stop", False))
 
-    def _start(self, x: torch.Tensor, g) -> torch.Tensor:
-        if self.random_start and self.eps > 0:
-            return _random_start(x, self.norm, self.eps, g)
-        return torch.zeros_like(x)
+    def _start(self, x: torch.Tensor, g, repeats: int = 1) -> torch.Tensor:
+        """Random start in the eps ball. ``repeats`` > 1 (a model that evaluates each
+        example ``repeats`` times, :class:`robustpath.stacked.StackedModel`): draw once
+        per distinct example and tile, so every copy starts where a separate attack
+        with the same seed would."""
+        if not (self.random_start and self.eps > 0):
+            return torch.zeros_like(x)
+        if repeats > 1 and len(x) % repeats == 0:
+            n = len(x) // repeats
+            d = _random_start(x[:n], self.norm, self.eps, g)
+            return torch.cat([d] + [(x[i * n:(i + 1) * n] + d).clamp(0, 1) - x[i * n:(i + 1) * n]
+                                    for i in range(1, repeats)])
+        return _random_start(x, self.norm, self.eps, g)
 
     def _step(self, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm is Norm.LINF:
@@ -208,7 +217,7 @@ class PGD:
     def _single(self, model, x, y, g, final_eval: bool):
         """One restart on the whole batch: ``(x_adv, losses, wrong)`` (the last two
         only with ``final_eval``, needed to pick the best of several restarts)."""
-        delta = self._start(x, g)
+        delta = self._start(x, g, getattr(model, "input_repeats", 1))
         for _ in range(self.steps if self.eps > 0 else 0):
             delta.requires_grad_(True)
             loss = F.cross_entropy(model(x + delta), y, reduction="sum")

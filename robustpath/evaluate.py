@@ -17,18 +17,24 @@ intervals can be computed later (:mod:`robustpath.barrier`).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attacks import Attack
 from .bn import recompute_bn
+from .errors import UserError
 from .metrics import per_example
+from .store import atomic_write_bytes
 
 ARRAYS = ("clean_correct", "robust_correct", "clean_loss", "robust_loss")
 
@@ -70,30 +76,138 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
                   bn_inputs: str = "clean", bn_attack: Attack | None = None,
                   speed: Sequence[float] | None = None, batch_size: int = 500,
                   device: str | torch.device = "cpu", progress: bool = True,
-                  desc: str = "path") -> PathResult:
+                  desc: str = "path", t_batch: int = 1,
+                  point_cache: PointCache | None = None) -> PathResult:
     """Evaluate ``model_at(t)`` for every t in ``ts`` on the test examples.
 
     ``bn_loader`` (iterable of training batches) is required for models with BN;
     ``bn_inputs="adv"`` re-estimates the statistics on ``bn_attack``'s adversarial
-    examples against the model at t. Returns a :class:`PathResult`.
+    examples against the model at t.
+
+    ``t_batch`` > 1 evaluates that many t at once: BatchNorm is recomputed per t, then
+    the clean pass and the attack run on one :class:`robustpath.stacked.StackedModel`
+    (``torch.func.vmap`` over the stacked parameters) with each test batch repeated
+    ``t_batch`` times. Same results as ``t_batch=1`` up to float rounding (tested);
+    whether it is faster depends on the device and model (``benchmarks/``).
+
+    ``point_cache`` (see :class:`PointCache`) skips points whose network was already
+    evaluated with the same settings, e.g. the shared endpoints of several paths.
+    Returns a :class:`PathResult`.
     """
+    if t_batch < 1:
+        raise UserError(f"t_batch must be >= 1, got {t_batch}")
     ts = np.asarray(ts, dtype=np.float64)
-    out = {k: [] for k in ARRAYS}
+    rows: dict[int, dict[str, np.ndarray]] = {}
     # the same BN batches at every t, so differences along t are not sampling noise
     bn_data = list(itertools.islice(iter(bn_loader), bn_batches)) if bn_loader is not None else None
-    for t in tqdm(ts, desc=desc, disable=not progress, unit="t", leave=False):
+    bar = tqdm(total=len(ts), desc=desc, disable=not progress, unit="t", leave=False)
+    pending: list[tuple[int, nn.Module, str | None]] = []
+
+    def flush():
+        if not pending:
+            return
+        models = [m for _, m, _ in pending]
+        if len(models) == 1:
+            res = [_evaluate_point(models[0], x_test, y_test, attack, batch_size, device)]
+        else:
+            res = _evaluate_stacked(models, x_test, y_test, attack, batch_size, device)
+        for (i, _, key), r in zip(pending, res):
+            rows[i] = r
+            if point_cache is not None and key is not None:
+                point_cache.put(key, r)
+        bar.update(len(pending))
+        pending.clear()
+
+    for i, t in enumerate(ts):
         model = model_at(float(t)).to(device)
+        key = point_cache.key(model) if point_cache is not None else None
+        hit = point_cache.get(key) if key is not None else None
+        if hit is not None:
+            rows[i] = hit
+            bar.update(1)
+            continue
         if bn_data is not None:
             recompute_bn(model, bn_data, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
-        model.eval()
-        clean = per_example(model, x_test, y_test, None, batch_size=batch_size, device=device)
-        robust = per_example(model, x_test, y_test, attack, batch_size=batch_size, device=device)
-        out["clean_correct"].append(clean.correct.numpy())
-        out["clean_loss"].append(clean.loss.numpy())
-        out["robust_correct"].append(robust.correct.numpy())
-        out["robust_loss"].append(robust.loss.numpy())
+        pending.append((i, model.eval(), key))
+        if len(pending) >= t_batch:
+            flush()
+    flush()
+    bar.close()
     sp = np.ones_like(ts) if speed is None else np.asarray(speed, dtype=np.float64)
-    return PathResult(ts=ts, speed=sp, **{k: np.stack(v) for k, v in out.items()})
+    return PathResult(ts=ts, speed=sp,
+                      **{k: np.stack([rows[i][k] for i in range(len(ts))]) for k in ARRAYS})
+
+
+def _evaluate_point(model: nn.Module, x_test, y_test, attack, batch_size, device) -> dict:
+    clean = per_example(model, x_test, y_test, None, batch_size=batch_size, device=device)
+    robust = per_example(model, x_test, y_test, attack, batch_size=batch_size, device=device)
+    return {"clean_correct": clean.correct.numpy(), "clean_loss": clean.loss.numpy(),
+            "robust_correct": robust.correct.numpy(), "robust_loss": robust.loss.numpy()}
+
+
+def _evaluate_stacked(models: list[nn.Module], x_test, y_test, attack, batch_size,
+                      device) -> list[dict]:
+    """Clean and attacked outcomes of K eval-mode models on one StackedModel."""
+    from .stacked import StackedModel
+
+    k = len(models)
+    stacked = StackedModel(models).to(device)
+    n = len(x_test)
+    out = {name: [] for name in ARRAYS}
+    for i in range(0, n, batch_size):
+        xb = x_test[i:i + batch_size].to(device)
+        yb = y_test[i:i + batch_size].to(device)
+        b = len(xb)
+        xr, yr = xb.repeat(k, *([1] * (xb.dim() - 1))), yb.repeat(k)
+        for prefix, x_in in (("clean", xr), ("robust", None)):
+            if x_in is None:
+                x_in = attack(stacked, xr, yr)
+            with torch.no_grad():
+                logits = stacked(x_in)
+                correct = (logits.argmax(1) == yr).view(k, b).cpu()
+                loss = F.cross_entropy(logits, yr, reduction="none").float().view(k, b).cpu()
+            out[f"{prefix}_correct"].append(correct)
+            out[f"{prefix}_loss"].append(loss)
+    cat = {name: torch.cat(v, dim=1).numpy() for name, v in out.items()}
+    return [{name: cat[name][j] for name in ARRAYS} for j in range(k)]
+
+
+class PointCache:
+    """Per-point results on disk, keyed by the network's exact state.
+
+    A point's outcome is a function of its parameters and buffers (before BN
+    recomputation) and of the evaluation settings; ``folder`` must be specific to
+    the settings (``stages.path_eval`` names it by their hash). Paths that share a
+    network - every path of a pair starts at model A, and the line and the curves
+    between A and the same (aligned) B end at it - then evaluate it once.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def key(model: nn.Module) -> str:
+        h = hashlib.sha256()
+        for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu").reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:20]
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        path = self.folder / f"{key}.npz"
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                got = {k: z[k] for k in ARRAYS}
+        except Exception:
+            return None  # damaged: recomputed
+        return got
+
+    def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: arrays[k] for k in ARRAYS})
+        atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())
 
 
 def curve_speed(params_at: Callable[[float], dict[str, torch.Tensor]], ts: Sequence[float],
