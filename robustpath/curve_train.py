@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .attacks import AttackConfig, build_attack
 from .curves import Curve, save_curve
+from .device import training_autocast
 from .errors import UserError
 from .numbers import parse_fraction
 from .registry import Registry
@@ -93,6 +94,7 @@ class CurveTrainConfig:
     augment: bool = False            # random crop + flip (CIFAR)
     attack: AttackConfig | None = field(default_factory=AttackConfig)
     checkpoint_every_epoch: bool = True
+    amp: bool = True                 # bfloat16 autocast on CUDA (no-op on CPU); not in the key
 
     def validate(self) -> CurveTrainConfig:
         if int(self.epochs) < 1 or int(self.batch_size) < 1:
@@ -114,6 +116,7 @@ class CurveTrainConfig:
         """Fields that determine the fitted curve."""
         d = self.to_dict()
         d.pop("checkpoint_every_epoch")
+        d.pop("amp")  # how to compute, like the device: not what is computed
         return d
 
     @classmethod
@@ -239,9 +242,10 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 theta = curve.flat_at(t)
                 params = curve.unflatten(theta)
                 point = curve.point(t, params)
-                xa = attack(point, xb, yb) if attack is not None else xb
-                logits = curve.forward_batch_stats(xa, t, params, point.point_buffers)
-                loss = F.cross_entropy(logits, yb)
+                with training_autocast(device, cfg.amp):
+                    xa = attack(point, xb, yb) if attack is not None else xb
+                    logits = curve.forward_batch_stats(xa, t, params, point.point_buffers)
+                    loss = F.cross_entropy(logits.float(), yb)
                 objective = loss
                 if cfg.weight_decay:
                     objective = loss + 0.5 * cfg.weight_decay * theta.pow(2).sum()

@@ -29,7 +29,7 @@ from . import data as data_mod
 from . import models
 from .attacks import AttackConfig, build_attack
 from .cli import ArgumentParser
-from .device import resolve
+from .device import resolve, training_autocast
 from .errors import UserError, cli_main
 from .metrics import per_example
 from .numbers import parse_fraction
@@ -79,6 +79,7 @@ class TrainConfig:
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=0.1, steps=5))
     eval_attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=0.1, steps=10, seed=0))
     data_root: str | None = None
+    amp: bool = True             # bfloat16 autocast on CUDA (no-op on CPU); not in the cache key
 
     def validate(self) -> TrainConfig:
         models.MODELS.get(self.arch)
@@ -100,6 +101,7 @@ class TrainConfig:
         """The fields that determine the trained weights (not where data lives)."""
         d = self.to_dict()
         d.pop("data_root")
+        d.pop("amp")  # how to compute, like the device: not what is computed
         return d
 
     @classmethod
@@ -149,9 +151,10 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
         model.train()
         tot_loss = tot_correct = n = 0
         for xb, yb in loader:
-            xa = attack(model, xb, yb)
-            logits = model(xa)
-            loss = F.cross_entropy(logits, yb)
+            with training_autocast(device, cfg.amp):
+                xa = attack(model, xb, yb)
+                logits = model(xa)
+                loss = F.cross_entropy(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -158,3 +158,21 @@ def test_cli_trains_and_writes_a_checkpoint(tmp_path):
     assert meta["config"]["train_subset"] == 128
     model, _ = store.load_model(out)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_amp_is_bfloat16_autocast_on_cuda_only_and_not_in_cache_keys():
+    import contextlib
+    import warnings
+
+    from robustpath.curve_train import CurveTrainConfig
+    from robustpath.device import training_autocast
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no CUDA here: torch warns it disables the context
+        ctx = training_autocast(torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert isinstance(training_autocast("cpu"), contextlib.nullcontext)
+    assert isinstance(training_autocast(torch.device("cuda"), enabled=False), contextlib.nullcontext)
+    # a run on a GPU with AMP and one without share their cached endpoints and curves
+    assert TrainConfig(amp=True).cache_key() == TrainConfig(amp=False).cache_key()
+    assert CurveTrainConfig(amp=True).cache_key() == CurveTrainConfig(amp=False).cache_key()
