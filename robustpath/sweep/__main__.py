@@ -32,13 +32,13 @@ def parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("sweep", help="sweep file (TOML): grid axes, preset, overrides, resources; "
       "see sweeps/quick.toml and robustpath/sweep/spec.py")
-    a("--executor", default="local",
+    a("--executor", default="local", metavar="{local,ray}",
       help="local: in-process, one stage at a time, no Ray (the default and the reference); "
       "ray: every stage a Ray task (pip install 'robustpath[ray]')")
-    a("--address", default=None,
+    a("--address", default=None, metavar="auto|HOST:PORT",
       help="Ray cluster to join: auto (the one `ray start` made on this machine) or HOST:PORT; "
       "omitted: start a local Ray instance (--executor ray only)")
-    a("--max-parallel", type=int, default=0,
+    a("--max-parallel", type=int, default=0, metavar="N",
       help="at most N cells submitted at a time with --executor ray (0: all at once; Ray "
       "then runs as many tasks as the cluster's CPUs/GPUs allow)")
     a("--out", default=None, help="sweep folder (default results/<name from the sweep file>); "

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import data as data_mod
 from .. import stages
 from ..bench import RunOutputs, comparable, write_run
 from ..errors import UserError
@@ -57,12 +58,12 @@ def cell_hash(cell: Cell) -> str:
 
 
 def _place(sweep: Sweep, out: Path) -> None:
-    """Point every cell at ``out/cells/<name>``; make a relative data root absolute so
-    workers started elsewhere read the same files."""
+    """Point every cell at ``out/cells/<name>`` and make its data root absolute (the
+    default ``./data`` or ``$ROBUSTPATH_DATA`` as seen from here), so Ray workers that
+    start in another folder read the same files."""
     for cell in sweep.cells:
         cell.cfg.out = str(out / "cells" / cell.name)
-        if cell.cfg.data_root:
-            cell.cfg.data_root = str(Path(cell.cfg.data_root).resolve())
+        cell.cfg.data_root = str(Path(cell.cfg.data_root or data_mod.DEFAULT_DATA_ROOT).resolve())
 
 
 def _finished_before(cell: Cell) -> bool:
@@ -136,10 +137,10 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
     print(describe_plan(sweep, plan, skipped), flush=True)
     if dry_run:
         return result
-    stages.check_writable(out)
     if executor == "local":  # missing data fails here, before any work (Ray: in the task)
         for cell in todo:
             run_data(cell.cfg)
+    stages.check_writable(out)
     _write_meta(sweep, out, command)
 
     ctx = Context.from_env(out, progress and exe.stage_progress)

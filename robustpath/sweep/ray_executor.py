@@ -89,7 +89,6 @@ class RayExecutor:
                 node, ctx, max(1, int(opts["num_cpus"])), *(refs[d] for d in node.deps))
             refs[node_id] = ref
             pending[ref] = node_id
-            tracker.started(node_id)
 
         queue = list(plan.cells)
         submitted: list[str] = []
@@ -99,6 +98,7 @@ class RayExecutor:
             while queue and sum(not tracker.finalized(c) for c in submitted) < limit:
                 cell = queue.pop(0)
                 submitted.append(cell)
+                tracker.cell_started(cell)  # submitted: running as far as we can tell
                 for node_id in plan.cells[cell].nodes():
                     if node_id not in refs:
                         submit(node_id)

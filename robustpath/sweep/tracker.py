@@ -12,6 +12,7 @@ monitoring a long run from another shell.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,24 +44,30 @@ class Tracker:
         self.state: dict[str, str] = {c: "done" for c in done_before}
         self.state.update({c: "pending" for c in plan.cells})
         self.errors: dict[str, str] = {}
-        self.start = time.time()
+        self.start = self._last_tick = time.time()
+        # in a log file (no terminal) a progress line every 10 s, not every event
         self.bar = tqdm(total=len(plan.nodes), unit="task", disable=not progress,
+                        mininterval=0.1 if sys.stderr.isatty() else 10.0,
                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} tasks [{elapsed}{postfix}]")
         self._write_status()
         self._refresh()
 
     # ------------------------------------------------------------ executor calls
     def started(self, node_id: str) -> None:
+        """A node began: its cells count as running."""
         for cell in self.plan.nodes[node_id].cells:
-            if self.state.get(cell) == "pending":
-                self.state[cell] = "running"
-        self._refresh()
+            self.cell_started(cell)
+
+    def cell_started(self, cell: str) -> None:
+        if self.state.get(cell) == "pending":
+            self.state[cell] = "running"
+            self._refresh()
 
     def finished(self, node_id: str, result: dict) -> None:
         node = self.plan.nodes[node_id]
         result = {"node": node_id, "stage": node.stage, **result}
         self.results[node_id] = result
-        self.bar.update(1)
+        self.bar.update(1)  # refreshes the line at most every mininterval
         if "error" in result and not result.get("upstream"):
             self.note(f"task failed: {node.label}: {result['error']}")
         for cell in node.cells:
@@ -82,8 +89,12 @@ class Tracker:
         self._refresh()
 
     def tick(self) -> None:
-        """Refresh the progress line (elapsed time) while waiting."""
-        self._refresh()
+        """Redraw the progress line (elapsed time, ETA) while waiting, throttled."""
+        now = time.time()
+        if not self.bar.disable and now - self._last_tick >= self.bar.mininterval:
+            self._last_tick = now
+            self._refresh()
+            self.bar.refresh()
 
     def skip(self, node_id: str) -> bool:
         """True when every cell that needs ``node_id`` has failed (nothing to gain)."""
@@ -138,11 +149,11 @@ class Tracker:
         self.state[cell] = state
         if error:
             self.errors[cell] = error
-            self.note(f"cell {cell} FAILED: {error}")
-        else:
-            self.note(f"cell {cell} done ({_fmt_seconds(time.time() - self.start)} into the sweep)")
         self._compact(cell)
         self._write_status()
+        what = f"FAILED: {error}" if error else "done"
+        self.note(f"cell {cell} {what} [{_fmt_seconds(time.time() - self.start)}; "
+                  f"{self._counts_text()}]")
 
     def _compact(self, cell: str) -> None:
         """Drop the arrays of results no unfinished cell needs (keeps memory flat)."""
@@ -150,13 +161,16 @@ class Tracker:
             if nid in self.results and all(self.finalized(c) for c in self.plan.nodes[nid].cells):
                 self.results[nid] = describe(self.results[nid])
 
-    def _refresh(self) -> None:
+    def _counts_text(self) -> str:
         c = self.counts()
-        total = len(self.state)
         eta, unknown = self.eta()
         eta_txt = "?" if unknown and not eta else _fmt_seconds(eta) + ("+" if unknown else "")
-        self.bar.set_postfix_str(f"cells {c['done']}/{total} done, {c['running']} running, "
-                                 f"{c['failed']} failed, ETA {eta_txt}", refresh=True)
+        return (f"cells {c['done']}/{len(self.state)} done, {c['running']} running, "
+                f"{c['failed']} failed, ETA {eta_txt}")
+
+    def _refresh(self) -> None:
+        if not self.bar.disable:
+            self.bar.set_postfix_str(self._counts_text(), refresh=False)
 
     def _write_status(self) -> None:
         atomic_write_json(self.root / "status.json", {
