@@ -21,10 +21,11 @@ from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
 from robustpath.store import atomic_write_text
 
-from . import efficiency, machine, optimisations, pgd_speed, subjects
+from . import efficiency, machine, optimisations, path_cost, pgd_speed, subjects
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GOAL_ES, GOAL_FULL = 1.3, 1.0
+SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: pgd,opt,epoch")
+    p.add_argument("--skip", default="", help="comma-separated sections to skip: "
+                   "pgd,opt,epoch,path,compile,align")
+    p.add_argument("--t-batch", type=int, default=4, help="t per vmap batch in the path section")
+    p.add_argument("--path-images", type=int, default=1000, help="test images per t, path section")
+    p.add_argument("--bn-batches", type=int, default=10,
+                   help="BN recomputation batches per t, path section (the quick preset's)")
+    p.add_argument("--widths", default="0.5,1,2,4", help="cnn-small widths, align section")
     p.add_argument("--out", default=str(RESULTS), help="Markdown file to write (default %(default)s)")
     return p
 
@@ -117,6 +124,64 @@ def _epoch_table(e, attack_eff) -> list[str]:
     return lines
 
 
+# How many units of each stage the default quick benchmark runs (config.PRESETS["quick"]):
+# 2 endpoints x 4 epochs, 2 bezier curves x 4 epochs, 4 paths x 11 t less the shared
+# endpoints (8 end points, 3 distinct networks), 2 planes x 25 points of 300 images.
+QUICK_UNITS = {"endpoint epoch": 8, "curve epoch": 8, "path t": 4 * 11 - 5}
+
+
+def _path_section(p, c, e, peak) -> list[str]:
+    g = 1e9
+    total = p.seconds_bn + p.seconds_clean + p.seconds_attack
+    lines = ["## Path evaluation per t, vmap-batched t, and the quick benchmark's stages", "",
+             (f"One t of the line between cnn-small and a permuted copy of itself, {p.n_test} "
+              f"test images, PGD-{p.steps}; BatchNorm recomputed on {p.bn_batches} batches of 128 "
+              "adversarial (PGD-5) training images."), "",
+             "| part of one t | s | share |", "|---|---|---|",
+             f"| BatchNorm recomputation | {p.seconds_bn:.2f} | {100 * p.seconds_bn / total:.0f}% |",
+             f"| clean pass | {p.seconds_clean:.2f} | {100 * p.seconds_clean / total:.0f}% |",
+             f"| attack (and its final pass) | {p.seconds_attack:.2f} | "
+             f"{100 * p.seconds_attack / total:.0f}% |", "",
+             (f"`evaluate_path`: {p.seconds_per_t:.2f} s per t one at a time, "
+              f"{p.seconds_per_t_batched:.2f} s per t with `t_batch={p.t_batch}` (vmap over "
+              f"stacked parameters): **{p.speedup:.2f}x** ({p.spread[0]:.2f}-{p.spread[1]:.2f}). "
+              + ("Kept as an option, off by default on this device." if p.speedup < 1.05 else
+                 "A win on this device: use `--t-batch`.")), ""]
+    units = {"path t": (p.flops_per_t, p.seconds_per_t)}
+    if c is not None:
+        units["curve epoch"] = (c.flops, c.seconds)
+    if e is not None:
+        units["endpoint epoch"] = (e.epoch_flops, e.seconds)
+    lines += [f"Against the float32 matmul peak ({peak / g:.1f} GFLOP/s), FLOPs counted with "
+              "FlopCounterMode:", "",
+              "| stage unit | counted GFLOP | s | achieved GFLOP/s | achieved / peak | units in the quick bench |",
+              "|---|---|---|---|---|---|"]
+    tot_f = tot_s = 0.0
+    for name, (f, sec) in units.items():
+        n = QUICK_UNITS[name]
+        tot_f += n * f
+        tot_s += n * sec
+        lines.append(f"| {name} | {f / g:.1f} | {sec:.2f} | {f / sec / g:.1f} | "
+                     f"{100 * f / sec / peak:.1f}% | {n} |")
+    if len(units) == 3:
+        lines.append(f"| **quick bench, these stages together** | {tot_f / g:.0f} | {tot_s:.0f} | "
+                     f"{tot_f / tot_s / g:.1f} | **{100 * tot_f / tot_s / peak:.1f}%** | - |")
+    lines.append("")
+    return lines
+
+
+def _compile_section(r) -> list[str]:
+    if r.error:
+        return ["## torch.compile", "", f"Not measured: {r.error}", ""]
+    return ["## torch.compile (PGD-training step of cnn-small, batch 128, PGD-5)", "",
+            "| variant | s per step |", "|---|---|",
+            f"| eager | {r.eager:.3f} |", f"| torch.compile (default mode) | {r.compiled:.3f} |", "",
+            (f"Speed-up {r.eager / r.compiled:.2f}x after about {r.compile_seconds:.0f} s of "
+             "compilation. " + ("Not used: it does not pay on this device." if
+                                r.eager / r.compiled < 1.1 or r.compile_seconds > 60 else
+                                "It would pay for long runs on this device.")), ""]
+
+
 @cli_main
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
@@ -124,13 +189,17 @@ def main(argv=None) -> int:
         args.cnn_images, args.resnet_images, args.cnn_train, args.resnet_train = 100, 20, 300, 100
         args.cnn_batch, args.resnet_batch, args.epoch_images, args.matmul_n = 50, 10, 384, 512
         args.rounds, args.steps = 1, 3
+        args.path_images, args.bn_batches, args.t_batch, args.widths = 50, 1, 2, "0.5,1"
     for flag in ("steps", "rounds", "cnn_images", "resnet_images", "cnn_batch", "resnet_batch",
                  "cnn_train", "resnet_train", "epoch_images", "matmul_n"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - {"pgd", "opt", "epoch"}:
-        raise UserError(f"--skip takes pgd, opt, epoch; got {args.skip!r}")
+    if skip - SECTIONS:
+        raise UserError(f"--skip takes {', '.join(sorted(SECTIONS))}; got {args.skip!r}")
+    from robustpath.numbers import parse_float_list
+
+    widths = parse_float_list(args.widths, name="--widths")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve(args.device)
@@ -162,6 +231,27 @@ def main(argv=None) -> int:
         _log(f"one PGD-training epoch of cnn-small on {args.epoch_images} images ...")
         epoch_result = efficiency.training_epoch(args.epoch_images, peak, args.matmul_n, device,
                                                  rounds=min(2, args.rounds), root=args.data_root)
+    path_res = curve_res = compile_res = None
+    align_res = []
+    if "path" not in skip:
+        _log("path evaluation per t and vmap-batched t ...")
+        path_res = path_cost.path_eval(cnn, n_test=min(args.path_images, len(cnn.x)),
+                                       bn_batches=args.bn_batches, steps=args.steps,
+                                       t_batch=args.t_batch, rounds=args.rounds, device=device,
+                                       log=_log, root=args.data_root)
+        _log("one curve-training epoch ...")
+        curve_res = path_cost.curve_epoch(cnn, n_train=args.epoch_images, steps=5, device=device,
+                                          log=_log, root=args.data_root)
+    if "compile" not in skip:
+        _log("torch.compile vs eager, PGD-training step ...")
+        compile_res = path_cost.compile_step(cnn, steps=5, batch=128, reps=max(3, args.rounds),
+                                             device=device, log=_log)
+    if "align" not in skip:
+        _log("alignment time against width ...")
+        align_res = path_cost.align_vs_width(widths, n_images=2000 if not args.quick else 250,
+                                             device=device, log=_log, root=args.data_root)
+    if peak is None and path_res is not None:
+        peak = efficiency.matmul_peak(args.matmul_n, device)
     for r, subj in zip(pgd_results, (cnn, res)):
         xb, yb = subj.x[:r.batch].to(device), subj.y[:r.batch].to(device)
         flops = efficiency.attack_flops_per_image(subj.model, xb, yb, subj.eps, r.steps)
@@ -210,6 +300,25 @@ def main(argv=None) -> int:
                "", ("FlopCounterMode counts matrix products and convolutions (forward and backward); "
                "element-wise work (BatchNorm, ReLU, pooling, the PGD update) is not counted, so the "
                "fraction is a lower bound on how busy the cores are."), ""]
+        md += sec
+        out_lines += sec
+    if path_res is not None:
+        sec = _path_section(path_res, curve_res, epoch_result, peak)
+        md += sec
+        out_lines += sec
+    if compile_res is not None:
+        sec = _compile_section(compile_res)
+        md += sec
+        out_lines += sec
+    if align_res:
+        sec = ["## Alignment time against width (cnn-small, 2,000 images)", "",
+               "| width | units permuted | activation matching, s | weight matching, s |",
+               "|---|---|---|---|"]
+        sec += [f"| {a.width:g} | {a.units} | {a.activation_s:.2f} | {a.weight_s:.2f} |"
+                for a in align_res]
+        sec += ["", ("Activation matching is dominated by the forward passes that collect "
+                     "statistics (linear in width for these layers) and one assignment per "
+                     "group (cubic in the group's units); weight matching needs no data."), ""]
         md += sec
         out_lines += sec
     notes = Path(__file__).resolve().parent / "NOTES.md"

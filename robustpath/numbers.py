@@ -37,3 +37,11 @@ def parse_int_list(text: str, *, name: str) -> list[int]:
         return [int(p) for p in parts]
     except ValueError:
         raise UserError(f"{name} must be a comma-separated list of integers, got {text!r}") from None
+
+
+def parse_float_list(text: str, *, name: str) -> list[float]:
+    """Parse ``"0.5,1,2"`` (fractions like ``8/255`` allowed) into positive floats."""
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    if not parts:
+        raise UserError(f"{name} needs at least one number, got {text!r}")
+    return [parse_fraction(p, name=name, allow_zero=False) for p in parts]

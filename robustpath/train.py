@@ -149,7 +149,10 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
         start = time.perf_counter()
         loader.set_epoch(epoch)
         model.train()
-        tot_loss = tot_correct = n = 0
+        # running sums stay on the device: one host-device sync per epoch, not per batch
+        tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+        tot_correct = torch.zeros((), dtype=torch.int64, device=device)
+        n = 0
         for xb, yb in loader:
             with training_autocast(device, cfg.amp):
                 xa = attack(model, xb, yb)
@@ -159,9 +162,10 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
             loss.backward()
             opt.step()
             sched.step()
-            tot_loss += float(loss.detach()) * len(yb)
-            tot_correct += int((logits.argmax(1) == yb).sum())
+            tot_loss += loss.detach().double() * len(yb)
+            tot_correct += (logits.detach().argmax(1) == yb).sum()
             n += len(yb)
+        tot_loss, tot_correct = float(tot_loss), int(tot_correct)
         epoch_times.append(time.perf_counter() - start)
         history.append({"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                         "train_adv_acc": tot_correct / max(n, 1)})
