@@ -40,7 +40,10 @@ PRESETS.register("paper")({
     "curve_lr": 0.015, "batch_size": 128, "augment": True,
 })
 
-ALIGN_METHODS = ("none", "activation", "weight")
+MATCH_METHODS = ("none", "activation", "weight")   # one-shot matchers (robustpath.align)
+# PAM (robustpath.align.pam) started from the identity / from activation matching
+PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
+ALIGN_METHODS = (*MATCH_METHODS, *PAM_METHODS)
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 
@@ -77,6 +80,8 @@ class BenchConfig:
     bn_inputs: str = "adv"
     bootstrap: int = 1000
     plane_grid: int = 0          # 0: no loss-surface plane plots
+    pam_iters: int = 2           # PAM outer iterations (alignments pam-none / pam-activation)
+    t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
     data_root: str | None = None
     device: str = "auto"
     out: str = ""
@@ -125,7 +130,7 @@ class BenchConfig:
         if self.t_points < 2:
             raise UserError(f"--t-points must be >= 2, got {self.t_points}")
         for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
-                     "bn_batches", "bootstrap", "bends"):
+                     "bn_batches", "bootstrap", "bends", "pam_iters", "t_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.width or self.width <= 0:

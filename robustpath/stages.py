@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import torch.nn as nn
 from . import curves as curves_mod
 from . import data as data_mod
 from .attacks import build_attack
-from .config import BenchConfig
+from .config import PAM_METHODS, BenchConfig
 from .errors import UserError
 from .evaluate import PathResult, curve_speed, evaluate_path, t_grid
 from .store import (
@@ -98,11 +99,16 @@ ALIGN_SAMPLES = 2000
 def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
               key_a: str, key_b: str, run_dir: Path, data: RunData, device,
               progress: bool = True) -> tuple[nn.Module, dict, str]:
-    """Align model B onto A with ``method`` (none | activation | weight).
+    """Align model B onto A with ``method`` (none | activation | weight | pam-none |
+    pam-activation).
 
     Activation matching uses the first 2,000 training examples, clean or adversarial
-    (``cfg.align_inputs``). Returns ``(aligned_b, report, key)``.
+    (``cfg.align_inputs``). ``pam-*`` runs :func:`pam_alignment` from that method's
+    permutation. Returns ``(aligned_b, report, key)``.
     """
+    if method in PAM_METHODS:
+        return pam_alignment(cfg, method, model_a, model_b, key_a, key_b, run_dir, data, device,
+                             progress)
     spec = {"method": method, "a": key_a, "b": key_b}
     if method == "none":
         return model_b, {"method": "none"}, config_hash(spec)
@@ -125,6 +131,58 @@ def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mod
                                    attack=attack)
     report = report.to_dict() if hasattr(report, "to_dict") else dict(report)
     save_model(path, aligned, {"report": report, "spec": spec})
+    return aligned.eval(), report, key
+
+
+def pam_config(cfg: BenchConfig):
+    """The bench's PAM settings: ``cfg.pam_iters`` outer iterations, each the default
+    permutation step and one curve epoch at ``cfg.curve_lr``, PGD in the loop as in
+    curve training (``cfg.train_attack()``), batch size ``cfg.batch_size``."""
+    from .align.pam import PAMConfig
+
+    return PAMConfig(outer_iters=cfg.pam_iters, curve_epochs=1, curve_lr=cfg.curve_lr,
+                     batch_size=cfg.batch_size, bends=cfg.bends, attack=cfg.train_attack(),
+                     seed=0)
+
+
+def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
+                  key_a: str, key_b: str, run_dir: Path, data: RunData, device,
+                  progress: bool = True) -> tuple[nn.Module, dict, str]:
+    """PAM (:func:`robustpath.align.pam.pam`) from the permutation of the one-shot
+    method ``PAM_METHODS[method]`` (``pam-none``: identity; ``pam-activation``:
+    activation matching, itself cached as its own stage).
+
+    PAM runs on (A, B') with B' the start method's aligned B and the identity as
+    start, which is the same as starting from that permutation of B; the returned model
+    is B' permuted by PAM's result (same function as B). Its curve is then fitted from
+    scratch by :func:`curve` like every other alignment, so the PAM rows of the tables
+    differ from the others only by the permutation. Cached as
+    ``ckpt/align/<method>-<key>``; PAM's per-iteration checkpoints go to
+    ``ckpt/pam/<key>/`` while it runs (a killed run resumes at its last outer iteration). The report
+    holds ``fraction_changed`` (per group, vs the start), ``losses`` (per iteration),
+    ``seconds_per_outer_iteration`` and the full ``history``.
+    """
+    from .align import apply
+    from .align.pam import pam
+
+    base = PAM_METHODS[method]
+    start_b, base_report, base_key = alignment(cfg, base, model_a, model_b, key_a, key_b, run_dir,
+                                               data, device, progress)
+    pcfg = pam_config(cfg)
+    spec = {"method": method, "a": key_a, "b": base_key, "pam": pcfg.to_dict(),
+            "examples": len(data.x_train)}
+    key = config_hash(spec)
+    path = _ckpt(run_dir, "align", f"{method}-{key}")
+    if checkpoint_exists(path):
+        aligned, meta = load_model(path, device)
+        return aligned.eval(), meta["report"], key
+    res = pam(model_a, start_b, data.x_train, data.y_train, pcfg,
+              work_dir=_ckpt(run_dir, "pam", key), device=device, progress=progress)
+    report = {**res.report(), "method": method, "start": base,
+              "start_report": base_report, "perm": res.perm.to_dict()}
+    aligned = apply(start_b, res.perm)
+    save_model(path, aligned, {"report": report, "spec": spec})
+    shutil.rmtree(_ckpt(run_dir, "pam", key), ignore_errors=True)  # resume state, now unneeded
     return aligned.eval(), report, key
 
 

@@ -18,7 +18,8 @@ from .barrier import path_metrics
 from .records import PathRecord
 from .store import atomic_write_text
 
-ALIGN_LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)"}
+ALIGN_LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)",
+               "pam-none": "PAM from unaligned", "pam-activation": "PAM from aligned"}
 
 # (metric, header, percent?)
 COLUMNS = [

@@ -11,6 +11,7 @@ Public API::
     perm = random_permutation(model, example_input, seed=0)
     model2 = apply(model, perm)                       # deep copy, same function
     aligned_b, perm, report = align(model_a, model_b, method="activation", data=batches)
+    result = pam(model_a, model_b, x_train, y_train, PAMConfig(), start=perm)  # PAM check
 
 A :class:`Permutation` is a ``dict[str, LongTensor]``: group name -> index vector ``p``
 with unit ``i`` of the permuted model = unit ``p[i]`` of the original; ``perm.spec`` is
@@ -19,7 +20,8 @@ its :class:`PermutationSpec`. Methods (registry :data:`MATCHERS`): ``activation`
 
 Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.layers`
 (how each op moves a permutation), :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
-(apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`.
+(apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`, :mod:`.pam`
+(proximal alternating minimization over permutations and a Bezier curve).
 """
 
 from . import activation as _activation  # noqa: F401  (registers "activation")
@@ -27,6 +29,15 @@ from . import weight as _weight  # noqa: F401  (registers "weight")
 from .activation import CoMoments, correlations
 from .api import AlignReport, GroupReport, align
 from .context import MATCHERS, MatchContext, solve_assignment
+from .pam import (
+    PAMConfig,
+    PAMResult,
+    pam,
+    permutation_matrix,
+    project_doubly_stochastic,
+    relaxed_state,
+    round_to_permutation,
+)
 from .permute import Permutation, apply, identity_permutation, random_permutation
 from .spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
 from .weight import weight_matching, weight_similarity
@@ -38,6 +49,8 @@ __all__ = [
            "CoMoments",
            "GroupReport",
            "MatchContext",
+           "PAMConfig",
+           "PAMResult",
            "Permutation",
            "PermutationSpec",
            "Segment",
@@ -46,8 +59,13 @@ __all__ = [
            "apply",
            "correlations",
            "identity_permutation",
+           "pam",
+           "permutation_matrix",
            "permutation_spec",
+           "project_doubly_stochastic",
            "random_permutation",
+           "relaxed_state",
+           "round_to_permutation",
            "solve_assignment",
            "weight_matching",
            "weight_similarity",

@@ -1,0 +1,568 @@
+"""Proximal alternating minimization (PAM) over permutations and a Bezier curve.
+
+Tatro et al. 2020 (*Optimizing Mode Connectivity via Neuron Alignment*, Sec. 3.2
+and App.) ask whether the permutation found by neuron alignment is locally optimal
+for the curve-finding problem
+
+    min_{P, c} L(P, c),  L = E_{t ~ U(0,1)} E_{(x, y)} CE(f(x_adv; θ(t)), y),
+    θ(t) = (1 - t)² θ0 + 2t(1 - t) c + t² P θ1,
+
+where θ0 = model A, θ1 = model B, P ranges over the permutations of B's hidden
+units (one per group of the graph-derived :class:`~.spec.PermutationSpec`) and
+``x_adv`` is PGD against θ(t) (``attack=None``: clean). PAM alternates
+
+* **permutation step** ``P_{k+1} ≈ argmin_P L(P, c_k) + ρ/2 ||P - P_k||²``: every
+  group's permutation matrix is relaxed to a doubly stochastic matrix ``S`` starting
+  at ``P_k``; ``perm_steps`` projected gradient steps on the curve loss plus the
+  proximal term, one batch and one t ~ U(0, 1) each, the attack made against the
+  relaxed curve at t (as :func:`robustpath.curve_train.train_curve` does); then
+  Hungarian rounding of ``S`` (:func:`~.context.solve_assignment`) and a check on
+  fixed batches: the rounded candidate replaces ``P_k`` only if its curve loss is
+  lower;
+* **curve step** ``c_{k+1} ≈ argmin_c L(P_{k+1}, c)``: ``curve_epochs`` epochs of
+  :func:`~robustpath.curve_train.train_curve`, starting from ``c_k``.
+
+Design decisions (facts a user needs):
+
+* **The midpoint lives in A's frame and is carried unchanged** when P changes. θ(t)
+  and c are expressed in the coordinates of θ0; P acts on θ1 only. This is PAM's
+  block-coordinate structure (the permutation step holds c fixed), and it is why the
+  proximal term matters: a P far from P_k leaves c, trained for P_k, out of place.
+* **Relaxed application.** ``S`` acts on B's tensors as a matrix product along every
+  axis the spec lists (:func:`relaxed_state`); for a permutation matrix it equals
+  :func:`~.permute.apply` exactly. ``S[i, j]`` is the weight of B's unit ``j`` in
+  unit ``i`` of the permuted model, so rounding maximises ``Σ_i S[i, p[i]]``.
+* **Projection** (:func:`project_doubly_stochastic`): the Euclidean projection onto
+  the Birkhoff polytope by Dykstra's alternating projections between the affine set
+  {row and column sums 1} (closed form) and the nonnegative orthant, finished by
+  Sinkhorn balancing of the (nonnegative) Dykstra iterate so that the sums hold to
+  ``sinkhorn_tol``. Not Sinkhorn alone: Sinkhorn is the KL projection, multiplicative,
+  so every zero entry (all off-permutation entries at the start) would stay zero and
+  the iterate could never leave the starting vertex; the Euclidean projection matches
+  the Euclidean proximal term and moves mass onto new entries.
+* **Step size in matrix-entry units.** The loss gradient of each group's matrix is
+  divided by a running RMS of that group's gradients (one scalar accumulator per
+  matrix, decay 0.9, bias-corrected), so ``lr`` means "typical change of an entry per
+  step" for any architecture or loss scale.
+* Only the cross-entropy enters the permutation step (the curve's weight decay on
+  θ(t) is a regulariser of the curve). BatchNorm normalises with batch statistics,
+  as in curve training, so running statistics play no role.
+* ``loss`` in the history is the curve loss on ``select_batches`` fixed training
+  batches at stratified fixed t (t_j = (j + ½)/select_batches) with a seeded attack:
+  the same numbers for every iteration and candidate, so they are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..attacks import AttackConfig, build_attack
+from ..curves import Curve, CurvePoint, build_curve
+from ..data import info as data_info
+from ..errors import UserError
+from ..numbers import parse_fraction
+from ..store import checkpoint_exists, config_hash, load_checkpoint, save_checkpoint
+from .context import solve_assignment
+from .permute import Permutation, apply, identity_permutation
+from .spec import AxisSpec, PermutationSpec, permutation_spec
+
+
+@dataclass
+class PAMConfig:
+    """Settings of :func:`pam`. Defaults: 3 outer iterations, each 30 projected gradient
+    steps (lr 0.05 in matrix-entry units, proximal weight ρ = 1) on the relaxed
+    permutations and 1 curve epoch (SGD lr 0.02, cosine, batch 128); quadratic Bezier
+    (``bends=1``); Tatro et al.'s PGD (L-inf eps 8/255, 5 steps of 2/255) in the loop;
+    ``attack=None`` solves the clean problem."""
+
+    outer_iters: int = 3
+    perm_steps: int = 30
+    lr: float = 0.05
+    momentum: float = 0.9         # averaging of the stochastic gradients (bias-corrected)
+    prox: float = 1.0
+    project_iters: int = 5000     # Dykstra (and Sinkhorn) iterations at most per projection
+    dykstra_tol: float = 1e-5     # Dykstra stops at this max |row/column sum - 1|
+    sinkhorn_tol: float = 1e-7    # then Sinkhorn balancing down to this
+    curve_epochs: int = 1         # curve-step epochs per outer iteration
+    curve_lr: float = 0.02
+    batch_size: int = 128
+    select_batches: int = 8       # fixed batches for the candidate check and ``loss``
+    bends: int = 1
+    attack: AttackConfig | None = field(default_factory=AttackConfig)
+    seed: int = 0
+
+    def validate(self) -> PAMConfig:
+        for name in ("outer_iters", "perm_steps", "project_iters", "curve_epochs", "batch_size",
+                     "select_batches", "bends"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"PAM {name.replace('_', ' ')} must be >= 1, "
+                                f"got {getattr(self, name)}")
+            setattr(self, name, int(getattr(self, name)))
+        self.lr = parse_fraction(self.lr, name="PAM lr", allow_zero=False)
+        self.curve_lr = parse_fraction(self.curve_lr, name="PAM curve lr", allow_zero=False)
+        self.prox = parse_fraction(self.prox, name="PAM proximal weight")
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise UserError(f"PAM momentum must lie in [0, 1), got {self.momentum}")
+        self.dykstra_tol = parse_fraction(self.dykstra_tol, name="PAM Dykstra tolerance",
+                                          allow_zero=False)
+        self.sinkhorn_tol = parse_fraction(self.sinkhorn_tol, name="PAM Sinkhorn tolerance",
+                                           allow_zero=False)
+        if self.attack is not None:
+            self.attack.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PAMConfig:
+        d = dict(d)
+        if d.get("attack") is not None:
+            d["attack"] = AttackConfig(**d["attack"])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------- doubly stochastic matrices
+def _sum_error(x: np.ndarray) -> float:
+    return float(max(np.abs(x.sum(1) - 1).max(), np.abs(x.sum(0) - 1).max()))
+
+
+def project_doubly_stochastic(m: torch.Tensor, iters: int = 5000, dykstra_tol: float = 1e-5,
+                              tol: float = 1e-7) -> torch.Tensor:
+    """Project a square matrix onto the doubly stochastic matrices (Birkhoff polytope).
+
+    Dykstra's alternating projections between the affine set {X: X1 = 1, Xᵀ1 = 1} and
+    the nonnegative orthant converge to the Euclidean (Frobenius) projection. The
+    affine projection has a closed form (subtract ``α1ᵀ + 1βᵀ`` with
+    ``α = (r - s/2n)/n``, ``β = (c - s/2n)/n``; r, c: row and column excess, s: total
+    excess) and needs no Dykstra correction (its increments are normal to the set);
+    the orthant does. Dykstra runs until every row and column sum is within
+    ``dykstra_tol`` of 1 (checked every 10 iterations, at most ``iters``); the
+    nonnegative iterate is then Sinkhorn-balanced (rows, then columns, scaled to sum
+    1) until the sums are within ``tol``, which keeps it nonnegative and makes the
+    constraints hold to ``tol`` (the result differs from the exact projection by about
+    ``dykstra_tol`` per entry). Float64 NumPy on the CPU (these matrices are small and
+    the loop is overhead-bound: ~0.07 s for n = 128 from a noisy permutation matrix).
+    Returns float64 ``[n, n]`` on ``m``'s device.
+    """
+    if m.dim() != 2 or m.shape[0] != m.shape[1]:
+        raise UserError(f"doubly stochastic projection needs a square matrix, got {tuple(m.shape)}")
+    x = m.detach().to("cpu", torch.float64).numpy().copy()
+    if not np.all(np.isfinite(x)):
+        raise UserError("relaxed permutation contains NaN/inf (diverged PAM step?)")
+    n = x.shape[0]
+    q = np.zeros_like(x)
+    for i in range(int(iters)):
+        r, c = x.sum(1) - 1.0, x.sum(0) - 1.0
+        half = r.sum() / (2 * n)
+        y = x - ((r - half) / n)[:, None] - ((c - half) / n)[None, :]
+        x = np.maximum(y + q, 0.0)
+        q += y
+        q -= x
+        if i % 10 == 9 and _sum_error(x) < dykstra_tol:
+            break
+    for _ in range(int(iters)):
+        if _sum_error(x) < tol:
+            break
+        x /= np.maximum(x.sum(1, keepdims=True), 1e-300)
+        x /= np.maximum(x.sum(0, keepdims=True), 1e-300)
+    return torch.from_numpy(x).to(m.device)
+
+
+def permutation_matrix(p: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The 0/1 matrix ``M [n, n]`` with ``M[i, p[i]] = 1`` (``M @ W == W[p]``)."""
+    p = torch.as_tensor(p, dtype=torch.long)
+    m = torch.zeros(len(p), len(p), dtype=dtype)
+    m[torch.arange(len(p)), p] = 1.0
+    return m
+
+
+def round_to_permutation(s: torch.Tensor) -> torch.Tensor:
+    """Nearest permutation of a relaxed matrix: ``p`` maximising ``Σ_i s[i, p[i]]``
+    (Hungarian algorithm, scipy's ``linear_sum_assignment``)."""
+    return solve_assignment(s)
+
+
+# ---------------------------------------------------------------- relaxed application
+def _relax_axis(t: torch.Tensor, ax: AxisSpec, mats: dict[str, torch.Tensor]) -> torch.Tensor:
+    moved = t.movedim(ax.axis, 0)
+    parts, offset = [], 0
+    for s in ax.segments:
+        chunk = moved[offset:offset + s.length]
+        m = mats.get(s.group) if s.group is not None else None
+        if m is not None:  # unit-major layout: unit u owns indices u*inner .. u*inner+inner-1
+            chunk = (m.to(chunk.dtype) @ chunk.reshape(s.size, -1)).reshape(chunk.shape)
+        parts.append(chunk)
+        offset += s.length
+    return torch.cat(parts).movedim(0, ax.axis)
+
+
+def relaxed_state(model: nn.Module, spec: PermutationSpec,
+                  mats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of ``model`` that ``spec`` permutes, each multiplied by its groups'
+    matrices along the listed axes (differentiable w.r.t. ``mats``).
+
+    ``mats``: group -> ``[n, n]`` matrix (doubly stochastic in PAM); groups missing
+    from it are left as they are. With permutation matrices
+    (:func:`permutation_matrix`) the result equals
+    :func:`~.permute.permuted_state` exactly. Keys as in ``model.state_dict()``.
+    """
+    tensors = model.state_dict(keep_vars=True)
+    out: dict[str, torch.Tensor] = {}
+    for ax in spec.axes:
+        if ax.key not in tensors:
+            raise UserError(f"model has no parameter/buffer {ax.key!r} named by the spec")
+        base = out.get(ax.key)
+        if base is None:
+            base = tensors[ax.key].detach()
+            if not base.is_floating_point():
+                continue
+        out[ax.key] = _relax_axis(base, ax, mats)
+    return out
+
+
+class _RelaxedCurve:
+    """θ(t) = Σ_k w_k(t) [θ0, c_1..c_k, S·θ1]_k with fixed control points ``controls``
+    and θ1 = ``model_b`` multiplied by relaxed permutations ``S``.
+
+    ``ref`` is a curve between A and B (any permutation of B): only its ``theta_a``,
+    Bernstein weights, templates and A's buffers are used.
+    """
+
+    def __init__(self, ref: Curve, model_b: nn.Module, spec: PermutationSpec):
+        self.ref, self.model_b, self.spec = ref, model_b, spec
+        self.b_params = {n: p.detach() for n, p in model_b.named_parameters()}
+        self.batch_buffer_names = set(ref.batch_buffers_at(0.5))
+
+    def at(self, t: float, mats: dict[str, torch.Tensor], controls: torch.Tensor):
+        """``(params, buffers)`` at ``t`` for :meth:`Curve.forward_batch_stats`."""
+        relaxed = relaxed_state(self.model_b, self.spec, mats)
+        theta_b = torch.cat([relaxed.get(n, self.b_params[n]).reshape(-1)
+                             for n in self.ref.param_names])
+        points = [self.ref.theta_a, *controls.unbind(0), theta_b]
+        theta = None
+        for wk, pk in zip(self.ref.weights(t), points):
+            if wk != 0.0:
+                theta = pk * wk if theta is None else theta + pk * wk
+        buffers = self.ref.batch_buffers_at(t)
+        for key, value in relaxed.items():  # permuted non-BatchNorm buffers (rare)
+            if key in self.batch_buffer_names and key not in self.b_params:
+                a = self.ref.buffers_at(0.0, [key])[key]
+                buffers[key] = a * (1 - t) + value * t
+        return self.ref.unflatten(theta), buffers
+
+    def point(self, t: float, params: dict, buffers: dict) -> CurvePoint:
+        """The attack's target: θ(t) detached, BatchNorm on batch statistics."""
+        pt = CurvePoint(self.ref, t, {k: v.detach() for k, v in params.items()})
+        pt.point_buffers = {k: v.detach() for k, v in buffers.items()}
+        return pt
+
+    def loss(self, mats, controls, batches, ts, attack) -> float:
+        """Mean cross-entropy over ``batches`` (one t each), inputs attacked if given."""
+        total, n = 0.0, 0
+        for (xb, yb), t in zip(batches, ts):
+            with torch.no_grad():
+                params, buffers = self.at(t, mats, controls)
+            xa = attack(self.point(t, params, buffers), xb, yb) if attack is not None else xb
+            with torch.no_grad():
+                logits = self.ref.forward_batch_stats(xa, t, params, buffers)
+                total += float(F.cross_entropy(logits, yb, reduction="sum"))
+            n += len(yb)
+        return total / max(n, 1)
+
+
+# ---------------------------------------------------------------- the algorithm
+@dataclass
+class PAMResult:
+    """What :func:`pam` returns. ``perm``: the final :class:`Permutation` of B (gather
+    convention; ``apply(model_b, perm)`` computes B's function). ``start``: the
+    starting permutation. ``controls``: the final curve control points ``[bends, P]``
+    in A's frame. ``history``: one dict per outer iteration (iteration 0 = the initial
+    curve step): ``loss`` (fixed-batch curve loss after the iteration), ``candidate_loss``
+    and ``previous_loss`` (permutation check, c fixed), ``accepted``, ``perm_step_loss``
+    (mean loss of the relaxed steps), ``relaxed_mass_moved`` (per group, 1 - mean_i
+    S[i, P_k[i]]: the fraction of mass the relaxed step moved off the current
+    permutation), ``changed_vs_start``
+    / ``changed_vs_previous`` (fraction of units per group), ``curve_train_loss`` (last
+    curve epoch's running loss), ``seconds``, ``seconds_perm``, ``seconds_curve``,
+    ``seconds_curve_epoch``."""
+
+    perm: Permutation
+    start: Permutation
+    controls: torch.Tensor
+    history: list[dict[str, Any]]
+    config: PAMConfig
+
+    def fraction_changed(self) -> dict[str, float]:
+        """Per group: fraction of units whose partner differs from the start."""
+        return changed(self.start, self.perm)
+
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable summary (fractions changed, losses, seconds per iteration)."""
+        outer = [h for h in self.history if h["iteration"] > 0]
+        sizes = self.perm.spec.groups
+        frac = self.fraction_changed()
+        total = sum(sizes.values())
+        return {
+            "method": "pam", "config": self.config.to_dict(),
+            "groups": {g: {"size": n, "changed_vs_start": frac[g]} for g, n in sizes.items()},
+            "fraction_changed": frac,
+            "fraction_changed_all": sum(frac[g] * n for g, n in sizes.items()) / max(total, 1),
+            "losses": [h["loss"] for h in self.history],
+            "accepted": [h["accepted"] for h in outer],
+            "seconds_per_outer_iteration": (sum(h["seconds"] for h in outer) / len(outer)
+                                            if outer else None),
+            "seconds_per_curve_epoch": _mean([h["seconds_curve_epoch"] for h in self.history]),
+            "seconds": sum(h["seconds"] for h in self.history),
+            "history": self.history,
+        }
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def changed(a: Permutation, b: Permutation) -> dict[str, float]:
+    """Per group: fraction of units ``i`` with ``a[g][i] != b[g][i]``."""
+    return {g: float((a[g] != b[g]).float().mean()) for g in a.spec.groups}
+
+
+def _seed(*parts: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) + 0x632BE59BD9B4E019 + (h << 6) + (h >> 2))) & ((1 << 64) - 1)
+    return h & ((1 << 63) - 1)
+
+
+def _perm_step(rc: _RelaxedCurve, perm: Permutation, controls: torch.Tensor, x, y,
+               cfg: PAMConfig, attack, iteration: int, device, progress: bool):
+    """Projected gradient steps on the relaxed permutations; returns the relaxed
+    matrices (float64, doubly stochastic) and the mean loss of the steps."""
+    prev = {g: permutation_matrix(p).to(device) for g, p in perm.items()}
+    mats = {g: m.clone() for g, m in prev.items()}
+    sq = {g: 0.0 for g in mats}
+    avg = {g: torch.zeros_like(m) for g, m in mats.items()}
+    g_data = torch.Generator().manual_seed(_seed(cfg.seed, iteration, 3))
+    t_gen = torch.Generator().manual_seed(_seed(cfg.seed, iteration, 4))
+    losses = []
+    bar = tqdm(range(cfg.perm_steps), desc=f"PAM {iteration} permutation step", unit="step",
+               disable=not progress, leave=False)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(_seed(cfg.seed, iteration, 5))
+        for step in bar:
+            idx = torch.randint(len(x), (cfg.batch_size,), generator=g_data)
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            t = float(torch.rand((), generator=t_gen))
+            leaves = {g: m.detach().requires_grad_(True) for g, m in mats.items()}
+            params, buffers = rc.at(t, {g: m.float() for g, m in leaves.items()}, controls)
+            xa = attack(rc.point(t, params, buffers), xb, yb) if attack is not None else xb
+            loss = F.cross_entropy(rc.ref.forward_batch_stats(xa, t, params, buffers), yb)
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            with torch.no_grad():
+                for (g, m), grad in zip(mats.items(), grads):
+                    grad = torch.zeros_like(m) if grad is None else grad.to(m.dtype)
+                    avg[g] = cfg.momentum * avg[g] + (1 - cfg.momentum) * grad
+                    sq[g] = 0.9 * sq[g] + 0.1 * float(grad.pow(2).mean())
+                    rms = math.sqrt(sq[g] / (1 - 0.9 ** (step + 1)))
+                    mean = avg[g] / (1 - cfg.momentum ** (step + 1)) if cfg.momentum else grad
+                    direction = mean / rms if rms > 0 else mean
+                    mats[g] = project_doubly_stochastic(
+                        m - cfg.lr * (direction + cfg.prox * (m - prev[g])),
+                        cfg.project_iters, cfg.dykstra_tol, cfg.sinkhorn_tol)
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.3f}")
+    bar.close()
+    return mats, sum(losses) / len(losses)
+
+
+def _curve_step(model_a, model_b, perm, controls, x, y, cfg: PAMConfig, iteration: int,
+                folder: Path, device, progress: bool):
+    from ..curve_train import CurveTrainConfig, train_curve
+
+    c = build_curve("bezier", model_a, apply(model_b, perm), cfg.bends).to(device)
+    with torch.no_grad():
+        c.controls.copy_(controls)
+    tcfg = CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
+                            seed=_seed(cfg.seed, iteration, 6) % (1 << 31),
+                            attack=None if cfg.attack is None else AttackConfig(**cfg.attack.to_dict()))
+    metrics = train_curve(c, x, y, tcfg, folder, device=device, progress=progress)
+    return c.controls.detach().clone(), metrics
+
+
+def _fingerprint(t: torch.Tensor) -> str:
+    return config_hash({"shape": list(t.shape),
+                        "sum": float(t.double().sum()), "abs": float(t.double().abs().sum()),
+                        "head": t.reshape(-1)[:16].tolist()})
+
+
+def pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+        cfg: PAMConfig | None = None, *, start: Permutation | None = None,
+        init_controls: torch.Tensor | None = None, spec: PermutationSpec | None = None,
+        work_dir: str | Path | None = None, device: str | torch.device = "cpu",
+        progress: bool = True) -> PAMResult:
+    """Proximal alternating minimization of the curve loss over B's permutation and the
+    Bezier control points (see the module docstring).
+
+    Args:
+        model_a, model_b: endpoints θ0 and θ1 of one architecture; not modified.
+        x_train, y_train: ``[N, C, H, W]`` pixels in [0, 1], ``[N]`` int64 labels.
+        cfg: :class:`PAMConfig` (default: its defaults).
+        start: starting permutation of B (default identity = unaligned). To start from
+            an alignment, pass its permutation, or pass the aligned model as
+            ``model_b`` with the identity (equivalent).
+        init_controls: starting control points ``[bends, P]`` in A's frame (e.g. a curve
+            already fitted for ``start``); default: a first curve step (iteration 0,
+            ``curve_epochs`` epochs) from the straight-line points.
+        spec: precomputed :func:`permutation_spec` (default: traced on 2 training images).
+        work_dir: folder for per-iteration checkpoints; a run killed there resumes at
+            its last finished outer iteration (same config, endpoints and start).
+            Default: a temporary folder, removed at the end.
+        device: where to compute. progress: tqdm bars.
+
+    Returns a :class:`PAMResult`; ``apply(model_b, result.perm)`` computes B's function.
+    """
+    cfg = (cfg or PAMConfig()).validate()
+    device = torch.device(device)
+    model_a = model_a.to(device).eval()
+    model_b = model_b.to(device).eval()
+    if spec is None:
+        spec = permutation_spec(model_a, x_train[:2].to(device))
+    start = Permutation(spec, dict(start)) if start is not None else identity_permutation(spec)
+    for g, n in spec.groups.items():
+        if g not in start:
+            start[g] = torch.arange(n)
+    ref = build_curve("bezier", model_a, model_b, cfg.bends).to(device)
+    rc = _RelaxedCurve(ref, model_b, spec)
+    if init_controls is not None and tuple(init_controls.shape) != tuple(ref.controls.shape):
+        raise UserError(f"init_controls has shape {tuple(init_controls.shape)}, "
+                        f"expected {tuple(ref.controls.shape)}")
+
+    # fixed batches and t for the candidate check and the reported loss
+    g_sel = torch.Generator().manual_seed(_seed(cfg.seed, 7))
+    sel = torch.randperm(len(x_train), generator=g_sel)[:cfg.select_batches * cfg.batch_size]
+    sel_batches = [(x_train[i].to(device), y_train[i].to(device))
+                   for i in sel.split(cfg.batch_size)]
+    sel_ts = [(j + 0.5) / len(sel_batches) for j in range(len(sel_batches))]
+    dataset = ref.meta.get("dataset")
+    num_classes = data_info(dataset).num_classes if dataset else int(y_train.max()) + 1
+    sel_attack = train_attack = None
+    if cfg.attack is not None:
+        sel_attack = build_attack(AttackConfig(**{**cfg.attack.to_dict(), "seed": cfg.seed}),
+                                  num_classes)
+        train_attack = build_attack(AttackConfig(**{**cfg.attack.to_dict(), "seed": None}),
+                                    num_classes)
+
+    def fixed_loss(perm: Permutation, controls: torch.Tensor) -> float:
+        mats = {g: permutation_matrix(p, torch.float32).to(device) for g, p in perm.items()}
+        return rc.loss(mats, controls, sel_batches, sel_ts, sel_attack)
+
+    run_key = config_hash({"pam": cfg.to_dict(), "endpoints": ref.fingerprint(),
+                           "start": start.to_dict(), "examples": len(x_train),
+                           "init": None if init_controls is None else _fingerprint(init_controls)})
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.mkdtemp(prefix="robustpath-pam-")
+        work_dir = tmp
+    work = Path(work_dir)
+    try:
+        perm, controls, history = start, None, []
+        for k in range(cfg.outer_iters, -1, -1):  # resume from the newest finished iteration
+            path = work / f"iter-{k:03d}"
+            if checkpoint_exists(path):
+                tensors, meta = load_checkpoint(path, device)
+                if meta.get("run_key") != run_key:
+                    raise UserError(f"{work} holds a PAM run with another config or other "
+                                    "endpoints; use a new folder")
+                perm = Permutation(spec, {g: tensors[f"perm.{g}"] for g in spec.groups})
+                controls, history = tensors["controls"], list(meta["history"])
+                break
+
+        def save(k: int) -> None:
+            state = {"controls": controls, **{f"perm.{g}": p for g, p in perm.items()}}
+            save_checkpoint(work / f"iter-{k:03d}", state, {"run_key": run_key, "history": history})
+            shutil.rmtree(work / f"curve-{k:03d}", ignore_errors=True)
+
+        if controls is None:  # iteration 0: the initial curve
+            begin = time.perf_counter()
+            record = {"iteration": 0, "accepted": None, "candidate_loss": None,
+                      "relaxed_mass_moved": None,
+                      "previous_loss": None, "perm_step_loss": None, "seconds_perm": 0.0,
+                      "changed_vs_start": changed(start, start),
+                      "changed_vs_previous": changed(start, start)}
+            if init_controls is not None:
+                controls = init_controls.detach().to(device).clone()
+                record.update(curve_train_loss=None, seconds_curve=0.0, seconds_curve_epoch=None)
+            else:
+                t0 = time.perf_counter()
+                controls, m = _curve_step(model_a, model_b, perm, ref.controls.detach(), x_train,
+                                          y_train, cfg, 0, work / "curve-000", device, progress)
+                record.update(curve_train_loss=m["train_loss"],
+                              seconds_curve=time.perf_counter() - t0,
+                              seconds_curve_epoch=m["seconds_per_epoch"])
+            record["loss"] = fixed_loss(perm, controls)
+            record["seconds"] = time.perf_counter() - begin
+            history.append(record)
+            save(0)
+
+        bar = tqdm(range(len(history), cfg.outer_iters + 1), desc="PAM", unit="iter",
+                   disable=not progress, leave=False)
+        for k in bar:
+            begin = time.perf_counter()
+            mats, step_loss = _perm_step(rc, perm, controls, x_train, y_train, cfg, train_attack,
+                                         k, device, progress)
+            candidate = Permutation(spec, {g: round_to_permutation(m) for g, m in mats.items()})
+            moved = {g: float(1.0 - m[torch.arange(len(perm[g])), perm[g].to(m.device)].mean())
+                     for g, m in mats.items()}
+            previous_loss = history[-1]["loss"]  # same fixed batches, same perm and controls
+            if all(torch.equal(candidate[g], perm[g]) for g in spec.groups):
+                candidate_loss, accepted = previous_loss, False
+            else:
+                candidate_loss = fixed_loss(candidate, controls)
+                accepted = candidate_loss < previous_loss
+            new = candidate if accepted else perm
+            seconds_perm = time.perf_counter() - begin
+            t0 = time.perf_counter()
+            controls, m = _curve_step(model_a, model_b, new, controls, x_train, y_train, cfg, k,
+                                      work / f"curve-{k:03d}", device, progress)
+            seconds_curve = time.perf_counter() - t0
+            record = {"iteration": k, "perm_step_loss": step_loss, "relaxed_mass_moved": moved,
+                      "previous_loss": previous_loss, "candidate_loss": candidate_loss,
+                      "accepted": accepted, "changed_vs_start": changed(start, new),
+                      "changed_vs_previous": changed(perm, new),
+                      "curve_train_loss": m["train_loss"], "seconds_perm": seconds_perm,
+                      "seconds_curve": seconds_curve, "seconds_curve_epoch": m["seconds_per_epoch"]}
+            perm = new
+            record["loss"] = fixed_loss(perm, controls)
+            record["seconds"] = time.perf_counter() - begin
+            history.append(record)
+            save(k)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", accepted=accepted)
+            if progress:
+                frac = record["changed_vs_previous"]
+                tqdm.write(f"PAM {k}/{cfg.outer_iters}: loss {record['loss']:.4f} "
+                           f"(candidate {candidate_loss:.4f} vs {previous_loss:.4f}, "
+                           f"{'accepted' if accepted else 'kept'}), changed "
+                           + ", ".join(f"{g} {v:.2f}" for g, v in frac.items())
+                           + f" ({record['seconds']:.1f} s)")
+        bar.close()
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return PAMResult(perm=perm, start=start, controls=controls, history=history, config=cfg)
+
+
+__all__ = ["PAMConfig", "PAMResult", "changed", "pam", "permutation_matrix",
+           "project_doubly_stochastic", "relaxed_state", "round_to_permutation"]
