@@ -167,6 +167,10 @@ def _path_section(p, c, e, peak) -> list[str]:
         lines.append(f"| **quick bench, these stages together** | {tot_f / g:.0f} | {tot_s:.0f} | "
                      f"{tot_f / tot_s / g:.1f} | **{100 * tot_f / tot_s / peak:.1f}%** | - |")
     lines.append("")
+    if c is not None:
+        lines += [(f"Curve epoch ({c.n_train} images) with channels-last conv weights on CPU: "
+                   f"{c.seconds:.2f} s; without: {c.seconds_before:.2f} s "
+                   f"(**{c.seconds_before / c.seconds:.2f}x**)."), ""]
     return lines
 
 
@@ -241,7 +245,8 @@ def main(argv=None) -> int:
                                        log=_log, root=args.data_root)
         _log("one curve-training epoch ...")
         curve_res = path_cost.curve_epoch(cnn, n_train=args.epoch_images, steps=5, device=device,
-                                          log=_log, root=args.data_root)
+                                          log=_log, root=args.data_root,
+                                          rounds=min(2, args.rounds))
     if "compile" not in skip:
         _log("torch.compile vs eager, PGD-training step ...")
         compile_res = path_cost.compile_step(cnn, steps=5, batch=128, reps=max(3, args.rounds),

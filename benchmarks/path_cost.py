@@ -118,14 +118,17 @@ def count_flops(fn) -> float:
 @dataclass
 class CurveEpoch:
     n_train: int
-    seconds: float
+    seconds: float          # median epoch time, as shipped (channels-last on CPU)
     flops: float
+    seconds_before: float   # median epoch time with channels-last off
 
 
-def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root=None) -> CurveEpoch:
+def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root=None,
+                rounds: int = 2) -> CurveEpoch:
     """One epoch of fitting a quadratic Bezier (PGD-``steps`` in the loop, batch 128)
     between the subject and a permuted copy, on ``n_train`` Fashion-MNIST images;
-    FLOPs counted on one batch and scaled by the number of batches."""
+    FLOPs counted on one batch and scaled by the number of batches. Timed with
+    channels-last weights on and off (``curve_train.CHANNELS_LAST_CPU``), interleaved."""
     import tempfile
 
     from robustpath.curve_train import CurveTrainConfig, train_curve
@@ -138,10 +141,22 @@ def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root
                            attack=AttackConfig(eps=subject.eps, steps=steps),
                            checkpoint_every_epoch=False)
     per_batch = count_flops(lambda: _curve_batches(model, perm, x[:128], y[:128], cfg, device))
-    with tempfile.TemporaryDirectory() as tmp:
-        curve = build_curve("bezier", model, apply(model, perm))
-        metrics = train_curve(curve, x, y, cfg, tmp, device=device, progress=False)
-    return CurveEpoch(n_train, metrics["seconds_per_epoch"], per_batch * (n_train // 128))
+    import robustpath.curve_train as ct
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    saved = ct.CHANNELS_LAST_CPU
+    try:
+        for r in range(rounds):
+            for cl in ((True, False) if r % 2 == 0 else (False, True)):
+                ct.CHANNELS_LAST_CPU = cl
+                with tempfile.TemporaryDirectory() as tmp:
+                    curve = build_curve("bezier", model, apply(model, perm))
+                    metrics = train_curve(curve, x, y, cfg, tmp, device=device, progress=False)
+                times[cl].append(metrics["seconds_per_epoch"])
+    finally:
+        ct.CHANNELS_LAST_CPU = saved
+    return CurveEpoch(n_train, statistics.median(times[True]), per_batch * (n_train // 128),
+                      statistics.median(times[False]))
 
 
 def _curve_batches(model, perm, x, y, cfg, device):

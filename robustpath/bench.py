@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     a("--test-subset", type=int, default=None, help="test examples (0 = all; quick 1000)")
     a("--t-points", type=int, default=None, help="evenly spaced t in [0,1] (quick 11, paper 65)")
     a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
-    a("--bn-batches", type=int, default=None, help="training batches for BN recomputation")
+    a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t (quick 2, paper 40; "
+      "see benchmarks/BN_STUDY.md)")
     a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane on an N x N grid (0 = off)")
@@ -80,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     a("--pam-iters", type=int, default=None,
       help="outer iterations of PAM (alignments pam-none, pam-activation; each: permutation "
       "step + 1 curve epoch; default 2)")
+    a("--no-amp", action="store_true",
+      help="train in float32 on CUDA too (default: bfloat16 autocast for endpoint and curve "
+      "training on CUDA; CPU and all evaluation always run in float32)")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
     a("--overwrite", action="store_true",
@@ -99,6 +103,7 @@ def config_from_args(args) -> BenchConfig:
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
+        amp=False if args.no_amp else None,
         data_root=args.data_root, device=args.device)
     cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
     return cfg
@@ -106,7 +111,7 @@ def config_from_args(args) -> BenchConfig:
 
 def comparable(d: dict) -> dict:
     """A run config without the fields that do not change results (device, paths)."""
-    out = {k: v for k, v in d.items() if k not in ("device", "out", "data_root", "t_batch")}
+    out = {k: v for k, v in d.items() if k not in ("device", "out", "data_root", "t_batch", "amp")}
     if not set(out.get("align") or ()) & set(PAM_METHODS):  # pam_iters matters only for PAM
         out.pop("pam_iters", None)
     return out

@@ -4,8 +4,9 @@ Presets (``--preset``):
 
 * ``quick`` - the CPU default: Fashion-MNIST, ``cnn-small``, 10,000 training images,
   4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
-  training, PGD-10 in evaluation, 5x5 loss planes of the bezier curves. Minutes
-  on 2 cores.
+  training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
+  (``benchmarks/BN_STUDY.md``: 1-10 batches change robust accuracy by <= 0.6
+  points), 5x5 loss planes of the bezier curves. Minutes on 2 cores.
 * ``paper`` - Tatro et al. 2020's robust setting, for a GPU: CIFAR-10, TinyTen,
   full data, 200 endpoint and 200 curve epochs, PGD-5 L-inf eps 8/255 step 2/255
   in training and evaluation, 65 t points, BN recomputed on adversarial inputs.
@@ -30,7 +31,7 @@ PRESETS: Registry[dict] = Registry("preset")
 PRESETS.register("quick")({
     "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0,
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
-    "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 10, "lr": 0.05,
+    "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 2, "lr": 0.05,
     "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 5,
 })
 PRESETS.register("paper")({
@@ -82,6 +83,7 @@ class BenchConfig:
     plane_grid: int = 0          # 0: no loss-surface plane plots
     pam_iters: int = 2           # PAM outer iterations (alignments pam-none / pam-activation)
     t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
+    amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
     data_root: str | None = None
     device: str = "auto"
     out: str = ""

@@ -127,6 +127,10 @@ class CurveTrainConfig:
         return cls(**d)
 
 
+#: Fit curves on CPU with channels-last convolution weights (see train_curve).
+CHANNELS_LAST_CPU = True
+
+
 def _seed(*parts: int) -> int:
     """A 63-bit seed mixing ``parts`` (so epoch e of seed s never collides with s+1)."""
     h = 0x9E3779B97F4A7C15
@@ -223,6 +227,9 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         attack = build_attack(AttackConfig(**{**cfg.attack.to_dict(), "seed": None}), classes)
     schedule = SCHEDULES.get(cfg.schedule)
     total = cfg.epochs * len(loader)
+    # On CPU, oneDNN runs convolutions faster in NHWC: θ(t)'s conv weights are laid out
+    # channels-last (a differentiable copy), as train.py does for endpoint training.
+    channels_last = CHANNELS_LAST_CPU and device.type == "cpu" and x_train.dim() == 4
     epochs_to_run = range(start, cfg.epochs) if curve.bends > 0 else range(0)
     curve.train()
     times = []
@@ -241,6 +248,9 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 t = float(torch.rand((), generator=t_gen))
                 theta = curve.flat_at(t)
                 params = curve.unflatten(theta)
+                if channels_last:
+                    params = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4
+                              else v for k, v in params.items()}
                 point = curve.point(t, params)
                 with training_autocast(device, cfg.amp):
                     xa = attack(point, xb, yb) if attack is not None else xb

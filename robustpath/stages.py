@@ -29,7 +29,7 @@ from . import data as data_mod
 from .attacks import build_attack
 from .config import PAM_METHODS, BenchConfig
 from .errors import UserError
-from .evaluate import PathResult, curve_speed, evaluate_path, t_grid
+from .evaluate import PathResult, PointCache, curve_speed, evaluate_path, t_grid
 from .store import (
     atomic_write_bytes,
     atomic_write_json,
@@ -75,7 +75,7 @@ def endpoint_config(cfg: BenchConfig, seed: int) -> TrainConfig:
                        method="pgd", epochs=cfg.endpoint_epochs, batch_size=cfg.batch_size,
                        lr=cfg.lr, augment=cfg.augment, train_subset=cfg.train_subset,
                        test_subset=cfg.test_subset, attack=cfg.train_attack(),
-                       eval_attack=cfg.eval_attack(), data_root=cfg.data_root)
+                       eval_attack=cfg.eval_attack(), data_root=cfg.data_root, amp=cfg.amp)
 
 
 def endpoint(cfg: BenchConfig, seed: int, run_dir: Path, data: RunData, device,
@@ -197,8 +197,9 @@ def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, k
     if not any(p.requires_grad for p in c.parameters()):  # a line has nothing to fit
         return c, {}, config_hash({"kind": kind, "a": key_a, "b": key_b})
     tcfg = CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
-                            seed=0, augment=cfg.augment, attack=cfg.train_attack())
-    spec = {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": tcfg.to_dict()}
+                            seed=0, augment=cfg.augment, attack=cfg.train_attack(), amp=cfg.amp)
+    train_spec = {k: v for k, v in tcfg.to_dict().items() if k != "amp"}  # amp: how, not what
+    spec = {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": train_spec}
     key = config_hash(spec)
     metrics = train_curve(c, data.x_train, data.y_train, tcfg, _ckpt(run_dir, "curves", f"{kind}-{key}"),
                           device=device, progress=progress)
@@ -226,10 +227,14 @@ def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData,
     bn_attack = build_attack(replace(cfg.train_attack(), seed=1), data.num_classes)
     with torch.no_grad():
         speed = curve_speed(c.params_at, ts)
+    # points shared by several paths (model A at t=0, the same B at t=1) are evaluated once
+    point_spec = {k: v for k, v in spec.items() if k not in ("curve", "t_points")}
+    points = PointCache(_ckpt(run_dir, "points", config_hash(point_spec)))
     res = evaluate_path(c.model_at, ts, data.x_test, data.y_test, attack,
                         bn_loader=data.train_batches(cfg, seed=0, device=device),
                         bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
-                        speed=speed, device=device, progress=progress, desc=desc)
+                        speed=speed, device=device, progress=progress, desc=desc,
+                        t_batch=cfg.t_batch, point_cache=points)
     buf = io.BytesIO()
     np.savez_compressed(buf, **res.to_arrays())
     atomic_write_bytes(path, buf.getvalue())
