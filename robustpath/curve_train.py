@@ -237,7 +237,11 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         begin = time.perf_counter()
         loader.set_epoch(epoch)
         t_gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 1))
-        tot_loss = correct = n = 0
+        # running sums stay on the device; the bar reads them every 20 batches, so a GPU
+        # is not made to wait for the host at every step
+        tot_loss = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        n = 0
         bar = tqdm(loader, desc=f"{curve.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -263,10 +267,12 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 if objective.requires_grad:   # t == 0 exactly leaves no control point in θ(t)
                     objective.backward()
                     opt.step()
-                tot_loss += float(loss.detach()) * len(yb)
-                correct += int((logits.detach().argmax(1) == yb).sum())
+                tot_loss += loss.detach().double() * len(yb)
+                correct += (logits.detach().argmax(1) == yb).sum()
                 n += len(yb)
-                bar.set_postfix(loss=f"{tot_loss / n:.3f}", acc=f"{correct / n:.3f}")
+                if progress and i % 20 == 0:
+                    bar.set_postfix(loss=f"{float(tot_loss) / n:.3f}", acc=f"{int(correct) / n:.3f}")
+        tot_loss, correct = float(tot_loss), int(correct)
         bar.close()
         times.append(time.perf_counter() - begin)
         record = {"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
