@@ -11,7 +11,8 @@ Public API::
     perm = random_permutation(model, example_input, seed=0)
     model2 = apply(model, perm)                       # deep copy, same function
     aligned_b, perm, report = align(model_a, model_b, method="activation", data=batches)
-    result = pam(model_a, model_b, x_train, y_train, PAMConfig(), start=perm)  # PAM check
+    from robustpath.align.pam import pam                 # the PAM check (module .pam)
+    result = pam(model_a, model_b, x_train, y_train, PAMConfig(), start=perm)
 
 A :class:`Permutation` is a ``dict[str, LongTensor]``: group name -> index vector ``p``
 with unit ``i`` of the permuted model = unit ``p[i]`` of the original; ``perm.spec`` is
@@ -32,7 +33,6 @@ from .context import MATCHERS, MatchContext, solve_assignment
 from .pam import (
     PAMConfig,
     PAMResult,
-    pam,
     permutation_matrix,
     project_doubly_stochastic,
     relaxed_state,
@@ -59,7 +59,6 @@ __all__ = [
            "apply",
            "correlations",
            "identity_permutation",
-           "pam",
            "permutation_matrix",
            "permutation_spec",
            "project_doubly_stochastic",
