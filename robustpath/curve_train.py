@@ -127,8 +127,11 @@ class CurveTrainConfig:
         return cls(**d)
 
 
-#: Fit curves on CPU with channels-last convolution weights (see train_curve).
-CHANNELS_LAST_CPU = True
+#: Fit curves on CPU with channels-last convolution weights (a differentiable NHWC copy
+#: of θ(t)'s conv weights). Off: with one thread, oneDNN aborts in the backward pass for
+#: very narrow convolutions (resnet20 at width 0.125, torch 2.14), and the gain was not
+#: measurable on this machine; ``benchmarks`` times both settings.
+CHANNELS_LAST_CPU = False
 
 
 def _seed(*parts: int) -> int:
@@ -227,8 +230,6 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         attack = build_attack(AttackConfig(**{**cfg.attack.to_dict(), "seed": None}), classes)
     schedule = SCHEDULES.get(cfg.schedule)
     total = cfg.epochs * len(loader)
-    # On CPU, oneDNN runs convolutions faster in NHWC: θ(t)'s conv weights are laid out
-    # channels-last (a differentiable copy), as train.py does for endpoint training.
     channels_last = CHANNELS_LAST_CPU and device.type == "cpu" and x_train.dim() == 4
     epochs_to_run = range(start, cfg.epochs) if curve.bends > 0 else range(0)
     curve.train()
