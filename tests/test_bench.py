@@ -217,3 +217,17 @@ def test_help_documents_every_flag():
     for flag in ("--attack", "--eps", "--dataset", "--data-root", "--arch", "--preset", "--seeds",
                  "--align", "--paths", "--device", "--out"):
         assert flag in r.stdout
+
+
+def test_committed_default_run_matches_the_default_configuration():
+    """`make bench` on a fresh clone writes into the committed run folder: its config
+    must be today's default, or the bench would refuse (different configuration) and
+    the committed numbers would no longer come from the committed code's settings."""
+    import json
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parent.parent / "results" / "fashion-mnist-cnn-small-quick"
+    old = json.loads((committed / "config.json").read_text())
+    cfg = bench.config_from_args(bench.parser().parse_args([]))
+    assert bench.comparable(old) == bench.comparable(cfg.to_dict())
+    assert cfg.out == "results/fashion-mnist-cnn-small-quick"
