@@ -296,7 +296,8 @@ class PAMResult:
     and ``previous_loss`` (permutation check, c fixed), ``accepted``, ``perm_step_loss``
     (mean loss of the relaxed steps), ``relaxed_mass_moved`` (per group, 1 - mean_i
     S[i, P_k[i]]: the fraction of mass the relaxed step moved off the current
-    permutation), ``changed_vs_start``
+    permutation), ``candidate_changed`` (per group, fraction of units the rounded
+    candidate changes, accepted or not), ``changed_vs_start``
     / ``changed_vs_previous`` (fraction of units per group), ``curve_train_loss`` (last
     curve epoch's running loss), ``seconds``, ``seconds_perm``, ``seconds_curve``,
     ``seconds_curve_epoch``."""
@@ -500,7 +501,7 @@ def pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor, y_train: 
         if controls is None:  # iteration 0: the initial curve
             begin = time.perf_counter()
             record = {"iteration": 0, "accepted": None, "candidate_loss": None,
-                      "relaxed_mass_moved": None,
+                      "relaxed_mass_moved": None, "candidate_changed": None,
                       "previous_loss": None, "perm_step_loss": None, "seconds_perm": 0.0,
                       "changed_vs_start": changed(start, start),
                       "changed_vs_previous": changed(start, start)}
@@ -541,6 +542,7 @@ def pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor, y_train: 
                                       work / f"curve-{k:03d}", device, progress)
             seconds_curve = time.perf_counter() - t0
             record = {"iteration": k, "perm_step_loss": step_loss, "relaxed_mass_moved": moved,
+                      "candidate_changed": changed(perm, candidate),
                       "previous_loss": previous_loss, "candidate_loss": candidate_loss,
                       "accepted": accepted, "changed_vs_start": changed(start, new),
                       "changed_vs_previous": changed(perm, new),
