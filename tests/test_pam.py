@@ -188,16 +188,19 @@ def test_pam_clean_from_identity_with_given_midpoint(tiny_pair):
         PAMConfig(outer_iters=0).validate()
 
 
-def test_bench_accepts_pam_none(tmp_path):
+def test_bench_accepts_pam_alignments(tmp_path):
     out = tmp_path / "run"
     args = ["--train-subset", "400", "--test-subset", "60", "--epochs", "1", "--curve-epochs", "1",
             "--t-points", "3", "--bn-batches", "1", "--bootstrap", "20", "--seeds", "0,1",
-            "--align", "pam-none", "--paths", "line", "--steps", "1", "--train-steps", "1",
+            "--align", "pam-none,pam-activation", "--paths", "line", "--steps", "1", "--train-steps", "1",
             "--pam-iters", "1", "--width", "0.25", "--no-progress", "--out", str(out)]
     assert bench.main(args) == 0
     report = json.loads((out / "alignment.json").read_text())["pam-none-s0-1"]
     assert report["method"] == "pam-none" and report["start"] == "none"
     assert set(report["fraction_changed"]) == {"net.0.0", "net.2.0", "net.5"}
     assert len(report["losses"]) == 2 and report["seconds_per_outer_iteration"] > 0
-    assert "PAM from unaligned" in (out / "tables" / "summary.md").read_text()
+    other = json.loads((out / "alignment.json").read_text())["pam-activation-s0-1"]
+    assert other["start"] == "activation" and other["start_report"]["method"] == "activation"
+    md = (out / "tables" / "summary.md").read_text()
+    assert "PAM from unaligned" in md and "PAM from aligned" in md
     assert bench.main(args[:-2] + ["--pam-iters", "0", "--out", str(tmp_path / "bad")]) == 2
