@@ -26,6 +26,7 @@ from robustpath.sweep import nodes as sweep_nodes
 from robustpath.sweep.__main__ import main as sweep_main
 
 ROOT = Path(__file__).resolve().parent.parent
+THREADS = torch.get_num_threads()
 CELLS = ("fashion-mnist-mlp-s0-1", "fashion-mnist-mlp-s0-2")
 TINY = """\
 name = "tiny"
@@ -63,17 +64,7 @@ def tiny_toml(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread, as each Ray task of the tiny grid has (also much faster on a
-    shared 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def local_run(tiny_toml, tmp_path_factory, one_thread):
+def local_run(tiny_toml, tmp_path_factory):
     """The tiny sweep with the local executor; counts endpoint trainings in-process."""
     out = tmp_path_factory.mktemp("local") / "tiny"
     trained = []
@@ -198,6 +189,8 @@ def test_ray_missing_says_how_to_install(tiny_toml, tmp_path, capsys, monkeypatc
 # ---------------------------------------------------------------- local executor
 def test_local_sweep_writes_cells_and_aggregate(local_run):
     out, trained = local_run
+    assert {t["threads"] for t in _tasks(out)} == {1}  # [resources] cpus = 1, as on Ray
+    assert torch.get_num_threads() == THREADS  # and the caller's setting is back
     assert sorted(trained) == [0, 1, 2]  # endpoint seed 0 serves both pairs, trained once
     for cell in CELLS:
         d = out / "cells" / cell
@@ -272,6 +265,7 @@ def test_ray_trains_the_shared_endpoint_once(ray_run):
     assert len({t["key"] for t in endpoints}) == 3
     assert len(list((out / "ckpt" / "endpoints").glob("*.json"))) == 3
     assert len(_tasks(out)) == 23 and not any("error" in t for t in _tasks(out))
+    assert {t["threads"] for t in _tasks(out)} == {1}
 
 
 def test_ray_retries_a_failed_task(ray_run):

@@ -24,7 +24,9 @@ EXECUTORS: Registry[type] = Registry("executor")
 class LocalExecutor:
     """Runs the nodes in-process, one stage at a time, in plan order (every node after
     its inputs); no Ray needed. ``--max-parallel`` does not apply (one at a time).
-    Stage progress bars are shown, as in ``robustpath.bench``."""
+    Each task runs with as many torch threads as a Ray task of its stage would
+    (``[resources] cpus``), so both executors give identical records. Stage progress
+    bars are shown, as in ``robustpath.bench``."""
 
     stage_progress = True
 
@@ -37,11 +39,23 @@ class LocalExecutor:
         return 1.0
 
     def execute(self, plan: Plan, ctx: Context, tracker: Tracker, resources: Resources) -> None:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            self._run(plan, ctx, tracker, resources)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, plan: Plan, ctx: Context, tracker: Tracker, resources: Resources) -> None:
+        import torch
+
         for node in plan.nodes.values():
             if tracker.skip(node.id):
                 tracker.finished(node.id, {"error": "not run: its cells failed", "upstream": True})
                 continue
             inputs = tuple(tracker.results[d] for d in node.deps)
+            torch.set_num_threads(resources.threads(node.stage))
             tracker.started(node.id)
             for attempt in range(1, resources.retries + 2):
                 try:

@@ -12,7 +12,7 @@ Results: ``endpoint`` -> ``{"key", "metrics"}``, ``align`` -> ``{"key", "report"
 -> ``{"plane": arrays}``; every result also has ``node``, ``stage``, ``seconds``,
 ``files`` (stage outputs, relative to the sweep folder), ``computed`` (an output was
 written by this task; ``None`` where the stage writes nothing the task can name),
-``host`` and ``pid``. A :class:`robustpath.errors.UserError` (bad data, bad
+``host``, ``pid`` and ``threads`` (torch's). A :class:`robustpath.errors.UserError` (bad data, bad
 checkpoint) is returned as ``{"error": ...}`` instead of raised, so it is not retried;
 a node whose input failed returns ``{"error": ..., "upstream": True}`` without running.
 
@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .. import stages
 from ..config import BenchConfig
@@ -130,7 +132,7 @@ def call_node(node: Node, ctx: Context, *upstream: dict) -> dict:
     out.setdefault("computed", any((root / f).stat().st_mtime >= start - 1 for f in files)
                    if files else None)
     out.update(node=node.id, stage=node.stage, seconds=time.time() - start,
-               host=socket.gethostname(), pid=os.getpid())
+               host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
     return out
 
 
@@ -195,6 +197,6 @@ def _run_plane(node: Node, cfg, root: Path, data, device, progress) -> dict:
 
 def describe(result: dict[str, Any]) -> dict[str, Any]:
     """The JSON-able part of a result (for ``tasks.json``)."""
-    keep = ("node", "stage", "seconds", "computed", "host", "pid", "error", "upstream", "key",
-            "files", "attempts")
+    keep = ("node", "stage", "seconds", "computed", "host", "pid", "threads", "error",
+            "upstream", "key", "files", "attempts")
     return {k: result[k] for k in keep if k in result}

@@ -4,7 +4,7 @@ A node's task gets its input nodes' ObjectRefs as arguments, so Ray starts it wh
 they are done and each shared node (an endpoint used by several seed pairs) runs
 once. Resources per task come from the sweep's ``[resources]`` (``num_gpus`` only when
 the cluster has GPUs, else CPUs alone); the task sets torch's thread count to its
-CPUs. Tasks are retried by Ray (``max_retries`` for lost workers and nodes,
+CPUs, as the local executor does. Tasks are retried by Ray (``max_retries`` for lost workers and nodes,
 ``retry_exceptions`` for exceptions); a task that still fails is reported with its
 cells and its dependents fail without running, while other cells go on.
 ``--max-parallel N`` keeps at most N cells submitted at a time (default: all).
@@ -86,7 +86,7 @@ class RayExecutor:
             opts = resources.for_stage(node.stage, self.gpus)
             ref = remote.options(**opts, max_retries=resources.retries, retry_exceptions=True,
                                  name=node.label).remote(
-                node, ctx, max(1, int(opts["num_cpus"])), *(refs[d] for d in node.deps))
+                node, ctx, resources.threads(node.stage), *(refs[d] for d in node.deps))
             refs[node_id] = ref
             pending[ref] = node_id
 

@@ -17,8 +17,8 @@ A sweep file (see ``sweeps/quick.toml``)::
     [overrides]                    # scalar BenchConfig fields, the same for every cell
     train_subset = 2000
 
-    [resources]                    # Ray resource requests per task (local executor ignores)
-    cpus = 1                       # CPUs per task (also its torch threads)
+    [resources]                    # per task: Ray resource requests; threads in both executors
+    cpus = 1                       # CPUs per task = its torch threads (local executor too)
     gpus = 1                       # GPUs per task, requested only when the cluster has GPUs
     retries = 2                    # retries of a failed task
     [resources.eval]               # per stage (endpoint, align, curve, eval, plane)
@@ -122,6 +122,11 @@ class Resources:
         cpus = float(own.get("cpus", self.cpus))
         gpus = float(own.get("gpus", self.gpus)) if cluster_has_gpus else 0.0
         return {"num_cpus": cpus, "num_gpus": gpus}
+
+    def threads(self, stage: str) -> int:
+        """torch threads of a task of ``stage``: its CPUs, at least 1. Both executors use
+        it, since results depend on the thread count (float reduction order)."""
+        return max(1, int(self.for_stage(stage, False)["num_cpus"]))
 
 
 @dataclass
