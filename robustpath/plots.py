@@ -15,9 +15,11 @@ from .store import atomic_write_bytes
 
 PANELS = [("clean_acc", "clean accuracy (%)", 100.0), ("robust_acc", "robust accuracy (%)", 100.0),
           ("clean_loss", "clean loss", 1.0), ("robust_loss", "robust loss", 1.0)]
-COLORS = {"none": "tab:red", "activation": "tab:blue", "weight": "tab:green"}
+COLORS = {"none": "tab:red", "activation": "tab:blue", "weight": "tab:green",
+          "pam-none": "tab:orange", "pam-activation": "tab:purple"}
 STYLES = {"line": "--", "bezier": "-", "polychain": "-."}
-LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)"}
+LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)",
+         "pam-none": "PAM from unaligned", "pam-activation": "PAM from aligned"}
 
 
 def _matplotlib():

@@ -51,7 +51,7 @@ from torch import nn
 
 from .attacks import ATTACKS, AttackConfig, build_attack
 from .cli import ArgumentParser, split_list
-from .config import ALIGN_METHODS
+from .config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
 from .device import resolve
 from .errors import UserError, cli_main
 from .evaluate import PathResult
