@@ -30,7 +30,7 @@ from .spec import Cell
 
 # settings each training stage reads beyond its input nodes (over-inclusion is safe)
 ALIGN_FIELDS = ("dataset", "train_subset", "align_inputs", "norm", "eps", "train_steps",
-                "step_size", "batch_size")
+                "step_size", "batch_size", "pam_iters", "curve_lr", "bends")  # PAM fits curves
 CURVE_FIELDS = ("dataset", "train_subset", "bends", "curve_epochs", "batch_size", "curve_lr",
                 "augment", "norm", "eps", "train_steps", "step_size")
 # fields that never change an evaluation (where / how it runs, other cells' lists)
@@ -103,7 +103,7 @@ class Plan:
 
 def _pick(cfg: BenchConfig, names: tuple[str, ...]) -> dict:
     d = cfg.to_dict()
-    return {k: d[k] for k in names}
+    return {k: d.get(k) for k in names}
 
 
 def build_plan(cells: list[Cell]) -> Plan:
