@@ -1,0 +1,48 @@
+"""The benchmark tools that judge results: rerun_check, and a smoke run of the suite."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks import rerun_check
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"
+
+
+def test_rerun_check_accepts_the_same_run_and_flags_a_moved_value(tmp_path, capsys):
+    assert rerun_check.main([str(RUN), str(RUN)]) == 0
+    assert "0 of 28 values outside" in capsys.readouterr().out
+    moved = tmp_path / "moved"
+    shutil.copytree(RUN / "tables", moved / "tables")
+    table = pd.read_csv(moved / "tables" / "summary.csv")
+    row = (table["align"] == "activation") & (table["curve"] == "bezier")
+    table.loc[row, "robust_acc_min"] = table.loc[row, "robust_acc_min_hi"] + 0.05
+    table.to_csv(moved / "tables" / "summary.csv", index=False)
+    out = tmp_path / "check.md"
+    assert rerun_check.main([str(RUN), str(moved), "--out", str(out)]) == 1
+    assert "1 of 28 values outside" in out.read_text()
+    assert "| activation | bezier | robust_acc_min |" in out.read_text()
+
+
+def test_rerun_check_bad_folder_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.rerun_check", str(RUN), str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_benchmarks_quick_smoke(tmp_path):
+    """`python -m benchmarks --quick` (tiny sizes, about 20 s) writes every section."""
+    out = tmp_path / "R.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--skip", "compile",
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    for section in ("PGD: ours vs torchattacks", "Path evaluation per t", "Alignment time"):
+        assert section in text
