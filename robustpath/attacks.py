@@ -11,7 +11,9 @@ Own, batched implementations (fast path, used everywhere by default):
   first, then highest loss). Gradients are taken for the input only. On CPU the
   model's convolution weights are held in channels-last format while the attack
   runs and put back afterwards (faster on cnn-small and resnet20:
-  ``benchmarks/RESULTS.md``).
+  ``benchmarks/RESULTS.md``), and the attack runs on :func:`robustpath.fuse.fast_view`
+  of the model (eval-mode BatchNorm folded into the convolution before it, ReLU
+  after max pooling: the same function with fewer memory-bound passes).
   ``early_stop=True`` is the accuracy-only mode: an example is frozen at the first
   iterate that is misclassified and only the still-correct examples are forwarded
   in later steps and restarts.
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .fuse import fast_view
 from .numbers import parse_fraction
 from .registry import Registry
 
@@ -214,10 +217,10 @@ class PGD:
         delta = _project(delta + step, self.norm, self.eps)
         return (x + delta).clamp_(0, 1) - x
 
-    def _single(self, model, x, y, g, final_eval: bool):
+    def _single(self, model, x, y, g, final_eval: bool, repeats: int = 1):
         """One restart on the whole batch: ``(x_adv, losses, wrong)`` (the last two
         only with ``final_eval``, needed to pick the best of several restarts)."""
-        delta = self._start(x, g, getattr(model, "input_repeats", 1))
+        delta = self._start(x, g, repeats)
         for _ in range(self.steps if self.eps > 0 else 0):
             delta.requires_grad_(True)
             loss = F.cross_entropy(model(x + delta), y, reduction="sum")
@@ -266,13 +269,15 @@ class PGD:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g = _generator(self.seed, x.device)
         x = x.detach()
+        repeats = getattr(model, "input_repeats", 1)
         with eval_mode(model), channels_last_weights(model, x), torch.enable_grad():
+            net = fast_view(model)
             if self.early_stop:
-                return self._early_stop(model, x, y, g).contiguous()
+                return self._early_stop(net, x, y, g).contiguous()
             more = self.restarts > 1
-            best, best_loss, best_wrong = self._single(model, x, y, g, final_eval=more)
+            best, best_loss, best_wrong = self._single(net, x, y, g, more, repeats)
             for _ in range(self.restarts - 1):
-                cand, loss, wrong = self._single(model, x, y, g, final_eval=True)
+                cand, loss, wrong = self._single(net, x, y, g, True, repeats)
                 better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
                 best = torch.where(better.view(-1, 1, 1, 1), cand, best)
                 best_loss = torch.where(better, loss, best_loss)
@@ -310,7 +315,7 @@ class FGSMRS:
         with eval_mode(model), channels_last_weights(model, x), torch.enable_grad():
             delta = _random_start(x, Norm.LINF, self.eps, g) if self.random_start else torch.zeros_like(x)
             delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+            loss = F.cross_entropy(fast_view(model)(x + delta), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, [delta])
             delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
             return (x + delta).clamp(0, 1).detach().contiguous()

@@ -23,6 +23,7 @@ from torch import nn
 
 from .attacks import Attack
 from .errors import UserError
+from .fuse import fast_view
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 INPUTS = ("clean", "adv")
@@ -81,7 +82,7 @@ def _estimate(model: nn.Module, layers: list[nn.Module], loader: Iterable, batch
         if attack is not None:
             x = attack(target, x, y)
         with torch.no_grad():
-            model(x)
+            fast_view(model)(x)
         seen += 1
     return seen
 

@@ -43,6 +43,7 @@ from torch.func import functional_call
 
 from .bn import batch_stats_copy
 from .errors import UserError
+from .fuse import fast_view
 from .registry import Registry
 from .store import load_checkpoint, save_checkpoint
 
@@ -214,10 +215,12 @@ class Curve(nn.Module):
         """Logits at ``t`` with every BatchNorm normalising by the batch's statistics,
         whatever the mode (:func:`robustpath.bn.batch_stats_copy`). ``params``
         (default :meth:`params_at`) and ``buffers`` (default :meth:`batch_buffers_at`)
-        let a caller reuse one θ(t) for several calls."""
+        let a caller reuse one θ(t) for several calls. Runs on
+        :func:`robustpath.fuse.fast_view` of the template (ReLU after max pooling:
+        bit-identical, fewer elements)."""
         params = self.params_at(t) if params is None else params
         buffers = self.batch_buffers_at(t) if buffers is None else buffers
-        return functional_call(self._batch_template, {**params, **buffers}, (x,))
+        return functional_call(fast_view(self._batch_template), {**params, **buffers}, (x,))
 
     def batch_buffers_at(self, t: float) -> dict[str, torch.Tensor]:
         """The buffers that :meth:`forward_batch_stats` needs (all but BatchNorm's)."""

@@ -51,6 +51,7 @@ class StackedModel(nn.Module):
                 raise UserError("StackedModel needs models of one architecture")
         self.k = len(models)
         self.input_repeats = self.k
+        self.robustpath_no_fuse = True   # torch.func.vmap inside: robustpath.fuse leaves it
         self.names = names
         for i, name in enumerate(names):
             self.register_buffer(f"s{i}", torch.stack([s[name].detach() for s in states]))
