@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .fuse import fast_view
+from .fuse import fast_view, nhwc_unsafe_weights
 from .numbers import parse_fraction
 from .registry import Registry
 
@@ -151,13 +151,14 @@ def channels_last_weights(model: nn.Module, x: torch.Tensor):
     parameters in channels-last memory format, so oneDNN runs the convolutions and
     the layers between them in NHWC, which is faster on CPU. The original tensors are
     put back afterwards (same values, layout and storage), also on an exception.
+    Weights of :func:`robustpath.fuse.nhwc_unsafe` convolutions stay as they are.
     """
     if not (CHANNELS_LAST_CPU and x.device.type == "cpu" and x.dim() == 4):
         yield model
         return
-    swapped = []
+    swapped, unsafe = [], nhwc_unsafe_weights(model)
     for p in model.parameters():
-        if p.dim() == 4:
+        if p.dim() == 4 and id(p) not in unsafe:
             swapped.append((p, p.data))
             p.data = p.data.to(memory_format=torch.channels_last)  # as Module.to does
     try:

@@ -216,8 +216,8 @@ class Curve(nn.Module):
         whatever the mode (:func:`robustpath.bn.batch_stats_copy`). ``params``
         (default :meth:`params_at`) and ``buffers`` (default :meth:`batch_buffers_at`)
         let a caller reuse one θ(t) for several calls. Runs on
-        :func:`robustpath.fuse.fast_view` of the template (ReLU after max pooling:
-        bit-identical, fewer elements)."""
+        :func:`robustpath.fuse.fast_view` of the template (ReLU after max pooling,
+        NHWC activations on CPU: the same function, faster)."""
         params = self.params_at(t) if params is None else params
         buffers = self.batch_buffers_at(t) if buffers is None else buffers
         return functional_call(fast_view(self._batch_template), {**params, **buffers}, (x,))

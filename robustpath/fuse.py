@@ -3,8 +3,9 @@
 Almost all of robustpath's time is spent in forward/backward passes of small
 convolutional networks inside PGD. On a CPU the convolutions of ``cnn-small`` take only
 about a third of such a pass; the memory-bound layers between them take the rest
-(BatchNorm 21 %, ReLU 16 %, max pooling 16 % of a PGD-10 profile at batch 128). Two
-exact identities remove most of that work:
+(BatchNorm 21 %, ReLU 16 %, max pooling 16 % of a PGD-10 profile at batch 128), and
+NCHW max pooling alone took 29 % of a curve-training step. Three rewrites that keep the
+function remove most of that work (``python -m benchmarks``, section "fuse"):
 
 1. **Eval-mode BatchNorm folded into the convolution before it.** With running
    statistics ``mu, var``, affine ``gamma, beta`` and ``s = gamma / sqrt(var + eps)``,
@@ -14,6 +15,16 @@ exact identities remove most of that work:
 2. **ReLU after max pooling instead of before.** ``max`` and ``relu`` commute (relu is
    monotone), so ``maxpool(relu(x)) == relu(maxpool(x))`` bit for bit, gradients
    included; for 2x2 pooling the ReLU then touches 4x fewer elements.
+3. **Channels-last (NHWC) activations on CPU**: convolution inputs are restrided to
+   NHWC (:func:`nhwc`; a 1-channel image otherwise keeps the whole network NCHW) and
+   max pooling runs on NHWC tensors (:class:`ChannelsLastMaxPool`: same values,
+   indices and gradients, 3-7x faster than on NCHW). Convolutions that hit a oneDNN
+   heap-corruption bug in NHWC (:func:`nhwc_unsafe`) get NCHW inputs. NHWC
+   convolutions round differently from NCHW ones (~1e-6 relative).
+
+Rounding differences are harmless for one evaluation, but training is chaotic: a
+network trained through the view differs from one trained without it as much as one
+trained with another thread count (``benchmarks/RERUN_CHECK.md``).
 
 :func:`fast_view` returns a :class:`torch.fx.GraphModule` that shares every submodule,
 parameter and buffer with the model (nothing is copied, so training through it updates
@@ -22,7 +33,7 @@ works on it). A folded pair checks at every call whether its BatchNorm normalise
 running statistics (eval mode with ``track_running_stats``); otherwise, e.g. in train
 mode or on :func:`robustpath.bn.batch_stats_copy` networks, it runs the two layers as
 they are, so the view is correct in every mode. Models that torch.fx cannot trace
-(data-dependent control flow, ``torch.func`` transforms) and models without either
+(data-dependent control flow, ``torch.func`` transforms) and models where no rewrite
 pattern are returned unchanged, and so are models with forward hooks on any submodule
 (a view would bypass them). Views are cached per model object and rebuilt when its
 submodules, parameters or buffers are replaced.
@@ -72,6 +83,62 @@ class FoldedConvBN(nn.Module):
         if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
             weight = weight.contiguous(memory_format=torch.channels_last)
         return conv._conv_forward(x, weight, bias)
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with channels-last (NHWC) strides when it is a 4-D CPU tensor, else ``x``.
+
+    Unlike ``x.contiguous(memory_format=torch.channels_last)`` this also restrides a
+    1-channel image, whose NCHW strides count as channels-last already but make
+    oneDNN return NCHW activations. Differentiable (a copy); values unchanged."""
+    if x.device.type != "cpu" or x.dim() != 4:
+        return x
+    n, c, h, w = x.shape
+    if x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    out = torch.empty_strided((n, c, h, w), (h * w * c, 1, w * c, c), dtype=x.dtype,
+                              device=x.device)
+    return out.copy_(x)
+
+
+def nhwc_unsafe(conv: nn.Conv2d) -> bool:
+    """True for convolutions whose channels-last weight gradient corrupts the heap on
+    CPU with torch 2.14 / oneDNN ("double free or corruption" with 1 thread): 1x1
+    kernels with stride > 1 and 2-4 input channels (found by scanning kernel 1/3,
+    stride 1/2, 1-8 input and 2-32 output channels; resnet20's shortcut at width
+    0.125 is one). Their inputs are kept NCHW."""
+    k, s = conv.kernel_size, conv.stride
+    return tuple(k) == (1, 1) and max(s) > 1 and conv.in_channels < 8
+
+
+def nhwc_unsafe_weights(model: nn.Module) -> set[int]:
+    """``id``s of the weights of ``model``'s :func:`nhwc_unsafe` convolutions, which
+    must stay in the default layout when the rest goes channels-last."""
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, nn.Conv2d) and nhwc_unsafe(m)}
+
+
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with exactly the default (NCHW) strides on CPU. ``x.contiguous()`` is not
+    enough: a tensor with 1x1 spatial size or one channel counts as contiguous in
+    either layout, and oneDNN then still picks NHWC from its strides."""
+    if x.device.type != "cpu" or x.stride() == torch.empty(x.shape, device="meta").stride():
+        return x
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+
+
+class ChannelsLastMaxPool(nn.Module):
+    """``pool(nhwc(x))``: PyTorch's CPU max pooling is about 7x slower on NCHW than
+    on NHWC tensors (6.7 vs 0.9 ms for a ``[128, 16, 28, 28]`` batch, 2 threads).
+    Values, indices (first maximum of each window) and gradients are identical in
+    both layouts."""
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(nhwc(x))
 
 
 def _single_user(node: fx.Node) -> fx.Node | None:
@@ -135,15 +202,43 @@ def _pool_before_relu(gm: fx.GraphModule, modules: dict) -> int:
     return swapped
 
 
+def _nhwc_pools(gm: fx.GraphModule, modules: dict) -> int:
+    wrapped = 0
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and _is_maxpool(node, modules):
+            name = f"_nhwc_pool_{wrapped}"
+            gm.add_submodule(name, ChannelsLastMaxPool(modules[node.target]))
+            node.target = name
+            wrapped += 1
+    return wrapped
+
+
+def _nhwc_convs(gm: fx.GraphModule, modules: dict) -> int:
+    done = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        m = gm.get_submodule(node.target)
+        if not isinstance(m, (nn.Conv2d, FoldedConvBN)) or not isinstance(node.args[0], fx.Node):
+            continue
+        layout = nchw if nhwc_unsafe(m.conv if isinstance(m, FoldedConvBN) else m) else nhwc
+        with gm.graph.inserting_before(node):
+            x = gm.graph.call_function(layout, (node.args[0],))
+        node.args = (x, *node.args[1:])
+        done += 1
+    return done
+
+
 def rewrite(model: nn.Module) -> fx.GraphModule | None:
-    """Trace ``model`` and apply both rewrites; ``None`` when it cannot be traced or
-    neither pattern occurs (then the model itself is the fastest view)."""
+    """Trace ``model`` and apply the rewrites; ``None`` when it cannot be traced or
+    no rewrite applies (then the model itself is the fastest view)."""
     try:
         gm = fx.symbolic_trace(model)
     except Exception:  # noqa: BLE001 - any tracing failure means "use the model as is"
         return None
     modules = dict(gm.named_modules())
-    changed = _fold_conv_bn(gm, modules) + _pool_before_relu(gm, modules)
+    changed = (_fold_conv_bn(gm, modules) + _pool_before_relu(gm, modules)
+               + _nhwc_pools(gm, modules) + _nhwc_convs(gm, modules))
     if not changed:
         return None
     gm.graph.eliminate_dead_code()

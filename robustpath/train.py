@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import models
 from .attacks import AttackConfig, build_attack
-from .fuse import fast_view
+from .fuse import fast_view, nhwc_unsafe
 from .cli import ArgumentParser
 from .device import resolve, training_autocast
 from .errors import UserError, cli_main
@@ -132,7 +133,10 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
     num_classes = data_mod.info(cfg.dataset).num_classes
     torch.manual_seed(cfg.seed)
     model = models.create(cfg.arch, cfg.dataset, cfg.width).to(device)
-    channels_last = CHANNELS_LAST_CPU and device.type == "cpu"
+    # not with convolutions on which oneDNN corrupts the heap in NHWC
+    # (robustpath.fuse.nhwc_unsafe, e.g. resnet20's shortcuts at width < 0.5)
+    channels_last = (CHANNELS_LAST_CPU and device.type == "cpu"
+                     and not any(isinstance(m, nn.Conv2d) and nhwc_unsafe(m) for m in model.modules()))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     attack = build_attack(AttackConfig(**{**cfg.attack.to_dict(), "name": METHODS[cfg.method]}),
