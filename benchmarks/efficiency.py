@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from robustpath import attacks, data, models
-from robustpath import train as train_mod
+from robustpath import data, fuse, models
 from robustpath.attacks import PGD, AttackConfig, build_attack
 from robustpath.train import TrainConfig, train_model
 
@@ -62,7 +61,7 @@ class EpochResult:
     attack_share: float   # fraction of the FLOPs spent generating the attack
     epoch_flops: float
     seconds: float        # median epoch time, as shipped
-    seconds_before: float  # median epoch time, channels-last switches off
+    seconds_before: float  # median epoch time, robustpath.fuse off
     achieved: float       # FLOP/s
     peak: float
     peak_n: int
@@ -100,14 +99,14 @@ def training_epoch(n_train: int, peak: float, peak_n: int, device, *, steps: int
     per_batch = fc.get_total_flops()
     n_batches = n_train // batch if n_train > batch else 1
 
-    def epoch(channels_last: bool) -> float:
-        saved = attacks.CHANNELS_LAST_CPU, train_mod.CHANNELS_LAST_CPU
-        attacks.CHANNELS_LAST_CPU = train_mod.CHANNELS_LAST_CPU = channels_last
+    def epoch(fused: bool) -> float:
+        saved = fuse.ENABLED
+        fuse.ENABLED = fused
         try:
             _, metrics = train_model(cfg, device=device, progress=False,
                                      data=(x_tr, y_tr, x_te, y_te))
         finally:
-            attacks.CHANNELS_LAST_CPU, train_mod.CHANNELS_LAST_CPU = saved
+            fuse.ENABLED = saved
         return metrics["seconds_per_epoch"]
 
     times: dict[bool, list[float]] = {True: [], False: []}

@@ -118,9 +118,9 @@ def count_flops(fn) -> float:
 @dataclass
 class CurveEpoch:
     n_train: int
-    seconds: float          # median epoch time, as shipped (channels-last on CPU)
+    seconds: float          # median epoch time, as shipped
     flops: float
-    seconds_before: float   # median epoch time with channels-last off
+    seconds_before: float   # median epoch time with robustpath.fuse off
 
 
 def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root=None,
@@ -128,7 +128,7 @@ def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root
     """One epoch of fitting a quadratic Bezier (PGD-``steps`` in the loop, batch 128)
     between the subject and a permuted copy, on ``n_train`` Fashion-MNIST images;
     FLOPs counted on one batch and scaled by the number of batches. Timed with
-    channels-last weights on and off (``curve_train.CHANNELS_LAST_CPU``), interleaved."""
+    :mod:`robustpath.fuse` on (as shipped) and off, interleaved."""
     import tempfile
 
     from robustpath.curve_train import CurveTrainConfig, train_curve
@@ -141,20 +141,20 @@ def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root
                            attack=AttackConfig(eps=subject.eps, steps=steps),
                            checkpoint_every_epoch=False)
     per_batch = count_flops(lambda: _curve_batches(model, perm, x[:128], y[:128], cfg, device))
-    import robustpath.curve_train as ct
+    from robustpath import fuse
 
     times: dict[bool, list[float]] = {True: [], False: []}
-    saved = ct.CHANNELS_LAST_CPU
+    saved = fuse.ENABLED
     try:
         for r in range(rounds):
             for cl in ((True, False) if r % 2 == 0 else (False, True)):
-                ct.CHANNELS_LAST_CPU = cl
+                fuse.ENABLED = cl
                 with tempfile.TemporaryDirectory() as tmp:
                     curve = build_curve("bezier", model, apply(model, perm))
                     metrics = train_curve(curve, x, y, cfg, tmp, device=device, progress=False)
                 times[cl].append(metrics["seconds_per_epoch"])
     finally:
-        ct.CHANNELS_LAST_CPU = saved
+        fuse.ENABLED = saved
     return CurveEpoch(n_train, statistics.median(times[True]), per_batch * (n_train // 128),
                       statistics.median(times[False]))
 

@@ -127,11 +127,6 @@ class CurveTrainConfig:
         return cls(**d)
 
 
-#: Fit curves on CPU with channels-last convolution weights (a differentiable NHWC copy
-#: of θ(t)'s conv weights). Off: with one thread, oneDNN aborts in the backward pass for
-#: very narrow convolutions (resnet20 at width 0.125, torch 2.14), and the gain was not
-#: measurable on this machine; ``benchmarks`` times both settings.
-CHANNELS_LAST_CPU = False
 
 
 def _seed(*parts: int) -> int:
@@ -230,7 +225,6 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         attack = build_attack(AttackConfig(**{**cfg.attack.to_dict(), "seed": None}), classes)
     schedule = SCHEDULES.get(cfg.schedule)
     total = cfg.epochs * len(loader)
-    channels_last = CHANNELS_LAST_CPU and device.type == "cpu" and x_train.dim() == 4
     epochs_to_run = range(start, cfg.epochs) if curve.bends > 0 else range(0)
     curve.train()
     times = []
@@ -253,9 +247,6 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 t = float(torch.rand((), generator=t_gen))
                 theta = curve.flat_at(t)
                 params = curve.unflatten(theta)
-                if channels_last:
-                    params = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4
-                              else v for k, v in params.items()}
                 point = curve.point(t, params)
                 with training_autocast(device, cfg.amp):
                     xa = attack(point, xb, yb) if attack is not None else xb
