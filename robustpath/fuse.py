@@ -191,6 +191,9 @@ def _pool_before_relu(gm: fx.GraphModule, modules: dict) -> int:
         pool = _single_user(relu)
         if pool is None or not _is_maxpool(pool, modules) or pool.args[0] is not relu:
             continue
+        src = relu.args[0]
+        if not isinstance(src, fx.Node) or _single_user(src) is not relu:
+            continue   # an in-place ReLU would also have changed what the others read
         # x -> relu -> pool -> users   becomes   x -> pool -> relu -> users
         pool_users = list(pool.users)
         pool.args = (relu.args[0], *pool.args[1:])

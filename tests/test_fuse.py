@@ -208,3 +208,20 @@ def test_narrow_shortcut_convolutions_train_on_one_thread():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+class _SharedInplaceRelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.relu, self.pool = nn.ReLU(inplace=True), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        y = x * 2
+        z = self.pool(self.relu(y))          # the in-place ReLU also rewrites y ...
+        return z.sum((1, 2, 3)) + y.sum((1, 2, 3))   # ... which is read again here
+
+
+def test_swap_leaves_relus_whose_input_is_read_elsewhere():
+    model = _SharedInplaceRelu()
+    x = torch.randn(4, 2, 8, 8)
+    torch.testing.assert_close(fuse.fast_view(model)(x.clone()), model(x.clone()))
