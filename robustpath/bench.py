@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import stages
+from . import fuse, stages
 from .attacks import ATTACKS
 from .cli import ArgumentParser, split_list
 from .config import ALIGN_METHODS, PAM_METHODS, PRESETS, BenchConfig, from_preset
@@ -84,6 +84,10 @@ def parser() -> argparse.ArgumentParser:
     a("--no-amp", action="store_true",
       help="train in float32 on CUDA too (default: bfloat16 autocast for endpoint and curve "
       "training on CUDA; CPU and all evaluation always run in float32)")
+    a("--no-fuse", action="store_true",
+      help="run every network as it is, without robustpath.fuse's function-preserving "
+      "rewrite (folded BatchNorm, ReLU after pooling, NHWC on CPU): slower, but "
+      "bit-identical to runs made before the rewrite existed")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
     a("--overwrite", action="store_true",
@@ -103,7 +107,7 @@ def config_from_args(args) -> BenchConfig:
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
-        amp=False if args.no_amp else None,
+        amp=False if args.no_amp else None, fuse=False if args.no_fuse else None,
         data_root=args.data_root, device=args.device)
     cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
     return cfg
@@ -111,7 +115,8 @@ def config_from_args(args) -> BenchConfig:
 
 def comparable(d: dict) -> dict:
     """A run config without the fields that do not change results (device, paths)."""
-    out = {k: v for k, v in d.items() if k not in ("device", "out", "data_root", "t_batch", "amp")}
+    out = {k: v for k, v in d.items()
+           if k not in ("device", "out", "data_root", "t_batch", "amp", "fuse")}
     if not set(out.get("align") or ()) & set(PAM_METHODS):  # pam_iters matters only for PAM
         out.pop("pam_iters", None)
     return out
@@ -182,6 +187,15 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
                         "use another --out or pass --overwrite")
     if device.type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
+    saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
+    try:
+        return _run_stages(cfg, run_dir, data, device, start, progress, command)
+    finally:
+        fuse.ENABLED = saved_fuse
+
+
+def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,
+                command: str | None) -> Path:
 
     endpoints = {}
     for seed in cfg.seeds:

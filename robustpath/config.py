@@ -84,6 +84,7 @@ class BenchConfig:
     pam_iters: int = 2           # PAM outer iterations (alignments pam-none / pam-activation)
     t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
     amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
+    fuse: bool = True            # robustpath.fuse views (same function, other float rounding)
     data_root: str | None = None
     device: str = "auto"
     out: str = ""

@@ -3,6 +3,7 @@ barrier invariants, bad input."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -231,3 +232,23 @@ def test_committed_default_run_matches_the_default_configuration():
     cfg = bench.config_from_args(bench.parser().parse_args([]))
     assert bench.comparable(old) == bench.comparable(cfg.to_dict())
     assert cfg.out == "results/fashion-mnist-cnn-small-quick"
+
+
+def test_no_fuse_runs_every_network_as_it_is(tmp_path, monkeypatch):
+    """--no-fuse: no robustpath.fuse view is built anywhere in the run, the switch is
+    restored afterwards, and the run's stage cache is shared with fused runs (the
+    flag changes float rounding, not what is computed, like --no-amp)."""
+    from robustpath import fuse
+
+    def refuse(model):
+        raise AssertionError("fuse.rewrite called under --no-fuse")
+
+    monkeypatch.setattr(fuse, "rewrite", refuse)
+    monkeypatch.setattr(fuse, "_CACHE", type(fuse._CACHE)())
+    small = [a for a in TINY if a != "none,weight"]
+    small[small.index("--align") + 1:small.index("--align") + 1] = ["none"]
+    assert bench.main(small + ["--no-fuse", "--out", str(tmp_path / "run")]) == 0
+    assert fuse.ENABLED is True
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["fuse"] is False
+    assert bench.comparable(cfg) == bench.comparable({**cfg, "fuse": True})

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .. import stages
+from .. import fuse, stages
 from ..config import BenchConfig
 from ..device import resolve
 from ..errors import UserError
@@ -124,8 +124,12 @@ def call_node(node: Node, ctx: Context, *upstream: dict) -> dict:
     try:
         _check_inputs(root, upstream)
         cfg = node.cfg
-        out = RUNNERS.get(node.stage)(node, cfg, root, run_data(cfg), resolve(cfg.device),
-                                      ctx.progress)
+        saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
+        try:
+            out = RUNNERS.get(node.stage)(node, cfg, root, run_data(cfg), resolve(cfg.device),
+                                          ctx.progress)
+        finally:
+            fuse.ENABLED = saved_fuse
     except UserError as e:
         return {"node": node.id, "stage": node.stage, "error": str(e)}
     files = out.setdefault("files", [])
