@@ -103,10 +103,11 @@ def nhwc(x: torch.Tensor) -> torch.Tensor:
 
 def nhwc_unsafe(conv: nn.Conv2d) -> bool:
     """True for convolutions whose channels-last weight gradient corrupts the heap on
-    CPU with torch 2.14 / oneDNN ("double free or corruption" with 1 thread): 1x1
-    kernels with stride > 1 and 2-4 input channels (found by scanning kernel 1/3,
-    stride 1/2, 1-8 input and 2-32 output channels; resnet20's shortcut at width
-    0.125 is one). Their inputs are kept NCHW."""
+    CPU with torch 2.14 / oneDNN (with 1 thread "double free or corruption" every
+    time, with 2 threads intermittent hangs): 1x1 kernels with stride > 1 and 2-4
+    input channels (found by scanning kernel 1/3, stride 1/2, 1-8 input and 2-32
+    output channels; resnet20's shortcuts at width < 0.5 are such). Their inputs are
+    kept NCHW."""
     k, s = conv.kernel_size, conv.stride
     return tuple(k) == (1, 1) and max(s) > 1 and conv.in_channels < 8
 
