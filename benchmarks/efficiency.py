@@ -8,8 +8,7 @@
   BatchNorm, ReLU or pooling), times the batches in an epoch (every batch has the
   same shape: ``drop_last``).
 * Time: one real epoch of ``robustpath.train.train_model`` (``seconds_per_epoch``),
-  with the channels-last switches of :mod:`robustpath.attacks` and
-  :mod:`robustpath.train` on (as shipped) and off (before), interleaved.
+  with :mod:`robustpath.fuse` on (as shipped) and off, interleaved.
 """
 
 from __future__ import annotations

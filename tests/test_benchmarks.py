@@ -46,3 +46,14 @@ def test_benchmarks_quick_smoke(tmp_path):
     text = out.read_text()
     for section in ("PGD: ours vs torchattacks", "Path evaluation per t", "Alignment time"):
         assert section in text
+
+
+def test_kernel_bound_reports_fractions_no_larger_than_its_bound():
+    from benchmarks import kernel_bound
+
+    r = kernel_bound.measure(images=20, steps=2)
+    assert r["flops"] > 0 and r["peak"] > 0
+    # the kernels are part of the attack: their time is below the wall time, so the
+    # bound (FLOPs / kernel time) is above what the attack achieves
+    assert 0 < r["kernels"] < r["profiled"]
+    assert r["flops"] / r["kernels"] > r["flops"] / r["wall"]
