@@ -17,7 +17,6 @@ same run. CPU only (the profiler's CPU self times).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -26,6 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from robustpath import models
 from robustpath.attacks import PGD, AttackConfig
+from robustpath.cli import ArgumentParser
+from robustpath.errors import UserError, cli_main
 
 from .efficiency import matmul_peak
 
@@ -52,15 +53,16 @@ def measure(images: int, steps: int) -> dict[str, float]:
     return {"peak": peak, "flops": flops, "wall": wall, "kernels": kernels, "profiled": profiled}
 
 
+@cli_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_bound", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m benchmarks.kernel_bound",
+                       description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--images", type=int, default=500, help="attacked images, one batch (500)")
     p.add_argument("--steps", type=int, default=10, help="PGD steps (10)")
     args = p.parse_args(argv)
     if args.threads < 0 or args.images < 1 or args.steps < 1:
-        p.error("--threads >= 0, --images >= 1 and --steps >= 1")
+        raise UserError("kernel_bound needs --threads >= 0, --images >= 1 and --steps >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     r = measure(args.images, args.steps)

@@ -22,17 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import models
 from .attacks import AttackConfig, build_attack
-from .fuse import fast_view, nhwc_unsafe
 from .cli import ArgumentParser
 from .device import resolve, training_autocast
 from .errors import UserError, cli_main
+from .fuse import fast_view, nhwc_unsafe
 from .metrics import per_example
 from .numbers import parse_fraction
 from .registry import Registry

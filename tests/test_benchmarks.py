@@ -57,3 +57,9 @@ def test_kernel_bound_reports_fractions_no_larger_than_its_bound():
     # bound (FLOPs / kernel time) is above what the attack achieves
     assert 0 < r["kernels"] < r["profiled"]
     assert r["flops"] / r["kernels"] > r["flops"] / r["wall"]
+
+
+def test_kernel_bound_bad_input_is_one_line_exit_2():
+    r = subprocess.run([sys.executable, "-m", "benchmarks.kernel_bound", "--images", "0"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
