@@ -29,7 +29,7 @@ SHAPES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 WIDTH = {"vgg11": 0.25, "preact-resnet18": 0.25, "resnet32": 0.25}
 # number of permutation groups: one per hidden layer, one per residual stream
 GROUPS = {"mlp": 2, "cnn-small": 3, "tinyten": 8, "vgg11": 8, "resnet20": 12, "resnet32": 18,
-          "preact-resnet18": 12}
+          "preact-resnet18": 12, "vit-tiny": 9}  # vit-tiny: stream + 4 x (heads, MLP)
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -26,9 +26,12 @@ Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.laye
 """
 
 from . import activation as _activation  # noqa: F401  (registers "activation")
+from . import attention as _attention  # noqa: F401  (registers the attention rules)
 from . import weight as _weight  # noqa: F401  (registers "weight")
 from .activation import CoMoments, correlations
 from .api import AlignReport, GroupReport, align
+from .attention import qkv_attention
+from .blocks import Blocks
 from .context import MATCHERS, MatchContext, solve_assignment
 from .pam import (
     PAMConfig,
@@ -39,6 +42,7 @@ from .pam import (
     round_to_permutation,
 )
 from .permute import Permutation, apply, identity_permutation, random_permutation
+from .registry import register_rule
 from .spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
 from .weight import weight_matching, weight_similarity
 
@@ -46,6 +50,7 @@ __all__ = [
            "MATCHERS",
            "AlignReport",
            "AxisSpec",
+           "Blocks",
            "CoMoments",
            "GroupReport",
            "MatchContext",
@@ -62,7 +67,9 @@ __all__ = [
            "permutation_matrix",
            "permutation_spec",
            "project_doubly_stochastic",
+           "qkv_attention",
            "random_permutation",
+           "register_rule",
            "relaxed_state",
            "round_to_permutation",
            "solve_assignment",

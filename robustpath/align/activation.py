@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from ..attacks import eval_mode
@@ -91,6 +92,21 @@ def _units(t: torch.Tensor, tap: Tap) -> torch.Tensor:
     return t.movedim(tap.axis, 0).reshape(tap.size, -1)
 
 
+def _tid(tap: Tap) -> tuple:
+    return (tap.node, tap.start, tap.proj)
+
+
+def _project(t: torch.Tensor, tap: Tap, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Units computed inside an opaque layer (attention's query/key/value projections):
+    ``F.linear`` of the tapped input with the rows of the observed model's weight."""
+    if tap.proj is None:
+        return t
+    wkey, wrow, bkey, brow = tap.proj
+    w = state[wkey][wrow:wrow + tap.size]
+    bias = state[bkey][brow:brow + tap.size] if bkey else None
+    return F.linear(t, w, bias)
+
+
 def select_taps(spec: PermutationSpec, pre_activation: bool = False) -> list[Tap]:
     """Per group: post- (or pre-) activation taps, else the layers' outputs."""
     chosen = []
@@ -132,13 +148,14 @@ def correlations(ctx: MatchContext) -> tuple[dict[str, torch.Tensor], int]:
     t0 = time.perf_counter()
     taps = select_taps(ctx.spec, ctx.pre_activation)
     pre_taps = {t.node: t for t in ctx.spec.taps if t.kind == "pre"}
-    observed = {t.node: t for t in taps}
+    observed = {_tid(t): t for t in taps}
     for t in taps:  # pre-activations as the fallback for dead (constant) units
         if t.pre is not None and not ctx.pre_activation:
-            observed.setdefault(t.pre, pre_taps[t.pre])
+            observed.setdefault(_tid(pre_taps[t.pre]), pre_taps[t.pre])
     order = list(observed.values())
     gm_a, gm_b = tap_module(ctx.spec, ctx.model_a, order), tap_module(ctx.spec, ctx.model_b, order)
-    stats = {t.node: CoMoments(t.size) for t in order}
+    state_a, state_b = ctx.model_a.state_dict(), ctx.model_b.state_dict()
+    stats = {_tid(t): CoMoments(t.size) for t in order}
     samples = 0
     with eval_mode(gm_a), eval_mode(gm_b):
         for x, y in ctx.batches():
@@ -149,23 +166,26 @@ def correlations(ctx: MatchContext) -> tuple[dict[str, torch.Tensor], int]:
                 xa, xb = ctx.attack(ctx.model_a, x, y), ctx.attack(ctx.model_b, x, y)
             with torch.no_grad():
                 outs_a, outs_b = gm_a(xa), gm_b(xb)
-            for tap, ta, tb in zip(order, outs_a, outs_b):
-                stats[tap.node].update(_units(ta, tap), _units(tb, tap))
+                for tap, ta, tb in zip(order, outs_a, outs_b):
+                    ta, tb = _project(ta, tap, state_a), _project(tb, tap, state_b)
+                    stats[_tid(tap)].update(_units(ta, tap), _units(tb, tap))
             samples += len(x)
     if samples == 0:
         raise UserError("the data for alignment is empty")
-    corr: dict[str, torch.Tensor] = {}
-    count: dict[str, int] = {}
+    corr = {g: torch.zeros(n, n, dtype=torch.float64) for g, n in ctx.spec.groups.items()}
+    count = {g: torch.zeros(n, 1, dtype=torch.float64) for g, n in ctx.spec.groups.items()}
     for tap in taps:
-        s = stats[tap.node]
+        s = stats[_tid(tap)]
         c = s.correlation()
-        if tap.pre in stats and tap.pre != tap.node:
+        pre = (tap.pre, 0, None)
+        if pre in stats and tap.pre != tap.node:
             dead = s.constant_a()[:, None] | s.constant_b()[None, :]
             if dead.any():
-                c = torch.where(dead, stats[tap.pre].correlation(), c)
-        corr[tap.group] = corr[tap.group] + c if tap.group in corr else c
-        count[tap.group] = count.get(tap.group, 0) + 1
-    result = ({g: corr[g] / count[g] for g in ctx.spec.groups}, samples)
+                c = torch.where(dead, stats[pre].correlation(), c)
+        units = slice(tap.start, tap.start + tap.size)  # attention: a part of the group
+        corr[tap.group][units, units] += c
+        count[tap.group][units] += 1
+    result = ({g: corr[g] / count[g].clamp_min(1) for g in ctx.spec.groups}, samples)
     ctx.cache["corr"] = result
     ctx.cache["seconds"] = time.perf_counter() - t0
     return result
@@ -177,4 +197,6 @@ def activation_matching(ctx: MatchContext) -> dict[str, torch.Tensor]:
     groups are independent because B's unit activations do not depend on how B's other
     groups are ordered."""
     corr, _ = correlations(ctx)
-    return {g: solve_assignment(c) for g, c in corr.items()}
+    return {g: torch.arange(len(c)) if g in ctx.keep else
+            ctx.spec.blocks[g].solve(c) if g in ctx.spec.blocks else solve_assignment(c)
+            for g, c in corr.items()}

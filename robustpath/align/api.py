@@ -38,6 +38,9 @@ class AlignReport:
     is given). ``mean_before`` / ``mean_after`` average the groups, unweighted.
     ``seconds``: wall time of the whole call; ``seconds_statistics``: collecting
     activations (0 when unused); ``seconds_matching``: the matcher including statistics.
+    Partial alignment: ``kept`` lists the groups named in ``partial`` (left in place),
+    ``left_in_place`` the operations that could not be permuted (``where``, ``reason``,
+    ``units``: the layers whose units therefore stay in place; ``spec.fixed``).
     """
 
     method: str
@@ -50,6 +53,8 @@ class AlignReport:
     seconds: float = 0.0
     seconds_statistics: float = 0.0
     seconds_matching: float = 0.0
+    kept: list[str] = field(default_factory=list)
+    left_in_place: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-serialisable dict."""
@@ -92,7 +97,8 @@ def align(model_a: nn.Module, model_b: nn.Module, method: str = "activation",
           data: Iterable | None = None, inputs: str = "clean",
           attack: AttackConfig | Callable | None = None, max_batches: int | None = None, *,
           pre_activation: bool = False, seed: int = 0, example_input: torch.Tensor | None = None,
-          spec: PermutationSpec | None = None) -> tuple[nn.Module, Permutation, AlignReport]:
+          spec: PermutationSpec | None = None,
+          partial: bool | Iterable[str] = False) -> tuple[nn.Module, Permutation, AlignReport]:
     """Permute ``model_b``'s hidden units to match ``model_a``'s.
 
     Args:
@@ -111,6 +117,10 @@ def align(model_a: nn.Module, model_b: nn.Module, method: str = "activation",
         seed: order of weight matching's coordinate-descent sweeps.
         example_input: batch used to trace the model (default: 2 images of ``data``).
         spec: a precomputed :func:`permutation_spec` of the architecture.
+        partial: ``True``: operations without a permutation rule leave their inputs and
+            parameters in place instead of refusing the model, and everything else is
+            aligned; a list of group names (see ``spec.describe()``): also leave those
+            groups in place. Recorded in ``report.left_in_place`` / ``report.kept``.
 
     Returns:
         ``(aligned_b, perm, report)``: ``aligned_b = apply(model_b, perm)`` computes the
@@ -122,16 +132,25 @@ def align(model_a: nn.Module, model_b: nn.Module, method: str = "activation",
     attack_fn = _resolve_attack(inputs, attack)
     check_compatible(model_a, model_b)
     example, data = _example_input(model_a, data, example_input)
+    keep = frozenset() if isinstance(partial, bool) else frozenset(partial)
     if spec is None:
-        spec = permutation_spec(model_a, example.to(next(model_a.parameters()).device))
+        spec = permutation_spec(model_a, example.to(next(model_a.parameters()).device),
+                                partial=partial is not False)
+    unknown = sorted(keep - set(spec.groups))
+    if unknown:
+        raise UserError(f"partial names unknown permutation group(s) {', '.join(unknown)} "
+                        f"(groups: {', '.join(spec.groups)})")
     ctx = MatchContext(model_a, model_b, spec, data, inputs, attack_fn, max_batches,
-                       pre_activation, seed)
+                       pre_activation, seed, keep)
     t1 = time.perf_counter()
-    perm = Permutation(spec, matcher(ctx))
+    found = matcher(ctx)
+    found.update({g: torch.arange(spec.groups[g]) for g in keep})
+    perm = Permutation(spec, found)
     t2 = time.perf_counter()
     aligned = apply(model_b, perm)
 
-    report = AlignReport(method=method, measure="correlation", inputs=inputs, num_samples=0)
+    report = AlignReport(method=method, measure="correlation", inputs=inputs, num_samples=0,
+                         kept=sorted(keep), left_in_place=list(spec.fixed))
     if data is not None:
         corr, report.num_samples = correlations(ctx)
         report.seconds_statistics = ctx.cache["seconds"]

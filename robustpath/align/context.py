@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,7 +17,9 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import Registry
-from .spec import PermutationSpec
+
+if TYPE_CHECKING:  # spec imports blocks, which imports this module
+    from .spec import PermutationSpec
 
 Matcher = Callable[["MatchContext"], dict[str, torch.Tensor]]
 MATCHERS: Registry[Matcher] = Registry("alignment method")
@@ -30,7 +33,8 @@ class MatchContext:
     ``inputs``: ``clean`` or ``adv`` (``attack(model, x, y)`` run against each model on
     its own). ``max_batches``: stop after that many batches (None: all).
     ``pre_activation``: observe units before the nonlinearity instead of after.
-    ``seed``: order of the weight-matching sweeps.
+    ``seed``: order of the weight-matching sweeps. ``keep``: groups every matcher must
+    leave in place (identity); :func:`~.api.align` enforces it afterwards as well.
     """
 
     model_a: nn.Module
@@ -42,6 +46,7 @@ class MatchContext:
     max_batches: int | None = None
     pre_activation: bool = False
     seed: int = 0
+    keep: frozenset[str] = frozenset()  # groups left in place (align(partial=[...]))
     cache: dict = field(default_factory=dict, repr=False)
 
     @property

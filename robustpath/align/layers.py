@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from . import registry
+from .registry import register_rule
 from .rules import (
     ACT_MODULES,
     ACTIVATIONS,
@@ -31,6 +33,7 @@ from .rules import (
     arg,
     binary,
     cat,
+    expand,
     function_name,
     getattr_fn,
     getitem,
@@ -85,65 +88,118 @@ def affine(b, node: fx.Node, x, name: str, wkey: str, bkey: str | None, out_unit
     return Perm(unit_axis, segs)
 
 
-def module_rule(b, node: fx.Node):
-    m, name = b.module(node), node.target
-    x = arg(node, 0, "input")
+def _key(b, node: fx.Node, attr: str) -> str | None:
+    return b.key(node.target, attr) if getattr(b.module(node), attr, None) is not None else None
 
-    def key(attr: str) -> str | None:
-        return b.key(name, attr) if getattr(m, attr, None) is not None else None
 
-    if isinstance(m, nn.Linear):
-        return affine(b, node, x, name, key("weight"), key("bias"), m.out_features, "linear")
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return affine(b, node, x, name, key("weight"), key("bias"), m.out_channels, "conv",
-                      m.groups, m.transposed)
-    if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-                      nn.GroupNorm)):
-        st = main_input(b, node, x)
-        if not isinstance(st, Perm):
-            return FIXED_T
-        if st.axis != 1:
-            b.refuse(node, f"normalisation over axis 1, permuted units on axis {st.axis}")
-        if isinstance(m, nn.GroupNorm) and m.num_groups not in (1, m.num_channels):
-            b.refuse(node, f"GroupNorm with {m.num_groups} groups mixes neighbouring units")
-        for attr in ("weight", "bias", "running_mean", "running_var"):
-            if key(attr):
-                b.register(key(attr), 0, st.segs, node)
-        return st
-    if isinstance(m, nn.LayerNorm):
-        st = main_input(b, node, x)
-        if not isinstance(st, Perm):
-            return FIXED_T
-        first = len(b.shape(x)) - len(m.normalized_shape)
-        if st.axis >= first:
-            for attr in ("weight", "bias"):
-                if key(attr):
-                    b.register(key(attr), st.axis - first, st.segs, node)
-        return st
-    if isinstance(m, nn.PReLU):
-        if m.weight.numel() == 1:
-            return activation(b, node)
-        st = main_input(b, node, x)
-        if isinstance(st, Perm):
-            if st.axis != 1:
-                b.refuse(node, "PReLU slopes are per channel on axis 1")
-            b.register(key("weight"), 0, st.segs, node)
-            b.activations.append(node)
-            return st
+@register_rule(nn.Linear)
+def linear_rule(b, node: fx.Node):
+    m = b.module(node)
+    return affine(b, node, arg(node, 0, "input"), node.target, _key(b, node, "weight"),
+                  _key(b, node, "bias"), m.out_features, "linear")
+
+
+@register_rule(nn.modules.conv._ConvNd)
+def conv_rule(b, node: fx.Node):
+    m = b.module(node)
+    return affine(b, node, arg(node, 0, "input"), node.target, _key(b, node, "weight"),
+                  _key(b, node, "bias"), m.out_channels, "conv", m.groups, m.transposed)
+
+
+@register_rule(nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
+               nn.GroupNorm)
+def channel_norm_rule(b, node: fx.Node):
+    m = b.module(node)
+    st = main_input(b, node, arg(node, 0, "input"))
+    if not isinstance(st, Perm):
         return FIXED_T
-    if isinstance(m, ACT_MODULES):
+    if st.axis != 1:
+        b.refuse(node, f"normalisation over axis 1, permuted units on axis {st.axis}")
+    if isinstance(m, nn.GroupNorm) and m.num_groups not in (1, m.num_channels):
+        b.refuse(node, f"GroupNorm with {m.num_groups} groups mixes neighbouring units")
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        if _key(b, node, attr):
+            b.register(_key(b, node, attr), 0, st.segs, node)
+    return st
+
+
+def layer_norm(b, node: fx.Node, x, ndims: int, wkey: str | None, bkey: str | None):
+    """LayerNorm over the last ``ndims`` axes: its statistics do not depend on the order
+    of the units; the affine parameters move with units on a normalised axis."""
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        for k in (wkey, bkey):
+            if k:
+                b.pin(k)
+        return FIXED_T
+    first = len(b.shape(x)) - ndims
+    if st.axis >= first:
+        for k in (wkey, bkey):
+            if k:
+                b.register(k, st.axis - first, st.segs, node)
+    return st
+
+
+@register_rule(nn.LayerNorm)
+def layer_norm_rule(b, node: fx.Node):
+    m = b.module(node)
+    return layer_norm(b, node, arg(node, 0, "input"), len(m.normalized_shape),
+                      _key(b, node, "weight"), _key(b, node, "bias"))
+
+
+@register_rule("layer_norm")
+def functional_layer_norm_rule(b, node: fx.Node):
+    """``F.layer_norm(x, shape, weight, bias)`` (ConvNeXt's LayerNorm2d)."""
+    keys = []
+    for i, name in ((2, "weight"), (3, "bias")):
+        a = arg(node, i, name)
+        st = b.state(a) if isinstance(a, fx.Node) else None
+        if a is not None and not isinstance(st, Attr):
+            return unknown(b, node, "layer_norm whose affine parameters are not plain "
+                                    "parameters")
+        keys.append(st.key if st is not None else None)
+    return layer_norm(b, node, arg(node, 0, "input"), len(arg(node, 1, "normalized_shape")),
+                      *keys)
+
+
+@register_rule(nn.PReLU)
+def prelu_rule(b, node: fx.Node):
+    m = b.module(node)
+    if m.weight.numel() == 1:
         return activation(b, node)
-    if isinstance(m, PASS_MODULES):
-        return passthrough(b, node)
-    if isinstance(m, SPATIAL_MODULES):
-        return spatial(b, node)
-    if isinstance(m, PAD_MODULES):
-        return pad(b, node, len(m.padding) // 2)
-    if isinstance(m, (nn.Flatten, nn.Unflatten)):
-        return reshape(b, node)
-    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):
-        return softmax(b, node)
-    return unknown(b, node, f"no permutation rule for {type(m).__name__}")
+    st = main_input(b, node, arg(node, 0, "input"))
+    if isinstance(st, Perm):
+        if st.axis != 1:
+            b.refuse(node, "PReLU slopes are per channel on axis 1")
+        b.register(_key(b, node, "weight"), 0, st.segs, node)
+        b.activations.append(node)
+        return st
+    return FIXED_T
+
+
+@register_rule("torchvision.ops.stochastic_depth.stochastic_depth")
+def stochastic_depth_rule(b, node: fx.Node):
+    """Stochastic depth (Huang et al. 2016; EfficientNet, ConvNeXt) is the identity in
+    eval mode, the mode the graph is traced in."""
+    if arg(node, 3, "training", True) and arg(node, 1, "p") != 0:
+        b.refuse(node, "stochastic depth in training mode")
+    return passthrough(b, node)
+
+
+register_rule(*ACT_MODULES)(activation)
+register_rule(*PASS_MODULES)(passthrough)
+register_rule(*SPATIAL_MODULES)(spatial)
+register_rule(*PAD_MODULES)(lambda b, node: pad(b, node, len(b.module(node).padding) // 2))
+register_rule(nn.Flatten, nn.Unflatten)(reshape)
+register_rule(nn.Softmax, nn.LogSoftmax)(softmax)
+
+
+def module_rule(b, node: fx.Node):
+    m = b.module(node)
+    rule = registry.module_rule(m)
+    if rule is None:
+        return unknown(b, node, f"no permutation rule for {type(m).__name__}")
+    return rule(b, node)
 
 
 def functional_affine(b, node: fx.Node, name: str):
@@ -161,15 +217,16 @@ def functional_affine(b, node: fx.Node, name: str):
                   out_units, kind, groups)
 
 
-_BY_NAME = {}
 for _names, _rule in ((ACTIVATIONS, activation), (PASSTHROUGH, passthrough), (BINARY, binary),
                       (RESHAPE, reshape), (SPATIAL, spatial), (REDUCE, reduce),
                       (SOFTMAX, softmax), (SHAPE_QUERIES, shape_query),
                       ({"transpose", "permute", "t"}, transpose),
                       ({"cat", "concat", "concatenate"}, cat), ({"pad"}, pad),
-                      ({"getitem"}, getitem), ({"getattr"}, getattr_fn)):
+                      ({"getitem"}, getitem), ({"getattr"}, getattr_fn),
+                      ({"expand", "expand_as"}, expand),
+                      ({"linear", "conv1d", "conv2d", "conv3d"}, None)):
     for _n in _names:
-        _BY_NAME[_n] = _rule
+        registry.FUNCTION_RULES[_n] = _rule or (lambda b, node, n=_n: functional_affine(b, node, n))
 
 
 def apply_rule(b, node: fx.Node):
@@ -181,9 +238,8 @@ def apply_rule(b, node: fx.Node):
     if node.op == "call_module":
         return module_rule(b, node)
     name = function_name(node)
-    if node.op == "call_function" and name in ("linear", "conv1d", "conv2d", "conv3d"):
-        return functional_affine(b, node, name)
-    rule = _BY_NAME.get(name) if name else None
+    target = node.target if node.op == "call_function" else None
+    rule = registry.function_rule(target, name) if (name or target is not None) else None
     if rule is None:
         return unknown(b, node)
     return rule(b, node)

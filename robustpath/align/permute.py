@@ -35,6 +35,11 @@ class Permutation(dict):
         n = self.spec.groups[group]
         if p.shape != (n,) or not torch.equal(p.sort().values, torch.arange(n)):
             raise UserError(f"permutation of group {group!r} is not a permutation of {n} units")
+        blocks = self.spec.blocks.get(group)
+        why = blocks.check(p) if blocks is not None else None
+        if why:
+            raise UserError(f"permutation of attention group {group!r} {why}: heads move as "
+                            "wholes, the same way for query/key and value units")
         super().__setitem__(group, p)
 
     def inverse(self) -> Permutation:
@@ -64,7 +69,8 @@ def random_permutation(model: nn.Module | None = None, example_input: torch.Tens
             raise UserError("random_permutation needs (model, example_input) or spec=")
         spec = permutation_spec(model, example_input)
     g = torch.Generator().manual_seed(int(seed))
-    return Permutation(spec, {name: torch.randperm(n, generator=g)
+    return Permutation(spec, {name: spec.blocks[name].random(g) if name in spec.blocks
+                              else torch.randperm(n, generator=g)
                               for name, n in spec.groups.items()})
 
 
@@ -77,6 +83,8 @@ def axis_index(ax: AxisSpec, perms: dict[str, torch.Tensor]) -> torch.Tensor:
         if p is None:
             parts.append(torch.arange(offset, offset + s.length))
         else:
+            # a segment may hold a part of its group (attention: the value units)
+            p = p[s.start:s.start + s.size] - s.start
             block = p.view(-1, 1) * s.inner + torch.arange(s.inner).view(1, -1)
             parts.append(offset + block.reshape(-1))
         offset += s.length

@@ -45,20 +45,34 @@ NON_TENSOR = _Marker("NON_TENSOR")
 
 @dataclass(frozen=True)
 class Attr:
+    """A parameter/buffer ``key`` read directly; ``lead`` axes were prepended (expand)."""
+
     key: str
+    lead: int = 0
 
 
 @dataclass(frozen=True)
 class Seg:
+    """``size`` units of variable ``var``, from its unit ``start`` on (attention groups hold
+    the query/key units first and the value units after them), ``inner`` indices each."""
+
     var: int
     size: int
     inner: int = 1
+    start: int = 0
 
 
 @dataclass(frozen=True)
 class Perm:
     axis: int
     segs: tuple[Seg, ...]
+
+
+@dataclass(frozen=True)
+class Tup:
+    """A tuple output (e.g. ``nn.MultiheadAttention``'s ``(output, weights)``)."""
+
+    items: tuple
 
 
 ACTIVATIONS = {"relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu",
@@ -184,10 +198,35 @@ def binary(b, node: fx.Node):
         if local < 0 or shp[local] == 1:
             continue  # broadcast along the permuted axis: the same value for every unit
         if isinstance(st, Attr):
-            b.register(st.key, local, segs, node)
+            register_attr(b, st, local, segs, node)
         else:
             b.fix(segs)
     return Perm(axis, segs)
+
+
+def register_attr(b, st: Attr, local: int, segs, node: fx.Node) -> None:
+    """Parameter ``st`` meets permuted units on axis ``local`` of the tensor read: permute
+    its matching axis (nothing when that axis was added or is broadcast from size 1)."""
+    axis = local - st.lead
+    t = b.tensors.get(st.key)
+    if axis < 0 or (t is not None and t.dim() > axis and t.shape[axis] == 1):
+        return
+    b.register(st.key, axis, segs, node)
+
+
+def expand(b, node: fx.Node):
+    """expand / expand_as: a parameter stays a parameter (a class token expanded over the
+    batch is permuted where it meets the stream); permuted units keep their axis."""
+    x = arg(node, 0, "input")
+    st = b.state(x)
+    lead = len(b.shape(node)) - len(b.shape(x))
+    if isinstance(st, Attr):
+        return Attr(st.key, st.lead + lead)
+    if isinstance(st, Perm):
+        if b.shape(node)[st.axis + lead] != b.shape(x)[st.axis]:
+            b.refuse(node, "expanding the permuted axis")
+        return Perm(st.axis + lead, st.segs)
+    return FIXED_T
 
 
 def reshape(b, node: fx.Node):
@@ -214,8 +253,11 @@ def reshape(b, node: fx.Node):
                 candidates.append(i)
         prefix *= d
     if not candidates:
+        users = [u for u in node.users if function_name(u) in ("transpose", "permute")]
+        what = " (a channel shuffle: view -> transpose -> view interleaves the units of " \
+            "the groups, a fixed permutation this spec does not carry)" if users else ""
         b.refuse(node, f"reshape {tuple(ins)} -> {tuple(outs)} splits the permuted units of "
-                       f"axis {a} across axes")
+                       f"axis {a} across axes{what}")
     i = next((c for c in candidates if outs[c] > 1), candidates[0])
     t2 = math.prod(outs[i + 1:])
     segs = tuple(Seg(s.var, s.size * s.inner * trail // t2, 1) if s.var == FIXED
@@ -298,8 +340,11 @@ def cat(b, node: fx.Node):
     parts = arg(node, 0, "tensors")
     outs = b.shape(node)
     dim = _norm_axis(arg(node, 1, "dim", 0), len(outs))
-    states = [main_input(b, node, p) for p in parts]
-    perms = [s for s in states if isinstance(s, Perm)]
+    raw = [b.state(p) for p in parts]
+    perms = [s for s in raw if isinstance(s, Perm)]
+    if not perms or any(s.axis == dim for s in perms):
+        raw = [main_input(b, node, p) for p in parts]
+    states = raw
     if not perms:
         return FIXED_T
     if any(s.axis == dim for s in perms):
@@ -314,7 +359,10 @@ def cat(b, node: fx.Node):
         if s.axis != first.axis:
             b.refuse(node, "concatenated parts carry permuted units on different axes")
         b.union_segs(first.segs, s.segs, node)
-    if len(perms) < len(states):
+    for s in states:  # a parameter (e.g. a class token) is permuted with the stream
+        if isinstance(s, Attr):
+            register_attr(b, s, first.axis, first.segs, node)
+    if any(not isinstance(s, (Perm, Attr)) for s in states):
         b.fix(first.segs)
     return first
 
@@ -324,6 +372,9 @@ def getitem(b, node: fx.Node):
     the permuted axis (with ints / None / ``...`` elsewhere) are allowed."""
     x, idx = node.args[0], node.args[1]
     st = b.state(x)
+    if isinstance(st, Tup):
+        return st.items[idx] if isinstance(idx, int) and -len(st.items) <= idx < len(st.items) \
+            else NON_TENSOR
     if not isinstance(st, Perm):
         if isinstance(st, Attr):
             b.pin(st.key)
@@ -370,7 +421,8 @@ def unknown(b, node: fx.Node, reason: str = "no permutation rule for this operat
     """Ops without a rule: allowed on fixed inputs only (output fixed, parameters pinned)."""
     for a in _flat_nodes(node):
         st = b.state(a)
-        if isinstance(st, Perm):
+        if isinstance(st, Perm) or (isinstance(st, Tup) and
+                                    any(isinstance(i, Perm) for i in st.items)):
             b.refuse(node, reason)
         if isinstance(st, Attr):
             b.pin(st.key)

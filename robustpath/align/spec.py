@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from ..errors import UserError
 from . import rules
+from .blocks import Blocks
 from .layers import apply_rule
 from .rules import FIXED, NON_TENSOR, Perm, Seg
 from .trace import node_location, node_shape, trace
@@ -43,6 +44,7 @@ class Segment:
     group: str | None
     size: int
     inner: int = 1
+    start: int = 0  # first unit of the group in this segment (attention: value units)
 
     @property
     def length(self) -> int:
@@ -72,6 +74,9 @@ class Tap:
     inner: int
     kind: str
     pre: str | None = None
+    start: int = 0
+    # observe F.linear(node, W[wrow:wrow+size], bias[brow:brow+size]): (W, wrow, bias, brow)
+    proj: tuple[str, int, str | None, int] | None = None
 
 
 @dataclass
@@ -81,13 +86,18 @@ class PermutationSpec:
     ``groups``: group name -> number of units, in graph order. ``axes``: every permuted
     (state-dict key, axis). ``taps``: tensors where each group's units can be observed
     (for activation matching). ``graph_module``: the traced graph (shares the traced
-    model's submodules).
+    model's submodules). ``blocks``: groups whose valid permutations move heads as
+    wholes (attention, :class:`~.blocks.Blocks`). ``fixed``: with ``partial=True``, the
+    operations that could not be permuted (``where``, ``reason``, ``units``: the layers
+    whose units were therefore left in place).
     """
 
     groups: dict[str, int]
     axes: list[AxisSpec]
     taps: list[Tap]
     graph_module: fx.GraphModule = field(repr=False, compare=False)
+    blocks: dict[str, Blocks] = field(default_factory=dict)
+    fixed: list[dict] = field(default_factory=list)
 
     def axes_of(self, key: str) -> list[AxisSpec]:
         return [a for a in self.axes if a.key == key]
@@ -104,21 +114,32 @@ class PermutationSpec:
         lines = [f"{len(self.groups)} permutation groups, {len(self.axes)} permuted axes"]
         for g, n in self.groups.items():
             mem = ", ".join(f"{k}[{a}]" for k, a in self.members(g))
-            lines.append(f"  {g} ({n} units): {mem}")
+            heads = f", {self.blocks[g].heads} heads" if g in self.blocks else ""
+            lines.append(f"  {g} ({n} units{heads}): {mem}")
+        for f in self.fixed:
+            lines.append(f"  left in place: {', '.join(f['units']) or '-'} ({f['where']}: "
+                         f"{f['reason']})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"groups": dict(self.groups),
                 "axes": [{"key": a.key, "axis": a.axis,
-                          "segments": [[s.group, s.size, s.inner] for s in a.segments]}
-                         for a in self.axes]}
+                          "segments": [[s.group, s.size, s.inner] + ([s.start] if s.start else [])
+                                       for s in a.segments]}
+                         for a in self.axes],
+                "blocks": {g: [b.heads, list(b.parts)] for g, b in self.blocks.items()},
+                "fixed": list(self.fixed)}
 
 
 class _Builder:
     """Walks the graph once; union-find over unit variables (variable 0 = FIXED)."""
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module):
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, partial: bool = False):
         self.gm = gm
+        self.partial = partial
+        self.blocks: dict[int, Blocks] = {}
+        self.extra_taps: list[tuple[Seg, fx.Node, int, tuple | None]] = []
+        self.fixed: list[dict] = []
         self.modules = dict(gm.named_modules())
         self.parent, self.sizes = [FIXED], [0]
         self.producers: dict[int, list[tuple[str, fx.Node]]] = {}
@@ -149,12 +170,23 @@ class _Builder:
         full = f"{module_name}.{attr}" if module_name else attr
         return self.canon.get(full, full)
 
-    def new_var(self, size: int, producer: str, node: fx.Node) -> int:
+    def new_var(self, size: int, producer: str, node: fx.Node, blocks: Blocks | None = None) -> int:
+        """A fresh permutation variable of ``size`` units (a group unless it gets fixed);
+        ``blocks``: its valid permutations move heads as wholes (attention)."""
         v = len(self.parent)
         self.parent.append(v)
         self.sizes.append(int(size))
         self.producers[v] = [(producer, node)]
+        if blocks is not None:
+            if blocks.size != size:
+                raise ValueError(f"blocks of {blocks.size} units for a group of {size}")
+            self.blocks[v] = blocks
         return v
+
+    def add_tap(self, seg: Seg, node: fx.Node, axis: int, proj: tuple | None = None) -> None:
+        """Units ``seg`` can be observed on ``axis`` of ``node`` (after ``F.linear`` with
+        rows ``proj = (weight key, bias key, first row)`` of the observed model)."""
+        self.extra_taps.append((seg, node, axis, proj))
 
     def find(self, v: int) -> int:
         root = v
@@ -170,6 +202,8 @@ class _Builder:
             return
         if FIXED not in (ra, rb) and self.sizes[ra] != self.sizes[rb]:
             self.refuse(node, f"unit groups of sizes {self.sizes[ra]} and {self.sizes[rb]} meet")
+        if FIXED not in (ra, rb) and (ra in self.blocks or rb in self.blocks):
+            self.refuse(node, "attention units (permuted by heads) meet other units")
         if rb == FIXED:
             ra, rb = rb, ra
         self.parent[rb] = ra
@@ -177,7 +211,7 @@ class _Builder:
             self.producers[ra] += self.producers.pop(rb, [])
 
     def union_segs(self, s1, s2, node: fx.Node) -> None:
-        if len(s1) != len(s2) or any((a.size, a.inner) != (b.size, b.inner)
+        if len(s1) != len(s2) or any((a.size, a.inner, a.start) != (b.size, b.inner, b.start)
                                      for a, b in zip(s1, s2)):
             self.refuse(node, "the operands' permuted units are laid out differently")
         for a, b in zip(s1, s2):
@@ -203,10 +237,44 @@ class _Builder:
 
     def refuse(self, node: fx.Node | None, reason: str):
         where = node_location(node) if node is not None else "the graph"
-        raise UserError(f"cannot derive a permutation spec: {where}: {reason}. Supported: "
-                        "Linear/Conv (groups 1 or depthwise), BatchNorm/InstanceNorm/"
-                        "GroupNorm/LayerNorm, element-wise activations, dropout, pooling, "
-                        "spatial pad, flatten/view, add/mul, cat")
+        raise Refusal(f"cannot derive a permutation spec: {where}: {reason}. Supported: "
+                      "Linear/Conv (groups 1 or depthwise), BatchNorm/InstanceNorm/"
+                      "GroupNorm/LayerNorm, element-wise activations, dropout, pooling, "
+                      "spatial pad, flatten/view, add/mul, cat, multi-head attention and "
+                      "the rules registered with robustpath.align.register_rule. "
+                      "align(..., partial=True) aligns the rest and leaves this part in "
+                      "place; method='none' is the unaligned baseline", where, reason)
+
+    def leave_in_place(self, node: fx.Node, err: Refusal):
+        """Partial mode: the refused node's permuted inputs and its parameters are fixed;
+        its output is a fixed tensor."""
+        units: list[str] = []
+        for a in _flat((node.args, node.kwargs)):
+            st = self.state(a)
+            for item in (st.items if isinstance(st, rules.Tup) else (st,)):
+                if isinstance(item, Perm):
+                    for s in item.segs:
+                        r = self.find(s.var)
+                        if r != FIXED:
+                            units += [p for p, _ in self.producers[r]]
+                        self.union(s.var, FIXED)
+                elif isinstance(item, rules.Attr):
+                    self.pin(item.key)
+        if node.op == "call_module":
+            mod = self.module(node)
+            for n, _ in list(mod.named_parameters()) + list(mod.named_buffers()):
+                self.pin(self.key(node.target, n))
+        self.fixed.append({"where": err.where, "reason": err.reason,
+                           "units": list(dict.fromkeys(units))})
+        return rules.FIXED_T if "tensor_meta" in node.meta else NON_TENSOR
+
+    def step(self, node: fx.Node):
+        if not self.partial:
+            return apply_rule(self, node)
+        try:
+            return apply_rule(self, node)
+        except Refusal as e:
+            return self.leave_in_place(node, e)
 
     # --- the walk
     def run(self) -> None:
@@ -214,13 +282,22 @@ class _Builder:
             if node.op == "output":
                 for x in _flat(node.args):
                     st = self.state(x)
-                    if isinstance(st, Perm):
-                        self.fix(st.segs)
+                    for item in (st.items if isinstance(st, rules.Tup) else (st,)):
+                        if isinstance(item, Perm):
+                            self.fix(item.segs)
                 continue
-            self.states[node] = apply_rule(self, node)
+            self.states[node] = self.step(node)
         for key in self.pinned & set(self.regs):
             for segs in self.regs[key].values():
                 self.fix(segs)
+
+
+class Refusal(UserError):
+    """An operation the spec cannot permute (``where``: the node, ``reason``)."""
+
+    def __init__(self, msg: str, where: str, reason: str):
+        super().__init__(msg)
+        self.where, self.reason = where, reason
 
 
 def _flat(args) -> list[fx.Node]:
@@ -252,7 +329,7 @@ def _segments(b: _Builder, names: dict[int, str], segs) -> tuple[Segment, ...]:
                 length += out.pop().length
             out.append(Segment(None, length, 1))
         else:
-            out.append(Segment(g, s.size, s.inner))
+            out.append(Segment(g, s.size, s.inner, s.start))
     return tuple(out)
 
 
@@ -282,20 +359,27 @@ def _taps(b: _Builder, names: dict[int, str]) -> list[Tap]:
         found += [t for t in (t_post, t_pre) if t]
     for var_prods in b.producers.values():
         found += [t for t in (tap(n, "out") for _, n in var_prods) if t]
-    unique = {(t.node, t.kind): t for t in found}
+    for seg, node, axis, proj in b.extra_taps:
+        g = names.get(b.find(seg.var))
+        if g is not None:
+            found.append(Tap(g, node.name, axis, seg.size, seg.inner, "out", None, seg.start,
+                             proj))
+    unique = {(t.node, t.kind, t.start, t.proj): t for t in found}
     return list(unique.values())
 
 
-def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
+def permutation_spec(model: nn.Module, example_input: torch.Tensor,
+                     partial: bool = False) -> PermutationSpec:
     """Derive the :class:`PermutationSpec` of ``model`` from its torch.fx graph.
 
     ``example_input``: a batch the model accepts, e.g. ``torch.rand(2, 3, 32, 32)``
     (used once, in eval mode without gradients, for the tensor shapes). Raises
     ``UserError`` naming the module / node when the graph cannot be traced or contains
-    an operation that would be mis-permuted.
+    an operation that would be mis-permuted; with ``partial=True`` such an operation's
+    inputs and parameters are left in place instead (listed in ``spec.fixed``).
     """
     gm = trace(model, example_input)
-    b = _Builder(gm, model)
+    b = _Builder(gm, model, partial)
     b.run()
     names = _group_names(b)
     groups = {name: b.sizes[r] for r, name in names.items()}
@@ -306,7 +390,8 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> Permutati
             segs = _segments(b, names, b.regs[key][axis])
             if any(s.group is not None for s in segs):
                 axes.append(AxisSpec(key, axis, segs))
-    return PermutationSpec(groups, axes, _taps(b, names), gm)
+    blocks = {names[r]: bl for r, bl in b.blocks.items() if r in names}
+    return PermutationSpec(groups, axes, _taps(b, names), gm, blocks, b.fixed)
 
 
 __all__ = ["AxisSpec", "PermutationSpec", "Segment", "Tap", "permutation_spec"]

@@ -23,6 +23,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..attacks import eval_mode
 from ..errors import UserError
+from . import registry
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -34,6 +35,10 @@ class _NamingTracer(fx.Tracer):
         super().__init__()
         self.record_stack_traces = True
         self._stack: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # a module class with a registered permutation rule is one opaque call
+        return registry.is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)

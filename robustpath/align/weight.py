@@ -27,7 +27,7 @@ def _unit_rows(t: torch.Tensor, axis: int, offset: int, size: int, inner: int) -
 
 
 def _entries(spec: PermutationSpec, keys: set[str]):
-    """group -> [(AxisSpec, offset, size, inner)] over parameter axes."""
+    """group -> [(AxisSpec, offset, size, inner, start)] over parameter axes."""
     out: dict[str, list] = {g: [] for g in spec.groups}
     for ax in spec.axes:
         if ax.key not in keys:
@@ -35,7 +35,7 @@ def _entries(spec: PermutationSpec, keys: set[str]):
         offset = 0
         for s in ax.segments:
             if s.group is not None:
-                out[s.group].append((ax, offset, s.size, s.inner))
+                out[s.group].append((ax, offset, s.size, s.inner, s.start))
             offset += s.length
     return out
 
@@ -49,14 +49,16 @@ def _by_key(spec: PermutationSpec) -> dict[str, list[AxisSpec]]:
 
 def weight_matching(spec: PermutationSpec, params_a: dict[str, torch.Tensor],
                     params_b: dict[str, torch.Tensor], seed: int = 0,
-                    max_iter: int = 100) -> dict[str, torch.Tensor]:
-    """Permutations ``{group: p}`` aligning B's parameters onto A's (gather convention)."""
+                    max_iter: int = 100, keep=()) -> dict[str, torch.Tensor]:
+    """Permutations ``{group: p}`` aligning B's parameters onto A's (gather convention).
+    Groups in ``keep`` stay in place; attention groups are solved by
+    :meth:`~.blocks.Blocks.solve` (heads as wholes)."""
     entries = _entries(spec, set(params_a) & set(params_b))
     by_key = _by_key(spec)
     a64 = {k: v.detach().double().cpu() for k, v in params_a.items()}
     b64 = {k: v.detach().double().cpu() for k, v in params_b.items()}
     perms = {g: torch.arange(n) for g, n in spec.groups.items()}
-    names = [g for g in spec.groups if entries[g]]
+    names = [g for g in spec.groups if entries[g] and g not in keep]
     gen = torch.Generator().manual_seed(int(seed))
     for _ in range(max_iter):
         progress = False
@@ -64,11 +66,13 @@ def weight_matching(spec: PermutationSpec, params_a: dict[str, torch.Tensor],
             g = names[i]
             n = spec.groups[g]
             score = torch.zeros(n, n, dtype=torch.float64)
-            for ax, off, size, inner in entries[g]:
+            for ax, off, size, inner, start in entries[g]:
                 wb = permute_tensor(b64[ax.key], by_key[ax.key], perms, skip_axis=ax.axis)
-                score += _unit_rows(a64[ax.key], ax.axis, off, size, inner) @ \
+                score[start:start + size, start:start + size] += \
+                    _unit_rows(a64[ax.key], ax.axis, off, size, inner) @ \
                     _unit_rows(wb, ax.axis, off, size, inner).T
-            new = solve_assignment(score)
+            blocks = spec.blocks.get(g)
+            new = blocks.solve(score) if blocks is not None else solve_assignment(score)
             rows = torch.arange(n)
             old_val, new_val = score[rows, perms[g]].sum(), score[rows, new].sum()
             if new_val > old_val + 1e-12 * max(1.0, abs(float(old_val))):
@@ -90,13 +94,15 @@ def weight_similarity(spec: PermutationSpec, params_a: dict[str, torch.Tensor],
     for g, ents in entries.items():
         if not ents:
             continue
-        ra, rb = [], []
-        for ax, off, size, inner in ents:
+        ra: dict[int, list] = {}
+        rb: dict[int, list] = {}
+        for ax, off, size, inner, start in ents:  # one row block per part of the group
             wb = permute_tensor(params_b[ax.key].detach().double().cpu(), by_key[ax.key], perms)
-            ra.append(_unit_rows(params_a[ax.key].detach().double().cpu(), ax.axis, off, size,
-                                 inner))
-            rb.append(_unit_rows(wb, ax.axis, off, size, inner))
-        out[g] = float(F.cosine_similarity(torch.cat(ra, 1), torch.cat(rb, 1), dim=1).mean())
+            ra.setdefault(start, []).append(
+                _unit_rows(params_a[ax.key].detach().double().cpu(), ax.axis, off, size, inner))
+            rb.setdefault(start, []).append(_unit_rows(wb, ax.axis, off, size, inner))
+        cos = [F.cosine_similarity(torch.cat(ra[s], 1), torch.cat(rb[s], 1), dim=1) for s in ra]
+        out[g] = float(torch.cat(cos).mean())
     return out
 
 
@@ -104,4 +110,4 @@ def weight_similarity(spec: PermutationSpec, params_a: dict[str, torch.Tensor],
 def _weight_matcher(ctx: MatchContext) -> dict[str, torch.Tensor]:
     pa = dict(ctx.model_a.named_parameters())
     pb = dict(ctx.model_b.named_parameters())
-    return weight_matching(ctx.spec, pa, pb, seed=ctx.seed)
+    return weight_matching(ctx.spec, pa, pb, seed=ctx.seed, keep=ctx.keep)

@@ -45,6 +45,6 @@ def available() -> list[str]:
     return MODELS.names()
 
 
-from . import cnn, resnet, vgg  # noqa: E402,F401  (registration side effects)
+from . import cnn, resnet, vgg, vit  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["MODELS", "create", "available", "register", "Normalize"]
