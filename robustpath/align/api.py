@@ -131,9 +131,9 @@ def align(model_a: nn.Module, model_b: nn.Module, method: str = "activation",
     matcher = MATCHERS.get(method)
     attack_fn = _resolve_attack(inputs, attack)
     check_compatible(model_a, model_b)
-    example, data = _example_input(model_a, data, example_input)
     keep = frozenset() if isinstance(partial, bool) else frozenset(partial)
-    if spec is None:
+    if spec is None:  # a given spec needs no example input
+        example, data = _example_input(model_a, data, example_input)
         spec = permutation_spec(model_a, example.to(next(model_a.parameters()).device),
                                 partial=partial is not False)
     unknown = sorted(keep - set(spec.groups))
