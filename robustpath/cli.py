@@ -7,9 +7,32 @@ import argparse
 from .errors import UserError
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once and only when it is true: appends
+    ``(default: X)`` unless the help already states a default (the word "default"),
+    the default is None (the help then says what None means, e.g. "the preset's"),
+    or the option is a switch (``store_true``: off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS, False, "") \
+                or not action.option_strings or action.nargs == 0:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` that keeps the description's and epilog's line breaks."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are one ``error:`` line and exit code 2, like every
-    other bad input (argparse's default prints the usage block first)."""
+    other bad input (argparse's default prints the usage block first). Help shows
+    every default once (:class:`HelpFormatter`) unless another formatter is given."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")

@@ -64,6 +64,14 @@ def out_of_plane(curve, ts) -> np.ndarray:
     return np.asarray(out)
 
 
+def _control_coords(curve, a, e1, e2) -> np.ndarray:
+    """Plane coordinates ``[2]`` of the first control point (θ(1/2) without one)."""
+    with torch.no_grad():
+        c = curve.controls[0] if curve.controls.shape[0] else curve.flat_at(0.5)
+        v = c.detach().double() - a
+    return np.array([float(v @ e1), float(v @ e2)])
+
+
 def _model_at_flat(curve, flat: torch.Tensor):
     model = curve.model_at(0.0)
     params = curve.unflatten(flat.to(curve.theta_a.dtype))
@@ -79,16 +87,17 @@ def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
                device="cpu", progress: bool = True) -> dict[str, np.ndarray]:
     """Clean and robust loss on a ``grid`` x ``grid`` lattice of the curve's plane.
 
-    The lattice spans the curve's and the line's extent plus ``margin`` of it on each
-    side. ``bn_data`` is a list of training batches used at every grid point.
+    The lattice spans the extent of the curve, the line and the control point plus
+    ``margin`` of it on each side. ``bn_data`` is a list of training batches used at every grid point.
     Returns ``xs [G], ys [G], clean_loss [G, G], robust_loss [G, G]`` (row = y) and
-    ``curve_xy [T, 2]``, ``line_xy [2, 2]``.
+    ``curve_xy [T, 2]``, ``line_xy [2, 2]``, ``control_xy [2]``.
     """
     a, e1, e2 = plane_basis(curve)
     ts = np.linspace(0, 1, 41)
     cxy = coords(curve, ts)
     lxy = np.array([[0.0, 0.0], [float((curve.theta_b.double() - a) @ e1), 0.0]])
-    pts = np.vstack([cxy, lxy])
+    ctrl = _control_coords(curve, a, e1, e2)
+    pts = np.vstack([cxy, lxy, ctrl[None]])  # the control point is drawn, so it is inside
     lo, hi = pts.min(0), pts.max(0)
     span = np.maximum(hi - lo, 1e-6)
     span[1] = max(span[1], 0.25 * span[0])
@@ -108,39 +117,151 @@ def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
             bar.update(1)
     bar.close()
     return {"xs": xs, "ys": ys, "clean_loss": clean, "robust_loss": robust, "curve_xy": cxy,
-            "line_xy": lxy}
+            "line_xy": lxy, "control_xy": ctrl}
+
+
+# the colour of loss above the top contour level (Garipov et al. draw it as one colour)
+CLIP_COLOR = "#e8e8e8"
+LEVELS = 9
+
+
+def control_xy(p: dict[str, np.ndarray]) -> np.ndarray:
+    """Plane coordinates ``[2]`` of the curve's first control point: stored by
+    :func:`plane_grid`, or, for older grids, recovered from θ(1/2) of the quadratic
+    Bezier (θ(1/2) = (θ0 + 2c + θ1) / 4)."""
+    if "control_xy" in p:
+        return np.asarray(p["control_xy"], dtype=np.float64)
+    cxy = np.asarray(p["curve_xy"], dtype=np.float64)
+    mid = cxy[len(cxy) // 2]
+    return 2.0 * mid - 0.5 * (cxy[0] + cxy[-1])
+
+
+def contour_levels(values: list[np.ndarray], levels: int = LEVELS,
+                   clip_quantile: float = 0.8) -> np.ndarray:
+    """Log-spaced contour levels shared by ``values`` (the panels that are compared),
+    after Garipov et al. 2018's plane plots: the excess over the lowest loss grows
+    geometrically from 1/50 of the range to the clip level, so the basin gets fine
+    contours and the walls coarse ones. The clip level is the ``clip_quantile`` of
+    all values (higher loss is drawn in one clip colour). Returns ``levels + 1``
+    increasing values, the first the minimum."""
+    allv = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in values])
+    allv = allv[np.isfinite(allv)]
+    lo = float(allv.min())
+    top = float(np.quantile(allv, clip_quantile))
+    if top <= lo * (1 + 1e-9) + 1e-12:
+        top = float(allv.max()) if allv.max() > lo else lo + 1.0
+    offsets = np.geomspace(0.02, 1.0, levels) * (top - lo)
+    return np.concatenate([[lo], lo + offsets])
+
+
+def _fmt_level(v: float, pos=None) -> str:  # pos: matplotlib's tick formatter signature
+    return f"{v:.3g}"
 
 
 def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
                 title: str = "") -> list[Path]:
-    """Filled contours of clean and robust loss (columns) for each labelled plane
-    (rows, e.g. unaligned / aligned), with the curve and the line drawn on them."""
-    import matplotlib
+    """Loss surfaces of each labelled plane (rows, e.g. unaligned / aligned), clean and
+    robust loss (columns), after Garipov et al. 2018 (their ``plane_plot.py``).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Every panel is drawn at true aspect on the same axis limits, so a unit of L2
+    distance in weight space has one length in the whole figure (where a plane's grid
+    does not reach, the panel is blank). Each column shares one colour scale (the
+    panels it compares), with log-spaced contour levels (:func:`contour_levels`)
+    labelled in nats and a clip colour above the top level. Markers: θ0 and θ1
+    (black circles) and the control point (white diamond); the fitted curve (solid)
+    and the straight line (dashed) run between them.
+    """
+    from matplotlib import patheffects
+    from matplotlib.colors import BoundaryNorm
+
+    from .style import TEXT, paper_style
 
     rows = list(panels)
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 4 * len(rows)), squeeze=False)
-    for r, label in enumerate(rows):
-        p = panels[label]
-        for c, key in enumerate(("clean_loss", "robust_loss")):
-            ax = axes[r, c]
-            z = np.log(np.maximum(p[key], 1e-6))
-            cs = ax.contourf(p["xs"], p["ys"], z, levels=20, cmap="viridis")
-            fig.colorbar(cs, ax=ax, label=f"log {key.replace('_', ' ')}")
-            ax.plot(p["curve_xy"][:, 0], p["curve_xy"][:, 1], "w-", lw=2, label="curve")
-            ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "w--", lw=1.5, label="line")
-            ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "wo", ms=6)
-            ax.set_title(f"{label}: {key.replace('_', ' ')}")
-            ax.set_xlabel("along θ1 - θ0")
-            ax.set_ylabel("towards the control point")
-            ax.set_aspect("auto")
-    axes[0, 0].legend(loc="upper right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, out_stem, dpi=110)
+    keys = (("clean_loss", "clean loss"), ("robust_loss", "robust loss"))
+    xlo = min(float(p["xs"][0]) for p in panels.values())
+    xhi = max(float(p["xs"][-1]) for p in panels.values())
+    ylo = min(float(p["ys"][0]) for p in panels.values())
+    yhi = max(float(p["ys"][-1]) for p in panels.values())
+    panel_w = (TEXT - 0.9) / 2
+    panel_h = max(0.8, panel_w * (yhi - ylo) / max(xhi - xlo, 1e-9))
+    height = len(rows) * (panel_h + 0.45) + 1.0 + (0.25 if title else 0)
+    stroke = [patheffects.withStroke(linewidth=2.4, foreground="black")]
+    with paper_style() as plt:
+        fig, axes = plt.subplots(len(rows), 2, figsize=(TEXT, height), squeeze=False,
+                                 sharex=True, sharey=True, layout="constrained")
+        for c, (key, name) in enumerate(keys):
+            levels = contour_levels([panels[r][key] for r in rows])
+            cmap = plt.get_cmap("viridis").with_extremes(over=CLIP_COLOR)
+            norm = BoundaryNorm(levels, cmap.N, extend="max")
+            for r, label in enumerate(rows):
+                p, ax = panels[label], axes[r, c]
+                cs = ax.contourf(p["xs"], p["ys"], p[key], levels=levels, cmap=cmap, norm=norm,
+                                 extend="max")
+                lines = ax.contour(p["xs"], p["ys"], p[key], levels=levels, colors="black",
+                                   linewidths=0.4, alpha=0.6)
+                ax.clabel(lines, lines.levels[1::2], fmt=_fmt_level, fontsize=5.5, inline=True)
+                ax.plot(p["curve_xy"][:, 0], p["curve_xy"][:, 1], "-", color="white", lw=1.4,
+                        path_effects=stroke, label="fitted curve")
+                ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "--", color="white", lw=1.1,
+                        path_effects=stroke, label="line")
+                ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "o", color="black", ms=5,
+                        mec="white", mew=0.8, label="endpoints θ0, θ1", zorder=5)
+                cx, cy = control_xy(p)
+                ax.plot([cx], [cy], "D", color="white", ms=4.5, mec="black", mew=0.8,
+                        label="control point", zorder=5)
+                for (x, y), t in zip(p["line_xy"], ("θ0", "θ1")):
+                    ax.annotate(t, (x, y), xytext=(3, -9), textcoords="offset points",
+                                fontsize=7, color="white", path_effects=stroke)
+                ax.set_title(f"{label}: {name}")
+                ax.set_aspect("equal")
+                ax.set_xlim(xlo, xhi)
+                ax.set_ylim(ylo, yhi)
+                ax.set_facecolor("white")
+                if r == len(rows) - 1:
+                    ax.set_xlabel("L2 distance in weight space along θ1 − θ0")
+            cb = fig.colorbar(cs, ax=list(axes[:, c]), location="bottom", shrink=0.9,
+                              aspect=35, ticks=levels, format=_fmt_level, extendfrac=0.06)
+            cb.set_label(f"{name} (nats); grey: above {_fmt_level(levels[-1])}")
+            cb.ax.tick_params(labelsize=6, rotation=45)
+        fig.supylabel("L2 distance orthogonal to θ1 − θ0\n(towards the control point)",
+                      fontsize=8)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=4)
+        if title:
+            fig.suptitle(title)
+        return save_figure(fig, out_stem)
 
 
-__all__ = ["plane_basis", "coords", "out_of_plane", "plane_grid", "plot_planes"]
+def save_planes(path: str | Path, planes: dict[str, dict[str, np.ndarray]]) -> None:
+    """Store plane grids (method -> arrays) as one ``.npz`` with keys
+    ``<method>/<array>``, written atomically; :func:`load_planes` reads it back."""
+    import io
+
+    from .store import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{f"{m}/{k}": np.asarray(v) for m, p in planes.items()
+                                for k, v in p.items()})
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_planes(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """Plane grids stored by :func:`save_planes`, in their stored order."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as z:
+        for name in z.files:
+            method, _, key = name.rpartition("/")
+            out.setdefault(method, {})[key] = z[name]
+    return out
+
+
+__all__ = ["plane_basis", "coords", "out_of_plane", "plane_grid", "plot_planes", "save_planes",
+           "load_planes", "contour_levels", "control_xy"]
+
+
+if __name__ == "__main__":  # a library module: say so rather than exit 0 having done nothing
+    import sys
+
+    print("error: robustpath.plane is a library module, not a command; loss planes come from "
+          "python -m robustpath.bench --plane-grid N", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,6 +1,13 @@
-"""Plots of clean / robust accuracy and loss against t, aligned vs unaligned, with
-95% bootstrap bands (one seed pair) or mean ± std bands (several pairs).
-Written as PNG and PDF (PDF without a creation date, so reruns are identical)."""
+"""Plots of clean / robust accuracy and loss against t, one line per alignment x path
+family, with their uncertainty bands.
+
+Bands: with one seed pair of a group, the pointwise 95% percentile bootstrap CI over
+test examples (:func:`robustpath.barrier.per_t_bands`); with several pairs, ± one
+standard deviation over pairs. The figure's single legend says which.
+Sizes, fonts and the colour-blind-safe palette come from :mod:`robustpath.style`.
+Every figure is written as PNG and as vector PDF, without dates in the metadata, so
+a rerun on the same data gives the same bytes.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +19,23 @@ import numpy as np
 from .barrier import per_t_bands
 from .records import PathRecord
 from .store import atomic_write_bytes
+from .style import (
+    ALIGN_COLORS,
+    ALIGN_MARKERS,
+    CURVE_STYLES,
+    DPI,
+    OTHER_COLOR,
+    TEXT,
+    paper_style,
+)
 
 PANELS = [("clean_acc", "clean accuracy (%)", 100.0), ("robust_acc", "robust accuracy (%)", 100.0),
-          ("clean_loss", "clean loss", 1.0), ("robust_loss", "robust loss", 1.0)]
-COLORS = {"none": "tab:red", "activation": "tab:blue", "weight": "tab:green",
-          "pam-none": "tab:orange", "pam-activation": "tab:purple"}
-STYLES = {"line": "--", "bezier": "-", "polychain": "-."}
+          ("clean_loss", "clean loss (nats)", 1.0), ("robust_loss", "robust loss (nats)", 1.0)]
+COLORS = ALIGN_COLORS  # kept for callers that import it from here
+STYLES = CURVE_STYLES
 LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)",
          "pam-none": "PAM from unaligned", "pam-activation": "PAM from aligned"}
+CI_LABEL = "95% bootstrap CI"
 
 
 def _matplotlib():
@@ -31,43 +47,67 @@ def _matplotlib():
     return plt
 
 
+def band_label(pairs: set[int]) -> str:
+    """What the shaded bands are, for groups with these numbers of seed pairs."""
+    if pairs == {1}:
+        return f"shaded: {CI_LABEL} (over test examples)"
+    if 1 not in pairs:
+        return "shaded: ± 1 std over seed pairs"
+    return f"shaded: {CI_LABEL} (one seed pair) or ± 1 std (several)"
+
+
 def plot_paths(paths: list[PathRecord], out_stem: str | Path, *, title: str = "",
                bootstrap: int = 1000) -> list[Path]:
-    """Draw the 2x2 panel figure; returns the written files (``.png``, ``.pdf``)."""
-    plt = _matplotlib()
+    """Draw the 2x2 panel figure (text width); returns the written ``.png``, ``.pdf``."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     groups: dict[tuple[str, str], list[PathRecord]] = defaultdict(list)
     for p in paths:
         groups[(p.align, p.curve)].append(p)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    for (align, curve), members in sorted(groups.items()):
-        ts = members[0].result.ts
-        color, style = COLORS.get(align, "tab:gray"), STYLES.get(curve, ":")
-        curves = {k: np.stack([m.result.per_t()[k] for m in members]) for k, _, _ in PANELS}
-        bands = per_t_bands(members[0].result, bootstrap=bootstrap) if len(members) == 1 else None
-        for ax, (key, ylabel, scale) in zip(axes.flat, PANELS):
-            mean = curves[key].mean(0) * scale
-            ax.plot(ts, mean, style, color=color, label=f"{LABEL.get(align, align)}, {curve}")
-            if bands is not None:
-                lo, hi = bands[key]
-            else:
-                sd = curves[key].std(0, ddof=1)
-                lo, hi = curves[key].mean(0) - sd, curves[key].mean(0) + sd
-            ax.fill_between(ts, lo * scale, hi * scale, color=color, alpha=0.12, linewidth=0)
-            ax.set_ylabel(ylabel)
-    for ax in axes[1]:
-        ax.set_xlabel("t")
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, out_stem, dpi=120)
+    order = {a: i for i, a in enumerate(LABEL)}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], 99), k[0], k[1]))
+    with paper_style() as plt:
+        fig, axes = plt.subplots(2, 2, figsize=(TEXT, 4.4), sharex=True, layout="constrained")
+        handles = []
+        for align, curve in keys:
+            members = groups[(align, curve)]
+            ts = members[0].result.grid().ts
+            color, style = ALIGN_COLORS.get(align, OTHER_COLOR), CURVE_STYLES.get(curve, ":")
+            marker = ALIGN_MARKERS.get(align, "x")
+            curves = {k: np.stack([m.result.grid().per_t()[k] for m in members]) for k, _, _ in PANELS}
+            bands = per_t_bands(members[0].result.grid(), bootstrap=bootstrap) if len(members) == 1 \
+                else None
+            every = max(1, len(ts) // 8)  # markers tell methods apart in greyscale
+            for ax, (key, ylabel, scale) in zip(axes.flat, PANELS):
+                mean = curves[key].mean(0)
+                ax.plot(ts, mean * scale, style, color=color, marker=marker, markevery=every,
+                        markersize=3.5)
+                if bands is not None:
+                    lo, hi = bands[key]
+                else:
+                    sd = curves[key].std(0, ddof=1)
+                    lo, hi = mean - sd, mean + sd
+                ax.fill_between(ts, lo * scale, hi * scale, color=color, alpha=0.15, linewidth=0)
+                ax.set_ylabel(ylabel)
+            handles.append(Line2D([], [], linestyle=style, color=color, marker=marker,
+                                  markersize=3.5, label=f"{LABEL.get(align, align)}, {curve}"))
+        handles.append(Patch(facecolor="#999999", alpha=0.35, linewidth=0,
+                             label=band_label({len(m) for m in groups.values()})))
+        for ax in axes[1]:
+            ax.set_xlabel("t (position along the path)")
+        for ax in axes.flat:
+            ax.grid(True)
+            ax.set_xlim(0, 1)
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)))
+        if title:
+            fig.suptitle(title)
+        return save_figure(fig, out_stem)
 
 
-def save_figure(fig, out_stem: str | Path, dpi: int = 120) -> list[Path]:
+def save_figure(fig, out_stem: str | Path, dpi: int = DPI) -> list[Path]:
     """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` atomically, without
-    timestamps in the metadata (reruns give identical PDFs), and close it."""
+    timestamps in the metadata (reruns give identical files), and close it."""
     import io
 
     import matplotlib.pyplot as plt

@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import ArgumentParser
+from ..cli import ArgumentParser, RawHelpFormatter
 from ..errors import UserError, cli_main
 from .driver import run_sweep
 from .spec import load_sweep
@@ -28,7 +28,7 @@ from .spec import load_sweep
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m robustpath.sweep", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=RawHelpFormatter)
     a = p.add_argument
     a("sweep", help="sweep file (TOML): grid axes, preset, overrides, resources; "
       "see sweeps/quick.toml and robustpath/sweep/spec.py")
@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
       "on a cluster, a path every node shares")
     a("--overwrite", action="store_true",
       help="allow cells of --out to hold a different configuration (they are redone)")
-    a("--dry-run", action="store_true", help="print the cells and tasks, run nothing")
+    a("--dry-run", action="store_true", help="print the output folder, the cells with their "
+      "resolved settings and their tasks; run nothing")
     a("--no-progress", action="store_true", help="hide progress bars (cell lines still print)")
     return p
 

@@ -96,7 +96,9 @@ def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
 
 
 def _attack_note(sweep: Sweep) -> str:
-    notes = {f"{c.cfg.attack} {c.cfg.norm} eps={c.cfg.eps:.4g}, {c.cfg.eval_steps} steps"
+    from ..style import attack_label
+
+    notes = {attack_label(c.cfg.attack, c.cfg.norm, c.cfg.eps, c.cfg.eval_steps)
              for c in sweep.cells}
     return f"Evaluation attack: {notes.pop()}." if len(notes) == 1 else ""
 
@@ -111,12 +113,31 @@ def _write_meta(sweep: Sweep, out: Path, command: str) -> None:
     atomic_write_json(out / "provenance.json", provenance())
 
 
-def describe_plan(sweep: Sweep, plan: Plan, skipped: list[str]) -> str:
+def cell_settings(cfg) -> str:
+    """A cell's resolved settings in one line (what ``--dry-run`` shows)."""
+    from ..style import attack_label
+
+    atk = attack_label(cfg.attack, cfg.norm, cfg.eps, cfg.eval_steps)
+    return (f"{cfg.dataset}/{cfg.arch} x{cfg.width:g}, seeds {','.join(map(str, cfg.seeds))}, "
+            f"align {','.join(cfg.align)}, paths {','.join(cfg.paths)}, epochs "
+            f"{cfg.endpoint_epochs}+{cfg.curve_epochs} (curve), train {cfg.train_subset or 'all'}"
+            f" / test {cfg.test_subset or 'all'} examples, {cfg.t_points} t, {atk}, "
+            f"plane grid {cfg.plane_grid or 'off'}")
+
+
+def describe_plan(sweep: Sweep, plan: Plan, skipped: list[str], out: Path | None = None) -> str:
+    """The plan in a few lines: the output folder, task counts, and per cell its task
+    count, its resolved settings and its folder (finished cells are listed as such)."""
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items())
     lines = [f"sweep {sweep.name}: {len(sweep.cells)} cells ({len(skipped)} finished before), "
              f"{len(plan.nodes)} tasks ({counts or 'none'})"]
-    for name, cp in plan.cells.items():
-        lines.append(f"  {name}: {len(cp.nodes())} tasks")
+    if out is not None:
+        lines.append(f"output folder: {out}/ (cells in {out / 'cells'}/, table across cells in "
+                     f"{out / 'aggregate'}/)")
+    for cell in sweep.cells:
+        cp = plan.cells.get(cell.name)
+        state = f"{len(cp.nodes())} tasks" if cp is not None else "finished before"
+        lines.append(f"  {cell.name}: {state}\n      {cell_settings(cell.cfg)}")
     return "\n".join(lines)
 
 
@@ -134,7 +155,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
     todo = [c for c in sweep.cells if c.name not in skipped]
     plan = build_plan(todo)
     result = SweepResult(out, skipped=list(skipped), plan=plan)
-    print(describe_plan(sweep, plan, skipped), flush=True)
+    print(describe_plan(sweep, plan, skipped, out), flush=True)
     if dry_run:
         return result
     if executor == "local":  # missing data fails here, before any work (Ray: in the task)

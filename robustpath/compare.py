@@ -1,0 +1,175 @@
+"""Comparison of several runs (``python -m robustpath.report RUN_A RUN_B ...``).
+
+Writes to ``--compare-out`` (default ``results/comparison``):
+
+* ``comparison.{csv,md,tex}``: every path family of every run, one row per run x
+  alignment x path, with each run's own uncertainty (95% bootstrap CI for one seed
+  pair, ± std over several), headers as in ``tables/summary.md``;
+* ``differences.{csv,md}``: each later run minus the first (the baseline), per
+  path present in both with the same seed pair, with a 95% *paired* bootstrap CI:
+  both runs' per-example results are resampled with the same example indices. Only
+  done where the runs share their test examples (same dataset, test subset and number
+  of examples, which fixes the seeded subset of :class:`robustpath.stages.RunData`);
+  otherwise the file says why there is no row;
+* ``comparison.html``: both tables in one self-contained page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .barrier import KINDS, metrics_from_curves
+from .records import PathRecord
+from .records import read as read_records
+from .store import atomic_write_text
+from .style import attack_label
+from .tables import ALIGN_LABEL, _fmt, per_path_frame, summary_frame
+
+# (metric, header, percent?)
+COMPARE_COLUMNS = [("clean_acc_ends", "Clean ends", True), ("clean_acc_min", "Clean min", True),
+                   ("robust_acc_ends", "Robust ends", True), ("robust_acc_min", "Robust min", True),
+                   ("robust_acc_avg", "Robust avg", True),
+                   ("clean_loss_barrier", "Clean loss barrier", False),
+                   ("robust_loss_barrier", "Robust loss barrier", False)]
+DIFF_METRICS = [m for m in COMPARE_COLUMNS if m[0] != "clean_acc_ends"]
+
+
+def run_names(run_dirs: list[Path]) -> list[str]:
+    """Folder names, or the full paths where two names coincide."""
+    names = [Path(r).name for r in run_dirs]
+    return [str(r) if names.count(n) > 1 else n for r, n in zip(run_dirs, names)]
+
+
+def shared_examples(cfg_a: dict, cfg_b: dict, n_a: int, n_b: int) -> str | None:
+    """None when two runs were evaluated on the same test examples; else why not."""
+    for key in ("dataset", "test_subset"):
+        if cfg_a.get(key) != cfg_b.get(key):
+            return f"different {key} ({cfg_a.get(key)} vs {cfg_b.get(key)})"
+    if n_a != n_b:
+        return f"different numbers of test examples ({n_a} vs {n_b})"
+    return None
+
+
+def _boot_metrics(p: PathRecord, weights: np.ndarray) -> dict[str, np.ndarray]:
+    res = p.result.grid()  # grid metrics, as in tables/summary
+    acc = {k: weights @ getattr(res, f"{k}_correct").astype(np.float64).T for k in KINDS}
+    loss = {k: weights @ getattr(res, f"{k}_loss").astype(np.float64).T for k in KINDS}
+    return metrics_from_curves(res.ts, res.speed, acc, loss)
+
+
+def _point_metrics(p: PathRecord) -> dict[str, np.ndarray]:
+    res = p.result.grid()
+    per_t = res.per_t()
+    return metrics_from_curves(res.ts, res.speed,
+                               {k: per_t[f"{k}_acc"] for k in KINDS},
+                               {k: per_t[f"{k}_loss"] for k in KINDS})
+
+
+def paired_differences(base: list[PathRecord], other: list[PathRecord], *, bootstrap: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> list[dict]:
+    """``other - base`` for every path (alignment, family, seed pair) in both, with a
+    paired percentile bootstrap CI (the same resample of examples for both runs)."""
+    by_id = {p.path_id: p for p in base}
+    n = base[0].result.clean_correct.shape[1]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64) / n
+    alpha = (1 - level) / 2
+    rows = []
+    for q in other:
+        p = by_id.get(q.path_id)
+        if p is None:
+            continue
+        pa, pb = _point_metrics(p), _point_metrics(q)
+        ba, bb = _boot_metrics(p, weights), _boot_metrics(q, weights)
+        row = {"align": q.align, "curve": q.curve, "seed_a": q.seed_a, "seed_b": q.seed_b}
+        for m, _, _ in DIFF_METRICS:
+            lo, hi = np.quantile(bb[m] - ba[m], [alpha, 1 - alpha])
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = float(pb[m] - pa[m]), float(lo), float(hi)
+        rows.append(row)
+    return rows
+
+
+def _md(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def _diff_cell(r, m: str, pct: bool) -> str:
+    scale, digits = (100.0, 1) if pct else (1.0, 3)
+    return (f"{r[m] * scale:+.{digits}f} [{r[m + '_lo'] * scale:+.{digits}f}, "
+            f"{r[m + '_hi'] * scale:+.{digits}f}]")
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd.DataFrame:
+    """Write the comparison files (module docstring); returns the long comparison
+    frame (one row per run x alignment x path, full precision)."""
+    from .html_report import markdown_to_html
+
+    out_dir = Path(out_dir)
+    names = run_names(run_dirs)
+    records = [read_records(rd) for rd in run_dirs]
+    frames, md_rows, tex_rows = [], [], []
+    for name, cfg, recs in zip(names, configs, records):
+        s = summary_frame(per_path_frame(recs, int(cfg.get("bootstrap", 1000))))
+        atk = attack_label(cfg.get("attack"), cfg.get("norm"), cfg.get("eps"),
+                           cfg.get("eval_steps"))
+        s.insert(0, "attack", atk)
+        for i, k in enumerate(("run", "dataset", "arch")):
+            s.insert(i, k, name if k == "run" else cfg.get(k, "?"))
+        frames.append(s)
+        for _, r in s.iterrows():
+            lead = [name, str(r["dataset"]), str(r["arch"]), atk,
+                    ALIGN_LABEL.get(r["align"], r["align"]), str(r["curve"]), str(int(r["pairs"]))]
+            md_rows.append(lead + [_fmt(r, m, pct, latex=False) for m, _, pct in COMPARE_COLUMNS])
+            tex_rows.append(lead + [_fmt(r, m, pct, latex=True) for m, _, pct in COMPARE_COLUMNS])
+    long = pd.concat(frames, ignore_index=True)
+    header = ["Run", "Dataset", "Architecture", "Attack", "Alignment", "Path", "Pairs"] + \
+        [h for _, h, _ in COMPARE_COLUMNS]
+    note = ("Accuracies in %, losses in nats; one seed pair: value [95% bootstrap CI over test "
+            "examples]; several: mean ± std over seed pairs.\n")
+    table_md = _md(header, md_rows)
+    atomic_write_text(out_dir / "comparison.csv", long.to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(out_dir / "comparison.md", table_md + "\n" + note)
+    esc = lambda t: t.replace("_", r"\_").replace("%", r"\%").replace("∞", "inf") \
+        .replace("ε", "eps")  # noqa: E731
+    tex = [r"\begin{tabular}{" + "l" * 7 + "r" * len(COMPARE_COLUMNS) + "}", r"\toprule",
+           " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
+    tex += [" & ".join(esc(c) for c in r) + r" \\" for r in tex_rows]
+    atomic_write_text(out_dir / "comparison.tex", "\n".join(tex + [r"\bottomrule",
+                                                                    r"\end{tabular}"]) + "\n")
+
+    diff_rows, diff_md, notes = [], [], []
+    base_cfg, base_recs = configs[0], records[0]
+    boot = int(base_cfg.get("bootstrap", 1000))
+    for name, cfg, recs in zip(names[1:], configs[1:], records[1:]):
+        why = shared_examples(base_cfg, cfg, base_recs[0].result.clean_correct.shape[1],
+                              recs[0].result.clean_correct.shape[1])
+        if why:
+            notes.append(f"- {name} vs {names[0]}: no paired differences, {why}.")
+            continue
+        rows = paired_differences(base_recs, recs, bootstrap=boot)
+        if not rows:
+            notes.append(f"- {name} vs {names[0]}: no path (alignment, family, seed pair) in both.")
+        for r in rows:
+            r = {"run": name, "baseline": names[0], **r}
+            diff_rows.append(r)
+            diff_md.append([f"{name} − {names[0]}", ALIGN_LABEL.get(r["align"], r["align"]),
+                            str(r["curve"]), f"{r['seed_a']},{r['seed_b']}"]
+                           + [_diff_cell(r, m, pct) for m, _, pct in DIFF_METRICS])
+    dheader = ["Difference", "Alignment", "Path", "Seeds"] + [f"Δ {h}" for _, h, _ in DIFF_METRICS]
+    diff_text = (_md(dheader, diff_md) if diff_md else "") + \
+        ("\nDifference [95% paired bootstrap CI over the shared test examples]; accuracies in "
+         "percentage points, losses in nats.\n" if diff_md else "") + \
+        ("\n" + "\n".join(notes) + "\n" if notes else "")
+    atomic_write_text(out_dir / "differences.csv",
+                      pd.DataFrame(diff_rows).to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(out_dir / "differences.md", diff_text)
+    page = "\n".join(["# Comparison of runs", "", "Runs: " + ", ".join(f"`{n}`" for n in names)
+                      + f"; baseline for differences: `{names[0]}`.", "", "## All paths", "",
+                      table_md, note, "## Differences to the baseline", "", diff_text])
+    atomic_write_text(out_dir / "comparison.html",
+                      markdown_to_html(page, title="robustpath: comparison of runs"))
+    return long

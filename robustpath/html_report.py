@@ -1,0 +1,320 @@
+"""One document per run (and per sweep): ``report.md`` for GitHub and the same
+content as a self-contained ``report.html`` (inline CSS, figures embedded as base64
+PNG, no network access needed to open it).
+
+The Markdown is the source: :func:`markdown_to_html` renders its small subset
+(headings, paragraphs, lists, pipe tables, code blocks, images, inline code and
+bold) and inlines every ``![caption](relative.png)`` from the run folder. Nothing
+time-dependent goes in, so a rebuild from the same files gives the same bytes.
+
+Sections of a run report: the summary table with CIs, figures, strong-evaluation
+and transfer results (``strong_eval.md`` / ``transfer.md`` when present), warnings,
+stage timings (``timings.json`` when recorded), configuration, command, provenance.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from pathlib import Path
+
+from .store import atomic_write_text
+from .style import attack_label, format_eps
+
+CSS = """
+body{font:15px/1.5 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2328;
+ max-width:1100px;margin:2em auto;padding:0 1.5em}
+h1{font-size:1.6em;border-bottom:1px solid #d0d7de;padding-bottom:.3em}
+h2{font-size:1.3em;border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.1em}
+table{border-collapse:collapse;margin:.8em 0;font-size:13px;display:block;overflow-x:auto}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f6f8fa} td:first-child,th:first-child,td:nth-child(2){text-align:left}
+code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;background:#f6f8fa}
+pre{padding:.8em;overflow-x:auto;border-radius:6px} code{padding:.1em .3em;border-radius:4px}
+pre code{padding:0}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:13px;color:#59636e}
+ul.warn li{color:#9a6700}
+"""
+
+
+# ---------------------------------------------------------------- Markdown -> HTML
+def _inline(text: str) -> str:
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for p in parts:
+        if p.startswith("`") and p.endswith("`") and len(p) >= 2:
+            out.append(f"<code>{html.escape(p[1:-1])}</code>")
+        else:
+            e = html.escape(p, quote=False)
+            e = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", e)
+            out.append(e)
+    return "".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _image(caption: str, src: str, base: Path | None) -> str:
+    path = (base / src) if base is not None else Path(src)
+    if path.suffix.lower() == ".png" and path.is_file():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        src_attr = f"data:image/png;base64,{data}"
+    else:
+        src_attr = html.escape(src)
+    cap = _inline(caption)
+    return (f'<figure><img src="{src_attr}" alt="{html.escape(caption)}">'
+            f"<figcaption>{cap}</figcaption></figure>")
+
+
+def markdown_to_html(md: str, *, title: str = "report", base: str | Path | None = None) -> str:
+    """A complete HTML page for the Markdown subset this module writes; PNG images are
+    read from ``base`` and embedded."""
+    base = Path(base) if base is not None else None
+    lines = md.splitlines()
+    out: list[str] = []
+    i = 0
+    para: list[str] = []
+
+    def flush():
+        if para:
+            out.append(f"<p>{_inline(' '.join(para))}</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        s = line.strip()
+        if s.startswith("```"):
+            flush()
+            j = i + 1
+            while j < len(lines) and not lines[j].strip().startswith("```"):
+                j += 1
+            out.append("<pre><code>" + html.escape("\n".join(lines[i + 1:j])) + "</code></pre>")
+            i = j + 1
+            continue
+        m = re.match(r"^(#{1,6})\s+(.*)$", s)
+        img = re.match(r"^!\[(.*)\]\((.+)\)$", s)
+        if m:
+            flush()
+            n = len(m.group(1))
+            out.append(f"<h{n}>{_inline(m.group(2))}</h{n}>")
+        elif img:
+            flush()
+            out.append(_image(img.group(1), img.group(2), base))
+        elif s.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[\s:|-]+\|$",
+                                                                   lines[i + 1].strip()):
+            flush()
+            head = _cells(s)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            t = ["<table><thead><tr>" + "".join(f"<th>{_inline(h)}</th>" for h in head)
+                 + "</tr></thead><tbody>"]
+            t += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows]
+            out.append("\n".join(t) + "</tbody></table>")
+            continue
+        elif re.match(r"^[-*]\s+", s):
+            flush()
+            cls = ' class="warn"' if out and out[-1] == "<h2>Warnings</h2>" else ""
+            items = []
+            while i < len(lines) and re.match(r"^[-*]\s+", lines[i].strip()):
+                item = re.sub(r"^[-*]\s+", "", lines[i].strip())
+                items.append(f"<li>{_inline(item)}</li>")
+                i += 1
+            out.append(f"<ul{cls}>" + "".join(items) + "</ul>")
+            continue
+        elif not s:
+            flush()
+        else:
+            para.append(s)
+        i += 1
+    flush()
+    body = "\n".join(out)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+# ---------------------------------------------------------------- pieces
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _kv_table(d: dict, fmt=None) -> list[str]:
+    lines = ["| Setting | Value |", "|---|---|"]
+    for k in sorted(d):
+        v = d[k]
+        text = fmt(k, v) if fmt else None
+        if text is None:
+            text = ", ".join(map(str, v)) if isinstance(v, list) else (
+                json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v))
+        lines.append(f"| {k} | {text.replace('|', '/')} |")
+    return lines
+
+
+def _config_value(k: str, v) -> str | None:
+    if k in ("eps", "step_size") and v is not None:
+        return format_eps(v)
+    return None
+
+
+def _embedded_md(path: Path, heading: str) -> list[str]:
+    """A Markdown file of the run, under ``heading``, its own headings demoted."""
+    if not path.is_file():
+        return []
+    text = path.read_text().rstrip()
+    text = re.sub(r"^(#{1,4})\s", lambda m: "#" * min(6, len(m.group(1)) + 2) + " ", text,
+                  flags=re.M)
+    return [f"## {heading}", "", text, ""]
+
+
+def _timings(d: dict | None) -> list[str]:
+    if not d or not d.get("stages"):
+        return []
+    lines = ["## Stage timings", "", "| Stage | Calls | Seconds |", "|---|---|---|"]
+    for name, s in d["stages"].items():
+        lines.append(f"| {name} | {s['calls']} | {s['seconds']:.1f} |")
+    if "total" in d:
+        lines.append(f"| total (wall clock) |  | {d['total']:.1f} |")
+    return lines + ["", "Cached stages take well under a second; a rerun shows only "
+                    "the work that was redone.", ""]
+
+
+def run_warnings(run_dir: Path, summary, cfg: dict) -> list[str]:
+    """Facts a reader should not miss, from the run's own files."""
+    out = []
+    pairs = int(summary["pairs"].max()) if len(summary) else 0
+    if pairs == 1:
+        out.append("One seed pair: the CIs cover the sampling of test examples only, "
+                   "not the variation between independently trained endpoints.")
+    if cfg.get("preset") == "quick":
+        out.append("Quick preset: small subsets and few epochs (a CPU smoke setting), not "
+                   "the paper's setting.")
+    ev = int(cfg.get("eval_steps") or 0)
+    if ev and ev < 20:
+        out.append(f"Evaluation attack {str(cfg.get('attack', '')).upper()}-{ev}: robust accuracy "
+                   "is an upper bound; see strong_eval.md where present.")
+    for name in ("transfer.md", "strong_eval.md"):
+        p = run_dir / name
+        if p.is_file():
+            for line in p.read_text().splitlines():
+                if "WARNING" in line or "masking" in line.lower() and "possible" in line.lower():
+                    out.append(f"{name}: {line.strip().lstrip('-* ').strip()}")
+    extra = _json(run_dir / "warnings.json")
+    if isinstance(extra, list):
+        out += [str(w) for w in extra]
+    return out
+
+
+# ---------------------------------------------------------------- run report
+def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
+    """The run report as Markdown (figures as relative links)."""
+    from .tables import to_markdown
+
+    run_dir = Path(run_dir)
+    atk = attack_label(cfg.get("attack"), cfg.get("norm"), cfg.get("eps"), cfg.get("eval_steps"))
+    pairs = int(summary["pairs"].max()) if len(summary) else 0
+    md = [f"# {cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: robust loss barriers", "",
+          f"Run folder `{Path(cfg.get('out') or run_dir).name}`; evaluation attack {atk}; preset "
+          f"{cfg.get('preset', '?')}; {pairs} seed pair{'s' if pairs != 1 else ''}.", "",
+          "## Summary", "", to_markdown(summary).rstrip(), "",
+          "Accuracies in %, losses in nats. "
+          + ("Value [95% bootstrap CI over test examples]." if pairs <= 1 else
+             "Mean ± std over seed pairs."), ""]
+    md += ["## Figures", "", "![Clean and robust accuracy and loss along each path. "
+           + ("Shaded: 95% bootstrap CI over test examples." if pairs <= 1 else
+              "Shaded: ± 1 std over seed pairs.") + "](plots/paths.png)", ""]
+    if (run_dir / "plots" / "plane.png").is_file():
+        md += ["![Loss on the plane through θ0, the bezier control point and θ1 (first seed "
+               "pair), at true aspect; axes are L2 distances in weight space; each column "
+               "shares one log-spaced colour scale.](plots/plane.png)", ""]
+    plane = _json(run_dir / "plane.json")
+    if plane:
+        md += ["| Plane | Max distance from the plane (rel.) | Clean loss min | Robust loss min |",
+               "|---|---|---|---|"]
+        md += [f"| {m} | {v['max_out_of_plane']:.2g} | {v['clean_loss_min']:.3f} | "
+               f"{v['robust_loss_min']:.3f} |" for m, v in plane.items()]
+        md.append("")
+    md += _embedded_md(run_dir / "strong_eval.md", "Strong evaluation")
+    md += _embedded_md(run_dir / "transfer.md", "Transfer attacks")
+    warns = run_warnings(run_dir, summary, cfg)
+    if warns:
+        md += ["## Warnings", ""] + [f"- {w}" for w in warns] + [""]
+    md += _timings(_json(run_dir / "timings.json"))
+    md += ["## Configuration", ""] + _kv_table(cfg, _config_value) + [""]
+    command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() \
+        else ""
+    if command:
+        md += ["## Command", "", "```", command, "```", ""]
+    prov = _json(run_dir / "provenance.json")
+    if prov:
+        flat = {k: v for k, v in prov.items() if k != "versions"}
+        flat.update({f"version: {k}": v for k, v in (prov.get("versions") or {}).items()})
+        md += ["## Provenance", ""] + _kv_table(flat) + [""]
+    md += ["## Files", "", "- `tables/summary.{csv,md,tex}`, `tables/per_path.csv`: the tables",
+           "- `records.csv`, `examples.npz`: per-t and per-example results (the source of "
+           "truth; `python -m robustpath.report` rebuilds everything from them)",
+           "- `plots/*.{png,pdf}`: figures (PDF for papers)", ""]
+    return "\n".join(md)
+
+
+def write_run_report(run_dir: str | Path, summary, cfg: dict) -> list[Path]:
+    """Write ``report.md`` and ``report.html`` into ``run_dir``; returns both paths."""
+    run_dir = Path(run_dir)
+    md = run_markdown(run_dir, summary, cfg)
+    title = f"robustpath: {cfg.get('dataset', '?')} / {cfg.get('arch', '?')}"
+    atomic_write_text(run_dir / "report.md", md)
+    atomic_write_text(run_dir / "report.html", markdown_to_html(md, title=title, base=run_dir))
+    return [run_dir / "report.md", run_dir / "report.html"]
+
+
+# ---------------------------------------------------------------- sweep report
+def write_sweep_report(sweep_dir: str | Path, meta: dict) -> list[Path]:
+    """``<sweep>/aggregate/report.{md,html}``: the table across cells, the cells'
+    states, every aggregate figure, the command and provenance."""
+    sweep_dir = Path(sweep_dir)
+    agg = sweep_dir / "aggregate"
+    md = [f"# Sweep {meta.get('name', sweep_dir.name)}", ""]
+    table = agg / "summary.md"
+    if table.is_file():
+        md += ["## Summary across cells", "", table.read_text().rstrip(), ""]
+    cells = agg / "cells.csv"
+    if cells.is_file():
+        rows = [r.split(",") for r in cells.read_text().strip().splitlines()]
+        if rows:
+            md += ["## Cells", "", "| " + " | ".join(rows[0]) + " |",
+                   "|" + "|".join("---" for _ in rows[0]) + "|"]
+            md += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+    figs = sorted((agg / "plots").glob("*.png")) if (agg / "plots").is_dir() else []
+    if figs:
+        md += ["## Figures", ""]
+        md += [f"![{f.stem}: accuracy and loss along each path; the legend says what the "
+               f"bands are.](plots/{f.name})" for f in figs] + [""]
+    command = (sweep_dir / "command.txt").read_text().strip() \
+        if (sweep_dir / "command.txt").is_file() else ""
+    if command:
+        md += ["## Command", "", "```", command, "```", ""]
+    toml = sweep_dir / "sweep.toml"
+    if toml.is_file():
+        md += ["## Sweep file", "", "```", toml.read_text().rstrip(), "```", ""]
+    prov = _json(sweep_dir / "provenance.json")
+    if prov:
+        flat = {k: v for k, v in prov.items() if k != "versions"}
+        flat.update({f"version: {k}": v for k, v in (prov.get("versions") or {}).items()})
+        md += ["## Provenance", ""] + _kv_table(flat) + [""]
+    text = "\n".join(md)
+    atomic_write_text(agg / "report.md", text)
+    atomic_write_text(agg / "report.html",
+                      markdown_to_html(text, title=f"robustpath sweep {meta.get('name', '')}",
+                                       base=agg))
+    return [agg / "report.md", agg / "report.html"]
