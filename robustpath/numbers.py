@@ -22,6 +22,8 @@ def parse_fraction(text: str | float | int, *, name: str = "value", minimum: flo
             value = float(Fraction(s))
         except (ValueError, ZeroDivisionError):
             raise UserError(f"{name} must be a number or a fraction like 8/255, got {text!r}") from None
+        except OverflowError:  # 1e309: beyond float range
+            raise UserError(f"{name} must be finite, got {text!r}") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise UserError(f"{name} must be finite, got {text!r}")
     if value < minimum or (not allow_zero and value == 0):

@@ -4,8 +4,15 @@
   write to a temporary file in the same folder and ``os.replace`` it, so a reader
   never sees a half-written file and a crash never destroys an earlier result.
 * :func:`save_checkpoint` writes ``<path>.safetensors`` (tensors only, no pickle) and
-  ``<path>.json`` (config, versions, git revision, metrics). The JSON is written last
-  and doubles as the "complete" marker.
+  ``<path>.json`` (config, versions, git revision, metrics, and ``content``: the
+  sha256, size and tensor shapes of the ``.safetensors``). The JSON is written last
+  and doubles as the "complete" marker. The suffix is appended literally
+  (``runs/eps0.1`` -> ``runs/eps0.1.safetensors``), never substituted.
+* :func:`load_checkpoint` verifies ``content`` before returning anything; a damaged,
+  truncated, swapped or foreign file raises :class:`CacheError` (a one-line
+  :class:`UserError` naming the files), which the stages catch to recompute.
+* Files are created with the permissions the umask allows (``0666 & ~umask``), like
+  ``open()`` would, not ``mkstemp``'s 0600.
 * :func:`config_hash` is the stable hash of a resolved config that names a stage's
   output folder, so identical stages are found and reused.
 """
@@ -27,6 +34,36 @@ import torch
 from .errors import UserError
 
 
+class CacheError(UserError):
+    """A stored artifact that cannot be trusted (unreadable, truncated, checksum or shape
+    mismatch, sidecar of another kind). ``files`` are the paths to delete before the
+    stage that wrote them is recomputed."""
+
+    def __init__(self, message: str, files: tuple[Path, ...] = ()):
+        super().__init__(message)
+        self.files = tuple(Path(f) for f in files)
+
+    def discard(self) -> None:
+        """Delete the damaged files (so the stage recomputes them)."""
+        for f in self.files:
+            with _suppress():
+                f.unlink()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # elsewhere: the classic set-and-restore
+    os.umask(old)
+    return old
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -35,6 +72,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise UserError(f"cannot write to {path.parent}: {e.strerror or e}") from None
     try:
+        # mkstemp creates 0600; a result file must be as readable as the umask allows
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -114,33 +153,87 @@ def provenance() -> dict[str, Any]:
     return {"versions": versions(), "git": git_revision(), "argv": list(sys.argv)}
 
 
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """``(<path>.safetensors, <path>.json)``: suffixes appended literally, so
+    ``X/eps0.1`` stays ``X/eps0.1.*``; a path already ending in ``.safetensors`` or
+    ``.json`` names the same pair."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.parent / f"{path.name}.safetensors", path.parent / f"{path.name}.json"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_summary(tensors: dict[str, torch.Tensor]) -> dict[str, list]:
+    """``name -> [shape, dtype]``: what a checkpoint must hold, for verification."""
+    return {k: [list(v.shape), str(v.dtype).replace("torch.", "")] for k, v in tensors.items()}
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write ``<path>.safetensors`` then ``<path>.json`` (meta + provenance), atomically."""
+    """Write ``<path>.safetensors`` then ``<path>.json`` (meta + provenance + content
+    checksum), atomically."""
     from safetensors.torch import save
 
-    path = Path(path)
+    st, js = checkpoint_files(path)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path.with_suffix(".safetensors"), save(flat))
-    atomic_write_json(path.with_suffix(".json"), {**meta, "provenance": provenance()})
+    blob = save(flat)
+    content = {"sha256": sha256_bytes(blob), "bytes": len(blob), "tensors": tensor_summary(flat)}
+    atomic_write_bytes(st, blob)
+    atomic_write_json(js, {**meta, "provenance": provenance(), "content": content})
 
 
 def checkpoint_exists(path: str | Path) -> bool:
-    path = Path(path)
-    return path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
+    return all(f.is_file() for f in checkpoint_files(path))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, dict]:
-    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``."""
-    from safetensors.torch import load_file
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                    require_checksum: bool = False) -> tuple[dict, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``.
 
-    path = Path(path)
-    if not checkpoint_exists(path):
-        raise UserError(f"checkpoint not found: {path.with_suffix('.safetensors')}")
+    Verifies the sidecar's ``content`` (sha256 of the file, tensor names, shapes and
+    dtypes) when present; ``require_checksum`` also refuses files without one (caches
+    written before checksums existed). Raises :class:`CacheError` on any mismatch.
+    """
+    from safetensors.torch import load
+
+    st, js = checkpoint_files(path)
+    if not (st.is_file() and js.is_file()):
+        raise UserError(f"checkpoint not found: {st}")
+    files = (st, js)
     try:
-        tensors = load_file(str(path.with_suffix(".safetensors")), device=str(device))
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except Exception as e:
-        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from None
+        blob = st.read_bytes()
+        meta = json.loads(js.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheError(f"checkpoint {st} is unreadable ({type(e).__name__})", files) from None
+    if not isinstance(meta, dict):
+        raise CacheError(f"{js} is not a checkpoint sidecar (a JSON {type(meta).__name__})", files)
+    content = meta.get("content")
+    if content is None and require_checksum:
+        raise CacheError(f"{st} has no checksum (written by an older version)", files)
+    if content is not None:
+        if not isinstance(content, dict) or content.get("sha256") != sha256_bytes(blob):
+            size = f"{len(blob)} of {content.get('bytes')} bytes" if isinstance(content, dict) else ""
+            raise CacheError(f"{st} does not match its checksum ({size}; damaged or replaced)", files)
+    try:
+        tensors = load(blob)
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+        raise CacheError(f"checkpoint {st} is unreadable ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''})", files) from None
+    if content is not None and content.get("tensors") != tensor_summary(tensors):
+        raise CacheError(f"{st} does not hold the tensors its sidecar lists", files)
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, meta
 
 
@@ -150,14 +243,32 @@ def save_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -
     save_checkpoint(path, model.state_dict(), {"model": arch, **meta})
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model saved by :func:`save_model` (architecture from the sidecar)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", *,
+               require_checksum: bool = False, expect: dict | None = None,
+               ) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model saved by :func:`save_model` (architecture from the sidecar).
+
+    ``expect`` (e.g. ``{"arch": "cnn-small", "width": 1.0}``) must match the sidecar's
+    architecture entry; a mismatch, an unknown architecture or tensors that do not fit
+    it raise :class:`CacheError`.
+    """
     from . import models
 
-    tensors, meta = load_checkpoint(path, device)
-    arch = meta.get("model") or {}
-    if "arch" not in arch:
-        raise UserError(f"checkpoint {path} does not name its architecture")
-    model = models.create(arch["arch"], arch.get("dataset", "fashion-mnist"), arch.get("width", 1.0))
-    model.load_state_dict(tensors)
+    tensors, meta = load_checkpoint(path, device, require_checksum=require_checksum)
+    files = checkpoint_files(path)
+    arch = meta.get("model")
+    if not isinstance(arch, dict) or "arch" not in arch:
+        raise CacheError(f"checkpoint {files[0]} does not name its architecture", files)
+    for k, v in (expect or {}).items():
+        if arch.get(k) != v:
+            raise CacheError(f"checkpoint {files[0]} holds a {k} {arch.get(k)!r} model, "
+                             f"expected {v!r}", files)
+    try:
+        model = models.create(arch["arch"], arch.get("dataset", "fashion-mnist"),
+                              arch.get("width", 1.0))
+        model.load_state_dict(tensors)
+    except (UserError, RuntimeError, TypeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CacheError(f"checkpoint {files[0]} does not fit its architecture ({first})",
+                         files) from None
     return model.to(device), meta

@@ -6,17 +6,31 @@ Methods (registry ``TRAINERS`` over the attack used to make training inputs):
 * ``fgsm``  - FGSM with random start, step 1.25 eps (Wong et al. 2020).
 * ``clean`` - standard training.
 
-SGD with Nesterov momentum 0.9, weight decay 5e-4, a one-cycle (default) or cosine
+SGD with Nesterov momentum 0.9, weight decay 5e-4, a one-cycle (default), cosine or garipov
 learning-rate schedule stepped per batch. Seeded: the same config gives the same
 model on the same device. Endpoints are saved as safetensors with a JSON sidecar
 (resolved config, versions, git revision, final clean / robust test accuracy).
 
-CLI: ``python -m robustpath.train --arch cnn-small --seed 0 --out runs/ep0``.
+Resumable like curve training (:mod:`robustpath.curve_train`): with a ``work_dir``,
+the end of epoch e writes ``<work_dir>/epoch-000e.*`` (model, SGD momentum buffers,
+optimizer hyper-parameters, scheduler state, torch and rotation RNG states, history;
+JSON last), and a call with the same config resumes after the newest complete epoch
+and ends bit-for-bit where an uninterrupted run ends (same device and threads).
+:func:`train_endpoint` uses ``<path>.epochs/`` and removes it once the model is saved.
+
+CLI: ``python -m robustpath.train --arch cnn-small --seed 0 --out runs/ep0`` writes
+``runs/ep0.safetensors`` + ``runs/ep0.json`` (suffixes appended literally: ``--out
+runs/eps0.1`` gives ``runs/eps0.1.*``); an ``--out`` that is a folder (existing, or
+ending in ``/``) gets ``model.*`` inside it. Writability is checked before training.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +50,15 @@ from .fuse import fast_view, nhwc_unsafe
 from .metrics import per_example
 from .numbers import parse_fraction
 from .registry import Registry
-from .store import save_model
+from .store import (
+    CacheError,
+    checkpoint_exists,
+    checkpoint_files,
+    config_hash,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
 
 SCHEDULES: Registry = Registry("schedule")
 
@@ -57,7 +79,57 @@ def _cosine(opt, total_steps: int, lr: float):
     return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
 
 
+@SCHEDULES.register("garipov")
+def _garipov(opt, total_steps: int, lr: float):
+    """Garipov et al. 2018's schedule, used by Tatro et al. for endpoints and curves
+    (IBM/NeuronAlignment training/train_model_adversarial.py:124-132): lr for the first
+    half, linear decay to lr/100 at 90 %, then lr/100. Stepped per batch (theirs: per epoch)."""
+    def factor(step: int) -> float:
+        a = step / max(1, total_steps)
+        return 1.0 if a <= 0.5 else (1.0 - (a - 0.5) / 0.4 * 0.99 if a <= 0.9 else 0.01)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 METHODS = {"pgd": "pgd", "fgsm": "fgsm", "clean": "none"}
+#: ``attack_mode``: make training inputs with the model in eval mode (robustpath's
+#: default: the running statistics are not touched by attack passes) or in train mode
+#: (Tatro et al.'s AttackPGD on a net in train mode: batch statistics, and every attack
+#: forward pass updates the running statistics).
+ATTACK_MODES = ("eval", "train")
+
+
+class _TrainModeTarget(nn.Module):
+    """The attack target for ``attack_mode="train"``: runs ``model`` with every module in
+    train mode even inside the attack's ``eval_mode``; not rewritten by robustpath.fuse
+    (its folded BatchNorm would use running statistics)."""
+
+    robustpath_no_fuse = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        modes = [(m, m.training) for m in self.model.modules()]
+        for m, _ in modes:
+            m.training = True
+        try:
+            return self.model(x)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+
+def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
+    """Rotate each image of ``x`` ``[N, C, H, W]`` by an angle ~ U(-degrees, degrees) about
+    its centre, nearest-neighbour, zeros outside: torchvision's ``RandomAffine(degrees)``
+    with its defaults, as in Tatro et al.'s CIFAR transforms (utils/data.py:30)."""
+    angle = (torch.rand(len(x), generator=g) * 2 - 1) * math.radians(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 @dataclass
@@ -76,6 +148,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     augment: bool = False        # random crop + flip (CIFAR)
+    affine_degrees: float = 0.0  # random rotation before the attack (Tatro et al.: 15)
+    attack_mode: str = "eval"    # eval | train: mode of the model while the attack runs
     train_subset: int = 10000    # 0: full training set
     test_subset: int = 1000      # 0: full test set
     attack: AttackConfig = field(default_factory=lambda: AttackConfig(eps=0.1, steps=5))
@@ -87,13 +161,23 @@ class TrainConfig:
         models.MODELS.get(self.arch)
         data_mod.info(self.dataset)
         SCHEDULES.get(self.schedule)
+        if self.attack_mode not in ATTACK_MODES:
+            raise UserError(f"attack mode must be eval or train, got {self.attack_mode!r}")
+        if not 0 <= float(self.affine_degrees) <= 180:
+            raise UserError(f"affine degrees must lie in [0, 180], got {self.affine_degrees}")
         if self.method not in METHODS:
             raise UserError(f"unknown training method {self.method!r} (known: {', '.join(METHODS)})")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("epochs and batch size must be >= 1")
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
+                and self.width > 0):
+            raise UserError(f"width must be a finite number > 0, got {self.width!r}")
+        check_seed(self.seed, "seed")
         self.lr = parse_fraction(self.lr, name="lr", allow_zero=False)
         self.attack.validate()
         self.eval_attack.validate()
+        for a in (self.attack, self.eval_attack):
+            check_eps_range(a.norm, a.eps)
         return self
 
     def to_dict(self) -> dict:
@@ -104,6 +188,10 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("data_root")
         d.pop("amp")  # how to compute, like the device: not what is computed
+        # options added later stay out of the key at their defaults (old caches stay valid)
+        for name, default in (("attack_mode", "eval"), ("affine_degrees", 0.0)):
+            if d.get(name) == default:
+                d.pop(name)
         return d
 
     @classmethod
@@ -114,13 +202,119 @@ class TrainConfig:
         return cls(**d)
 
 
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed, name: str = "--seeds") -> None:
+    """Seeds are integers in [0, 2^32 - 1] (every RNG in use accepts them, plus epochs)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{name} must be integers in [0, {MAX_SEED}], got {seed!r}")
+
+
+def check_eps_range(norm: str, eps: float) -> None:
+    """Under L-inf, a radius above 1 exceeds the pixel range [0, 1]: every image is
+    reachable, so the threat model is meaningless (L2 radii may exceed 1)."""
+    if str(norm).lower() == "linf" and eps > 1:
+        raise UserError(f"--eps {eps:g} under linf exceeds the pixel range [0, 1]; "
+                        "give it in pixel units, e.g. 8/255")
+
+
+def check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
+    """Labels must lie in [0, num_classes): anything else would fail mid-training."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise UserError(f"{what} has labels in [{int(y.min())}, {int(y.max())}], outside "
+                        f"[0, {num_classes - 1}] for its {num_classes} classes (wrong or "
+                        "corrupt data files?)")
+
+
+# ---------------------------------------------------------------- per-epoch state
+def _epoch_files(work_dir: Path) -> list[Path]:
+    if not work_dir.is_dir():
+        return []
+    return [p for p in sorted(q.with_suffix("") for q in work_dir.glob("epoch-*.json"))
+            if checkpoint_exists(p)]
+
+
+def _save_epoch(work_dir: Path, epoch: int, run_key: str, model, opt, sched, gens, history,
+                epoch_times) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for i, st in opt.state_dict()["state"].items():
+        if st.get("momentum_buffer") is not None:
+            tensors[f"opt.{i}"] = st["momentum_buffer"]
+    tensors["rng.cpu"] = torch.get_rng_state()
+    for name, g in gens.items():
+        tensors[f"rng.{name}"] = g.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, r in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = r
+    path = work_dir / f"epoch-{epoch:04d}"
+    save_checkpoint(path, tensors, {
+        "run_key": run_key, "epoch": epoch, "history": history, "epoch_times": epoch_times,
+        "opt_groups": opt.state_dict()["param_groups"], "sched": sched.state_dict()})
+    for f in work_dir.glob("epoch-*"):  # older epochs (and half-written ones) go
+        if f.name.split(".")[0] != path.name:
+            f.unlink(missing_ok=True)
+
+
+class _Restart(Exception):
+    """A resume failed half-way (model or optimizer partly overwritten): rebuild."""
+
+
+def _resume(work_dir: Path, run_key: str, model, opt, sched, gens, device):
+    """Restore the newest complete epoch in ``work_dir``; ``(epoch, history, times)``,
+    ``(0, [], [])`` when there is none. A damaged or foreign one is reported in one
+    line and removed, and training starts over (:class:`_Restart`)."""
+    done = _epoch_files(work_dir)
+    if not done:
+        return 0, [], []
+    last = done[-1]
+    try:
+        tensors, meta = load_checkpoint(last, "cpu", require_checksum=True)
+        if meta.get("run_key") != run_key:
+            raise CacheError(f"{last} belongs to another training run", checkpoint_files(last))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state = {int(k[4:]): {"momentum_buffer": v} for k, v in tensors.items()
+                 if k.startswith("opt.")}
+        opt.load_state_dict({"state": state, "param_groups": meta["opt_groups"]})
+        for p in opt.param_groups[0]["params"]:  # keep each parameter's memory layout
+            st = opt.state.get(p, {})
+            if st.get("momentum_buffer") is not None:
+                st["momentum_buffer"] = torch.empty_like(p).copy_(st["momentum_buffer"])
+        sched.load_state_dict(meta["sched"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        for name, g in gens.items():
+            g.set_state(tensors[f"rng.{name}"])
+        cuda = [v for k, v in sorted(tensors.items()) if k.startswith("rng.cuda.")]
+        if cuda and device.type == "cuda":
+            torch.cuda.set_rng_state_all(cuda)
+        return int(meta["epoch"]), list(meta["history"]), list(meta["epoch_times"])
+    except CacheError as e:
+        print(f"warning: {e}; training this endpoint from its first epoch", file=sys.stderr)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        print(f"warning: {last} is unusable ({type(e).__name__}); training this endpoint from "
+              "its first epoch", file=sys.stderr)
+    for f in work_dir.glob("epoch-*"):
+        f.unlink(missing_ok=True)
+    raise _Restart
+
+
 def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progress: bool = True,
-                data: tuple | None = None):
+                data: tuple | None = None, work_dir: str | Path | None = None,
+                on_epoch_end=None):
     """Train one endpoint. Returns ``(model, metrics)``; the model is in eval mode.
 
     ``data`` may pass ``(x_train, y_train, x_test, y_test)`` to skip loading.
+    ``work_dir``: per-epoch checkpoints, resumed exactly (module docstring).
+    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint (from 1).
     metrics: clean/robust test accuracy and loss, seconds per epoch, train history.
     """
+    try:
+        return _train_model(cfg, device, progress, data, work_dir, on_epoch_end)
+    except _Restart:  # a damaged resume state was removed: from scratch, on fresh objects
+        return _train_model(cfg, device, progress, data, work_dir, on_epoch_end)
+
+
+def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_end):
     cfg.validate()
     device = resolve(str(device)) if not isinstance(device, torch.device) else device
     if data is None:
@@ -131,6 +325,8 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
     else:
         x_tr, y_tr, x_te, y_te = data
     num_classes = data_mod.info(cfg.dataset).num_classes
+    check_labels(y_tr, num_classes, f"{cfg.dataset} training data")
+    check_labels(y_te, num_classes, f"{cfg.dataset} test data")
     torch.manual_seed(cfg.seed)
     model = models.create(cfg.arch, cfg.dataset, cfg.width).to(device)
     # not with convolutions on which oneDNN corrupts the heap in NHWC
@@ -147,8 +343,16 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     sched = SCHEDULES.get(cfg.schedule)(opt, cfg.epochs * len(loader), cfg.lr)
-    history, epoch_times = [], []
-    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.arch} seed {cfg.seed}", disable=not progress,
+    target = _TrainModeTarget(model) if cfg.attack_mode == "train" else model
+    rot_gen = torch.Generator().manual_seed(cfg.seed + 7919)
+    history, epoch_times, start_epoch = [], [], 0
+    run_key = config_hash(cfg.cache_key())
+    gens = {"rot": rot_gen}
+    if work_dir is not None:
+        work_dir = Path(work_dir)
+        start_epoch, history, epoch_times = _resume(work_dir, run_key, model, opt, sched, gens,
+                                                    device)
+    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"train {cfg.arch} seed {cfg.seed}", disable=not progress,
                unit="epoch")
     for epoch in bar:
         start = time.perf_counter()
@@ -159,8 +363,10 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
         tot_correct = torch.zeros((), dtype=torch.int64, device=device)
         n = 0
         for xb, yb in loader:
+            if cfg.affine_degrees:
+                xb = random_rotation(xb, float(cfg.affine_degrees), rot_gen)
             with training_autocast(device, cfg.amp):
-                xa = attack(model, xb, yb)
+                xa = attack(target, xb, yb)
                 logits = fast_view(model)(xa)   # same function, fewer passes
                 loss = F.cross_entropy(logits.float(), yb)
             opt.zero_grad(set_to_none=True)
@@ -175,6 +381,11 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
         history.append({"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                         "train_adv_acc": tot_correct / max(n, 1)})
         bar.set_postfix(loss=f"{tot_loss / max(n, 1):.3f}", acc=f"{tot_correct / max(n, 1):.3f}")
+        if work_dir is not None:
+            _save_epoch(work_dir, epoch + 1, run_key, model, opt, sched, gens, history,
+                        epoch_times)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, history[-1])
     model.eval()
     if channels_last:
         model = model.to(memory_format=torch.contiguous_format)
@@ -187,11 +398,51 @@ def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progres
     return model, metrics
 
 
-def train_endpoint(cfg: TrainConfig, path: str | Path, *, device="cpu", progress=True, data=None):
-    """Train and save to ``path`` (.safetensors + .json). Returns ``(model, metrics)``."""
-    model, metrics = train_model(cfg, device=device, progress=progress, data=data)
+def epochs_dir(path: str | Path) -> Path:
+    """``<path>.epochs``: where :func:`train_endpoint` keeps per-epoch checkpoints."""
+    st, _ = checkpoint_files(path)
+    return st.parent / (st.name[: -len(".safetensors")] + ".epochs")
+
+
+def train_endpoint(cfg: TrainConfig, path: str | Path, *, device="cpu", progress=True, data=None,
+                   on_epoch_end=None):
+    """Train and save to ``path`` (.safetensors + .json). Returns ``(model, metrics)``.
+
+    Resumes from ``<path>.epochs/`` (per-epoch checkpoints), removed once saved."""
+    work = epochs_dir(path)
+    model, metrics = train_model(cfg, device=device, progress=progress, data=data, work_dir=work,
+                                 on_epoch_end=on_epoch_end)
     save_model(path, model, {"config": cfg.to_dict(), "metrics": metrics})
+    shutil.rmtree(work, ignore_errors=True)
     return model, metrics
+
+
+def resolve_out(out: str) -> Path:
+    """``--out`` as a checkpoint stem: a folder (existing, or written with a trailing
+    ``/``) gets ``model`` inside it; anything else is used literally (``.safetensors``
+    / ``.json`` appended, a given ``.safetensors`` suffix not doubled)."""
+    if not out.strip():
+        raise UserError("--out must name a file or folder")
+    p = Path(out)
+    if out.endswith(("/", os.sep)) or p.is_dir():
+        p = p / "model"
+    st, _ = checkpoint_files(p)
+    return st.with_name(st.name[: -len(".safetensors")])
+
+
+def check_out_writable(stem: Path) -> None:
+    """Fail before training when the checkpoint cannot be written (creating nothing:
+    the nearest existing ancestor must be a writable folder)."""
+    st, _ = checkpoint_files(stem)
+    if st.is_dir():
+        raise UserError(f"cannot write {st}: it is a folder")
+    anc = stem.parent.absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"cannot write {st}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {st}: {anc} is not writable")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,7 +466,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=d.train_subset, help="0 = all")
     p.add_argument("--test-subset", type=int, default=d.test_subset, help="0 = all")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--out", required=True, help="checkpoint path without suffix")
+    p.add_argument("--out", required=True, help="checkpoint stem (X -> X.safetensors + X.json, "
+                   "taken literally) or folder (dir/ -> dir/model.*)")
     return p
 
 
@@ -223,6 +475,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     eps = parse_fraction(args.eps, name="--eps")
+    if args.step_size is not None:
+        args.step_size = parse_fraction(args.step_size, name="--step-size", allow_zero=False)
     atk = AttackConfig(norm=args.norm, eps=eps, steps=args.steps, step_size=args.step_size)
     cfg = TrainConfig(dataset=args.dataset, arch=args.arch, width=args.width, seed=args.seed,
                       method=args.method, epochs=args.epochs, batch_size=args.batch_size,
@@ -230,9 +484,12 @@ def main(argv=None) -> int:
                       test_subset=args.test_subset, attack=atk,
                       eval_attack=AttackConfig(norm=args.norm, eps=eps, steps=10, seed=0),
                       data_root=args.data_root).validate()
-    _, m = train_endpoint(cfg, args.out, device=resolve(args.device))
+    stem = resolve_out(args.out)
+    check_out_writable(stem)
+    _, m = train_endpoint(cfg, stem, device=resolve(args.device))
+    st, js = checkpoint_files(stem)
     print(f"clean acc {m['clean_acc']:.4f}  robust acc {m['robust_acc']:.4f}  "
-          f"({m['seconds_per_epoch']:.1f} s/epoch) -> {args.out}.safetensors")
+          f"({m['seconds_per_epoch']:.1f} s/epoch) -> {st} (+ {js.name})")
     return 0
 
 

@@ -176,3 +176,86 @@ def test_amp_is_bfloat16_autocast_on_cuda_only_and_not_in_cache_keys():
     # a run on a GPU with AMP and one without share their cached endpoints and curves
     assert TrainConfig(amp=True).cache_key() == TrainConfig(amp=False).cache_key()
     assert CurveTrainConfig(amp=True).cache_key() == CurveTrainConfig(amp=False).cache_key()
+
+
+# ---------------------------------------------------------------- issue 17: resume, --out
+def test_killed_endpoint_training_resumes_exactly(tmp_path, tiny_data):
+    """A kill after epoch 1 of 2 resumes at epoch 2 (model, optimizer, scheduler and RNG
+    restored) and ends bit-for-bit where an uninterrupted run ends."""
+    cfg = _tiny_cfg(0, epochs=2)
+    ref, ref_metrics = train_model(cfg, progress=False, data=tiny_data)
+    work = tmp_path / "epochs"
+    seen = []
+
+    def killed(epoch, record):
+        seen.append(epoch)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, progress=False, data=tiny_data, work_dir=work, on_epoch_end=killed)
+    assert [p.name for p in sorted(work.iterdir())] == ["epoch-0001.json",
+                                                         "epoch-0001.safetensors"]
+    model, metrics = train_model(cfg, progress=False, data=tiny_data, work_dir=work,
+                                 on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [1, 2]  # the rerun trained epoch 2 only
+    assert _same_weights(model, ref)
+    assert metrics["history"] == ref_metrics["history"]
+    assert metrics["robust_acc"] == ref_metrics["robust_acc"]
+
+
+def test_damaged_epoch_checkpoint_restarts_from_scratch(tmp_path, tiny_data, capsys):
+    cfg = _tiny_cfg(0, epochs=2)
+    work = tmp_path / "epochs"
+
+    def killed(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, progress=False, data=tiny_data, work_dir=work, on_epoch_end=killed)
+    f = work / "epoch-0001.safetensors"
+    blob = bytearray(f.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    f.write_bytes(bytes(blob))
+    model, _ = train_model(cfg, progress=False, data=tiny_data, work_dir=work)
+    assert "checksum" in capsys.readouterr().err
+    ref, _ = train_model(cfg, progress=False, data=tiny_data)
+    assert _same_weights(model, ref)
+
+
+def test_out_is_taken_literally(tmp_path, tiny_data):
+    """Issue 17.4: --out X/eps0.1 and X/eps0.2 both wrote X/eps0.safetensors; dir/ wrote
+    dir.safetensors."""
+    from robustpath.train import resolve_out
+
+    assert resolve_out(str(tmp_path / "X" / "eps0.1")) == tmp_path / "X" / "eps0.1"
+    assert resolve_out(str(tmp_path / "X" / "m.safetensors")) == tmp_path / "X" / "m"
+    assert resolve_out(str(tmp_path / "d") + "/") == tmp_path / "d" / "model"
+    (tmp_path / "existing").mkdir()
+    assert resolve_out(str(tmp_path / "existing")) == tmp_path / "existing" / "model"
+    for eps in ("0.1", "0.2"):
+        train_endpoint(_tiny_cfg(0), tmp_path / "X" / f"eps{eps}", progress=False, data=tiny_data)
+    assert sorted(p.name for p in (tmp_path / "X").iterdir()) == [
+        "eps0.1.json", "eps0.1.safetensors", "eps0.2.json", "eps0.2.safetensors"]
+
+
+def test_cli_unwritable_out_fails_before_training(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    start = __import__("time").perf_counter()
+    res = _cli(["--epochs", "50", "--out", str(tmp_path / "afile" / "ep")], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "is a file" in res.stderr.strip().splitlines()[-1]
+    assert "robust acc" not in res.stdout
+    assert __import__("time").perf_counter() - start < 120  # 50 epochs would take far longer
+
+
+@pytest.mark.slow  # the same validation runs in-process in tests/test_faults.py (fast)
+@pytest.mark.parametrize("args,needle", [(["--width", "nan"], "width"),
+                                         (["--eps", "1e309"], "--eps"),
+                                         (["--step-size", "1e309"], "--step-size"),
+                                         (["--eps", "2"], "pixel range"),
+                                         (["--seed", "99999999999999999999999"], "seed")])
+def test_cli_more_bad_input(tmp_path, args, needle):
+    res = _cli([*args, "--out", str(tmp_path / "out" / "ep")], cwd=tmp_path)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (tmp_path / "out").exists()

@@ -298,8 +298,10 @@ def load_sweep(path: str | Path, *, results_root: str | Path = "results") -> Swe
     if "grid" not in raw:
         raise UserError(f"{path}: grid: missing [grid] table (the axes of the sweep)")
     name = raw.get("name", path.stem)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise loc.error(("name",), f"must be a folder name (letters, digits, . _ -), got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name) \
+            or set(name) == {"."}:  # "." / "..": the results root itself or its parent
+        raise loc.error(("name",), f"must be a folder name (letters, digits, . _ -; not . or "
+                        f"..), got {name!r}")
     preset = raw.get("preset", "quick")
     try:
         PRESETS.get(preset)

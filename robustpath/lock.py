@@ -1,0 +1,139 @@
+"""Locks on folders: one writer per run folder, one computation per cache entry.
+
+A lock is an advisory ``fcntl.flock`` on a small file (``<folder>/.robustpath.lock``
+for a run folder, ``<entry>.lock`` beside a cache entry) that also holds the holder's
+pid, host, start time and command line, so the refusal can name it. The kernel drops
+a flock when its process dies (SIGKILL included), so the lock of a dead process is
+taken over by the next one without any staleness guess; the file itself is left in
+place (deleting it would race with a process that just opened it).
+
+* :func:`run_lock` - a second writer of the same run folder fails at once with one
+  line naming the holder (``UserError``, exit 2).
+* :func:`entry_lock` - a second process that needs the same cache entry (sweep
+  cells sharing ``ckpt/``) waits until the first has written it, then loads it.
+
+flock also works on NFS (Linux emulates it with POSIX byte-range locks), the shared
+file system of the README's Ray set-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import UserError
+
+RUN_LOCK = ".robustpath.lock"
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime(
+        "%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:300]}
+
+
+def holder_of(lock_file: str | Path) -> dict:
+    """What the lock file says about its (last) holder; ``{}`` when unreadable."""
+    try:
+        d = json.loads(Path(lock_file).read_text() or "{}")
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def describe_holder(h: dict) -> str:
+    if not h:
+        return "another process"
+    return f"pid {h.get('pid', '?')} on {h.get('host', '?')} (since {h.get('since', '?')})"
+
+
+@contextlib.contextmanager
+def _flock(lock_file: Path, *, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive flock on ``lock_file``; yields False (not held) when ``wait``
+    is false and another process holds it."""
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot lock {lock_file.parent} ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        try:
+            yield True
+        finally:
+            # the holder record stays (readable by whoever is refused next); flock goes
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# the run folders this process holds: a nested run() or report in the same process
+# (write_run -> build_report, sweeps writing several cells) must not lock itself out
+_HELD: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path, *, what: str = "written") -> Iterator[None]:
+    """Be the only process writing ``folder``: fail at once, in one line naming the
+    holder, when another live process holds it. Re-entrant within a process."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"output folder {folder} is not writable ({e.strerror or e})") from None
+    key = folder.resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    lock_file = folder / RUN_LOCK
+    with _flock(lock_file, wait=False) as got:
+        if not got:
+            raise UserError(f"{folder} is being {what} by {describe_holder(holder_of(lock_file))}"
+                            f"; wait for it to finish or use another folder")
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+
+
+def is_locked(folder: str | Path) -> dict | None:
+    """The holder of ``folder``'s run lock if a live process holds it, else None."""
+    lock_file = Path(folder) / RUN_LOCK
+    if not lock_file.is_file():
+        return None
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder_of(lock_file) or {"pid": "?"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def entry_lock(entry: str | Path) -> Iterator[None]:
+    """Serialise the computation of one cache entry across processes (blocking): the
+    second process waits, then finds the entry written and loads it."""
+    entry = Path(entry)
+    with _flock(entry.parent / f".{entry.name}.lock", wait=True):
+        yield

@@ -1,0 +1,128 @@
+"""Atomic run folders: a run's outputs become visible together, or not at all.
+
+A run folder holds the run's outputs (``config.json``, ``records.csv``,
+``examples.npz``, the JSON reports, ``tables/``, ``plots/``) beside its caches
+(``ckpt/``). :func:`robustpath.bench.write_run` writes a new run's outputs into
+``<run>/.staging/`` (:func:`begin`), then :func:`commit`:
+
+1. ``.staging/manifest.json`` is written last: the commit point. It lists every
+   output with the sha256 of the primary ones (everything outside ``tables/`` and
+   ``plots/``, which ``report`` rebuilds from the primary files);
+2. the outputs are moved into the run folder one ``os.replace`` at a time, outputs of
+   the old run that the new one lacks are deleted, and ``manifest.json`` is moved
+   last; ``.staging/`` is removed.
+
+A kill before step 1 leaves the old run untouched (the half-filled staging folder is
+discarded by :func:`recover`); a kill during step 2 is rolled forward by
+:func:`recover`, which every writer and ``report`` call under the run lock before
+reading. :func:`verify` (``report``) checks the primary files against
+``manifest.json``, so a folder mixing two runs, or an edited ``records.csv``, is
+refused in one line. Folders without a manifest (written before it existed, or by
+hand) are read as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import UserError
+from .store import atomic_write_json, sha256_file
+
+STAGING = ".staging"
+MANIFEST = "manifest.json"
+DERIVED = ("tables", "plots", "report.md", "report.html")  # rebuilt by report: listed, not hashed
+# a run's primary outputs, for cleaning up after a folder written before manifests existed
+LEGACY_PRIMARY = ("config.json", "provenance.json", "command.txt", "endpoints.json",
+                  "alignment.json", "curves.json", "records.csv", "examples.npz", "plane.json")
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    try:
+        m = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
+        return None
+    return m
+
+
+def _outputs(folder: Path) -> list[str]:
+    """Every file of a staged run, relative, manifest excluded."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+
+
+def begin(run_dir: str | Path) -> Path:
+    """A fresh, empty staging folder inside ``run_dir`` (call under the run lock)."""
+    stage = Path(run_dir) / STAGING
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    return stage
+
+
+def commit(run_dir: str | Path) -> None:
+    """Commit the staged run (manifest last), then move it into place."""
+    run_dir = Path(run_dir)
+    stage = run_dir / STAGING
+    files, derived = {}, []
+    for rel in _outputs(stage):
+        if rel.split(os.sep)[0] in DERIVED:
+            derived.append(rel)
+        else:
+            files[rel] = sha256_file(stage / rel)
+    atomic_write_json(stage / MANIFEST, {"format": 1, "files": files, "derived": derived})
+    _roll_forward(run_dir)
+
+
+def _roll_forward(run_dir: Path) -> None:
+    stage = run_dir / STAGING
+    new = _read_manifest(stage)
+    old = _read_manifest(run_dir) or {"files": dict.fromkeys(LEGACY_PRIMARY), "derived": []}
+    keep = set(new["files"]) | set(new.get("derived", []))
+    for rel in sorted(keep):
+        src = stage / rel
+        if src.is_file():  # absent: moved by an earlier, interrupted roll-forward
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, run_dir / rel)
+    for rel in set(old["files"]) | set(old.get("derived", [])):
+        if rel not in keep:
+            (run_dir / rel).unlink(missing_ok=True)
+    os.replace(stage / MANIFEST, run_dir / MANIFEST)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def recover(run_dir: str | Path) -> str | None:
+    """Finish or discard an interrupted commit (call under the run lock). Returns
+    ``"rolled forward"``, ``"discarded"`` or None (nothing to do)."""
+    run_dir = Path(run_dir)
+    stage = run_dir / STAGING
+    if not stage.is_dir():
+        return None
+    if _read_manifest(stage) is not None:
+        _roll_forward(run_dir)
+        return "rolled forward"
+    shutil.rmtree(stage, ignore_errors=True)
+    return "discarded"
+
+
+def verify(run_dir: str | Path) -> dict | None:
+    """Check a run folder's primary files against its manifest; returns the manifest
+    (None for a folder without one). Raises a one-line UserError on any mismatch."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).exists():
+        return None
+    m = _read_manifest(run_dir)
+    if m is None:
+        raise UserError(f"{run_dir / MANIFEST} is corrupt; rerun the benchmark into this folder")
+    for rel, digest in m["files"].items():
+        f = run_dir / rel
+        if not f.is_file():
+            raise UserError(f"{run_dir} is incomplete: {rel} is missing (see {MANIFEST}); "
+                            "rerun the benchmark into this folder")
+        if sha256_file(f) != digest:
+            raise UserError(f"{run_dir} mixes runs or was edited: {rel} does not match "
+                            f"{MANIFEST}; rerun the benchmark into this folder")
+    return m
