@@ -25,13 +25,13 @@ from .style import attack_label, format_eps
 
 CSS = """
 body{font:15px/1.5 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1f2328;
- max-width:1100px;margin:2em auto;padding:0 1.5em}
+ max-width:1280px;margin:2em auto;padding:0 1.5em}
 h1{font-size:1.6em;border-bottom:1px solid #d0d7de;padding-bottom:.3em}
 h2{font-size:1.3em;border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
 h3{font-size:1.1em}
-table{border-collapse:collapse;margin:.8em 0;font-size:13px;display:block;overflow-x:auto}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f6f8fa} td:first-child,th:first-child,td:nth-child(2){text-align:left}
+table{border-collapse:collapse;margin:.8em 0;font-size:12px;display:block;overflow-x:auto}
+th,td{border:1px solid #d0d7de;padding:3px 6px;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;white-space:normal;vertical-align:bottom} td:first-child,th:first-child,td:nth-child(2){text-align:left}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;background:#f6f8fa}
 pre{padding:.8em;overflow-x:auto;border-radius:6px} code{padding:.1em .3em;border-radius:4px}
 pre code{padding:0}

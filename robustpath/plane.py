@@ -160,6 +160,14 @@ def _fmt_level(v: float, pos=None) -> str:  # pos: matplotlib's tick formatter s
 
 def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
                 title: str = "") -> list[Path]:
+    """Draw :func:`planes_figure`; returns the written ``.png``, ``.pdf``."""
+    from .style import paper_style
+
+    with paper_style():
+        return save_figure(planes_figure(panels, title), out_stem)
+
+
+def planes_figure(panels: dict[str, dict[str, np.ndarray]], title: str = ""):
     """Loss surfaces of each labelled plane (rows, e.g. unaligned / aligned), clean and
     robust loss (columns), after Garipov et al. 2018 (their ``plane_plot.py``).
 
@@ -169,7 +177,7 @@ def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
     panels it compares), with log-spaced contour levels (:func:`contour_levels`)
     labelled in nats and a clip colour above the top level. Markers: θ0 and θ1
     (black circles) and the control point (white diamond); the fitted curve (solid)
-    and the straight line (dashed) run between them.
+    and the straight line (dashed) run between them. Returns the figure.
     """
     from matplotlib import patheffects
     from matplotlib.colors import BoundaryNorm
@@ -229,7 +237,7 @@ def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
         fig.legend(handles, labels, loc="outside lower center", ncol=4)
         if title:
             fig.suptitle(title)
-        return save_figure(fig, out_stem)
+        return fig
 
 
 def save_planes(path: str | Path, planes: dict[str, dict[str, np.ndarray]]) -> None:

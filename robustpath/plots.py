@@ -58,7 +58,13 @@ def band_label(pairs: set[int]) -> str:
 
 def plot_paths(paths: list[PathRecord], out_stem: str | Path, *, title: str = "",
                bootstrap: int = 1000) -> list[Path]:
-    """Draw the 2x2 panel figure (text width); returns the written ``.png``, ``.pdf``."""
+    """Draw :func:`paths_figure`; returns the written ``.png``, ``.pdf``."""
+    with paper_style():
+        return save_figure(paths_figure(paths, title=title, bootstrap=bootstrap), out_stem)
+
+
+def paths_figure(paths: list[PathRecord], *, title: str = "", bootstrap: int = 1000):
+    """The 2x2 panel figure (text width, one legend below the panels); returns it."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -102,7 +108,7 @@ def plot_paths(paths: list[PathRecord], out_stem: str | Path, *, title: str = ""
         fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)))
         if title:
             fig.suptitle(title)
-        return save_figure(fig, out_stem)
+        return fig
 
 
 def save_figure(fig, out_stem: str | Path, dpi: int = DPI) -> list[Path]:

@@ -1,0 +1,205 @@
+"""Figure labels, eps formatting, --help defaults, console precision and timings:
+one test per defect of issue 18, on synthetic data (seconds in total)."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from robustpath import bench, plots, train  # noqa: E402
+from robustpath.evaluate import PathResult  # noqa: E402
+from robustpath.plane import contour_levels, control_xy, planes_figure  # noqa: E402
+from robustpath.records import PathRecord  # noqa: E402
+from robustpath.report import format_summary  # noqa: E402
+from robustpath.style import attack_label, format_eps, paper_style  # noqa: E402
+from robustpath.timing import StageTimer  # noqa: E402
+
+
+@pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (2 / 255, "2/255"), (0.1, "0.1"),
+                                      (0.2, "0.2"), (1.0, "1"), ("8/255", "8/255"),
+                                      (0.031, "0.031")])
+def test_eps_is_written_as_a_fraction_where_it_is_one(eps, text):
+    assert format_eps(eps) == text
+    assert text in attack_label("pgd", "linf", eps, 10)
+
+
+def _records(pairs: int) -> list[PathRecord]:
+    rng = np.random.default_rng(0)
+    out = []
+    for s in range(pairs):
+        for align in ("none", "activation"):
+            for curve in ("line", "bezier"):
+                ts = np.linspace(0, 1, 5)
+                correct = rng.random((5, 40)) < 0.7
+                loss = rng.random((5, 40)).astype(np.float32)
+                out.append(PathRecord(align, curve, 2 * s, 2 * s + 1,
+                                      PathResult(ts, np.ones(5), correct, correct & (loss < .5),
+                                                 loss, loss + 0.3)))
+    return out
+
+
+@pytest.mark.parametrize("pairs,band", [(1, "95% bootstrap CI"), (2, "± 1 std over seed pairs")])
+def test_path_figure_has_one_legend_that_names_the_bands(pairs, band):
+    with paper_style():
+        fig = plots.paths_figure(_records(pairs), title=f"x, {attack_label('pgd', 'linf', 8 / 255)}",
+                                 bootstrap=50)
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(band in t for t in labels), labels
+    assert "unaligned, bezier" in labels and "aligned (act.), line" in labels
+    assert "8/255" in fig._suptitle.get_text()
+    assert fig.get_size_inches()[0] <= 7.0  # fits the text width of a two-column paper
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_plot_paths_writes_a_pdf_beside_the_png(tmp_path):
+    files = plots.plot_paths(_records(1), tmp_path / "paths", bootstrap=20)
+    assert [f.suffix for f in files] == [".png", ".pdf"]
+    assert (tmp_path / "paths.pdf").read_bytes().startswith(b"%PDF")
+
+
+def _plane(scale):
+    xs, ys = np.linspace(-2, 12, 9) * scale, np.linspace(-2, 4, 7)
+    gx, gy = np.meshgrid(xs, ys)
+    z = 0.5 + 0.05 * (gx - 5) ** 2 + 0.4 * (gy - 1) ** 2
+    t = np.linspace(0, 1, 41)[:, None]
+    ctrl = np.array([5.0, 2.0])
+    return {"xs": xs, "ys": ys, "clean_loss": z * scale, "robust_loss": 2 * z,
+            "curve_xy": 2 * t * (1 - t) * ctrl + t ** 2 * np.array([10.0 * scale, 0]),
+            "line_xy": np.array([[0.0, 0.0], [10.0 * scale, 0.0]]), "control_xy": ctrl}
+
+
+def test_plane_figure_true_aspect_shared_scale_markers_and_labels():
+    import matplotlib.pyplot as plt
+
+    panels = {"unaligned": _plane(1.0), "aligned (act.)": _plane(0.7)}
+    with paper_style():
+        fig = planes_figure(panels, "t")
+    axes = fig.axes[:4]
+    assert all(ax.get_aspect() == 1.0 for ax in axes)  # one unit is one length, both ways
+    assert len({ax.get_xlim() for ax in axes}) == 1 and len({ax.get_ylim() for ax in axes}) == 1
+    # panels of one column (clean or robust loss) share their contour levels
+    fills = [[c for c in ax.collections if hasattr(c, "levels")] for ax in axes]
+    for col in (0, 1):
+        a, b = fills[col][0], fills[2 + col][0]
+        assert np.allclose(a.levels, b.levels)
+    assert not np.allclose(fills[0][0].levels, fills[1][0].levels)  # clean vs robust: own scale
+    assert "L2 distance" in axes[2].get_xlabel() and "L2 distance" in fig._supylabel.get_text()
+    markers = {ln.get_marker() for ax in axes for ln in ax.get_lines()}
+    assert {"o", "D"} <= markers  # endpoints, control point
+    texts = [t.get_text() for ax in axes for t in ax.texts]
+    assert any(re.fullmatch(r"[0-9.]+", t) for t in texts)  # labelled contours, in loss units
+    cbar_labels = [ax.get_xlabel() for ax in fig.axes[4:]]
+    assert any("nats" in s and "above" in s for s in cbar_labels), cbar_labels
+    plt.close(fig)
+
+
+def test_contour_levels_are_log_spaced_above_the_minimum():
+    v = np.linspace(0.3, 5.0, 100)
+    lv = contour_levels([v], levels=9, clip_quantile=0.8)
+    assert lv[0] == pytest.approx(0.3) and lv[-1] == pytest.approx(np.quantile(v, 0.8))
+    ratios = np.diff(np.log(lv[1:] - lv[0]))
+    assert np.allclose(ratios, ratios[0])
+
+
+def test_control_point_recovered_for_grids_saved_without_it():
+    p = _plane(1.0)
+    assert np.allclose(control_xy({k: v for k, v in p.items() if k != "control_xy"}),
+                       p["control_xy"], atol=1e-9)
+
+
+def _summary(pairs):
+    row = {"align": "activation", "curve": "bezier", "pairs": pairs}
+    for name, v, lo, hi in (("clean_acc_ends", .796, .771, .819), ("clean_acc_min", .792, .761, .813),
+                            ("robust_acc_ends", .651, .623, .679), ("robust_acc_min", .638, .605, .664),
+                            ("robust_acc_avg", .647, .617, .675),
+                            ("robust_loss_barrier", .045, .036, .054)):
+        row.update({name: v, f"{name}_lo": lo, f"{name}_hi": hi, f"{name}_std": 0.0123})
+    return pd.DataFrame([row])
+
+
+def test_console_summary_has_the_precision_of_the_tables():
+    text = format_summary(_summary(1))
+    assert "0.045 [0.036, 0.054]" in text and "63.8 [60.5, 66.4]" in text
+    assert "95% bootstrap CI" in text
+    assert "0.045±0.012" not in text and "± 0.012" in format_summary(_summary(3))
+    assert "over 3 seed pairs" in format_summary(_summary(3))
+
+
+def test_stage_timer_accumulates_and_prints():
+    import itertools
+
+    now = itertools.chain([0.0, 1.0, 3.5, 4.0, 4.5], itertools.repeat(10.0))
+    timer = StageTimer(clock=lambda: next(now))
+    with timer("endpoint"):
+        pass
+    with timer("endpoint"):
+        pass
+    d = timer.to_dict()
+    assert d["stages"]["endpoint"] == {"calls": 2, "seconds": 3.0}
+    assert d["total"] == 10.0
+    lines = timer.table().splitlines()
+    assert lines[1].split()[:3] == ["endpoint", "2", "3.0"] and lines[-1].split() == ["total", "10.0"]
+
+
+def _helps(parser) -> dict[str, str]:
+    """Option -> its rendered help text (wrapped lines joined)."""
+    text = parser.format_help()
+    out, cur = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^  (-[-\w]+(?:, --[-\w]+)?)(?: [A-Z_,{}.\[\]]+)?(?:\s{2,}(.*))?$", line)
+        if m:
+            cur = m.group(1).split(", ")[-1]
+            out[cur] = m.group(2) or ""
+        elif cur and line.startswith("    "):
+            out[cur] += " " + line.strip()
+    return out
+
+
+def _parsers():
+    from robustpath import zoo
+    from robustpath.report import main as _  # noqa: F401
+    from robustpath.sweep.__main__ import parser as sweep_parser
+
+    zp = zoo.parser()
+    subs = zp._subparsers._group_actions[0].choices
+    return {"bench": bench.parser(), "train": train._parser(), "sweep": sweep_parser(),
+            "zoo compare": subs["compare"], "zoo list": subs["list"]}
+
+
+@pytest.mark.parametrize("name", ["bench", "train", "sweep", "zoo compare", "zoo list"])
+def test_help_shows_each_default_once_and_never_none(name):
+    parser = _parsers()[name]
+    for opt, text in _helps(parser).items():
+        t = text.replace("-\n", "").lower()
+        assert t.count("default") <= 1, f"{name} {opt}: {text}"
+        assert "(default: none)" not in t, f"{name} {opt}: {text}"
+    for action in parser._actions:
+        if action.default not in (None, False, "", "==SUPPRESS==") and action.option_strings \
+                and action.nargs != 0 and action.help and "default" not in action.help.lower():
+            shown = _helps(parser)[action.option_strings[-1]]
+            assert f"(default: {action.default})" in " ".join(shown.split()).replace("- ", "-"), \
+                f"{name} {action.option_strings[-1]}: {shown}"
+
+
+def test_train_help_shows_every_default():
+    helps = _helps(train._parser())
+    for opt, value in (("--arch", "cnn-small"), ("--batch-size", "128"), ("--schedule", "onecycle"),
+                       ("--train-subset", "10000"), ("--test-subset", "1000")):
+        assert value in helps[opt], (opt, helps[opt])
+
+
+def test_bench_help_states_the_preset_values():
+    helps = _helps(bench.parser())
+    from robustpath.config import PRESETS
+
+    assert f"quick {PRESETS.get('quick')['plane_grid']}" in helps["--plane-grid"]
+    assert "quick fashion-mnist" in " ".join(helps["--dataset"].split()).replace("- ", "-")

@@ -1,0 +1,144 @@
+"""The run report, its rebuild from a copy without ckpt/, and the comparison of runs.
+
+Run folders are written by the real :func:`robustpath.bench.write_run` from
+synthetic per-example results (no training), so each test takes about a second.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustpath.bench import RunOutputs, write_run
+from robustpath.config import BenchConfig
+from robustpath.evaluate import PathResult
+from robustpath.records import PathRecord
+from robustpath.report import main as report_main
+
+N, T = 120, 5
+
+
+def _result(seed: int, dip: float) -> PathResult:
+    rng = np.random.default_rng(seed)
+    ts = np.linspace(0, 1, T)
+    bump = np.sin(np.pi * ts)[:, None]
+    u = rng.random((T, N))
+    clean = u < 0.85 - 0.2 * dip * bump
+    robust = u < 0.6 - 0.4 * dip * bump
+    closs = (0.4 + 0.6 * dip * bump + 0.2 * rng.random((T, N))).astype(np.float32)
+    return PathResult(ts=ts, speed=np.ones(T), clean_correct=clean, robust_correct=robust,
+                      clean_loss=closs, robust_loss=(closs + 0.5).astype(np.float32))
+
+
+def _plane(scale: float) -> dict[str, np.ndarray]:
+    xs, ys = np.linspace(-3, 13, 9) * scale, np.linspace(-3, 5, 7)
+    gx, gy = np.meshgrid(xs, ys)
+    bowl = 0.3 + 0.02 * (gx - 5 * scale) ** 2 + 0.3 * (gy - 1) ** 2
+    t = np.linspace(0, 1, 41)
+    ctrl = np.array([5.0 * scale, 2.0])
+    curve = (1 - t)[:, None] ** 2 * 0 + 2 * (t * (1 - t))[:, None] * ctrl \
+        + (t ** 2)[:, None] * np.array([10.0 * scale, 0])
+    return {"xs": xs, "ys": ys, "clean_loss": bowl, "robust_loss": bowl * 1.8 + 0.2,
+            "curve_xy": curve, "line_xy": np.array([[0, 0], [10.0 * scale, 0]]),
+            "control_xy": ctrl, "out_of_plane": np.zeros(21)}
+
+
+def _write(run_dir, *, test_subset=1000, dip_b=1.0, planes=True, eps=8 / 255):
+    cfg = BenchConfig(dataset="cifar10", arch="tinyten", eps=eps, align=["none", "activation"],
+                      paths=["line", "bezier"], bootstrap=200, test_subset=test_subset,
+                      plane_grid=9 if planes else 0, out=str(run_dir))
+    recs = [PathRecord("none", "line", 0, 1, _result(1, 1.0)),
+            PathRecord("none", "bezier", 0, 1, _result(2, 0.3)),
+            PathRecord("activation", "line", 0, 1, _result(3, 0.5)),
+            PathRecord("activation", "bezier", 0, 1, _result(4, 0.1 * dip_b))]
+    out = RunOutputs(records=recs, planes={"none": _plane(1.0), "activation": _plane(0.8)}
+                     if planes else {},
+                     timings={"stages": {"endpoint": {"calls": 2, "seconds": 12.5}},
+                              "total": 20.0})
+    write_run(run_dir, cfg, out, command="python -m robustpath.bench --eps 8/255")
+    return recs
+
+
+DERIVED = ["report.html", "report.md", "plots/paths.png", "plots/paths.pdf", "plots/plane.png",
+           "plots/plane.pdf", "tables/summary.md", "tables/summary.tex", "tables/summary.csv",
+           "tables/per_path.csv"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rep") / "run"
+    _write(d)
+    return d
+
+
+def test_run_writes_report_and_plane_data(run):
+    for name in DERIVED + ["plane.npz", "timings.json"]:
+        assert (run / name).is_file(), name
+    html = (run / "report.html").read_text()
+    # self-contained: every figure inlined, nothing fetched from elsewhere
+    assert html.count("data:image/png;base64,") == 2
+    assert not re.search(r"(src|href)=\"https?:", html)
+    for text in ("Summary", "Robust loss barrier", "Stage timings", "Configuration",
+                 "python -m robustpath.bench --eps 8/255", "Provenance", "8/255", "Warnings"):
+        assert text in html, text
+    assert "0.0313" not in html and "0.0314" not in html  # eps as a fraction, not a decimal
+    md = (run / "report.md").read_text()
+    assert "![" in md and "(plots/paths.png)" in md and "(plots/plane.png)" in md
+
+
+def test_report_rebuilds_everything_byte_identical_without_ckpt(run, tmp_path):
+    before = {n: (run / n).read_bytes() for n in DERIVED}
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
+    for n in DERIVED:
+        (copy / n).unlink()
+    assert report_main([str(copy)]) == 0
+    for n in DERIVED:
+        assert (copy / n).read_bytes() == before[n], f"{n} differs after the rebuild"
+
+
+def test_report_shows_strong_eval_and_transfer_files(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
+    (copy / "strong_eval.md").write_text("# Strong\n\n| t | AutoAttack |\n|---|---|\n| 0.5 | 41.0 |\n")
+    (copy / "transfer.md").write_text("- WARNING: possible gradient masking at t=0.5\n")
+    assert report_main([str(copy)]) == 0
+    html = (copy / "report.html").read_text()
+    assert "Strong evaluation" in html and "<td>41.0</td>" in html
+    assert "Transfer attacks" in html and "gradient masking" in html
+
+
+def test_tables_and_titles_write_eps_as_a_fraction(run):
+    assert "8/255" in (run / "tables" / "summary.tex").read_text()
+    assert "0.03137" not in (run / "tables" / "summary.tex").read_text()
+
+
+def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
+    other = tmp_path / "b"
+    recs_b = _write(other, dip_b=4.0, planes=False)
+    far = tmp_path / "c"
+    _write(far, test_subset=500, planes=False)
+    out = tmp_path / "cmp"
+    assert report_main([str(run), str(other), str(far), "--compare-out", str(out)]) == 0
+    table = (out / "comparison.md").read_text()
+    assert table.startswith("| Run |")
+    assert table.count("| run |") == 4 and table.count("| b |") == 4  # every path, each run
+    assert "[" in table  # the runs' own CIs
+    diff = pd.read_csv(out / "differences.csv")
+    assert set(diff["run"]) == {"b"}  # c has other test examples: no paired differences
+    assert "different test_subset" in (out / "differences.md").read_text()
+    same = diff[diff["curve"] == "line"]
+    # identical per-example results: difference 0 with a CI of exactly [0, 0]
+    assert np.allclose(same[["robust_acc_min", "robust_acc_min_lo", "robust_acc_min_hi"]], 0)
+    changed = diff[(diff["align"] == "activation") & (diff["curve"] == "bezier")].iloc[0]
+    base = _result(4, 0.1).robust_correct.mean(1).min()
+    assert changed["robust_acc_min"] == pytest.approx(
+        recs_b[3].result.robust_correct.mean(1).min() - base, abs=1e-6)  # CSV: 6 decimals
+    assert changed["robust_acc_min_lo"] <= changed["robust_acc_min"] <= changed["robust_acc_min_hi"]
+    assert changed["robust_acc_min_hi"] < 0  # a real drop, resolved by the paired CI
+    assert "comparison" in capsys.readouterr().out
+    assert (out / "comparison.html").read_text().count("<table>") == 2
