@@ -142,3 +142,60 @@ def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
     assert changed["robust_acc_min_hi"] < 0  # a real drop, resolved by the paired CI
     assert "comparison" in capsys.readouterr().out
     assert (out / "comparison.html").read_text().count("<table>") == 2
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_tracking_reads_every_metric_from_the_run_folder(run):
+    from robustpath.tracking import scalars
+
+    tags = {}
+    for tag, value, step in scalars(run):
+        tags.setdefault(tag, []).append((step, value))
+    rec = pd.read_csv(run / "records.csv")
+    row = rec[(rec["path_id"] == "none-line-s0-1") & (rec["t"] == 0.5)].iloc[0]
+    assert (500, pytest.approx(row["robust_acc"])) in tags["path/none-line-s0-1/robust_acc"]
+    summary = pd.read_csv(run / "tables" / "summary.csv")
+    barrier = summary[(summary["align"] == "none") & (summary["curve"] == "line")].iloc[0]
+    assert tags["summary/none-line/robust_loss_barrier"] == [
+        (0, pytest.approx(barrier["robust_loss_barrier"]))]
+
+
+@pytest.mark.skipif(_has("tensorboard"), reason="tensorboard installed")
+def test_tensorboard_without_the_package_is_one_line_exit_2(run, capsys):
+    from robustpath.tracking import main as tracking_main
+
+    assert tracking_main([str(run)]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _has("tensorboard"), reason="tensorboard not installed")
+def test_tensorboard_writes_event_files(run, tmp_path):
+    from robustpath.tracking import log_tensorboard
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
+    logdir = log_tensorboard(copy)
+    assert any(f.name.startswith("events.out.tfevents") for f in logdir.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    import subprocess
+
+    out = tmp_path / "shot.png"
+    subprocess.run(["bash", "scripts/screenshot_report.sh", str(run), str(out), "1000,1400"],
+                   check=True, timeout=120)
+    from PIL import Image
+
+    img = np.asarray(Image.open(out).convert("L"), dtype=np.float64)
+    assert img.shape == (1400, 1000)
+    assert img.std() > 20  # text, tables and figures drawn, not a blank page
