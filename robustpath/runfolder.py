@@ -6,8 +6,9 @@ A run folder holds the run's outputs (``config.json``, ``records.csv``,
 ``<run>/.staging/`` (:func:`begin`), then :func:`commit`:
 
 1. ``.staging/manifest.json`` is written last: the commit point. It lists every
-   output with the sha256 of the primary ones (everything outside ``tables/`` and
-   ``plots/``, which ``report`` rebuilds from the primary files);
+   output with the sha256 of the primary ones (the run's sources, written before
+   :func:`robustpath.report.build_report`; not what ``report`` rebuilds from them:
+   tables, plots, ``report.{md,html}``);
 2. the outputs are moved into the run folder one ``os.replace`` at a time, outputs of
    the old run that the new one lacks are deleted, and ``manifest.json`` is moved
    last; ``.staging/`` is removed.
@@ -33,7 +34,6 @@ from .store import atomic_write_json, sha256_file
 
 STAGING = ".staging"
 MANIFEST = "manifest.json"
-DERIVED = ("tables", "plots", "report.md", "report.html")  # rebuilt by report: listed, not hashed
 # a run's primary outputs, for cleaning up after a folder written before manifests existed
 LEGACY_PRIMARY = ("config.json", "provenance.json", "command.txt", "endpoints.json",
                   "alignment.json", "curves.json", "records.csv", "examples.npz", "plane.json")
@@ -49,7 +49,7 @@ def _read_manifest(folder: Path) -> dict | None:
     return m
 
 
-def _outputs(folder: Path) -> list[str]:
+def outputs(folder: Path) -> list[str]:
     """Every file of a staged run, relative, manifest excluded."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
@@ -63,16 +63,17 @@ def begin(run_dir: str | Path) -> Path:
     return stage
 
 
-def commit(run_dir: str | Path) -> None:
-    """Commit the staged run (manifest last), then move it into place."""
+def commit(run_dir: str | Path, primary: list[str]) -> None:
+    """Commit the staged run (manifest last), then move it into place. ``primary``: the
+    staged files that are the run's sources (hashed); the others are derived (listed)."""
     run_dir = Path(run_dir)
     stage = run_dir / STAGING
     files, derived = {}, []
-    for rel in _outputs(stage):
-        if rel.split(os.sep)[0] in DERIVED:
-            derived.append(rel)
-        else:
+    for rel in outputs(stage):
+        if rel in primary:
             files[rel] = sha256_file(stage / rel)
+        else:
+            derived.append(rel)
     atomic_write_json(stage / MANIFEST, {"format": 1, "files": files, "derived": derived})
     _roll_forward(run_dir)
 

@@ -156,7 +156,7 @@ def test_commit_interrupted_half_way_is_rolled_forward(baseline, tmp_path):
     (stage / "config.json").write_text(json.dumps(cfg))
     (stage / "records.csv").write_text((baseline / "records.csv").read_text() + "\n")
     new = {n: (stage / n).read_bytes() for n in ("config.json", "records.csv")}
-    files = {r: store.sha256_file(stage / r) for r in runfolder._outputs(stage)}
+    files = {r: store.sha256_file(stage / r) for r in runfolder.outputs(stage)}
     store.atomic_write_json(stage / runfolder.MANIFEST, {"format": 1, "files": files,
                                                           "derived": []})
     os.replace(stage / "config.json", run / "config.json")  # killed after the first move
@@ -422,3 +422,80 @@ def test_sigkill_at_random_moments_resumes_to_identical_results(baseline, tmp_pa
     runfolder.verify(run)
     assert not (run / runfolder.STAGING).exists()
     assert not [f for f in run.rglob("*.tmp")]
+
+
+# ---------------------------------------------------------------- 7. zoo checkpoints
+ZOO_NAME = "TinyFault2099_WRN"
+
+
+@pytest.fixture
+def zoo_dir(tmp_path, monkeypatch):
+    """A one-entry RobustBench registry (tiny WideResNet) and its checkpoint folder."""
+    from robustpath import zoo
+    from robustpath.rbcompat import import_robustbench
+
+    try:
+        import_robustbench()
+    except UserError as e:
+        pytest.skip(str(e))
+
+    def wrn():
+        from robustbench.model_zoo.architectures.wide_resnet import WideResNet
+
+        return WideResNet(depth=10, widen_factor=1)
+
+    monkeypatch.setenv("ROBUSTPATH_OFFLINE", "1")
+    monkeypatch.setitem(zoo.registry("cifar10", "Linf"), ZOO_NAME,
+                        {"model": wrn, "gdrive_id": "not-used"})
+    folder = tmp_path / "models" / "cifar10" / "Linf"
+    folder.mkdir(parents=True)
+    return tmp_path / "models", folder / f"{ZOO_NAME}.pt", wrn
+
+
+def test_zoo_names_html_and_truncated_files_before_any_pickle_advice(zoo_dir):
+    """Issue 17.7: an HTML page saved as .pt got "if you trust the file, rerun with
+    --trust-checkpoints"."""
+    import torch
+
+    from robustpath import zoo
+
+    model_dir, pt, wrn = zoo_dir
+    pt.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning"
+                  "</title></head></html>")
+    for trust in (False, True):
+        with pytest.raises(UserError, match="HTML page") as e:
+            zoo.load(ZOO_NAME, model_dir, trust_checkpoint=trust)
+        assert "trust" not in str(e.value)
+    torch.save(wrn().state_dict(), pt)
+    pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
+    with pytest.raises(UserError, match="truncated") as e:
+        zoo.load(ZOO_NAME, model_dir)
+    assert "trust" not in str(e.value)
+
+
+def test_zoo_sha256_is_pinned(zoo_dir, tmp_path):
+    import torch
+
+    from robustpath import zoo
+
+    _, pt, wrn = zoo_dir
+    torch.save(wrn().state_dict(), pt)
+    digest = store.sha256_file(pt)
+    assert zoo.check_sha256(pt, digest) == digest
+    with pytest.raises(UserError, match="expected"):
+        zoo.check_sha256(pt, "0" * 64)
+    assert zoo.parse_expect_sha256(f"{ZOO_NAME}={digest}") == {ZOO_NAME: digest}
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text(f"{digest}  {ZOO_NAME}.pt\n")
+    assert zoo.parse_expect_sha256(str(sums)) == {ZOO_NAME: digest}
+    with pytest.raises(UserError, match="expect-sha256"):
+        zoo.parse_expect_sha256(f"{ZOO_NAME}=abc")
+
+
+def test_zoo_list_model_dir_file_is_refused(tmp_path, capsys):
+    from robustpath import zoo
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert zoo.main(["list", "--model-dir", str(f)]) == 2
+    _one_error_line(capsys.readouterr().err, "is a file")
