@@ -16,8 +16,10 @@ cells (:func:`sweep_report`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .cli import ArgumentParser
@@ -29,12 +31,80 @@ from .tables import ALIGN_LABEL, summary_frame, write_tables
 
 
 def _config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
     try:
-        return json.loads((run_dir / "config.json").read_text())
+        cfg = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):
-        raise UserError(f"{run_dir / 'config.json'} is corrupt") from None
+        raise UserError(f"{path} is corrupt") from None
+    return check_config(cfg, path)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_config(cfg, path: Path) -> dict:
+    """The fields of a run's ``config.json`` that report reads, checked: a JSON object,
+    ``bootstrap`` an integer >= 1, ``eps`` a finite number >= 0, names as strings."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a run configuration (a JSON {type(cfg).__name__}, "
+                        "not an object)")
+    boot = cfg.get("bootstrap", 1000)
+    if not (_is_number(boot) and int(boot) == boot and boot >= 1):
+        raise UserError(f"{path}: bootstrap must be an integer >= 1, got {boot!r}")
+    eps = cfg.get("eps", 0)
+    if not (_is_number(eps) and eps >= 0):
+        raise UserError(f"{path}: eps must be a finite number >= 0, got {eps!r}")
+    for k in ("dataset", "arch", "attack", "norm"):
+        if k in cfg and not isinstance(cfg[k], str):
+            raise UserError(f"{path}: {k} must be a string, got {cfg[k]!r}")
+    return cfg
+
+
+# records.csv columns: (name, lowest, highest) of the numeric ones
+_NUMERIC = {"t": (0.0, 1.0), "speed": (0.0, math.inf), "clean_acc": (0.0, 1.0),
+            "robust_acc": (0.0, 1.0), "clean_loss": (0.0, math.inf),
+            "robust_loss": (0.0, math.inf), "n": (1, math.inf), "seed_a": (0, math.inf),
+            "seed_b": (0, math.inf)}
+
+
+def check_records(run_dir: Path, paths=None) -> list:
+    """Every column of ``records.csv`` checked: numeric columns numeric, finite and in
+    range, and equal to what ``examples.npz`` gives (not only ``robust_acc``, which
+    :func:`robustpath.records.read` compares), so garbage in any column is refused."""
+    csv = run_dir / "records.csv"
+    try:
+        frame = pd.read_csv(csv)
+    except Exception:  # noqa: BLE001  (missing or unparsable: records.read says which)
+        read_records(run_dir)
+        raise
+    if any(c not in frame.columns for c in _NUMERIC) or frame.empty:
+        read_records(run_dir)  # names the missing columns
+    for col, (lo, hi) in _NUMERIC.items():
+        vals = pd.to_numeric(frame[col], errors="coerce")
+        bad = vals.isna() | ~np.isfinite(vals) | (vals < lo) | (vals > hi)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{csv}: column {col} row {row + 2} holds {frame[col].iloc[row]!r}, "
+                            f"not a number in [{lo}, {hi}]")
+    ids = frame["align"].astype(str) + "-" + frame["curve"].astype(str) + "-s" + \
+        frame["seed_a"].astype(int).astype(str) + "-" + frame["seed_b"].astype(int).astype(str)
+    if (ids != frame["path_id"].astype(str)).any():
+        raise UserError(f"{csv}: path_id does not match align, curve and seeds")
+    if paths is None:
+        paths = read_records(run_dir)
+    for p in paths:
+        grp = frame[frame["path_id"] == p.path_id]
+        per_t = p.result.per_t()
+        expect = {**per_t, "speed": p.result.speed,
+                  "n": np.full(len(grp), p.result.clean_correct.shape[1])}
+        for col, v in expect.items():
+            if not np.allclose(grp[col].to_numpy(dtype=np.float64), v, rtol=1e-5, atol=1e-5):
+                raise UserError(f"{csv} and examples.npz disagree on {col} of path "
+                                f"{p.path_id} (edited or corrupt file?)")
+    return paths
 
 
 def build_report(run_dir: str | Path) -> pd.DataFrame:
@@ -45,7 +115,7 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
     """
     run_dir = Path(run_dir)
     cfg = _config(run_dir)
-    paths = read_records(run_dir)
+    paths = check_records(run_dir)  # every column checked, not only robust_acc
     boot = int(cfg.get("bootstrap", 1000))
     title = f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {cfg.get('attack', '?')} " \
             f"{cfg.get('norm', '')} eps={cfg.get('eps', 0):.4g}"
@@ -223,6 +293,18 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True) -> pd.DataFrame
     return long
 
 
+def _report_run(run_dir: Path) -> pd.DataFrame:
+    """Rebuild one run's tables under its run lock, after finishing an interrupted
+    commit and checking the folder against its manifest (:mod:`robustpath.runfolder`)."""
+    from . import runfolder
+    from .lock import run_lock
+
+    with run_lock(run_dir):
+        runfolder.recover(run_dir)
+        runfolder.verify(run_dir)
+        return build_report(run_dir)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m robustpath.report", description=__doc__.split("\n\n")[0])
@@ -245,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print((sd / "aggregate" / "summary.md").read_text().rstrip())
             print(f"tables: {sd / 'aggregate'}/summary.{{csv,md,tex}}, plots: {sd / 'aggregate' / 'plots'}/")
-    summaries = [build_report(rd) for rd in run_dirs]
+    summaries = [_report_run(rd) for rd in run_dirs]
     for rd, s in zip(run_dirs, summaries):
         print(f"== {rd}")
         print(format_summary(s))

@@ -264,6 +264,70 @@ def _env(name: str, value: str | None):
                 os.environ[name] = old
 
 
+def sniff_checkpoint(path: str | Path) -> None:
+    """Refuse, in one line, a file that cannot be a torch checkpoint - an HTML page (a
+    failed Google Drive download), an empty file, a truncated zip archive - before
+    anything unpickles it, so no advice about trusting pickles is ever given for it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e})") from None
+    if size == 0:
+        raise UserError(f"{path} is empty, not a checkpoint; delete it and download it again")
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body", b"<")):
+        raise UserError(f"{path} is an HTML page, not a checkpoint (a failed Google Drive "
+                        "download?); delete it and download it again")
+    if head.startswith(b"PK\x03\x04"):  # torch's zip format: the index sits at the end
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            raise UserError(f"{path} is a truncated or damaged checkpoint ({size} bytes); "
+                            "delete it and download it again") from None
+    elif not head.startswith(b"\x80"):  # neither zip nor a pickle (legacy torch.save)
+        raise UserError(f"{path} is not a torch checkpoint (starts with {head[:12]!r}); delete "
+                        "it and download it again")
+
+
+def parse_expect_sha256(text: str | None) -> dict[str, str]:
+    """``NAME=HEX[,NAME=HEX]`` or the path of a sha256sum-style file -> ``{name: hex}``."""
+    if not text:
+        return {}
+    lines = []
+    if "=" not in text and Path(text).is_file():
+        for line in Path(text).read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                lines.append((Path(parts[1].lstrip("*")).stem, parts[0]))
+    else:
+        for item in split_list(text):
+            name, _, digest = item.partition("=")
+            lines.append((name, digest))
+    out = {}
+    for name, digest in lines:
+        digest = digest.strip().lower()
+        if not name or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise UserError(f"--expect-sha256 needs NAME=<64 hex digits> or a sha256sum file, "
+                            f"got {text!r}")
+        out[name] = digest
+    return out
+
+
+def check_sha256(path: str | Path, expected: str | None) -> str:
+    """The file's sha256; a one-line UserError when ``expected`` is given and differs."""
+    digest = file_sha256(path)
+    if expected and digest != expected.strip().lower():
+        raise UserError(f"{path} has sha256 {digest[:16]}..., expected {expected[:16]}... "
+                        "(--expect-sha256); a different or damaged file")
+    return digest
+
+
 def _load_error(e: Exception, name: str, path: Path) -> UserError:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "invalid load key" in msg:
@@ -299,6 +363,7 @@ def load(name: str, model_dir: str | Path = DEFAULT_MODEL_DIR, dataset: str = "c
             raise UserError(f"checkpoint of {name} not found: expected {path} (offline: put "
                             "RobustBench's file there, or run with a network to download it)")
         _download(utils, name, dataset, threat, path)
+    sniff_checkpoint(path)  # HTML / empty / truncated named as such, before any unpickling
     error = None
     try:
         with warnings.catch_warnings(), \
@@ -387,6 +452,7 @@ class CompareConfig:
     masking_margin: float = 0.02
     bootstrap: int = 1000
     trust_checkpoints: bool = False
+    expect_sha256: dict = field(default_factory=dict)  # model name -> sha256 of its .pt
     device: str = "auto"
     out: str = ""
 
@@ -504,6 +570,8 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     a("--trust-checkpoints", action="store_true", help="allow full unpickling of checkpoints "
       "that hold more than tensors (only for files you trust)")
+    a("--expect-sha256", default=None, help="pin checkpoints: NAME=SHA256[,NAME=SHA256...] or "
+      "a sha256sum-style file (SHA256  NAME.pt per line); a mismatch stops the run")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     a("--out", default=None, help="run folder (default results/zoo-<dataset>-<threat>)")
     a("--overwrite", action="store_true",
@@ -537,7 +605,9 @@ def config_from_args(args) -> CompareConfig:
         strong_attack=args.strong_attack, strong_steps=args.strong_steps, strong_t=strong_t,
         transfer=not args.no_transfer,
         masking_margin=args.masking_margin, bootstrap=args.bootstrap,
-        trust_checkpoints=args.trust_checkpoints, device=args.device, out=args.out or "")
+        trust_checkpoints=args.trust_checkpoints,
+        expect_sha256=parse_expect_sha256(args.expect_sha256), device=args.device,
+        out=args.out or "")
     cfg.validate()
     cfg.out = cfg.out or f"results/zoo-{cfg.dataset}-{cfg.threat}"
     return cfg
@@ -597,6 +667,7 @@ class CompareRun:
         self.dir = Path(cfg.out)
         self._models: dict[str, nn.Module] = {}
         self._keys: dict[str, str] = {}
+        self._sha256: dict[str, str] = {}  # of each checkpoint used, recorded in models.json
         self._data = None
 
     # ---- inputs
@@ -628,7 +699,9 @@ class CompareRun:
     def model_key(self, name: str) -> str:
         if name not in self._keys:
             path = checkpoint_path(self.cfg.model_dir, self.cfg.dataset, self.cfg.threat, name)
-            self._keys[name] = config_hash({"name": name, "sha256": file_sha256(path)})
+            digest = check_sha256(path, self.cfg.expect_sha256.get(name))
+            self._sha256[name] = digest
+            self._keys[name] = config_hash({"name": name, "sha256": digest})
         return self._keys[name]
 
     def bn_loader(self):
@@ -977,7 +1050,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     atomic_write_json(run.dir / "models.json", {
         str(index[m]): dict(entries[m].to_dict(), checkpoint=str(checkpoint_path(
             cfg.model_dir, cfg.dataset, cfg.threat, m)),
-            key=run.model_key(m) if m in used else None)
+            key=run.model_key(m) if m in used else None,
+            sha256=run._sha256.get(m) if m in used else None)
         for m in cfg.models})
     atomic_write_json(run.dir / "alignment.json", align_reports)
     write_records(run.dir, records)
@@ -1050,6 +1124,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmdsplit_list(args) -> int:
+    if Path(args.model_dir).exists() and not Path(args.model_dir).is_dir():
+        raise UserError(f"--model-dir {args.model_dir} is a file, not a folder")
     dataset, threat = parse_dataset(args.dataset), parse_threat(args.threat)
     names = list(registry(dataset, threat))
     have = {n for n in names if checkpoint_path(args.model_dir, dataset, threat, n).is_file()}
