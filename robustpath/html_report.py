@@ -182,8 +182,11 @@ def _timings(d: dict | None) -> list[str]:
     if not d or not d.get("stages"):
         return []
     lines = ["## Stage timings", "", "| Stage | Calls | Seconds |", "|---|---|---|"]
-    for name, s in d["stages"].items():
-        lines.append(f"| {name} | {s['calls']} | {s['seconds']:.1f} |")
+    stages = d["stages"]
+    if isinstance(stages, dict):  # {name: {calls, seconds}}
+        stages = [{"stage": k, **v} for k, v in stages.items()]
+    for s in stages:
+        lines.append(f"| {s['stage']} | {s['calls']} | {s['seconds']:.1f} |")
     if "total" in d:
         lines.append(f"| total (wall clock) |  | {d['total']:.1f} |")
     return lines + ["", "Cached stages take well under a second; a rerun shows only "
@@ -219,7 +222,7 @@ def run_warnings(run_dir: Path, summary, cfg: dict) -> list[str]:
 # ---------------------------------------------------------------- run report
 def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
     """The run report as Markdown (figures as relative links)."""
-    from .tables import to_markdown
+    from .tables import ALIGN_LABEL, to_markdown
 
     run_dir = Path(run_dir)
     atk = attack_label(cfg.get("attack"), cfg.get("norm"), cfg.get("eps"), cfg.get("eval_steps"))
@@ -242,7 +245,8 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
     if plane:
         md += ["| Plane | Max distance from the plane (rel.) | Clean loss min | Robust loss min |",
                "|---|---|---|---|"]
-        md += [f"| {m} | {v['max_out_of_plane']:.2g} | {v['clean_loss_min']:.3f} | "
+        md += [f"| {ALIGN_LABEL.get(m, m)} | {v['max_out_of_plane']:.2g} | "
+               f"{v['clean_loss_min']:.3f} | "
                f"{v['robust_loss_min']:.3f} |" for m, v in plane.items()]
         md.append("")
     md += _embedded_md(run_dir / "strong_eval.md", "Strong evaluation")

@@ -45,8 +45,10 @@ class StageTimer:
         return self._clock() - self._start
 
     def to_dict(self) -> dict:
-        return {"stages": {k: {"calls": self.calls[k], "seconds": round(v, 3)}
-                           for k, v in self.seconds.items()},
+        """``{"stages": [{"stage", "calls", "seconds"}, ...], "total"}``; a list, so the
+        order of first use survives JSON writers that sort keys."""
+        return {"stages": [{"stage": k, "calls": self.calls[k], "seconds": round(v, 3)}
+                           for k, v in self.seconds.items()],
                 "total": round(self.total(), 3)}
 
     def table(self) -> str:

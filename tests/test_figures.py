@@ -144,7 +144,7 @@ def test_stage_timer_accumulates_and_prints():
     with timer("endpoint"):
         pass
     d = timer.to_dict()
-    assert d["stages"]["endpoint"] == {"calls": 2, "seconds": 3.0}
+    assert d["stages"] == [{"stage": "endpoint", "calls": 2, "seconds": 3.0}]
     assert d["total"] == 10.0
     lines = timer.table().splitlines()
     assert lines[1].split()[:3] == ["endpoint", "2", "3.0"] and lines[-1].split() == ["total", "10.0"]
@@ -203,3 +203,23 @@ def test_bench_help_states_the_preset_values():
 
     assert f"quick {PRESETS.get('quick')['plane_grid']}" in helps["--plane-grid"]
     assert "quick fashion-mnist" in " ".join(helps["--dataset"].split()).replace("- ", "-")
+
+
+def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from robustpath import zoo
+
+    seen = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (seen.append(fig), real_close(fig)))
+    frame = pd.DataFrame([{"model_a": "a", "model_b": "b", "index_a": 0, "index_b": 1,
+                           "align": "none", "curve": "line", "robust_loss_barrier": 0.25,
+                           "robust_acc_min": 0.0}])
+    zoo.plot_barrier_matrix(frame, ["a", "b"], tmp_path)
+    fig = seen[0]
+    cbars = [ax for ax in fig.axes if ax.get_ylabel().startswith("robust acc")]
+    assert cbars, [ax.get_ylabel() for ax in fig.axes]
+    lo, hi = cbars[0].get_ylim()
+    assert lo < 0.0 < hi and hi - lo < 0.5  # around 0 %, not a 0-1 span read as percent
+    assert [t.get_text() for t in cbars[0].get_yticklabels()] == ["0.0"]

@@ -57,7 +57,8 @@ def _write(run_dir, *, test_subset=1000, dip_b=1.0, planes=True, eps=8 / 255):
             PathRecord("activation", "bezier", 0, 1, _result(4, 0.1 * dip_b))]
     out = RunOutputs(records=recs, planes={"none": _plane(1.0), "activation": _plane(0.8)}
                      if planes else {},
-                     timings={"stages": {"endpoint": {"calls": 2, "seconds": 12.5}},
+                     timings={"stages": [{"stage": "endpoint", "calls": 2, "seconds": 12.5},
+                                         {"stage": "curve", "calls": 4, "seconds": 3.25}],
                               "total": 20.0})
     write_run(run_dir, cfg, out, command="python -m robustpath.bench --eps 8/255")
     return recs
@@ -86,6 +87,8 @@ def test_run_writes_report_and_plane_data(run):
                  "python -m robustpath.bench --eps 8/255", "Provenance", "8/255", "Warnings"):
         assert text in html, text
     assert "0.0313" not in html and "0.0314" not in html  # eps as a fraction, not a decimal
+    assert re.search(r"endpoint</td><td>2</td><td>12.5</td>.*curve</td><td>4</td><td>3.2", html,
+                     re.S)  # stage timings in the order the stages ran
     md = (run / "report.md").read_text()
     assert "![" in md and "(plots/paths.png)" in md and "(plots/plane.png)" in md
 
