@@ -273,11 +273,3 @@ if __name__ == "__main__":  # a library module: say so rather than exit 0 having
     print("error: robustpath.plane is a library module, not a command; loss planes come from "
           "python -m robustpath.bench --plane-grid N", file=sys.stderr)
     raise SystemExit(2)
-
-
-if __name__ == "__main__":  # a library module: say so rather than exit 0 having done nothing
-    import sys
-
-    print("error: robustpath.plane is a library module, not a command; loss planes come from "
-          "python -m robustpath.bench --plane-grid N", file=sys.stderr)
-    raise SystemExit(2)
