@@ -340,6 +340,7 @@ def plane(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, dev
     from .plane import out_of_plane, plane_grid
 
     spec = {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            "extent": "with-control",  # the lattice covers the control point
             "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
             "attack": cfg.eval_attack().to_dict()}
     key = config_hash(spec)

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, AttackConfig, build_attack
-from .cli import ArgumentParser, split_list
+from .cli import ArgumentParser, HelpFormatter, split_list
 from .config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
 from .device import resolve
 from .errors import UserError, cli_main
@@ -69,6 +69,7 @@ from .store import (
     provenance,
     save_checkpoint,
 )
+from .style import format_eps
 
 DEFAULT_MODEL_DIR = os.environ.get("ROBUSTPATH_MODEL_DIR", "models")
 THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
@@ -924,7 +925,9 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
                                  squeeze=False, constrained_layout=True)
         for row, (metric, label, scale, cmap, fmt) in enumerate(panels):
             lo, hi = part[metric].min() * scale, part[metric].max() * scale
-            norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+            tied = not hi > lo  # one value: a small symmetric range around it, one tick
+            pad = 0.05 * max(abs(lo), 0.01 * scale) if tied else 0.0
+            norm = Normalize(lo - pad, hi + pad)
             cm = plt.get_cmap(cmap).with_extremes(bad="#dddddd")
             for col, align in enumerate(aligns):
                 mat = np.full((n, n), np.nan)
@@ -943,7 +946,9 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
                               ha="right", fontsize=7)
                 ax.set_yticks(range(n), models if col == 0 else [""] * n, fontsize=7)
                 ax.set_title(f"{LABEL.get(align, align)}", fontsize=9)
-            fig.colorbar(im, ax=list(axes[row]), shrink=0.8, label=label)
+            cb = fig.colorbar(im, ax=list(axes[row]), shrink=0.8, label=label)
+            if tied:
+                cb.set_ticks([lo], labels=[fmt.format(lo)])
         fig.suptitle(f"{title} ({curve} paths)" if title else f"{curve} paths", fontsize=10)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120, metadata={"Software": None})
@@ -1043,7 +1048,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
             cache.clear()
 
     title = (f"{cfg.dataset} {cfg.threat} RobustBench zoo, {cfg.attack}-{cfg.steps} "
-             f"eps={cfg.eps:.4g}")
+             f"eps={format_eps(cfg.eps)}")
     atomic_write_json(run.dir / "config.json", cfg_dict)
     atomic_write_json(run.dir / "provenance.json", provenance())
     atomic_write_text(run.dir / "command.txt", (command or "") + "\n")
@@ -1089,7 +1094,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
 
 # ---------------------------------------------------------------- CLI
 def parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     p = ArgumentParser(prog="python -m robustpath.zoo", description=__doc__.split("\n\n")[0],
                 formatter_class=fmt)
     sub = p.add_subparsers(dest="command", metavar="{list,compare}", parser_class=ArgumentParser)
