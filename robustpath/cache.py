@@ -98,6 +98,8 @@ class BoundPointCache(PointCache):
             return None
         try:
             with np.load(path) as z:
+                if "key" not in z.files:
+                    return None  # written before entries were bound: recomputed, quietly
                 if str(z["key"]) != key:
                     raise ValueError("bound to another point")
                 return {k: z[k] for k in ARRAYS}
