@@ -502,3 +502,34 @@ def test_zoo_list_model_dir_file_is_refused(tmp_path, capsys):
     f.write_text("x")
     assert zoo.main(["list", "--model-dir", str(f)]) == 2
     _one_error_line(capsys.readouterr().err, "is a file")
+
+
+def test_zoo_compare_with_an_html_checkpoint_fails_cleanly(zoo_dir, tmp_path, monkeypatch,
+                                                          capsys):
+    """A failed compare used to leave an empty run folder; an HTML page is named as such."""
+    import pickle
+
+    import torch
+
+    from robustpath import zoo
+
+    model_dir, pt, wrn = zoo_dir
+    other = "TinyFault2099_WRN_B"
+    monkeypatch.setitem(zoo.registry("cifar10", "Linf"), other,
+                        {"model": wrn, "gdrive_id": "not-used"})
+    torch.save(wrn().state_dict(), pt.with_name(f"{other}.pt"))
+    pt.write_text("<html><body>Google Drive: quota exceeded</body></html>")
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 255, (8, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, 8).tolist()}, f)
+    out = tmp_path / "run"
+    rc = zoo.main(["compare", "--models", f"{ZOO_NAME},{other}", "--model-dir", str(model_dir),
+                   "--data-root", str(tmp_path / "data"), "--paths", "line", "--align", "none",
+                   "--t-points", "2", "--test-subset", "8", "--no-progress", "--out", str(out)])
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err, "HTML page")
+    assert not out.exists()
