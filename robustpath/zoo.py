@@ -1159,8 +1159,15 @@ def main(argv: list[str] | None = None) -> int:
         return cmdsplit_list(args)
     cfg = config_from_args(args)
     command = "python -m robustpath.zoo " + " ".join(shlex.quote(a) for a in argv)
-    run_compare(cfg, progress=not args.no_progress, overwrite=args.overwrite,
-                command=command.strip())
+    existed = Path(cfg.out).exists()
+    try:
+        run_compare(cfg, progress=not args.no_progress, overwrite=args.overwrite,
+                    command=command.strip())
+    except BaseException:
+        if not existed:  # a comparison that failed before writing leaves no empty folder
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()
+        raise
     return 0
 
 
