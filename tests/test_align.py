@@ -75,7 +75,7 @@ def test_random_permutation_keeps_logits(arch, dataset):
     x = torch.rand(4, *SHAPES[dataset])
     perm, changed = _check_invariance(model, x)
     assert len(perm.spec.groups) == GROUPS[arch]
-    assert any(k.endswith("running_mean") for k in changed) or arch == "mlp"
+    assert any(k.endswith("running_mean") for k in changed) or arch in ("mlp", "vit-tiny")
     assert all(not a.key.startswith("normalize.") for a in perm.spec.axes)  # input never moves
 
 

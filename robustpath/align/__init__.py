@@ -19,8 +19,17 @@ with unit ``i`` of the permuted model = unit ``p[i]`` of the original; ``perm.sp
 its :class:`PermutationSpec`. Methods (registry :data:`MATCHERS`): ``activation``,
 ``weight``, ``none``.
 
+Beyond CNNs: multi-head attention (``nn.MultiheadAttention``, torchvision's
+``VisionTransformer``, timm's ``Attention``) with heads permuted as wholes
+(:mod:`.attention`, :mod:`.blocks`); ConvNeXt's functional ``layer_norm`` and
+stochastic depth. A user adds a rule for their own layer with :func:`register_rule`
+(:mod:`.registry`); ``align(..., partial=True)`` (or ``permutation_spec(...,
+partial=True)``) leaves operations without a rule (grouped convolutions, channel
+shuffles, ...) and the units they touch in place and aligns the rest.
+
 Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.layers`
-(how each op moves a permutation), :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
+(how each op moves a permutation), :mod:`.registry` (the rule tables),
+:mod:`.attention`, :mod:`.blocks`, :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
 (apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`, :mod:`.pam`
 (proximal alternating minimization over permutations and a Bezier curve).
 """

@@ -1,5 +1,6 @@
-"""Rules for layers with weights (Linear, Conv, normalisation, PReLU, ...) and the
-dispatcher that picks the rule of every graph node (see :mod:`.rules` for the states).
+"""Rules for layers with weights (Linear, Conv, normalisation, PReLU, ...), registered
+in :mod:`.registry`, and the dispatcher that picks the rule of every graph node (see
+:mod:`.rules` for the states).
 
 A Linear / Conv layer's output units start a fresh union-find variable (a permutation
 group); the units of its input permute the weight's input axis. Normalisation layers

@@ -14,7 +14,10 @@ function:
 * every tensor added into one residual stream shares one group;
 * concatenation lays the parts' groups side by side along the axis;
 * the input channels (including normalisation by mean/std buffers) and the output
-  logits are never permuted.
+  logits are never permuted;
+* multi-head attention makes one group of query/key and value units whose heads move
+  as wholes (:mod:`.attention`); a class token expanded over the batch and position
+  embeddings are permuted with the residual stream they join.
 
 Group names: the first layer (in graph order) that writes the units, e.g. ``net.0.0``;
 ``name+k`` means k further layers write into the same units (a residual stream).
