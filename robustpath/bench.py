@@ -22,13 +22,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import fuse, runfolder, stages
+from . import fuse, stages
 from .attacks import ATTACKS
 from .cli import ArgumentParser, split_list
 from .config import ALIGN_METHODS, PAM_METHODS, PRESETS, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
-from .lock import run_lock
 from .numbers import parse_int_list
 from .records import PathRecord
 from .records import write as write_records
@@ -51,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
       "Fashion-MNIST is also read from /usr/share/datasets/fashion-mnist)")
     a("--arch", default=None, help=f"architecture: {', '.join(available())} (default: preset's)")
     a("--width", type=float, default=None, help="width multiplier of the architecture")
-    a("--seeds", default="0,1", help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3)")
+    a("--seeds", default=None, help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3) "
+      "(default: the preset's; 0,1 unless it names more)")
     a("--align", default="none,activation",
       help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)}")
     a("--align-inputs", default="clean", help="activation matching on clean or adv inputs")
@@ -67,6 +67,13 @@ def parser() -> argparse.ArgumentParser:
     a("--restarts", type=int, default=None, help="attack restarts in evaluation (1)")
     a("--epochs", type=int, default=None, help="endpoint training epochs (quick 4, paper 200)")
     a("--curve-epochs", type=int, default=None, help="curve training epochs (quick 4, paper 200)")
+    a("--schedule", default=None, help="endpoint lr schedule: onecycle, cosine, garipov "
+      "(default: the preset's)")
+    a("--curve-schedule", default=None, help="curve lr schedule: cosine, garipov, constant")
+    a("--attack-mode", default=None, help="endpoint training's attacks with the model in eval "
+      "or train mode (paper: train, as Tatro et al.)")
+    a("--affine-degrees", type=float, default=None,
+      help="endpoint training: random rotation in [-d, d] degrees (paper: 15)")
     a("--train-subset", type=int, default=None, help="training examples (0 = all; quick 10000)")
     a("--test-subset", type=int, default=None, help="test examples (0 = all; quick 1000)")
     a("--t-points", type=int, default=None, help="evenly spaced t in [0,1] (quick 11, paper 65)")
@@ -100,7 +107,9 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> BenchConfig:
     cfg = from_preset(
         args.preset, dataset=args.dataset, arch=args.arch, width=args.width,
-        seeds=parse_int_list(args.seeds, name="--seeds"), align=split_list(args.align),
+        seeds=parse_int_list(args.seeds, name="--seeds") if args.seeds else None,
+        align=split_list(args.align), schedule=args.schedule, curve_schedule=args.curve_schedule,
+        attack_mode=args.attack_mode, affine_degrees=args.affine_degrees,
         align_inputs=args.align_inputs, paths=split_list(args.paths), bends=args.bends,
         attack=args.attack, norm=args.norm, eps=args.eps, step_size=args.step_size,
         eval_steps=args.steps, train_steps=args.train_steps, restarts=args.restarts,
@@ -150,21 +159,8 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
     ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
     the tables and plots of :func:`robustpath.report.build_report`. Used by
     :func:`run` and by the sweep executors (one call per cell).
-
-    Atomic (:mod:`robustpath.runfolder`): everything goes to ``<run>/.staging/`` first
-    and is committed by ``manifest.json``, so a kill leaves the old run or the new
-    one, never a mix. Holds the run folder's lock (:func:`robustpath.lock.run_lock`).
     """
-    final_dir = Path(run_dir)
-    with run_lock(final_dir):
-        runfolder.recover(final_dir)
-        summary, primary = _write_staged(runfolder.begin(final_dir), cfg, out, command)
-        runfolder.commit(final_dir, primary)
-    return summary
-
-
-def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
-                  command: str | None) -> tuple[pd.DataFrame, list[str]]:
+    run_dir = Path(run_dir)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     atomic_write_json(run_dir / "provenance.json", provenance())
     atomic_write_text(run_dir / "command.txt", (command or "") + "\n")
@@ -184,8 +180,7 @@ def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
             m: {"max_out_of_plane": float(p["out_of_plane"].max()),
                 "clean_loss_min": float(p["clean_loss"].min()),
                 "robust_loss_min": float(p["robust_loss"].min())} for m, p in out.planes.items()})
-    primary = runfolder.outputs(run_dir)  # the run's sources (hashed in its manifest), not
-    return build_report(run_dir), primary  # what report rebuilds from them
+    return build_report(run_dir)
 
 
 def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
@@ -196,20 +191,17 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     run_dir = Path(cfg.out)
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
     stages.check_writable(run_dir)
-    # one writer per run folder: a second run into it fails here, naming the holder
-    with run_lock(run_dir):
-        runfolder.recover(run_dir)  # finish or discard a commit a kill interrupted
-        old = stages.read_json(run_dir / "config.json")
-        if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
-            raise UserError(f"{run_dir} holds a run with a different configuration; "
-                            "use another --out or pass --overwrite")
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-        saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
-        try:
-            return _run_stages(cfg, run_dir, data, device, start, progress, command)
-        finally:
-            fuse.ENABLED = saved_fuse
+    old = stages.read_json(run_dir / "config.json")
+    if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
+        raise UserError(f"{run_dir} holds a run with a different configuration; "
+                        "use another --out or pass --overwrite")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
+    try:
+        return _run_stages(cfg, run_dir, data, device, start, progress, command)
+    finally:
+        fuse.ENABLED = saved_fuse
 
 
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,
