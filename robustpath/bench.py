@@ -22,12 +22,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import fuse, stages
+from . import fuse, runfolder, stages
 from .attacks import ATTACKS
 from .cli import ArgumentParser, split_list
 from .config import ALIGN_METHODS, PAM_METHODS, PRESETS, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
+from .lock import run_lock
 from .numbers import parse_int_list
 from .records import PathRecord
 from .records import write as write_records
@@ -159,8 +160,21 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
     ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
     the tables and plots of :func:`robustpath.report.build_report`. Used by
     :func:`run` and by the sweep executors (one call per cell).
+
+    Atomic (:mod:`robustpath.runfolder`): everything goes to ``<run>/.staging/`` first
+    and is committed by ``manifest.json``, so a kill leaves the old run or the new
+    one, never a mix. Holds the run folder's lock (:func:`robustpath.lock.run_lock`).
     """
-    run_dir = Path(run_dir)
+    final_dir = Path(run_dir)
+    with run_lock(final_dir):
+        runfolder.recover(final_dir)
+        summary, primary = _write_staged(runfolder.begin(final_dir), cfg, out, command)
+        runfolder.commit(final_dir, primary)
+    return summary
+
+
+def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
+                  command: str | None) -> tuple[pd.DataFrame, list[str]]:
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     atomic_write_json(run_dir / "provenance.json", provenance())
     atomic_write_text(run_dir / "command.txt", (command or "") + "\n")
@@ -180,7 +194,8 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
             m: {"max_out_of_plane": float(p["out_of_plane"].max()),
                 "clean_loss_min": float(p["clean_loss"].min()),
                 "robust_loss_min": float(p["robust_loss"].min())} for m, p in out.planes.items()})
-    return build_report(run_dir)
+    primary = runfolder.outputs(run_dir)  # the run's sources (hashed in its manifest), not
+    return build_report(run_dir), primary  # what report rebuilds from them
 
 
 def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
@@ -191,17 +206,20 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     run_dir = Path(cfg.out)
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
     stages.check_writable(run_dir)
-    old = stages.read_json(run_dir / "config.json")
-    if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
-        raise UserError(f"{run_dir} holds a run with a different configuration; "
-                        "use another --out or pass --overwrite")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
-    try:
-        return _run_stages(cfg, run_dir, data, device, start, progress, command)
-    finally:
-        fuse.ENABLED = saved_fuse
+    # one writer per run folder: a second run into it fails here, naming the holder
+    with run_lock(run_dir):
+        runfolder.recover(run_dir)  # finish or discard a commit a kill interrupted
+        old = stages.read_json(run_dir / "config.json")
+        if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
+            raise UserError(f"{run_dir} holds a run with a different configuration; "
+                            "use another --out or pass --overwrite")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+        saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
+        try:
+            return _run_stages(cfg, run_dir, data, device, start, progress, command)
+        finally:
+            fuse.ENABLED = saved_fuse
 
 
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,

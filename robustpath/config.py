@@ -23,6 +23,7 @@ Flags given on the command line override the preset. Default eps: 0.1 for the
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 from . import data as data_mod
@@ -78,6 +79,8 @@ MATCH_METHODS = ("none", "activation", "weight")   # one-shot matchers (robustpa
 # PAM (robustpath.align.pam) started from the identity / from activation matching
 PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
 ALIGN_METHODS = (*MATCH_METHODS, *PAM_METHODS)
+#: config fields whose command-line flag is not ``--<field-with-dashes>``
+FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps"}
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 
@@ -180,15 +183,22 @@ class BenchConfig:
         for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
                      "bn_batches", "bootstrap", "bends", "pam_iters", "t_batch"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.width or self.width <= 0:
-            raise UserError(f"--width must be > 0, got {self.width}")
+                raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be >= 1, "
+                                f"got {getattr(self, name)}")
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
+                and self.width > 0):
+            raise UserError(f"--width must be a finite number > 0, got {self.width}")
+        from .train import check_eps_range, check_seed
+
+        for s in self.seeds:
+            check_seed(s)
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         self.eps = parse_fraction(self.eps, name="--eps")
+        check_eps_range(self.norm, self.eps)
         if self.step_size is not None:
             self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
         from .attacks import build_attack

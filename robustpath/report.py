@@ -2,11 +2,13 @@
 stored per-t records of one or more runs, and compare several runs in one table.
 
 For each run folder: reads ``records.csv`` + ``examples.npz`` (and ``config.json``
-for the bootstrap count), writes ``tables/summary.{csv,md,tex}``, ``tables/per_path.csv``
-and ``plots/paths.{png,pdf}``. Tables are byte-identical to the ones the benchmark
-wrote. With several runs, also writes a comparison table (rows: dataset x
-architecture; columns: unaligned vs aligned robust / clean minimum accuracy and
-robust loss barrier) to ``--compare-out`` (default ``results/comparison``).
+for the bootstrap count, ``plane.npz`` for the plane figure), writes
+``tables/summary.{csv,md,tex}``, ``tables/per_path.csv``, ``plots/*.{png,pdf}`` and
+``report.{md,html}``; all byte-identical to what the benchmark wrote, also from a
+copy of the run folder without ``ckpt/``. With several runs, also writes a comparison
+(every path of every run with its CIs, and differences to the first run with paired
+bootstrap CIs where the runs share test examples; :mod:`robustpath.compare`) to
+``--compare-out`` (default ``results/comparison``).
 
 A sweep folder (``python -m robustpath.sweep``; it holds ``sweep.json``) is reported
 as a whole: each finished cell's tables and plots are rebuilt, then one table across
@@ -16,8 +18,10 @@ cells (:func:`sweep_report`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .cli import ArgumentParser
@@ -29,84 +33,165 @@ from .tables import ALIGN_LABEL, summary_frame, write_tables
 
 
 def _config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
     try:
-        return json.loads((run_dir / "config.json").read_text())
+        cfg = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):
-        raise UserError(f"{run_dir / 'config.json'} is corrupt") from None
+        raise UserError(f"{path} is corrupt") from None
+    return check_config(cfg, path)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_config(cfg, path: Path) -> dict:
+    """The fields of a run's ``config.json`` that report reads, checked: a JSON object,
+    ``bootstrap`` an integer >= 1, ``eps`` a finite number >= 0, names as strings."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a run configuration (a JSON {type(cfg).__name__}, "
+                        "not an object)")
+    boot = cfg.get("bootstrap", 1000)
+    if not (_is_number(boot) and int(boot) == boot and boot >= 1):
+        raise UserError(f"{path}: bootstrap must be an integer >= 1, got {boot!r}")
+    eps = cfg.get("eps", 0)
+    if not (_is_number(eps) and eps >= 0):
+        raise UserError(f"{path}: eps must be a finite number >= 0, got {eps!r}")
+    for k in ("dataset", "arch", "attack", "norm"):
+        if k in cfg and not isinstance(cfg[k], str):
+            raise UserError(f"{path}: {k} must be a string, got {cfg[k]!r}")
+    return cfg
+
+
+# records.csv columns: (name, lowest, highest) of the numeric ones
+_NUMERIC = {"t": (0.0, 1.0), "speed": (0.0, math.inf), "clean_acc": (0.0, 1.0),
+            "robust_acc": (0.0, 1.0), "clean_loss": (0.0, math.inf),
+            "robust_loss": (0.0, math.inf), "n": (1, math.inf), "seed_a": (0, math.inf),
+            "seed_b": (0, math.inf)}
+
+
+def check_records(run_dir: Path, paths=None) -> list:
+    """Every column of ``records.csv`` checked: numeric columns numeric, finite and in
+    range, and equal to what ``examples.npz`` gives (not only ``robust_acc``, which
+    :func:`robustpath.records.read` compares), so garbage in any column is refused."""
+    csv = run_dir / "records.csv"
+    try:
+        frame = pd.read_csv(csv)
+    except Exception:  # noqa: BLE001  (missing or unparsable: records.read says which)
+        read_records(run_dir)
+        raise
+    if any(c not in frame.columns for c in _NUMERIC) or frame.empty:
+        read_records(run_dir)  # names the missing columns
+    for col, (lo, hi) in _NUMERIC.items():
+        vals = pd.to_numeric(frame[col], errors="coerce")
+        bad = vals.isna() | ~np.isfinite(vals) | (vals < lo) | (vals > hi)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{csv}: column {col} row {row + 2} holds {frame[col].iloc[row]!r}, "
+                            f"not a number in [{lo}, {hi}]")
+    ids = frame["align"].astype(str) + "-" + frame["curve"].astype(str) + "-s" + \
+        frame["seed_a"].astype(int).astype(str) + "-" + frame["seed_b"].astype(int).astype(str)
+    if (ids != frame["path_id"].astype(str)).any():
+        raise UserError(f"{csv}: path_id does not match align, curve and seeds")
+    if paths is None:
+        paths = read_records(run_dir)
+    for p in paths:
+        grp = frame[frame["path_id"] == p.path_id]
+        per_t = p.result.per_t()
+        expect = {**per_t, "speed": p.result.speed,
+                  "n": np.full(len(grp), p.result.clean_correct.shape[1])}
+        for col, v in expect.items():
+            if not np.allclose(grp[col].to_numpy(dtype=np.float64), v, rtol=1e-5, atol=1e-5):
+                raise UserError(f"{csv} and examples.npz disagree on {col} of path "
+                                f"{p.path_id} (edited or corrupt file?)")
+    return paths
 
 
 def build_report(run_dir: str | Path) -> pd.DataFrame:
-    """Tables and plots of one run from its records; returns the summary frame.
+    """Tables, figures and the run report of one run from its records; returns the
+    summary frame.
 
-    Everything is computed before anything is written, so a corrupt input leaves the
-    earlier tables untouched.
+    Writes ``tables/``, ``plots/paths.{png,pdf}``, ``plots/plane.{png,pdf}`` (when the
+    run folder holds ``plane.npz``) and ``report.{md,html}``
+    (:mod:`robustpath.html_report`). Everything is computed before anything is
+    written, so a corrupt input leaves the earlier tables untouched.
     """
+    from .html_report import write_run_report
+    from .style import attack_label
+
     run_dir = Path(run_dir)
     cfg = _config(run_dir)
-    paths = read_records(run_dir)
+    paths = check_records(run_dir)  # every column checked, not only robust_acc
     boot = int(cfg.get("bootstrap", 1000))
-    title = f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {cfg.get('attack', '?')} " \
-            f"{cfg.get('norm', '')} eps={cfg.get('eps', 0):.4g}"
-    summary = write_tables(run_dir / "tables", paths, bootstrap=boot, caption=title)
+    atk = attack_label(cfg.get("attack"), cfg.get("norm"), cfg.get("eps"), cfg.get("eval_steps"))
+    title = f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {atk}"
+    caption = title.replace("L∞", "Linf").replace("ε", "eps")  # LaTeX captions stay ASCII
+    from .strong_io import read as read_strong
+
+    summary = write_tables(run_dir / "tables", paths, bootstrap=boot, caption=caption,
+                           strong=read_strong(run_dir))
+    from .paired import write_paired  # tables/paired.{md,csv}: aligned vs unaligned, curve vs line
+
+    write_paired(run_dir, paths, bootstrap=boot)
     from .paired import write_paired  # tables/paired.{md,csv}: aligned vs unaligned, curve vs line
 
     write_paired(run_dir, paths, bootstrap=boot)
     plot_paths(paths, run_dir / "plots" / "paths", title=title, bootstrap=boot)
+    if (run_dir / "plane.npz").is_file():
+        from .plane import load_planes, plot_planes
+
+        planes = load_planes(run_dir / "plane.npz")
+        plot_planes({ALIGN_LABEL.get(m, m): p for m, p in planes.items()},
+                    run_dir / "plots" / "plane",
+                    title=f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: loss on the "
+                    "bezier curves' planes")
+    write_run_report(run_dir, summary, cfg)
     return summary
 
 
 def format_summary(summary: pd.DataFrame, cfg: dict | None = None) -> str:
-    """A compact plain-text table for the terminal."""
-    cols = [("clean_acc_ends", "clean@ends", 100), ("clean_acc_min", "clean min", 100),
-            ("robust_acc_ends", "robust@ends", 100), ("robust_acc_min", "robust min", 100),
-            ("robust_acc_avg", "robust avg", 100), ("robust_loss_barrier", "rob.loss barrier", 1)]
-    head = f"{'path':<26}" + "".join(f"{h:>18}" for _, h, _ in cols)
+    """A compact plain-text table for the terminal, with the precision of
+    ``tables/summary.md`` (accuracies in % to 0.1, losses to 0.001)."""
+    from .tables import _fmt
+
+    cols = [("clean_acc_ends", "clean@ends", True), ("clean_acc_min", "clean min", True),
+            ("robust_acc_ends", "robust@ends", True), ("robust_acc_min", "robust min", True),
+            ("robust_acc_avg", "robust avg", True),
+            ("robust_loss_barrier", "rob.loss barrier", False)]
+    cols += [c for c in (("robust_acc_min_refined", "robust min (refined)", True),
+                         ("aa_robust_worst", "AA@worst t", True), ("aa_pgd_gap", "PGD-AA", True))
+             if c[0] in summary.columns]
+    cells = [[f"{ALIGN_LABEL.get(r['align'], r['align'])} {r['curve']}"]
+             + [_fmt(r, c, pct, latex=False) for c, _, pct in cols]
+             for _, r in summary.iterrows()]
+    widths = [max([26] + [len(c[0]) + 2 for c in cells])]
+    widths += [max(len(h), *(len(c[k + 1]) for c in cells)) + 2 for k, (_, h, _) in enumerate(cols)]
+    head = f"{'path':<{widths[0]}}" + "".join(f"{h:>{w}}" for (_, h, _), w in zip(cols, widths[1:]))
     lines = [head, "-" * len(head)]
-    for _, r in summary.iterrows():
-        name = f"{ALIGN_LABEL.get(r['align'], r['align'])} {r['curve']}"
-        cells = []
-        for c, _, s in cols:
-            if r["pairs"] > 1:
-                cells.append(f"{r[c] * s:.2f}±{r[c + '_std'] * s:.2f}")
-            else:
-                cells.append(f"{r[c] * s:.2f} [{r[c + '_lo'] * s:.1f},{r[c + '_hi'] * s:.1f}]")
-        lines.append(f"{name:<26}" + "".join(f"{c:>18}" for c in cells))
+    for c in cells:
+        lines.append(f"{c[0]:<{widths[0]}}" + "".join(f"{v:>{w}}" for v, w in zip(c[1:], widths[1:])))
+    if cfg:  # which run, and eps as the paper writes it
+        from .style import attack_label
+
+        atk = attack_label(cfg.get("attack"), cfg.get("norm"), cfg.get("eps"),
+                           cfg.get("eval_steps"))
+        lines.insert(0, f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {atk}")
+    pairs = int(summary["pairs"].max()) if len(summary) else 0
+    lines.append("accuracies in %, losses in nats; " + (
+        "value [95% bootstrap CI over test examples]" if pairs <= 1 else
+        f"mean ± std over {pairs} seed pairs"))
     return "\n".join(lines)
 
 
 def comparison(run_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
-    """One table across runs: per (dataset, arch, attack, eps) the unaligned vs aligned
-    statistics of the best curve family (bezier if present, else the first)."""
-    rows = []
-    for rd in run_dirs:
-        cfg = _config(rd)
-        s = pd.read_csv(rd / "tables" / "summary.csv")
-        curve = "bezier" if "bezier" in set(s["curve"]) else s["curve"].iloc[0]
-        row = {"run": rd.name, "dataset": cfg.get("dataset"), "arch": cfg.get("arch"),
-               "attack": cfg.get("attack"), "eps": cfg.get("eps"), "curve": curve}
-        for _, r in s[s["curve"] == curve].iterrows():
-            tag = "unaligned" if r["align"] == "none" else f"aligned-{r['align']}"
-            for m in ("clean_acc_min", "robust_acc_min", "robust_loss_barrier"):
-                row[f"{tag}:{m}"] = r[m]
-                row[f"{tag}:{m}_std"] = r[f"{m}_std"]
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    atomic_write_text(out_dir / "comparison.csv", frame.to_csv(index=False, float_format="%.6f"))
-    metric_cols = [c for c in frame.columns if ":" in c and not c.endswith("_std")]
-    header = ["dataset", "arch", "attack", "eps", "curve"] + metric_cols
-    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for _, r in frame.iterrows():
-        cells = [str(r["dataset"]), str(r["arch"]), str(r["attack"]), f"{r['eps']:.4g}",
-                 str(r["curve"])]
-        for c in metric_cols:
-            scale = 100 if "acc" in c else 1
-            v, sd = r[c] * scale, r.get(c + "_std", 0) * scale
-            cells.append(f"{v:.2f} ± {sd:.2f}" if sd else f"{v:.2f}")
-        md.append("| " + " | ".join(cells) + " |")
-    atomic_write_text(out_dir / "comparison.md", "\n".join(md) + "\n")
-    return frame
+    """The comparison of several runs (:func:`robustpath.compare.compare_runs`): every
+    path of every run with its CIs, and each run's differences to the first with
+    paired bootstrap CIs where the runs share their test examples."""
+    from .compare import compare_runs
+
+    return compare_runs(run_dirs, out_dir, [_config(rd) for rd in run_dirs])
 
 
 # ---------------------------------------------------------------- sweeps
@@ -221,9 +306,24 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True) -> pd.DataFrame
     atomic_write_text(out_dir / "summary.tex", "\n".join(tex) + "\n")
     boot = int(meta.get("bootstrap", 1000))
     for group, recs in records.items():
-        plot_paths(recs, out_dir / "plots" / group, title=f"{group} (mean ± std over seed pairs)",
-                   bootstrap=boot)
+        # the legend says what the bands are (bootstrap CI with one pair, std with more)
+        plot_paths(recs, out_dir / "plots" / group, title=str(group), bootstrap=boot)
+    from .html_report import write_sweep_report
+
+    write_sweep_report(sweep_dir, meta)
     return long
+
+
+def _report_run(run_dir: Path) -> pd.DataFrame:
+    """Rebuild one run's tables under its run lock, after finishing an interrupted
+    commit and checking the folder against its manifest (:mod:`robustpath.runfolder`)."""
+    from . import runfolder
+    from .lock import run_lock
+
+    with run_lock(run_dir):
+        runfolder.recover(run_dir)
+        runfolder.verify(run_dir)
+        return build_report(run_dir)
 
 
 @cli_main
@@ -248,13 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print((sd / "aggregate" / "summary.md").read_text().rstrip())
             print(f"tables: {sd / 'aggregate'}/summary.{{csv,md,tex}}, plots: {sd / 'aggregate' / 'plots'}/")
-    summaries = [build_report(rd) for rd in run_dirs]
+    summaries = [_report_run(rd) for rd in run_dirs]
     for rd, s in zip(run_dirs, summaries):
         print(f"== {rd}")
-        print(format_summary(s))
+        print(format_summary(s, _config(rd)))
     if len(run_dirs) > 1:
         comparison(run_dirs, Path(args.compare_out))
-        print(f"comparison table: {Path(args.compare_out) / 'comparison.md'}")
+        out = Path(args.compare_out)
+        print(f"== comparison ({len(run_dirs)} runs)")
+        print((out / "comparison.md").read_text().rstrip())
+        if (out / "differences.md").read_text().strip():
+            print("\n" + (out / "differences.md").read_text().rstrip())
+        print(f"\ncomparison: {out}/comparison.{{csv,md,tex,html}}, {out}/differences.{{csv,md}}")
     return 0
 
 

@@ -14,7 +14,6 @@ Stages: :func:`endpoint` (adversarial training), :func:`alignment`,
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -27,18 +26,21 @@ import torch.nn as nn
 from . import curves as curves_mod
 from . import data as data_mod
 from .attacks import build_attack
+from .cache import BoundPointCache, load_npz, recompute_notice, save_npz
 from .config import PAM_METHODS, BenchConfig
 from .errors import UserError
-from .evaluate import PathResult, PointCache, curve_speed, evaluate_path, t_grid
+from .evaluate import PathResult, curve_speed, evaluate_path, t_grid
+from .lock import entry_lock
 from .store import (
-    atomic_write_bytes,
-    atomic_write_json,
+    CacheError,
     checkpoint_exists,
+    checkpoint_files,
     config_hash,
     load_model,
     save_model,
+    to_json,
 )
-from .train import TrainConfig, train_endpoint
+from .train import TrainConfig, check_labels, train_endpoint
 
 
 @dataclass
@@ -57,7 +59,10 @@ class RunData:
                                    subset=cfg.train_subset, seed=1234)
         x_te, y_te = data_mod.load(cfg.dataset, train=False, root=cfg.data_root,
                                    subset=cfg.test_subset, seed=4321)
-        return cls(x_tr, y_tr, x_te, y_te, data_mod.info(cfg.dataset).num_classes)
+        classes = data_mod.info(cfg.dataset).num_classes
+        check_labels(y_tr, classes, f"{cfg.dataset} training data")  # before any work
+        check_labels(y_te, classes, f"{cfg.dataset} test data")
+        return cls(x_tr, y_tr, x_te, y_te, classes)
 
     def train_batches(self, cfg: BenchConfig, seed: int = 0, device="cpu", limit: int | None = None):
         x, y = (self.x_train, self.y_train) if limit is None else (self.x_train[:limit],
@@ -86,12 +91,43 @@ def endpoint(cfg: BenchConfig, seed: int, run_dir: Path, data: RunData, device,
     tc = endpoint_config(cfg, seed)
     key = config_hash(tc.cache_key())
     path = _ckpt(run_dir, "endpoints", f"{cfg.arch}-seed{seed}-{key}")
-    if checkpoint_exists(path):
-        model, meta = load_model(path, device)
-        return model.eval(), meta["metrics"], key
-    model, metrics = train_endpoint(tc, path, device=device, progress=progress,
-                                    data=(data.x_train, data.y_train, data.x_test, data.y_test))
+    with entry_lock(path):  # sweep cells sharing ckpt/: one trains, the others load
+        if checkpoint_exists(path):
+            try:
+                model, meta = load_model(path, device, require_checksum=True,
+                                         expect=_arch(cfg))
+                _check_meta(meta, path, config=key, metrics=dict)
+                return model.eval(), meta["metrics"], key
+            except CacheError as e:
+                recompute_notice(e, f"endpoint seed {seed}")
+        model, metrics = train_endpoint(tc, path, device=device, progress=progress,
+                                        data=(data.x_train, data.y_train, data.x_test,
+                                              data.y_test))
     return model.eval(), metrics, key
+
+
+def _arch(cfg: BenchConfig) -> dict:
+    return {"arch": cfg.arch, "dataset": cfg.dataset, "width": float(cfg.width)}
+
+
+def _check_meta(meta: dict, path: Path, *, config: str | None = None, spec: dict | None = None,
+                **kinds) -> None:
+    """A cached checkpoint's sidecar must hold what the stage reads (``kinds``: field ->
+    type) and be bound to this stage's key (``config``: hash of its TrainConfig cache
+    key; ``spec``: the alignment spec)."""
+    files = checkpoint_files(path)
+    for name, kind in kinds.items():
+        if not isinstance(meta.get(name), kind):
+            raise CacheError(f"{files[1]} lacks its {name}", files)
+    if config is not None:
+        try:
+            got = config_hash(TrainConfig.from_dict(meta["config"]).cache_key())
+        except (KeyError, TypeError, ValueError):
+            got = None
+        if got != config:
+            raise CacheError(f"{files[1]} was trained with another configuration", files)
+    if spec is not None and meta.get("spec") != json.loads(to_json(spec)):
+        raise CacheError(f"{files[1]} was computed for another configuration", files)
 
 
 # ---------------------------------------------------------------- alignment
@@ -120,9 +156,27 @@ def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mod
             spec["attack"] = cfg.train_attack().to_dict()
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
+    with entry_lock(path):
+        return _alignment(cfg, method, model_a, model_b, spec, key, path, data, device)
+
+
+def _cached_alignment(cfg: BenchConfig, spec: dict, path: Path, device, what: str):
+    """A verified cached alignment ``(model, report)``, or None (absent or damaged)."""
     if checkpoint_exists(path):
-        aligned, meta = load_model(path, device)
-        return aligned.eval(), meta["report"], key
+        try:
+            aligned, meta = load_model(path, device, require_checksum=True, expect=_arch(cfg))
+            _check_meta(meta, path, spec=spec, report=dict)
+            return aligned.eval(), meta["report"]
+        except CacheError as e:
+            recompute_notice(e, what)
+    return None
+
+
+def _alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module, spec: dict,
+               key: str, path: Path, data: RunData, device):
+    cached = _cached_alignment(cfg, spec, path, device, f"alignment {method}")
+    if cached is not None:
+        return (*cached, key)
     from .align import align
 
     loader = data_mod.Batches(data.x_train[:ALIGN_SAMPLES], data.y_train[:ALIGN_SAMPLES], 250,
@@ -164,9 +218,6 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
     holds ``fraction_changed`` (per group, vs the start), ``losses`` (per iteration),
     ``seconds_per_outer_iteration`` and the full ``history``.
     """
-    from .align import apply
-    from .align.pam import pam
-
     base = PAM_METHODS[method]
     start_b, base_report, base_key = alignment(cfg, base, model_a, model_b, key_a, key_b, run_dir,
                                                data, device, progress)
@@ -175,9 +226,19 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
             "examples": len(data.x_train)}
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
-    if checkpoint_exists(path):
-        aligned, meta = load_model(path, device)
-        return aligned.eval(), meta["report"], key
+    with entry_lock(path):
+        cached = _cached_alignment(cfg, spec, path, device, f"alignment {method}")
+        if cached is not None:
+            return (*cached, key)
+        return _pam(cfg, method, model_a, start_b, base, base_report, spec, key, path, pcfg,
+                    run_dir, data, device, progress)
+
+
+def _pam(cfg, method, model_a, start_b, base, base_report, spec, key, path, pcfg, run_dir, data,
+         device, progress):
+    from .align import apply
+    from .align.pam import pam
+
     res = pam(model_a, start_b, data.x_train, data.y_train, pcfg,
               work_dir=_ckpt(run_dir, "pam", key), device=device, progress=progress)
     report = {**res.report(), "method": method, "start": base,
@@ -204,8 +265,16 @@ def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, k
     train_spec = {k: v for k, v in tcfg.to_dict().items() if k != "amp"}  # amp: how, not what
     spec = {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": train_spec}
     key = config_hash(spec)
-    metrics = train_curve(c, data.x_train, data.y_train, tcfg, _ckpt(run_dir, "curves", f"{kind}-{key}"),
-                          device=device, progress=progress)
+    folder = _ckpt(run_dir, "curves", f"{kind}-{key}")
+    with entry_lock(folder):
+        try:
+            metrics = train_curve(c, data.x_train, data.y_train, tcfg, folder, device=device,
+                                  progress=progress)
+        except CacheError as e:  # a damaged final or epoch checkpoint: refit without it
+            recompute_notice(e, f"{kind} curve")
+            c = curves_mod.build_curve(kind, model_a, model_b, bends=cfg.bends).to(device)
+            metrics = train_curve(c, data.x_train, data.y_train, tcfg, folder, device=device,
+                                  progress=progress)
     return c, metrics, key
 
 
@@ -218,12 +287,18 @@ def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData,
             "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
     key = config_hash(spec)
     path = _ckpt(run_dir, "eval", f"{key}.npz")
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                return PathResult.from_arrays({k: z[k] for k in z.files})
-        except Exception:
-            pass  # a damaged cache entry is recomputed
+    with entry_lock(path):
+        return _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc)
+
+
+def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> PathResult:
+    try:
+        arrays = load_npz(path, spec)
+        if arrays is not None:
+            return PathResult.from_arrays(arrays)
+    except (CacheError, KeyError) as e:
+        recompute_notice(e if isinstance(e, CacheError) else CacheError(
+            f"{path} lacks array {e}", (path, path.with_suffix(".json"))), f"evaluation {desc}")
     ts = t_grid(cfg.t_points)
     attack = build_attack(cfg.eval_attack(), data.num_classes)
     # seeded, so every path sees the same BN batches and perturbation draws at equal t
@@ -232,16 +307,13 @@ def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData,
         speed = curve_speed(c.params_at, ts)
     # points shared by several paths (model A at t=0, the same B at t=1) are evaluated once
     point_spec = {k: v for k, v in spec.items() if k not in ("curve", "t_points")}
-    points = PointCache(_ckpt(run_dir, "points", config_hash(point_spec)))
+    points = BoundPointCache(_ckpt(run_dir, "points", config_hash(point_spec)))
     res = evaluate_path(c.model_at, ts, data.x_test, data.y_test, attack,
                         bn_loader=data.train_batches(cfg, seed=0, device=device),
                         bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
                         speed=speed, device=device, progress=progress, desc=desc,
                         t_batch=cfg.t_batch, point_cache=points)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **res.to_arrays())
-    atomic_write_bytes(path, buf.getvalue())
-    atomic_write_json(path.with_suffix(".json"), spec)
+    save_npz(path, res.to_arrays(), spec)
     return res
 
 
@@ -271,16 +343,17 @@ def plane(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, dev
     from .plane import out_of_plane, plane_grid
 
     spec = {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            "extent": "with-control",  # the lattice covers the control point
             "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
             "attack": cfg.eval_attack().to_dict()}
     key = config_hash(spec)
     path = _ckpt(run_dir, "plane", f"{key}.npz")
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                return {k: z[k] for k in z.files}
-        except Exception:
-            pass
+    try:
+        arrays = load_npz(path, spec)
+        if arrays is not None:
+            return arrays
+    except CacheError as e:
+        recompute_notice(e, "loss plane")
     attack = build_attack(cfg.eval_attack(), data.num_classes)
     bn_attack = build_attack(replace(cfg.train_attack(), seed=1), data.num_classes)
     bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
@@ -288,9 +361,7 @@ def plane(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, dev
                      bn_data, grid=cfg.plane_grid, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
                      device=device, progress=progress)
     res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **res)
-    atomic_write_bytes(path, buf.getvalue())
+    save_npz(path, res, spec)
     return res
 
 
