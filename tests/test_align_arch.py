@@ -154,6 +154,49 @@ def test_blocks_solver_is_exact_against_brute_force():
     assert "differently" in blocks.check(torch.tensor([2, 3, 0, 1, 4, 5]))
 
 
+class InlineAttention(nn.Module):
+    """A user's attention written with Linear layers and reshape/permute (timm's layout),
+    its positions tiled with ``repeat``."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(n, t, c))
+
+
+class _InlineNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.pos = nn.Linear(3, 8), nn.Linear(2, 8)
+        self.attn, self.head = InlineAttention(), nn.Linear(8, 2)
+
+    def forward(self, x):  # x: [N, 5, 3]
+        pos = self.pos(torch.linspace(0, 1, 10).view(1, 5, 2)).repeat(x.shape[0], 1, 1)
+        h = self.embed(x) + pos
+        return self.head(F.relu(h + self.attn(h)).mean(1))
+
+
+def test_inline_attention_is_refused_until_its_module_is_registered():
+    torch.manual_seed(0)
+    model, x = _InlineNet().eval(), torch.randn(16, 5, 3)
+    with pytest.raises(UserError, match="attention heads split inline.*qkv_attention"):
+        permutation_spec(model, x[:2])
+    register_rule(InlineAttention)(qkv_attention("qkv", "proj", "heads"))
+    try:
+        spec, perm, shuffled = _invariant(model, x)
+        assert list(spec.blocks) == ["attn"]
+        aligned, _, _ = align(model, shuffled, method="activation", data=[x], spec=spec)
+        assert _same(model, aligned)
+    finally:
+        _unregister(InlineAttention)
+
+
 def test_qkv_rule_refuses_a_module_it_does_not_describe():
     class Interleaved(nn.Module):
         """qkv read as [heads][q|k|v]: not the timm layout the rule assumes."""

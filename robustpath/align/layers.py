@@ -42,6 +42,7 @@ from .rules import (
     pad,
     passthrough,
     reduce,
+    repeat,
     reshape,
     shape_query,
     softmax,
@@ -224,7 +225,7 @@ for _names, _rule in ((ACTIVATIONS, activation), (PASSTHROUGH, passthrough), (BI
                       ({"transpose", "permute", "t"}, transpose),
                       ({"cat", "concat", "concatenate"}, cat), ({"pad"}, pad),
                       ({"getitem"}, getitem), ({"getattr"}, getattr_fn),
-                      ({"expand", "expand_as"}, expand),
+                      ({"expand", "expand_as"}, expand), ({"repeat"}, repeat),
                       ({"linear", "conv1d", "conv2d", "conv3d"}, None)):
     for _n in _names:
         registry.FUNCTION_RULES[_n] = _rule or (lambda b, node, n=_n: functional_affine(b, node, n))

@@ -229,6 +229,22 @@ def expand(b, node: fx.Node):
     return FIXED_T
 
 
+def repeat(b, node: fx.Node):
+    """``x.repeat(*sizes)``: tiling along the permuted axis is refused, elsewhere the
+    units keep their axis (shifted by new leading axes)."""
+    x = arg(node, 0, "input")
+    st = main_input(b, node, x)
+    if not isinstance(st, Perm):
+        return FIXED_T
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    lead = len(sizes) - len(b.shape(x))
+    if sizes[st.axis + lead] != 1:
+        b.refuse(node, "repeating the permuted axis")
+    return Perm(st.axis + lead, st.segs)
+
+
 def reshape(b, node: fx.Node):
     """view / reshape / flatten / (un)squeeze: find the output axis that holds the permuted
     units whole; a unit owning ``inner`` indices with trailing size ``S`` becomes a block
@@ -253,9 +269,11 @@ def reshape(b, node: fx.Node):
                 candidates.append(i)
         prefix *= d
     if not candidates:
-        users = [u for u in node.users if function_name(u) in ("transpose", "permute")]
+        users = {function_name(u) for u in node.users}
         what = " (a channel shuffle: view -> transpose -> view interleaves the units of " \
-            "the groups, a fixed permutation this spec does not carry)" if users else ""
+            "the groups, a fixed permutation this spec does not carry)" if "transpose" in users \
+            else " (attention heads split inline: register the attention module, e.g. " \
+            "register_rule(MyAttention)(qkv_attention(...)))" if "permute" in users else ""
         b.refuse(node, f"reshape {tuple(ins)} -> {tuple(outs)} splits the permuted units of "
                        f"axis {a} across axes{what}")
     i = next((c for c in candidates if outs[c] > 1), candidates[0])
