@@ -136,4 +136,18 @@ def entry_lock(entry: str | Path) -> Iterator[None]:
     second process waits, then finds the entry written and loads it."""
     entry = Path(entry)
     with _flock(entry.parent / f".{entry.name}.lock", wait=True):
+        remove_stale_temporaries(entry)
         yield
+
+
+def remove_stale_temporaries(entry: Path) -> None:
+    """Delete the temporary files a killed writer of ``entry`` left behind
+    (:func:`robustpath.store.atomic_write_bytes`' ``.<name>.<random>.tmp``). Safe under
+    the entry's lock: no live process is writing this entry."""
+    stem = entry.name.split(".")[0]
+    found = list(entry.parent.glob(f".{stem}.*.tmp"))
+    for folder in [entry, *entry.parent.glob(f"{entry.name}.*")]:  # a folder entry, .epochs/
+        if folder.is_dir():
+            found += folder.glob(".*.tmp")
+    for f in found:
+        f.unlink(missing_ok=True)

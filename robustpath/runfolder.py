@@ -100,6 +100,9 @@ def recover(run_dir: str | Path) -> str | None:
     ``"rolled forward"``, ``"discarded"`` or None (nothing to do)."""
     run_dir = Path(run_dir)
     stage = run_dir / STAGING
+    for folder in (run_dir, run_dir / "tables", run_dir / "plots"):  # a killed report's
+        for f in folder.glob(".*.tmp"):                                # temporaries
+            f.unlink(missing_ok=True)
     if not stage.is_dir():
         return None
     if _read_manifest(stage) is not None:
