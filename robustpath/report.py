@@ -135,9 +135,6 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
     from .paired import write_paired  # tables/paired.{md,csv}: aligned vs unaligned, curve vs line
 
     write_paired(run_dir, paths, bootstrap=boot)
-    from .paired import write_paired  # tables/paired.{md,csv}: aligned vs unaligned, curve vs line
-
-    write_paired(run_dir, paths, bootstrap=boot)
     plot_paths(paths, run_dir / "plots" / "paths", title=title, bootstrap=boot)
     if (run_dir / "plane.npz").is_file():
         from .plane import load_planes, plot_planes
@@ -347,11 +344,13 @@ def main(argv: list[str] | None = None) -> int:
             print("no finished cells yet")
         else:
             print((sd / "aggregate" / "summary.md").read_text().rstrip())
-            print(f"tables: {sd / 'aggregate'}/summary.{{csv,md,tex}}, plots: {sd / 'aggregate' / 'plots'}/")
+            print(f"report: {sd / 'aggregate' / 'report.html'}; tables: "
+                  f"{sd / 'aggregate'}/summary.{{csv,md,tex}}, plots: {sd / 'aggregate' / 'plots'}/")
     summaries = [_report_run(rd) for rd in run_dirs]
     for rd, s in zip(run_dirs, summaries):
         print(f"== {rd}")
         print(format_summary(s, _config(rd)))
+        print(f"report: {rd / 'report.html'} (and report.md)")
     if len(run_dirs) > 1:
         comparison(run_dirs, Path(args.compare_out))
         out = Path(args.compare_out)

@@ -458,7 +458,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size")
     p.add_argument("--lr", default=d.lr, help="peak learning rate (default %(default)s)")
-    p.add_argument("--schedule", default=d.schedule, help="onecycle | cosine")
+    p.add_argument("--schedule", default=d.schedule,
+                   help=f"learning-rate schedule: {', '.join(SCHEDULES.names())}")
     p.add_argument("--eps", default="0.1", help="attack radius in pixels, e.g. 8/255 (default 0.1)")
     p.add_argument("--norm", default="linf", help="linf | l2")
     p.add_argument("--steps", type=int, default=5, help="PGD steps in training (default 5)")
