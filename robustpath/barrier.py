@@ -10,6 +10,11 @@ For per-t clean / robust accuracy A(t) and loss L(t) on a grid 0 = t_0 < ... < t
   robust loss this is the robust loss barrier of Zhao et al. 2020);
 * ``*_acc_barrier``: max_t [((1 - t) A(0) + t A(1)) - A(t)].
 
+With refinement points (:func:`robustpath.evaluate.refine_minimum`), every metric
+above is computed on the grid only, and ``robust_acc_min_refined`` /
+``robust_t_min_refined`` give the minimum over grid *and* refinement points (the
+closer bound on the path's true minimum).
+
 Confidence intervals: 95% percentile bootstrap over test examples (the same resample
 of examples at every t, seeded), so they are reproducible bit for bit.
 """
@@ -24,6 +29,7 @@ KINDS = ("clean", "robust")
 METRICS = [f"{k}_{m}" for k in KINDS for m in
            ("acc_ends", "acc_a", "acc_b", "acc_min", "t_min", "acc_avg", "acc_barrier",
             "loss_barrier")]
+REFINED = ["robust_acc_min_refined", "robust_t_min_refined"]
 
 
 def _trapz(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -53,7 +59,9 @@ def metrics_from_curves(ts: np.ndarray, speed: np.ndarray, acc: dict[str, np.nda
 
 def path_metrics(res: PathResult, *, bootstrap: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, dict[str, float]]:
-    """Point estimates and bootstrap CIs: ``{metric: {"value", "lo", "hi"}}``."""
+    """Point estimates and bootstrap CIs: ``{metric: {"value", "lo", "hi"}}`` of
+    :data:`METRICS` (grid points) and :data:`REFINED` (every point)."""
+    full, res = res, res.grid()
     per_t = res.per_t()
     acc = {k: per_t[f"{k}_acc"] for k in KINDS}
     loss = {k: per_t[f"{k}_loss"] for k in KINDS}
@@ -65,9 +73,18 @@ def path_metrics(res: PathResult, *, bootstrap: int = 1000, seed: int = 0,
     b_acc = {k: weights @ getattr(res, f"{k}_correct").astype(np.float64).T for k in KINDS}
     b_loss = {k: weights @ getattr(res, f"{k}_loss").astype(np.float64).T for k in KINDS}
     boot = metrics_from_curves(res.ts, res.speed, b_acc, b_loss)
+    # refined minimum: all points, the same example resample
+    f_acc = full.robust_correct.astype(np.float64)
+    f_loss = full.robust_loss.astype(np.float64)
+    b_full = weights @ f_acc.T                               # [B, T_all]
+    order = np.lexsort((-f_loss.mean(1), f_acc.mean(1)))     # lowest acc, then highest loss
+    point["robust_acc_min_refined"] = f_acc.mean(1)[order[0]]
+    point["robust_t_min_refined"] = full.ts[order[0]]
+    boot["robust_acc_min_refined"] = b_full.min(-1)
+    boot["robust_t_min_refined"] = full.ts[b_full.argmin(-1)]
     alpha = (1 - level) / 2
     out = {}
-    for name in METRICS:
+    for name in METRICS + REFINED:
         lo, hi = np.quantile(boot[name], [alpha, 1 - alpha])
         out[name] = {"value": float(point[name]), "lo": float(lo), "hi": float(hi)}
     return out
@@ -76,6 +93,7 @@ def path_metrics(res: PathResult, *, bootstrap: int = 1000, seed: int = 0,
 def per_t_bands(res: PathResult, *, bootstrap: int = 1000, seed: int = 0,
                 level: float = 0.95) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Pointwise bootstrap CI bands ``(lo [T], hi [T])`` for each per-t curve (plots)."""
+    res = res.grid()
     n = res.clean_correct.shape[1]
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64) / n

@@ -34,6 +34,7 @@ from .records import PathRecord
 from .records import write as write_records
 from .report import build_report, format_summary
 from .store import atomic_write_json, atomic_write_text, provenance
+from .timing import StageTimer
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,16 +42,18 @@ def parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import available
 
-    p = ArgumentParser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())} "
       "(quick: CPU minutes; paper: Tatro et al.'s robust setting, for a GPU)")
-    a("--dataset", default=None, help=f"dataset: {', '.join(DATASETS.names())} (default: preset's)")
+    a("--dataset", default=None, help=f"dataset: {', '.join(DATASETS.names())} "
+      f"({preset_default('dataset')})")
     a("--data-root", default=None, help="folder with dataset files (default ./data; "
       "Fashion-MNIST is also read from /usr/share/datasets/fashion-mnist)")
-    a("--arch", default=None, help=f"architecture: {', '.join(available())} (default: preset's)")
-    a("--width", type=float, default=None, help="width multiplier of the architecture")
+    a("--arch", default=None, help=f"architecture: {', '.join(available())} "
+      f"({preset_default('arch')})")
+    a("--width", type=float, default=None,
+      help=f"width multiplier of the architecture ({preset_default('width')})")
     a("--seeds", default=None, help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3) "
       "(default: the preset's; 0,1 unless it names more)")
     a("--align", default="none,activation",
@@ -83,13 +86,30 @@ def parser() -> argparse.ArgumentParser:
       "see benchmarks/BN_STUDY.md)")
     a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
     a("--plane-grid", type=int, default=None,
-      help="loss surface on each bezier curve's plane on an N x N grid (0 = off)")
+      help="loss surface on each bezier curve's plane (first seed pair) on an N x N grid "
+      f"(0 = off; {preset_default('plane_grid')})")
     a("--t-batch", type=int, default=None,
       help="t points evaluated at once by vmap over stacked parameters (same results; "
       "pays on a GPU with small models, slower on CPU; default 1)")
     a("--pam-iters", type=int, default=None,
       help="outer iterations of PAM (alignments pam-none, pam-activation; each: permutation "
       "step + 1 curve epoch; default 2)")
+    a("--refine-rounds", type=int, default=None,
+      help="bisection rounds around each path's lowest robust accuracy after the grid "
+      "(2 extra t per round; 0 = off; default 2)")
+    a("--strong-examples", type=int, default=None,
+      help="test examples (a seeded subset) attacked by the strong stage at both endpoints "
+      "and each path's worst t: standard AutoAttack and many-restart PGD (quick 200, else 1000)")
+    a("--aa-version", default=None, help="AutoAttack version of the strong stage and of "
+      "--attack autoattack: standard (Croce & Hein's standard version), plus, rand, custom "
+      "(default standard)")
+    a("--aa-attacks", default=None, help="with --aa-version custom: comma-separated "
+      "sub-attacks from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square")
+    a("--strong-pgd-steps", type=int, default=None,
+      help="steps of the strong stage's many-restart PGD (default 50; step 2.5 eps/steps)")
+    a("--strong-pgd-restarts", type=int, default=None,
+      help="restarts of the strong stage's many-restart PGD (default 10)")
+    a("--no-strong", action="store_true", help="skip the strong stage")
     a("--no-amp", action="store_true",
       help="train in float32 on CUDA too (default: bfloat16 autocast for endpoint and curve "
       "training on CUDA; CPU and all evaluation always run in float32)")
@@ -102,7 +122,23 @@ def parser() -> argparse.ArgumentParser:
     a("--overwrite", action="store_true",
       help="allow --out to hold a run with a different configuration (its records are replaced)")
     a("--no-progress", action="store_true", help="hide progress bars")
+    a("--tensorboard", action="store_true", help="also log the run's metrics to TensorBoard "
+      "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
+    a("--wandb-offline", action="store_true",
+      help="also log them to an offline Weights & Biases run in <out>/wandb/ (needs wandb)")
     return p
+
+
+def preset_default(key: str) -> str:
+    """What a flag left out becomes: ``"default per preset: paper 0, quick 5"``, or
+    ``"default: 1.0"`` where every preset agrees."""
+    from dataclasses import fields
+
+    base = {f.name: f.default for f in fields(BenchConfig)}
+    vals = {n: PRESETS.get(n).get(key, base.get(key)) for n in PRESETS.names()}
+    if len(set(map(str, vals.values()))) == 1:
+        return f"default: {next(iter(vals.values()))}"
+    return "default per preset: " + ", ".join(f"{n} {v}" for n, v in vals.items())
 
 
 def config_from_args(args) -> BenchConfig:
@@ -118,6 +154,10 @@ def config_from_args(args) -> BenchConfig:
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
+        refine_rounds=args.refine_rounds, strong=False if args.no_strong else None,
+        strong_examples=args.strong_examples, aa_version=args.aa_version,
+        aa_attacks=split_list(args.aa_attacks) if args.aa_attacks else None,
+        strong_pgd_steps=args.strong_pgd_steps, strong_pgd_restarts=args.strong_pgd_restarts,
         amp=False if args.no_amp else None, fuse=False if args.no_fuse else None,
         data_root=args.data_root, device=args.device)
     cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
@@ -149,6 +189,8 @@ class RunOutputs:
     curves: dict[str, dict] = field(default_factory=dict)
     records: list[PathRecord] = field(default_factory=list)
     planes: dict[str, dict] = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    strong: dict = field(default_factory=dict)  # path_id -> (identity, StrongPath)
 
 
 def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
@@ -184,12 +226,16 @@ def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
     atomic_write_json(run_dir / "alignment.json", out.alignment)
     atomic_write_json(run_dir / "curves.json", out.curves)
     write_records(run_dir, out.records)
-    if out.planes:
-        from .plane import plot_planes
-        from .tables import ALIGN_LABEL
+    if out.strong:  # strong_eval.{csv,md}, strong_examples.npz, cards/ (robustpath.strong_io)
+        from . import strong_io
 
-        plot_planes({ALIGN_LABEL.get(m, m): p for m, p in out.planes.items()},
-                    run_dir / "plots" / "plane", title=f"{cfg.dataset} / {cfg.arch}: bezier planes")
+        strong_io.write(run_dir, out.strong, cfg=cfg.to_dict())
+    if out.timings:  # robustpath.timing.StageTimer.to_dict(): shown in report.html
+        atomic_write_json(run_dir / "timings.json", out.timings)
+    if out.planes:  # the grids, so that report redraws plots/plane.* without ckpt/
+        from .plane import save_planes
+
+        save_planes(run_dir / "plane.npz", out.planes)
         atomic_write_json(run_dir / "plane.json", {
             m: {"max_out_of_plane": float(p["out_of_plane"].max()),
                 "clean_loss_min": float(p["clean_loss"].min()),
@@ -225,37 +271,54 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,
                 command: str | None) -> Path:
 
+    timer = StageTimer()
     endpoints = {}
     for seed in cfg.seeds:
-        model, metrics, key = stages.endpoint(cfg, seed, run_dir, data, device, progress)
+        with timer("endpoint"):
+            model, metrics, key = stages.endpoint(cfg, seed, run_dir, data, device, progress)
         endpoints[seed] = (model, metrics, key)
 
     records: list[PathRecord] = []
+    strong_paths: dict = {}
     align_reports, curve_metrics, planes = {}, {}, {}
     for sa, sb in cfg.pairs():
         (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
         for method in cfg.align:
-            aligned, report, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run_dir, data,
-                                                     device, progress)
+            with timer("alignment"):
+                aligned, report, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run_dir,
+                                                         data, device, progress)
             align_reports[f"{method}-s{sa}-{sb}"] = report
             for kind in cfg.paths:
-                c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data, device,
-                                           progress)
+                with timer("curve"):
+                    c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data,
+                                               device, progress)
                 if cm:
                     curve_metrics[f"{method}-{kind}-s{sa}-{sb}"] = cm
-                res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
-                                       desc=f"eval {method}/{kind} s{sa}-{sb}")
+                with timer("path eval"):
+                    res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
+                                           desc=f"eval {method}/{kind} s{sa}-{sb}")
                 records.append(PathRecord(method, kind, sa, sb, res))
+                if cfg.strong:
+                    with timer("strong"):
+                        strong_paths[records[-1].path_id] = (
+                            {"align": method, "curve": kind, "seed_a": sa, "seed_b": sb},
+                            stages.strong(cfg, c, res, run_dir, data, device, progress,
+                                          desc=f"strong {method}/{kind} s{sa}-{sb}"))
                 if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
-                    planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device, progress)
+                    with timer("plane"):
+                        planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,
+                                                      progress)
 
     summary = write_run(run_dir, cfg, RunOutputs(
         endpoints={s: m for s, (_, m, _) in endpoints.items()}, alignment=align_reports,
-        curves=curve_metrics, records=records, planes=planes), command=command)
+        curves=curve_metrics, records=records, planes=planes, timings=timer.to_dict(),
+        strong=strong_paths),
+        command=command)
     elapsed = time.perf_counter() - start
     print(format_summary(summary, cfg.to_dict()))
+    print(f"\nstage timings (s):\n{timer.table()}")
     print(f"\n{len(records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "
-          f"(tables/summary.md, plots/paths.png, records.csv)")
+          f"(report.html, tables/summary.md, plots/, records.csv)")
     return run_dir
 
 
@@ -265,7 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cfg = config_from_args(args)
     command = "python -m robustpath.bench " + " ".join(shlex.quote(a) for a in argv)
-    run(cfg, progress=not args.no_progress, overwrite=args.overwrite, command=command.strip())
+    if args.tensorboard or args.wandb_offline:  # fail before the run, not after it
+        from . import tracking
+
+        tracking.check_available(tensorboard=args.tensorboard, wandb=args.wandb_offline)
+    run_dir = run(cfg, progress=not args.no_progress, overwrite=args.overwrite,
+                  command=command.strip())
+    if args.tensorboard:
+        print(f"TensorBoard events: {tracking.log_tensorboard(run_dir)}")
+    if args.wandb_offline:
+        print(f"W&B offline run: {tracking.log_wandb_offline(run_dir)}")
     return 0
 
 

@@ -6,7 +6,7 @@ Presets (``--preset``):
   4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
   training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
   (``benchmarks/BN_STUDY.md``: 1-10 batches change robust accuracy by <= 0.6
-  points), 5x5 loss planes of the bezier curves. Minutes on 2 cores.
+  points), 9x9 loss planes of the bezier curves. Minutes on 2 cores.
 * ``paper`` - Tatro et al. 2020's robust protocol from their code, for a GPU: CIFAR-10,
   TinyTen, full data, 3 seed pairs, 200 endpoint and 200 curve epochs at lr 0.1 with
   Garipov's schedule, rotation + crop + flip, attacks in train mode during endpoint
@@ -38,8 +38,9 @@ PRESETS: Registry[dict] = Registry("preset")
 PRESETS.register("quick")({
     "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0,
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
+    "strong_examples": 200,
     "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 2, "lr": 0.05,
-    "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 5,
+    "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 9,
 })
 #: Tatro et al. 2020's robust protocol, every value from their code (IBM/NeuronAlignment);
 #: docs/paper_protocol.md is generated from this entry (robustpath.protocol) with the
@@ -71,10 +72,6 @@ PRESETS.register("paper-fmnist")({
     "schedule": "garipov", "curve_schedule": "garipov", "attack_mode": "train",
 })
 
-MATCH_METHODS = ("none", "activation", "weight")   # one-shot matchers (robustpath.align)
-# PAM (robustpath.align.pam) started from the identity / from activation matching
-PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
-ALIGN_METHODS = (*MATCH_METHODS, *PAM_METHODS)
 MATCH_METHODS = ("none", "activation", "weight")   # one-shot matchers (robustpath.align)
 # PAM (robustpath.align.pam) started from the identity / from activation matching
 PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
@@ -121,6 +118,13 @@ class BenchConfig:
     bn_inputs: str = "adv"
     bootstrap: int = 1000
     plane_grid: int = 0          # 0: no loss-surface plane plots
+    refine_rounds: int = 2       # bisection rounds around each path's minimum (2 extra t each)
+    strong: bool = True          # the strong stage (robustpath.strong): AutoAttack + PGD-many
+    strong_examples: int = 1000  # test examples the strong stage attacks (RobustBench n_examples)
+    aa_version: str = "standard"  # AutoAttack version: standard | plus | rand | custom
+    aa_attacks: list[str] | None = None  # AutoAttack custom: its sub-attacks
+    strong_pgd_steps: int = 50   # the strong stage's many-restart PGD: steps ...
+    strong_pgd_restarts: int = 10  # ... and restarts
     pam_iters: int = 2           # PAM outer iterations (alignments pam-none / pam-activation)
     t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
     amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
@@ -139,6 +143,14 @@ class BenchConfig:
         """The configured attack for evaluation along paths (seeded for repeatability)."""
         return AttackConfig(name=self.attack, norm=self.norm, eps=self.eps, steps=self.eval_steps,
                             step_size=self.step_size, restarts=self.restarts, seed=0)
+
+    def strong_settings(self):
+        """The strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
+        from .strong import StrongSettings
+
+        return StrongSettings(examples=self.strong_examples, aa_version=self.aa_version,
+                              aa_attacks=self.aa_attacks, pgd_steps=self.strong_pgd_steps,
+                              pgd_restarts=self.strong_pgd_restarts, seed=0).validate()
 
     def pairs(self) -> list[tuple[int, int]]:
         """Seed pairs: consecutive seeds (0,1), (2,3)... ; with 2 seeds one pair."""
@@ -192,6 +204,12 @@ class BenchConfig:
 
         for s in self.seeds:
             check_seed(s)
+        if self.refine_rounds < 0:
+            raise UserError(f"--refine-rounds must be >= 0, got {self.refine_rounds}")
+        if self.strong:
+            self.strong_settings()  # checks --strong-examples, --aa-version, --aa-attacks
+        elif self.aa_attacks or self.aa_version != "standard":
+            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong)")
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
         for name in ("train_subset", "test_subset"):

@@ -41,8 +41,13 @@ ARRAYS = ("clean_correct", "robust_correct", "clean_loss", "robust_loss")
 
 @dataclass
 class PathResult:
-    """Per-example outcomes along one path. ``ts`` [T]; ``speed`` [T] = ||dθ/dt||
-    (for arc-length averages); the four arrays have shape [T, N]."""
+    """Per-example outcomes along one path. ``ts`` [T] (sorted); ``speed`` [T] =
+    ||dθ/dt|| (for arc-length averages); the four arrays have shape [T, N].
+
+    ``refined`` [T] bool marks points added by :func:`refine_minimum` around the grid's
+    minimum (None: grid only). Grid metrics (averages, the grid minimum) use
+    :meth:`grid` only; the refined minimum uses every point.
+    """
 
     ts: np.ndarray
     speed: np.ndarray
@@ -50,15 +55,44 @@ class PathResult:
     robust_correct: np.ndarray
     clean_loss: np.ndarray
     robust_loss: np.ndarray
+    refined: np.ndarray | None = None
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"ts": self.ts, "speed": self.speed, **{k: getattr(self, k) for k in ARRAYS}}
+        out = {"ts": self.ts, "speed": self.speed, **{k: getattr(self, k) for k in ARRAYS}}
+        if self.refined is not None and self.refined.any():
+            out["refined"] = self.refined.astype(np.bool_)
+        return out
 
     @classmethod
     def from_arrays(cls, d) -> PathResult:
+        keys = d.files if hasattr(d, "files") else d.keys()
+        refined = np.asarray(d["refined"], dtype=np.bool_) if "refined" in keys else None
         return cls(ts=np.asarray(d["ts"], dtype=np.float64),
                    speed=np.asarray(d["speed"], dtype=np.float64),
-                   **{k: np.asarray(d[k]) for k in ARRAYS})
+                   **{k: np.asarray(d[k]) for k in ARRAYS}, refined=refined)
+
+    @property
+    def is_refined(self) -> np.ndarray:
+        """[T] bool: True for refinement points (all False for a grid-only result)."""
+        return (np.zeros(len(self.ts), dtype=np.bool_) if self.refined is None
+                else np.asarray(self.refined, dtype=np.bool_))
+
+    def grid(self) -> PathResult:
+        """The grid points only (the result without its refinement points)."""
+        if self.refined is None or not self.refined.any():
+            return self
+        keep = ~self.is_refined
+        return PathResult(ts=self.ts[keep], speed=self.speed[keep],
+                          **{k: getattr(self, k)[keep] for k in ARRAYS})
+
+    def merged(self, other: PathResult) -> PathResult:
+        """This result with ``other``'s points added as refinement points, sorted by t."""
+        ts = np.concatenate([self.ts, other.ts])
+        order = np.argsort(ts, kind="stable")
+        flags = np.concatenate([self.is_refined, np.ones(len(other.ts), dtype=np.bool_)])
+        return PathResult(ts=ts[order], speed=np.concatenate([self.speed, other.speed])[order],
+                          **{k: np.concatenate([getattr(self, k), getattr(other, k)])[order]
+                             for k in ARRAYS}, refined=flags[order])
 
     def per_t(self) -> dict[str, np.ndarray]:
         """Per-t means: accuracies and losses, each shape [T]."""
@@ -77,7 +111,8 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
                   speed: Sequence[float] | None = None, batch_size: int = 500,
                   device: str | torch.device = "cpu", progress: bool = True,
                   desc: str = "path", t_batch: int = 1,
-                  point_cache: PointCache | None = None) -> PathResult:
+                  point_cache: PointCache | None = None,
+                  recompute_ends: bool = True) -> PathResult:
     """Evaluate ``model_at(t)`` for every t in ``ts`` on the test examples.
 
     ``bn_loader`` (iterable of training batches) is required for models with BN;
@@ -92,6 +127,8 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
 
     ``point_cache`` (see :class:`PointCache`) skips points whose network was already
     evaluated with the same settings, e.g. the shared endpoints of several paths.
+    ``recompute_ends=False`` keeps the networks at t = 0 and t = 1 exactly as given
+    (their own BatchNorm statistics: published models are measured as published).
     Returns a :class:`PathResult`.
     """
     if t_batch < 1:
@@ -126,7 +163,7 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
             rows[i] = hit
             bar.update(1)
             continue
-        if bn_data is not None:
+        if bn_data is not None and (recompute_ends or 0.0 < float(t) < 1.0):
             recompute_bn(model, bn_data, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
         pending.append((i, model.eval(), key))
         if len(pending) >= t_batch:
@@ -136,6 +173,62 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
     sp = np.ones_like(ts) if speed is None else np.asarray(speed, dtype=np.float64)
     return PathResult(ts=ts, speed=sp,
                       **{k: np.stack([rows[i][k] for i in range(len(ts))]) for k in ARRAYS})
+
+
+def refine_minimum(result: PathResult, evaluate: Callable[[np.ndarray], PathResult],
+                   rounds: int = 2) -> PathResult:
+    """Refine the minimum of robust accuracy along a path between grid points.
+
+    Starting from the grid point ``t_i`` with the lowest robust accuracy (ties: the
+    higher robust loss), each round evaluates the two midpoints ``t* - h/2`` and
+    ``t* + h/2`` of the bracket ``[t* - h, t* + h]`` (``h`` = the grid spacing at
+    first), moves ``t*`` to the worst of the three and halves ``h``: a discrete
+    bisection that spends ``2 * rounds`` extra points and resolves a dip one grid
+    point wide to ``h / 2**rounds``. Midpoints outside [0, 1] are skipped.
+    ``evaluate(ts) -> PathResult`` measures new points exactly as the grid's
+    (same BatchNorm batches, same attack, same examples). Returns the result with the
+    new points merged and marked ``refined``.
+    """
+    if rounds < 1 or len(result.ts) < 2:
+        return result
+    per = result.per_t()
+
+    def worse(i: int, j: int, acc, loss) -> bool:
+        return acc[i] < acc[j] or (acc[i] == acc[j] and loss[i] > loss[j])
+
+    acc, loss = per["robust_acc"], per["robust_loss"]
+    best = 0
+    for i in range(1, len(acc)):
+        if worse(i, best, acc, loss):
+            best = i
+    t_star = float(result.ts[best])
+    h = float(np.min(np.diff(result.ts)))
+    merged = result
+    for _ in range(rounds):
+        cand = [t for t in (t_star - h / 2, t_star + h / 2)
+                if 0.0 < t < 1.0 and not np.isclose(merged.ts, t, atol=1e-12).any()]
+        if cand:
+            merged = merged.merged(evaluate(np.asarray(cand, dtype=np.float64)))
+            per = merged.per_t()
+            acc, loss = per["robust_acc"], per["robust_loss"]
+            idx = [int(np.argmin(np.abs(merged.ts - t))) for t in (t_star, *cand)]
+            b = idx[0]
+            for i in idx[1:]:
+                if worse(i, b, acc, loss):
+                    b = i
+            t_star = float(merged.ts[b])
+        h /= 2
+    return merged
+
+
+def min_point(result: PathResult, kind: str = "robust") -> tuple[float, float]:
+    """``(t, accuracy)`` of the lowest ``kind`` accuracy over every point of ``result``
+    (grid and refinement; ties: the higher loss, then the first)."""
+    per = result.per_t()
+    acc, loss = per[f"{kind}_acc"], per[f"{kind}_loss"]
+    order = np.lexsort((-loss, acc))
+    i = int(order[0])
+    return float(result.ts[i]), float(acc[i])
 
 
 def _evaluate_point(model: nn.Module, x_test, y_test, attack, batch_size, device) -> dict:

@@ -22,6 +22,9 @@ from .store import atomic_write_bytes, atomic_write_text
 
 COLUMNS = ["path_id", "align", "curve", "seed_a", "seed_b", "t", "speed", "clean_acc",
            "clean_loss", "robust_acc", "robust_loss", "n"]
+#: ``point``: ``grid`` or ``refine`` (a point added around the minimum by
+#: :func:`robustpath.evaluate.refine_minimum`); absent in runs made before refinement
+OPTIONAL = ["point"]
 
 
 @dataclass
@@ -43,6 +46,7 @@ def to_frame(paths: list[PathRecord]) -> pd.DataFrame:
     rows = []
     for p in paths:
         per_t = p.result.per_t()
+        refined = p.result.is_refined
         for i, t in enumerate(p.result.ts):
             rows.append({"path_id": p.path_id, "align": p.align, "curve": p.curve,
                          "seed_a": p.seed_a, "seed_b": p.seed_b, "t": float(t),
@@ -50,8 +54,9 @@ def to_frame(paths: list[PathRecord]) -> pd.DataFrame:
                          "clean_acc": per_t["clean_acc"][i], "clean_loss": per_t["clean_loss"][i],
                          "robust_acc": per_t["robust_acc"][i],
                          "robust_loss": per_t["robust_loss"][i],
-                         "n": int(p.result.clean_correct.shape[1])})
-    return pd.DataFrame(rows, columns=COLUMNS)
+                         "n": int(p.result.clean_correct.shape[1]),
+                         "point": "refine" if refined[i] else "grid"})
+    return pd.DataFrame(rows, columns=COLUMNS + OPTIONAL)
 
 
 def write(run_dir: str | Path, paths: list[PathRecord]) -> None:
@@ -93,7 +98,9 @@ def read(run_dir: str | Path) -> list[PathRecord]:
     out = []
     for pid, grp in frame.groupby("path_id", sort=False):
         try:
-            res = PathResult.from_arrays({k: arrays[f"{pid}/{k}"] for k in ("ts", "speed", *ARRAYS)})
+            res = PathResult.from_arrays({k: arrays[f"{pid}/{k}"] for k in
+                                          ("ts", "speed", *ARRAYS, "refined")
+                                          if k != "refined" or f"{pid}/refined" in arrays})
         except KeyError:
             raise UserError(f"{npz} has no per-example data for path {pid}") from None
         if len(res.ts) != len(grp) or not np.allclose(res.ts, grp["t"].to_numpy(), atol=1e-6):

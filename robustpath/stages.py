@@ -29,7 +29,7 @@ from .attacks import build_attack
 from .cache import BoundPointCache, load_npz, recompute_notice, save_npz
 from .config import PAM_METHODS, BenchConfig
 from .errors import UserError
-from .evaluate import PathResult, curve_speed, evaluate_path, t_grid
+from .evaluate import PathResult, curve_speed, evaluate_path, refine_minimum, t_grid
 from .lock import entry_lock
 from .store import (
     CacheError,
@@ -137,6 +137,22 @@ ALIGN_SAMPLES = 2000
 def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
               key_a: str, key_b: str, run_dir: Path, data: RunData, device,
               progress: bool = True) -> tuple[nn.Module, dict, str]:
+    """Align model B onto A with ``method`` (:func:`_align_any`), then check on the first
+    256 test examples that the aligned B computes B's logits
+    (:func:`robustpath.equivalence.check_same_function`; an error above tolerance). The
+    check is recorded in the report as ``equivalence``. Returns ``(aligned_b, report, key)``."""
+    from .equivalence import check_same_function
+
+    aligned, report, key = _align_any(cfg, method, model_a, model_b, key_a, key_b, run_dir,
+                                      data, device, progress)
+    report = {**report, "equivalence": check_same_function(
+        model_b, aligned, data.x_test, what=f"alignment {method} of seed model B")}
+    return aligned, report, key
+
+
+def _align_any(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
+               key_a: str, key_b: str, run_dir: Path, data: RunData, device,
+               progress: bool = True) -> tuple[nn.Module, dict, str]:
     """Align model B onto A with ``method`` (none | activation | weight | pam-none |
     pam-activation).
 
@@ -285,6 +301,8 @@ def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData,
     spec = {"curve": curve_key, "t_points": cfg.t_points, "bn_batches": cfg.bn_batches,
             "bn_inputs": cfg.bn_inputs, "attack": cfg.eval_attack().to_dict(),
             "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
+    if cfg.refine_rounds:  # absent when off: grid-only caches keep their keys
+        spec["refine_rounds"] = cfg.refine_rounds
     key = config_hash(spec)
     path = _ckpt(run_dir, "eval", f"{key}.npz")
     with entry_lock(path):
@@ -306,15 +324,56 @@ def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> Pat
     with torch.no_grad():
         speed = curve_speed(c.params_at, ts)
     # points shared by several paths (model A at t=0, the same B at t=1) are evaluated once
-    point_spec = {k: v for k, v in spec.items() if k not in ("curve", "t_points")}
+    point_spec = {k: v for k, v in spec.items() if k not in ("curve", "t_points", "refine_rounds")}
     points = BoundPointCache(_ckpt(run_dir, "points", config_hash(point_spec)))
-    res = evaluate_path(c.model_at, ts, data.x_test, data.y_test, attack,
-                        bn_loader=data.train_batches(cfg, seed=0, device=device),
-                        bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
-                        speed=speed, device=device, progress=progress, desc=desc,
-                        t_batch=cfg.t_batch, point_cache=points)
+
+    def measure(ts_, speed_, label):
+        return evaluate_path(c.model_at, ts_, data.x_test, data.y_test, attack,
+                             bn_loader=data.train_batches(cfg, seed=0, device=device),
+                             bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs,
+                             bn_attack=bn_attack, speed=speed_, device=device, progress=progress,
+                             desc=label, t_batch=cfg.t_batch, point_cache=points)
+
+    res = measure(ts, speed, desc)
+
+    def extra(ts_):  # refinement points, measured exactly as the grid's
+        with torch.no_grad():
+            sp = curve_speed(c.params_at, ts_)
+        return measure(ts_, sp, f"{desc} (refine)")
+
+    res = refine_minimum(res, extra, rounds=cfg.refine_rounds)
     save_npz(path, res.to_arrays(), spec)
     return res
+
+
+# ---------------------------------------------------------------- strong evaluation
+def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool = True):
+    """How :func:`path_eval` prepares a network at t (same BN batches and attack), for
+    the strong stage: :class:`robustpath.strong.PointSetup`."""
+    from .strong import PointSetup
+
+    return PointSetup(bn_loader=data.train_batches(cfg, seed=0, device=device),
+                      bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs,
+                      bn_attack=build_attack(replace(cfg.train_attack(), seed=1),
+                                             data.num_classes),
+                      device=device, batch_size=500, recompute_ends=recompute_ends)
+
+
+def strong(cfg: BenchConfig, c, res: PathResult, run_dir: Path, data: RunData, device,
+           progress: bool = True, desc: str = "strong"):
+    """The strong stage on one evaluated path (:func:`robustpath.strong.strong_path`):
+    standard AutoAttack and many-restart PGD at t = 0, t = 1 and the worst t, with the
+    transfer check. Points are cached in ``ckpt/strong/`` by settings and network."""
+    from .strong import strong_path
+
+    folder = _ckpt(run_dir, "strong", config_hash(
+        {"bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+         "bn_attack": cfg.train_attack().to_dict(), "test_subset": cfg.test_subset,
+         "train_subset": cfg.train_subset}))
+    return strong_path(c.model_at, res, data.x_test, data.y_test,
+                       settings=cfg.strong_settings(), eval_attack=cfg.eval_attack(),
+                       setup=point_setup(cfg, data, device), folder=folder,
+                       num_classes=data.num_classes, progress=progress, desc=desc)
 
 
 def check_writable(run_dir: Path) -> None:

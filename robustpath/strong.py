@@ -1,57 +1,131 @@
-"""Strong evaluation along a path: AutoAttack beside PGD, and a transfer check.
+"""The strong stage: standard AutoAttack and many-restart PGD at a path's endpoints
+and at its worst t, a transfer check, and AutoAttack's own checks.
 
-PGD with few steps (Tatro et al. use PGD-5) can overestimate robustness, and more so
-at interior points of a path, whose loss surface nobody trained to be smooth. Two
-checks, usable by any caller that has a path ``model_at(t) -> nn.Module``:
+PGD with few steps (Tatro et al. use PGD-5; robustpath's quick preset PGD-10) can
+overestimate robustness, more so at interior points of a path whose loss surface
+nobody trained to be smooth. For every evaluated path, on a fixed, seeded subset of
+``StrongSettings.examples`` test examples (RobustBench's ``n_examples``; the same
+examples at every point and on every path, so differences are paired):
 
-* :func:`strong_eval` - at chosen t (by default the endpoints and the t where PGD
-  found the lowest robust accuracy, :func:`strong_ts`) the network is prepared once
-  (BatchNorm recomputed, :class:`PointSetup`) and attacked with both the weak attack
-  and the strong one (AutoAttack, standard version: APGD-CE, APGD-T, FAB-T, Square;
-  Croce & Hein 2020) on the same examples. Columns ``robust_acc_pgd``,
-  ``robust_acc_aa`` and ``gap = robust_acc_pgd - robust_acc_aa`` (how much PGD
-  overestimates), plus ``robust_acc_worst`` (examples that survive both).
-* :func:`transfer_check` - adversarial examples are made once against the path's
-  endpoints (PGD) and evaluated, without further attack, at every t. A transfer
-  (black-box) attack should never beat the white-box attack on the model itself; where
-  it does by more than ``margin`` the direct gradients are suspect: *possible gradient
-  masking* (Athalye et al. 2018, "Obfuscated gradients"). Columns ``direct_acc``,
-  ``transfer_acc_<source>``, ``transfer_acc`` (examples that survive every source),
-  ``transfer_only`` (fraction robust to the direct attack but broken by a transfer one)
-  and ``stronger``.
+* at t = 0, t = 1 and the path's worst t (the lowest PGD robust accuracy over the
+  grid *and* its refinement, :func:`robustpath.evaluate.refine_minimum`), the network
+  is prepared exactly as the path evaluation prepared it (:class:`PointSetup`: the same
+  BatchNorm batches) and attacked by
 
-:func:`write_strong` and :func:`write_transfer` write ``strong_eval.{csv,md}`` and
-``transfer.{csv,md}`` atomically.
+  - the evaluation attack (PGD): its per-example outcome is taken from the path
+    evaluation itself (same network, attack and examples);
+  - standard AutoAttack from Croce & Hein's code (:mod:`robustpath.autoattack`),
+    resumable through its ``EvaluationState``, with its own checks' warnings recorded;
+  - PGD with ``pgd_steps`` steps and ``pgd_restarts`` restarts (default PGD-50 x 10,
+    step 2.5 eps / steps, Madry et al.'s rule);
+
+* a transfer check: adversarial examples made by the evaluation attack (same budget
+  and restarts as the direct attack) against each endpoint are evaluated at the point,
+  each source separately. A source is flagged only when it beats the direct attack by
+  more than sampling error: a one-sided exact McNemar test on the same examples
+  (discordant pairs), Bonferroni-corrected over the tests of the path, level 0.05.
+  At t = 0 the source-A examples *are* the direct attack's, so nothing is flagged there.
+
+Results per path: :class:`StrongPath` (per-example arrays per point + metadata); written
+by :mod:`robustpath.strong_io` as ``strong_eval.{csv,md}``, ``strong_examples.npz``
+and one RobustBench-style card per point in ``cards/``.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
+from scipy.stats import binomtest
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import Attack, eval_mode
+from .attacks import Attack, AttackConfig, build_attack, eval_mode
 from .bn import recompute_bn
 from .errors import UserError
-from .evaluate import PathResult
+from .evaluate import PathResult, PointCache, min_point
 from .metrics import per_example
-from .store import atomic_write_text
+from .store import atomic_write_bytes, atomic_write_json, config_hash
 
 ModelAt = Callable[[float], nn.Module]
+ALPHA = 0.05  # family-wise level of the transfer (gradient-masking) test of one path
+
+
+@dataclass
+class StrongSettings:
+    """Settings of the strong stage (bench flags in brackets).
+
+    ``examples`` [--strong-examples]: test examples attacked (a seeded subset of the
+    evaluation's test examples, seed ``seed``); ``aa_version`` [--aa-version]:
+    standard | plus | rand | custom; ``aa_attacks`` [--aa-attacks]: custom's list;
+    ``pgd_steps`` / ``pgd_restarts`` [--strong-pgd-steps / --strong-pgd-restarts]:
+    the many-restart PGD; ``extra_t``: more t to attack besides the endpoints and the
+    worst t.
+    """
+
+    examples: int = 200
+    aa_version: str = "standard"
+    aa_attacks: list[str] | None = None
+    pgd_steps: int = 50
+    pgd_restarts: int = 10
+    seed: int = 0
+    extra_t: list[float] = field(default_factory=list)
+
+    def validate(self) -> StrongSettings:
+        from .autoattack import check_version
+
+        if int(self.examples) < 1:
+            raise UserError(f"--strong-examples must be >= 1, got {self.examples} "
+                            "(--no-strong turns the strong stage off)")
+        self.examples = int(self.examples)
+        version, attacks = check_version(self.aa_version, self.aa_attacks)
+        self.aa_version, self.aa_attacks = version, list(attacks) if attacks else None
+        for name in ("pgd_steps", "pgd_restarts"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--strong-{name.replace('_', '-')} must be >= 1, "
+                                f"got {getattr(self, name)}")
+        for t in self.extra_t:
+            if not 0.0 <= float(t) <= 1.0:
+                raise UserError(f"strong-attack t must lie in [0, 1], got {t}")
+        return self
+
+    def aa_config(self, norm: str, eps: float) -> AttackConfig:
+        return AttackConfig(name="autoattack", norm=norm, eps=eps, seed=self.seed,
+                            aa_version=self.aa_version, aa_attacks=self.aa_attacks)
+
+    def pgd_config(self, norm: str, eps: float) -> AttackConfig:
+        return AttackConfig(name="pgd", norm=norm, eps=eps, steps=self.pgd_steps,
+                            step_size=2.5 * float(eps) / self.pgd_steps,
+                            restarts=self.pgd_restarts, seed=self.seed)
+
+    @property
+    def pgd_name(self) -> str:
+        return f"pgd{self.pgd_steps}x{self.pgd_restarts}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
+    """``min(n, n_total)`` sorted indices into the test examples, drawn with ``seed``."""
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
 
 
 @dataclass
 class PointSetup:
     """How a network on a path is made ready to be measured, exactly as
-    :func:`robustpath.evaluate.evaluate_path` does it: moved to ``device`` and its
-    BatchNorm statistics re-estimated on ``bn_batches`` batches of ``bn_loader``
-    (clean or adversarial inputs from ``bn_attack``). ``bn_loader=None`` skips BN."""
+    :func:`robustpath.evaluate.evaluate_path` does it: moved to ``device``, BatchNorm
+    statistics re-estimated on the first ``bn_batches`` batches of ``bn_loader`` (clean
+    or adversarial inputs from ``bn_attack``); ``recompute_ends=False`` keeps t = 0 and
+    t = 1 as given (published models). ``bn_loader=None`` skips BN."""
 
     bn_loader: Iterable | None = None
     bn_batches: int = 10
@@ -59,60 +133,84 @@ class PointSetup:
     bn_attack: Attack | None = None
     device: str | torch.device = "cpu"
     batch_size: int = 500
+    recompute_ends: bool = True
 
-    def prepare(self, model_at: ModelAt, t: float) -> nn.Module:
-        model = model_at(float(t)).to(self.device)
+    def __post_init__(self):
+        # the same batches at every call, as evaluate_path takes them once per path
         if self.bn_loader is not None:
+            self.bn_loader = list(itertools.islice(iter(self.bn_loader), self.bn_batches))
+
+    def recomputes(self, t: float) -> bool:
+        return self.bn_loader is not None and (self.recompute_ends or 0.0 < float(t) < 1.0)
+
+    def prepare_model(self, model: nn.Module, t: float) -> nn.Module:
+        model = model.to(self.device)
+        if self.recomputes(t):
             recompute_bn(model, self.bn_loader, batches=self.bn_batches, inputs=self.bn_inputs,
                          attack=self.bn_attack)
         return model.eval()
 
+    def prepare(self, model_at: ModelAt, t: float) -> nn.Module:
+        return self.prepare_model(model_at(float(t)), t)
+
 
 def strong_ts(result: PathResult | None = None, extra: Sequence[float] = (),
-              endpoints: bool = True) -> list[float]:
-    """The t at which to run the strong attack: the endpoints, the t of the lowest
-    robust accuracy in ``result`` (first one on ties) and ``extra``; sorted, unique."""
-    ts: set[float] = {0.0, 1.0} if endpoints else set()
+              endpoints: bool = True) -> list[tuple[str, float]]:
+    """The points to attack: ``("a", 0)``, ``("b", 1)``, ``("worst", t*)`` with t* the
+    lowest robust accuracy of ``result`` over grid and refinement
+    (:func:`robustpath.evaluate.min_point`), and ``("extra", t)`` for ``extra``."""
+    pts: list[tuple[str, float]] = [("a", 0.0), ("b", 1.0)] if endpoints else []
     if result is not None and len(result.ts):
-        acc = result.robust_correct.astype(np.float64).mean(1)
-        ts.add(float(result.ts[int(np.argmin(acc))]))
+        pts.append(("worst", round(min_point(result)[0], 10)))
     for t in extra:
         t = float(t)
         if not 0.0 <= t <= 1.0:
             raise UserError(f"strong-attack t must lie in [0, 1], got {t}")
-        ts.add(t)
-    return sorted(round(t, 10) for t in ts)
+        pts.append(("extra", round(t, 10)))
+    return pts
 
 
-def strong_eval(model_at: ModelAt, ts: Sequence[float], x: torch.Tensor, y: torch.Tensor,
-                weak: Attack, strong: Attack, setup: PointSetup | None = None, *,
-                weak_name: str = "pgd", strong_name: str = "aa", progress: bool = True,
-                desc: str = "strong eval") -> pd.DataFrame:
-    """Weak vs strong attack at each t of ``ts`` on the same examples ``x`` [N,C,H,W],
-    ``y`` [N] and the same prepared network. One row per t: ``t``, ``clean_acc``,
-    ``robust_acc_<weak_name>``, ``robust_acc_<strong_name>``, ``gap`` (weak - strong),
-    ``robust_acc_worst`` (robust to both), ``robust_loss_<name>`` and ``n``."""
-    setup = setup or PointSetup()
-    rows = []
-    for t in tqdm(list(ts), desc=desc, disable=not progress, unit="t", leave=False):
-        model = setup.prepare(model_at, t)
-        kw = {"batch_size": setup.batch_size, "device": setup.device}
-        clean = per_example(model, x, y, None, **kw)
-        w = per_example(model, x, y, weak, **kw)
-        s = per_example(model, x, y, strong, **kw)
-        rows.append({"t": float(t), "clean_acc": clean.accuracy,
-                     f"robust_acc_{weak_name}": w.accuracy,
-                     f"robust_acc_{strong_name}": s.accuracy,
-                     "gap": w.accuracy - s.accuracy,
-                     "robust_acc_worst": float((w.correct & s.correct).float().mean()),
-                     f"robust_loss_{weak_name}": w.mean_loss,
-                     f"robust_loss_{strong_name}": s.mean_loss, "n": len(y)})
-    return pd.DataFrame(rows)
+@dataclass
+class StrongPoint:
+    """One attacked point: ``role`` (a | b | worst | extra), ``t``, per-example bool
+    arrays over the subset (``clean``, ``pgd`` = the evaluation attack, ``aa``,
+    ``pgd_many``, ``transfer_<source>``) and metadata (AutoAttack's per-sub-attack
+    accuracy, warnings, gradient passes per example; transfer p-values)."""
+
+    role: str
+    t: float
+    arrays: dict[str, np.ndarray]
+    meta: dict
+
+    def acc(self, name: str) -> float:
+        return float(np.asarray(self.arrays[name], dtype=np.float64).mean())
 
 
-def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack,
-                         batch_size: int = 500, device: str | torch.device = "cpu") -> torch.Tensor:
-    """``attack(model, x, y)`` batch by batch; returns the examples on the CPU."""
+@dataclass
+class StrongPath:
+    """The strong stage's outcome on one path: its points and the subset's indices."""
+
+    points: list[StrongPoint]
+    indices: np.ndarray
+    settings: dict
+
+    def point(self, role: str) -> StrongPoint:
+        return next(p for p in self.points if p.role == role)
+
+
+def mcnemar_p(direct: np.ndarray, transfer: np.ndarray) -> float:
+    """One-sided exact McNemar p-value that the transfer attack breaks more examples
+    than the direct one: among discordant examples, ``b`` = robust to the direct attack
+    but broken by the transfer one, ``c`` = the reverse; P(X >= b), X ~ Bin(b + c, 1/2)."""
+    direct, transfer = np.asarray(direct, bool), np.asarray(transfer, bool)
+    b = int((direct & ~transfer).sum())
+    c = int((~direct & transfer).sum())
+    if b == 0:
+        return 1.0
+    return float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
+
+
+def _adv(model: nn.Module, x, y, attack: Attack, batch_size: int, device) -> torch.Tensor:
     out = []
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
@@ -121,91 +219,96 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
     return torch.cat(out) if out else x.clone()
 
 
-def transfer_check(model_at: ModelAt, result: PathResult, x: torch.Tensor, y: torch.Tensor,
-                   sources: dict[str, nn.Module], attack: Attack,
-                   setup: PointSetup | None = None, *, margin: float = 0.02,
-                   progress: bool = True, desc: str = "transfer") -> tuple[pd.DataFrame, bool]:
-    """Transfer attacks from ``sources`` (e.g. ``{"a": endpoint_a, "b": endpoint_b}``)
-    evaluated at every t of ``result`` (the direct attack's per-example outcomes on the
-    same ``x``, ``y``, in the same order).
+def _save(path: Path, arrays: dict, meta: dict) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
+    atomic_write_json(path.with_suffix(".json"), meta)  # written last: marks the point done
 
-    Returns ``(frame, flagged)``; ``flagged`` is true when at some t the transfer
-    accuracy is below the direct robust accuracy by more than ``margin`` (possible
-    gradient masking).
+
+def _load(path: Path, n: int) -> tuple[dict, dict] | None:
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path.with_suffix(".npz")) as z:
+            arrays = {k: z[k] for k in z.files}
+        if any(len(v) != n for v in arrays.values()) or "aa" not in arrays:
+            return None
+        return arrays, meta
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # absent or damaged: recomputed
+
+
+def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
+                y_test: torch.Tensor, *, settings: StrongSettings, eval_attack: AttackConfig,
+                setup: PointSetup, folder: str | Path, num_classes: int,
+                progress: bool = True, desc: str = "strong") -> StrongPath:
+    """Run the strong stage on one path (module docstring); ``result`` is the path's
+    evaluation on ``x_test``/``y_test`` (grid + refinement, same examples, same order).
+
+    Each point is cached in ``folder`` by the settings and the exact network (before
+    BatchNorm recomputation), so a point shared by several paths (model A) is attacked
+    once and a killed run resumes (AutoAttack inside a point, by sub-attack).
     """
-    setup = setup or PointSetup()
-    if result.robust_correct.shape[1] != len(y):
-        raise UserError(f"transfer check: the path result has {result.robust_correct.shape[1]} "
-                        f"examples but {len(y)} were given")
-    if not sources:
-        raise UserError("transfer check needs at least one source model")
-    adv = {name: adversarial_examples(m.to(setup.device), x, y, attack, setup.batch_size,
-                                      setup.device) for name, m in sources.items()}
-    rows, flagged = [], False
-    for i, t in enumerate(tqdm(result.ts, desc=desc, disable=not progress, unit="t", leave=False)):
-        model = setup.prepare(model_at, float(t))
-        direct = torch.from_numpy(np.asarray(result.robust_correct[i], dtype=bool))
-        survive = torch.ones(len(y), dtype=torch.bool)
-        row = {"t": float(t), "direct_acc": float(direct.float().mean())}
-        for name, xa in adv.items():
-            r = per_example(model, xa, y, None, batch_size=setup.batch_size, device=setup.device)
-            row[f"transfer_acc_{name}"] = r.accuracy
-            survive &= r.correct
-        row["transfer_acc"] = float(survive.float().mean())
-        row["transfer_only"] = float((direct & ~survive).float().mean())
-        row["stronger"] = bool(row["transfer_acc"] < row["direct_acc"] - margin)
-        row["n"] = len(y)
-        flagged |= row["stronger"]
-        rows.append(row)
-    return pd.DataFrame(rows), flagged
+    settings.validate()
+    folder = Path(folder)
+    if result.robust_correct.shape[1] != len(y_test):
+        raise UserError(f"strong stage: the path result has {result.robust_correct.shape[1]} "
+                        f"examples but {len(y_test)} were given")
+    idx = subset_indices(len(y_test), settings.examples, settings.seed)
+    x, y = x_test[idx], y_test[idx]
+    device = setup.device
+    aa = build_attack(settings.aa_config(eval_attack.norm, eval_attack.eps), num_classes)
+    many = build_attack(settings.pgd_config(eval_attack.norm, eval_attack.eps), num_classes)
+    direct_attack = build_attack(eval_attack, num_classes)
+    skey = config_hash({"strong": settings.to_dict(), "attack": eval_attack.to_dict(),
+                        "n_test": len(y_test)})
+    pts = strong_ts(result, settings.extra_t)
+    sources: dict[str, torch.Tensor] = {}
 
+    def source(name: str, t: float) -> torch.Tensor:
+        if name not in sources:  # made lazily: a fully cached path needs no attack at all
+            m = setup.prepare(model_at, t)
+            sources[name] = _adv(m, x, y, direct_attack, setup.batch_size, device)
+        return sources[name]
 
-# ---------------------------------------------------------------- output
-def _markdown(frame: pd.DataFrame, pct: Sequence[str]) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in frame.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            if c in pct:
-                cells.append(f"{100 * float(v):.2f}")
-            elif isinstance(v, (bool, np.bool_)):
-                cells.append("yes" if v else "")
-            elif isinstance(v, (float, np.floating)):
-                cells.append(f"{float(v):.4g}")
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _pct_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if "acc" in c or c in ("gap", "transfer_only")]
-
-
-def write_strong(frame: pd.DataFrame, out_dir: str | Path, *, title: str = "") -> None:
-    """``strong_eval.csv`` (fractions) and ``strong_eval.md`` (percent) in ``out_dir``."""
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "strong_eval.csv", frame.to_csv(index=False, float_format="%.6f"))
-    head = f"{title}\n\n" if title else ""
-    note = ("Accuracies in percent; gap = robust_acc_pgd - robust_acc_aa (how much the weak "
-            "attack overestimates robustness).\n\n")
-    atomic_write_text(out_dir / "strong_eval.md",
-                      head + note + _markdown(frame, _pct_columns(frame)))
-
-
-def write_transfer(frame: pd.DataFrame, out_dir: str | Path, flagged: bool, *,
-                   margin: float = 0.02, title: str = "") -> None:
-    """``transfer.csv`` (fractions) and ``transfer.md`` (percent, with the verdict)."""
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "transfer.csv", frame.to_csv(index=False, float_format="%.6f"))
-    verdict = (f"**WARNING: possible gradient masking** - at some t, adversarial examples "
-               f"transferred from the endpoints beat the direct attack by more than "
-               f"{100 * margin:.1f} points (rows marked 'stronger'); robust accuracy there is "
-               "overestimated." if flagged else
-               f"No sign of gradient masking: transfer attacks from the endpoints never beat the "
-               f"direct attack by more than {100 * margin:.1f} points.")
-    head = f"{title}\n\n" if title else ""
-    atomic_write_text(out_dir / "transfer.md",
-                      head + verdict + "\n\n" + _markdown(frame, _pct_columns(frame)))
+    out: list[StrongPoint] = []
+    n_tests = 2 * len(pts)
+    for role, t in tqdm(pts, desc=desc, disable=not progress, unit="pt", leave=False):
+        raw = model_at(float(t)).to(device)
+        pkey = config_hash({"s": skey, "net": PointCache.key(raw),
+                            "bn": setup.recomputes(t) and config_hash(
+                                {"b": setup.bn_batches, "i": setup.bn_inputs})})
+        i = int(np.argmin(np.abs(result.ts - t)))
+        pgd = np.asarray(result.robust_correct[i], dtype=bool)[idx]
+        grid_clean = np.asarray(result.clean_correct[i], dtype=bool)[idx]
+        got = _load(folder / pkey, len(idx))
+        if got is None:
+            model = setup.prepare_model(raw, t)
+            res = aa.run(model, x.to(device), y.to(device),
+                         state_path=folder / f"{pkey}.aa-state.json",
+                         batch_size=setup.batch_size)
+            m = per_example(model, x, y, many, batch_size=setup.batch_size, device=device)
+            arrays = {"clean": res.clean.numpy(), "aa": res.robust.numpy(),
+                      "pgd_many": m.correct.numpy()}
+            for name, ts_ in (("a", 0.0), ("b", 1.0)):
+                r = per_example(model, source(name, ts_), y, None, batch_size=setup.batch_size,
+                                device=device)
+                arrays[f"transfer_{name}"] = r.correct.numpy()
+            meta = {"aa_after": res.after, "aa_warnings": res.warnings,
+                    "aa_grad_passes": res.grad_passes, "aa_queries": res.queries,
+                    "aa_attacks": res.attacks, "aa_resumed": res.resumed,
+                    "aa": aa.describe(), "pgd_many": settings.pgd_config(
+                        eval_attack.norm, eval_attack.eps).to_dict()}
+            _save(folder / pkey, arrays, meta)
+            (folder / f"{pkey}.aa-state.json").unlink(missing_ok=True)
+        else:
+            arrays, meta = got
+        arrays = {**{k: np.asarray(v, dtype=bool) for k, v in arrays.items()}, "pgd": pgd}
+        meta = dict(meta)
+        meta["clean_matches_path"] = bool((arrays["clean"] == grid_clean).all())
+        for name in ("a", "b"):
+            p = mcnemar_p(pgd, arrays[f"transfer_{name}"])
+            meta[f"transfer_p_{name}"] = p
+            meta[f"transfer_flag_{name}"] = bool(p < ALPHA / n_tests)
+        out.append(StrongPoint(role, float(t), arrays, meta))
+    return StrongPath(points=out, indices=idx, settings=settings.to_dict())

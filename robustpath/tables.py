@@ -33,14 +33,27 @@ COLUMNS = [
     ("clean_loss_barrier", "Clean loss barrier", False),
     ("robust_loss_barrier", "Robust loss barrier", False),
     ("robust_acc_barrier", "Robust acc barrier", True),
+    # the minimum over grid + refinement points (robustpath.evaluate.refine_minimum)
+    ("robust_acc_min_refined", "Robust min (refined)", True),
+    ("robust_t_min_refined", "t at refined min", False),
+    # the strong stage (robustpath.strong) on its example subset: AutoAttack at the worst t
+    ("aa_robust_worst", "AA robust at worst t", True),
+    ("aa_acc_barrier", "AA acc barrier", True),
+    ("aa_pgd_gap", "PGD - AA gap", True),
 ]
 
 
-def per_path_frame(paths: list[PathRecord], bootstrap: int = 1000) -> pd.DataFrame:
-    """One row per path with ``<metric>``, ``<metric>_lo``, ``<metric>_hi`` columns."""
+def per_path_frame(paths: list[PathRecord], bootstrap: int = 1000,
+                   strong: dict | None = None) -> pd.DataFrame:
+    """One row per path with ``<metric>``, ``<metric>_lo``, ``<metric>_hi`` columns;
+    ``strong`` (:func:`robustpath.strong_io.read`) adds the strong-stage metrics."""
+    from .strong_io import strong_metrics
+
     rows = []
     for p in paths:
         m = path_metrics(p.result, bootstrap=bootstrap, seed=0)
+        if strong and p.path_id in strong:
+            m.update(strong_metrics(strong[p.path_id], bootstrap=bootstrap, seed=0))
         row = {"path_id": p.path_id, "align": p.align, "curve": p.curve, "seed_a": p.seed_a,
                "seed_b": p.seed_b}
         for name, v in m.items():
@@ -58,7 +71,7 @@ def summary_frame(per_path: pd.DataFrame) -> pd.DataFrame:
     for align, curve in keys:
         g = per_path[(per_path["align"] == align) & (per_path["curve"] == curve)]
         row = {"align": align, "curve": curve, "pairs": len(g)}
-        for name, _, _ in COLUMNS:
+        for name, _, _ in columns(per_path):
             vals = g[name].to_numpy(dtype=np.float64)
             row[name] = float(vals.mean())
             row[f"{name}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
@@ -66,6 +79,12 @@ def summary_frame(per_path: pd.DataFrame) -> pd.DataFrame:
             row[f"{name}_hi"] = float(g[f"{name}_hi"].iloc[0]) if len(g) == 1 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def columns(frame: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """The :data:`COLUMNS` that ``frame`` holds (runs without refinement or strong
+    stage have fewer)."""
+    return [c for c in COLUMNS if c[0] in frame.columns]
 
 
 def _fmt(row, name: str, pct: bool, latex: bool) -> str:
@@ -79,11 +98,12 @@ def _fmt(row, name: str, pct: bool, latex: bool) -> str:
 
 
 def _cells(summary: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
-    header = ["Alignment", "Path"] + [h for _, h, _ in COLUMNS]
+    cols = columns(summary)
+    header = ["Alignment", "Path"] + [h for _, h, _ in cols]
     body = []
     for _, row in summary.iterrows():
         body.append([ALIGN_LABEL.get(row["align"], row["align"]), str(row["curve"])]
-                    + [_fmt(row, n, p, latex) for n, _, p in COLUMNS])
+                    + [_fmt(row, n, p, latex) for n, _, p in cols])
     return header, body
 
 
@@ -109,10 +129,10 @@ def to_latex(summary: pd.DataFrame, caption: str = "") -> str:
 
 
 def write_tables(out_dir: str | Path, paths: list[PathRecord], *, bootstrap: int = 1000,
-                 caption: str = "") -> pd.DataFrame:
+                 caption: str = "", strong: dict | None = None) -> pd.DataFrame:
     """Write per_path.csv, summary.csv, summary.md, summary.tex; returns the summary."""
     out_dir = Path(out_dir)
-    per_path = per_path_frame(paths, bootstrap)
+    per_path = per_path_frame(paths, bootstrap, strong)
     summary = summary_frame(per_path)
     atomic_write_text(out_dir / "per_path.csv", per_path.to_csv(index=False, float_format="%.6f"))
     atomic_write_text(out_dir / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))

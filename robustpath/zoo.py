@@ -417,8 +417,10 @@ class CompareConfig:
     ``pairs``: explicit model pairs (default: every same-architecture pair of
     ``models``). Attacks: ``attack`` with ``steps`` evaluates the paths; PGD with
     ``train_steps`` makes adversarial inputs for BatchNorm recomputation, activation
-    matching on ``adv`` inputs and curve fitting; ``strong_attack`` runs at the endpoints,
-    the worst t and ``strong_t``.
+    matching on ``adv`` inputs and curve fitting; the strong stage (standard AutoAttack and
+    many-restart PGD, :mod:`robustpath.strong`) runs at the endpoints, the worst t and
+    ``strong_t``. t = 0 and t = 1 are the published models with their own BatchNorm
+    statistics unless ``bn_endpoints``.
     """
 
     models: list[str] = field(default_factory=list)
@@ -446,11 +448,16 @@ class CompareConfig:
     batch_size: int = 128
     curve_epochs: int = 4
     curve_lr: float = 0.015
-    strong_attack: str = "none"
-    strong_steps: int = 100
+    refine_rounds: int = 2
+    bn_endpoints: bool = False   # recompute BN at t = 0, 1 too (default: published statistics)
+    strong: bool = True
+    strong_examples: int = 200
+    aa_version: str = "standard"
+    aa_attacks: list[str] | None = None
+    strong_pgd_steps: int = 50
+    strong_pgd_restarts: int = 10
     strong_t: list[float] = field(default_factory=list)
     transfer: bool = True
-    masking_margin: float = 0.02
     bootstrap: int = 1000
     trust_checkpoints: bool = False
     expect_sha256: dict = field(default_factory=dict)  # model name -> sha256 of its .pt
@@ -469,9 +476,14 @@ class CompareConfig:
         return AttackConfig(name=self.attack, norm=self.norm, eps=self.eps, steps=self.steps,
                             step_size=self.step_size, restarts=self.restarts, seed=0)
 
-    def strong_attack_config(self) -> AttackConfig:
-        return AttackConfig(name=self.strong_attack, norm=self.norm, eps=self.eps,
-                            steps=self.strong_steps, seed=0)
+    def strong_settings(self):
+        """The shared strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
+        from .strong import StrongSettings
+
+        return StrongSettings(examples=self.strong_examples, aa_version=self.aa_version,
+                              aa_attacks=self.aa_attacks, pgd_steps=self.strong_pgd_steps,
+                              pgd_restarts=self.strong_pgd_restarts, seed=0,
+                              extra_t=list(self.strong_t)).validate()
 
     def validate(self) -> CompareConfig:
         from . import curves
@@ -501,10 +513,12 @@ class CompareConfig:
         for flag, value in (("--align-inputs", self.align_inputs), ("--bn-inputs", self.bn_inputs)):
             if value not in ("clean", "adv"):
                 raise UserError(f"{flag} must be clean or adv, got {value!r}")
-        if self.strong_attack != "none":
-            ATTACKS.get(self.strong_attack)
+        if self.strong:
+            self.strong_settings()
         ATTACKS.get(self.attack)
-        for name in ("steps", "restarts", "train_steps", "strong_steps", "bn_batches",
+        if self.refine_rounds < 0:
+            raise UserError(f"--refine-rounds must be >= 0, got {self.refine_rounds}")
+        for name in ("steps", "restarts", "train_steps", "bn_batches",
                      "batch_size", "curve_epochs", "bootstrap", "bends", "align_samples"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, "
@@ -514,7 +528,6 @@ class CompareConfig:
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0 (0 = all)")
-        self.masking_margin = parse_fraction(self.masking_margin, name="--masking-margin")
         for t in self.strong_t:
             if not 0.0 <= float(t) <= 1.0:
                 raise UserError(f"--strong-t values must lie in [0, 1], got {t}")
@@ -558,16 +571,25 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--batch-size", type=int, default=128, help="batch size for BN recomputation and fitting")
     a("--curve-epochs", type=int, default=4, help="epochs of curve fitting (bezier/polychain)")
     a("--curve-lr", default="0.015", help="learning rate of curve fitting")
-    a("--strong-attack", default="none", help="strong attack at chosen t: none, autoattack "
-      "(torchattacks AutoAttack, standard) or apgd")
-    a("--strong-steps", type=int, default=100, help="iterations of apgd as --strong-attack "
-      "(AutoAttack's standard version fixes its own)")
-    a("--strong-t", default="", help="extra t for the strong attack, comma-separated (always: "
+    a("--refine-rounds", type=int, default=2, help="bisection rounds around each path's lowest "
+      "robust accuracy after the grid (2 extra t per round; 0 = off)")
+    a("--bn-endpoints", action="store_true", help="recompute BatchNorm at t = 0 and t = 1 too "
+      "(default: the published models with their own statistics)")
+    a("--strong-examples", type=int, default=200, help="test examples (a seeded subset) attacked "
+      "by the strong stage: standard AutoAttack and many-restart PGD at both endpoints and "
+      "each path's worst t")
+    a("--aa-version", default="standard", help="AutoAttack version (Croce & Hein's code): "
+      "standard, plus, rand, custom")
+    a("--aa-attacks", default=None, help="with --aa-version custom: sub-attacks from apgd-ce, "
+      "apgd-dlr, apgd-t, fab, fab-t, square")
+    a("--strong-pgd-steps", type=int, default=50, help="steps of the strong stage's PGD")
+    a("--strong-pgd-restarts", type=int, default=10, help="restarts of the strong stage's PGD")
+    a("--strong-t", default="", help="extra t for the strong stage, comma-separated (always: "
       "0, 1 and the t of the lowest PGD robust accuracy)")
-    a("--no-transfer", action="store_true", help="skip the transfer check (adversarial examples "
-      "of the endpoints evaluated at every t)")
-    a("--masking-margin", default="0.02", help="flag gradient masking when transfer accuracy is "
-      "below direct robust accuracy by more than this (fraction)")
+    a("--no-strong", action="store_true", help="skip the strong stage")
+    a("--no-transfer", action="store_true", help="skip the transfer check along the whole path "
+      "(the evaluation attack's examples made against each endpoint, evaluated at every t; "
+      "flagged by a McNemar test against the direct attack)")
     a("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     a("--trust-checkpoints", action="store_true", help="allow full unpickling of checkpoints "
       "that hold more than tensors (only for files you trust)")
@@ -603,9 +625,12 @@ def config_from_args(args) -> CompareConfig:
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, batch_size=args.batch_size,
         curve_epochs=args.curve_epochs,
         curve_lr=parse_fraction(args.curve_lr, name="--curve-lr", allow_zero=False),
-        strong_attack=args.strong_attack, strong_steps=args.strong_steps, strong_t=strong_t,
-        transfer=not args.no_transfer,
-        masking_margin=args.masking_margin, bootstrap=args.bootstrap,
+        refine_rounds=args.refine_rounds, bn_endpoints=args.bn_endpoints,
+        strong=not args.no_strong, strong_examples=args.strong_examples,
+        aa_version=args.aa_version,
+        aa_attacks=split_list(args.aa_attacks) if args.aa_attacks else None,
+        strong_pgd_steps=args.strong_pgd_steps, strong_pgd_restarts=args.strong_pgd_restarts,
+        strong_t=strong_t, transfer=not args.no_transfer, bootstrap=args.bootstrap,
         trust_checkpoints=args.trust_checkpoints,
         expect_sha256=parse_expect_sha256(args.expect_sha256), device=args.device,
         out=args.out or "")
@@ -719,7 +744,8 @@ class CompareRun:
         return PointSetup(bn_loader=self.bn_loader(), bn_batches=self.cfg.bn_batches,
                           bn_inputs=self.cfg.bn_inputs,
                           bn_attack=build_attack(self.cfg.train_attack(seed=1), num_classes),
-                          device=self.device, batch_size=500)
+                          device=self.device, batch_size=500,
+                          recompute_ends=self.cfg.bn_endpoints)
 
     def _path(self, stage: str, name: str) -> Path:
         return self.dir / "ckpt" / stage / name
@@ -805,7 +831,8 @@ class CompareRun:
         return config_hash({"curve": ckey, "t_points": c.t_points, "bn_batches": c.bn_batches,
                             "bn_inputs": c.bn_inputs, "bn_attack": c.train_attack(seed=1).to_dict(),
                             "attack": c.eval_attack().to_dict(), "test_subset": c.test_subset,
-                            "train_subset": c.train_subset, "batch_size": c.batch_size})
+                            "train_subset": c.train_subset, "batch_size": c.batch_size,
+                            "refine_rounds": c.refine_rounds, "bn_endpoints": c.bn_endpoints})
 
     def eval_keys(self, pairs: list[tuple[str, str]]) -> list[str]:
         """The evaluation cache keys of every path of ``pairs``."""
@@ -828,18 +855,25 @@ class CompareRun:
         return None
 
     def evaluate(self, c, key: str, desc: str) -> PathResult:
-        from .evaluate import curve_speed, evaluate_path, t_grid
+        from .evaluate import curve_speed, evaluate_path, refine_minimum, t_grid
 
         _, _, x_te, y_te, num_classes = self.data()
         setup = self.setup()
         ts = t_grid(self.cfg.t_points)
-        with torch.no_grad():
-            speed = curve_speed(c.params_at, ts)
-        res = evaluate_path(c.model_at, ts, x_te, y_te,
-                            build_attack(self.cfg.eval_attack(), num_classes),
-                            bn_loader=setup.bn_loader, bn_batches=setup.bn_batches,
-                            bn_inputs=setup.bn_inputs, bn_attack=setup.bn_attack, speed=speed,
-                            device=self.device, progress=self.progress, desc=desc)
+        attack = build_attack(self.cfg.eval_attack(), num_classes)
+
+        def measure(ts_, label):
+            with torch.no_grad():
+                sp = curve_speed(c.params_at, ts_)
+            return evaluate_path(c.model_at, ts_, x_te, y_te, attack,
+                                 bn_loader=setup.bn_loader, bn_batches=setup.bn_batches,
+                                 bn_inputs=setup.bn_inputs, bn_attack=setup.bn_attack, speed=sp,
+                                 device=self.device, progress=self.progress, desc=label,
+                                 recompute_ends=self.cfg.bn_endpoints)
+
+        res = measure(ts, desc)
+        res = refine_minimum(res, lambda ts_: measure(ts_, f"{desc} (refine)"),
+                             rounds=self.cfg.refine_rounds)
         buf = io.BytesIO()
         np.savez_compressed(buf, **res.to_arrays())
         atomic_write_bytes(self._path("eval", f"{key}.npz"), buf.getvalue())
@@ -853,34 +887,33 @@ class CompareRun:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def strong(self, c, ts: list[float], key: str, desc: str) -> pd.DataFrame:
-        from .strong import strong_eval
+    def strong(self, c, res: PathResult, desc: str):
+        """The shared strong stage (:func:`robustpath.strong.strong_path`) on one path;
+        points cached in ``ckpt/strong/<settings>/`` by network."""
+        from .strong import strong_path
 
         _, _, x_te, y_te, num_classes = self.data()
-        frame = strong_eval(c.model_at, ts, x_te, y_te,
-                            build_attack(self.cfg.eval_attack(), num_classes),
-                            build_attack(self.cfg.strong_attack_config(), num_classes),
-                            self.setup(), weak_name=_short(self.cfg.attack),
-                            strong_name=_short(self.cfg.strong_attack), progress=self.progress,
-                            desc=desc)
-        atomic_write_json(self._path("strong", f"{key}.json"), frame.to_dict(orient="split"))
-        return frame
+        folder = self._path("strong", config_hash({
+            "bn_batches": self.cfg.bn_batches, "bn_inputs": self.cfg.bn_inputs,
+            "bn_attack": self.cfg.train_attack(seed=1).to_dict(),
+            "test_subset": self.cfg.test_subset, "train_subset": self.cfg.train_subset,
+            "batch_size": self.cfg.batch_size}))
+        return strong_path(c.model_at, res, x_te, y_te, settings=self.cfg.strong_settings(),
+                           eval_attack=self.cfg.eval_attack(), setup=self.setup(),
+                           folder=folder, num_classes=num_classes, progress=self.progress,
+                           desc=desc)
 
     def transfer(self, c, res: PathResult, key: str, desc: str) -> pd.DataFrame:
-        from .strong import transfer_check
+        from .transfer import transfer_check
 
         _, _, x_te, y_te, num_classes = self.data()
         setup = self.setup()
         sources = {"a": setup.prepare(c.model_at, 0.0), "b": setup.prepare(c.model_at, 1.0)}
         frame, _ = transfer_check(c.model_at, res, x_te, y_te, sources,
                                   build_attack(self.cfg.eval_attack(), num_classes), setup,
-                                  margin=self.cfg.masking_margin, progress=self.progress, desc=desc)
+                                  progress=self.progress, desc=desc)
         atomic_write_json(self._path("transfer", f"{key}.json"), frame.to_dict(orient="split"))
         return frame
-
-
-def _short(attack: str) -> str:
-    return {"autoattack": "aa"}.get(attack, attack.replace("-", "_"))
 
 
 # ---------------------------------------------------------------- compare: outputs
@@ -976,9 +1009,11 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                 command: str | None = None) -> Path:
     """Compare every pair of ``cfg``; returns the run folder. Nothing is written before
     the pairs, checkpoints and data have been checked."""
+    from . import strong_io
+    from .equivalence import check_same_function
     from .report import build_report, format_summary
     from .stages import check_writable, read_json
-    from .strong import strong_ts, write_strong, write_transfer
+    from .transfer import write_transfer
 
     device = resolve(cfg.device)
     pairs, skipped = resolve_pairs(cfg)
@@ -997,7 +1032,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                         "use another --out or pass --overwrite")
     index = {m: i for i, m in enumerate(cfg.models)}
     records: list[PathRecord] = []
-    strong_frames, transfer_frames, flagged, align_reports = [], [], [], {}
+    strong_paths, transfer_frames, flagged, align_reports = {}, [], [], {}
+    checks: dict[str, dict] = {}
     for a, b in pairs:
         ka, kb = run.model_key(a), run.model_key(b)
         for method in cfg.align:
@@ -1020,25 +1056,29 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                         held["c"] = run.curve(kind, run.model(a), aligned_b(), ckey)
                     return held["c"]
 
+                # the path's endpoints must be the loaded models, the aligned B must be B
+                c0 = curve()
+                checks[f"{method}-{kind}:{a}:{b}"] = {
+                    "aligned_b_vs_b": check_same_function(
+                        run.model(b), aligned_b(), run.data()[2], what=f"{method} alignment of {b}"),
+                    "t0_vs_a": check_same_function(
+                        run.model(a), c0.model_at(0.0), run.data()[2], what=f"{desc} at t = 0"),
+                    "t1_vs_b": check_same_function(
+                        run.model(b), c0.model_at(1.0), run.data()[2], what=f"{desc} at t = 1")}
                 res = run.load_eval(ekey)
                 if res is None:
                     res = run.evaluate(curve(), ekey, f"eval {desc}")
                 records.append(PathRecord(method, kind, index[a], index[b], res))
-                if cfg.strong_attack != "none":
-                    ts = strong_ts(res, cfg.strong_t)
-                    skey = config_hash({"eval": ekey, "ts": ts,
-                                        "strong": cfg.strong_attack_config().to_dict()})
-                    frame = run.cached_frame("strong", skey)
-                    if frame is None:
-                        frame = run.strong(curve(), ts, skey, f"{cfg.strong_attack} {desc}")
-                    strong_frames.append(_labelled(frame, a, b, method, kind))
+                if cfg.strong:
+                    strong_paths[records[-1].path_id] = (
+                        {"align": method, "curve": kind, "model_a": a, "model_b": b},
+                        run.strong(curve(), res, f"strong {desc}"))
                 if cfg.transfer:
-                    tkey = config_hash({"eval": ekey, "transfer": cfg.eval_attack().to_dict()})
+                    tkey = config_hash({"eval": ekey, "transfer": cfg.eval_attack().to_dict(),
+                                        "test": "mcnemar"})
                     frame = run.cached_frame("transfer", tkey)
                     if frame is None:
                         frame = run.transfer(curve(), res, tkey, f"transfer {desc}")
-                    frame["stronger"] = (frame["transfer_acc"]
-                                         < frame["direct_acc"] - cfg.masking_margin)
                     if frame["stronger"].any():
                         ts_bad = ", ".join(f"{t:.2f}" for t in frame.loc[frame["stronger"], "t"])
                         flagged.append(f"{desc} (t = {ts_bad})")
@@ -1059,7 +1099,10 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
             sha256=run._sha256.get(m) if m in used else None)
         for m in cfg.models})
     atomic_write_json(run.dir / "alignment.json", align_reports)
+    atomic_write_json(run.dir / "equivalence.json", checks)
     write_records(run.dir, records)
+    if strong_paths:  # before build_report: the summary table reads strong_examples.npz
+        strong_io.write(run.dir, strong_paths, cfg=dict(cfg_dict, eval_steps=cfg.steps))
     summary = build_report(run.dir)
     for a, b in pairs if len(pairs) > 1 else []:  # one pair: the run folder is its report
         pdir = run.dir / "pairs" / f"{a}__{b}"
@@ -1070,24 +1113,22 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     atomic_write_text(run.dir / "barrier_matrix.csv",
                       matrix.to_csv(index=False, float_format="%.6f"))
     plot_barrier_matrix(matrix, cfg.models, run.dir / "plots", title)
-    if strong_frames:
-        write_strong(pd.concat(strong_frames, ignore_index=True), run.dir, title=f"# {title}")
     if transfer_frames:
         write_transfer(pd.concat(transfer_frames, ignore_index=True), run.dir, bool(flagged),
-                       margin=cfg.masking_margin, title=f"# {title}")
+                       title=f"# {title}")
     print(format_summary(summary, cfg_dict))
     for a, b in skipped:
         print(f"skipped {a} vs {b}: different architectures")
-    if strong_frames:
-        s = pd.concat(strong_frames, ignore_index=True)
-        w, st = f"robust_acc_{_short(cfg.attack)}", f"robust_acc_{_short(cfg.strong_attack)}"
-        print(f"\n{cfg.strong_attack} vs {cfg.attack}: largest gap "
-              f"{100 * s['gap'].max():.1f} points (mean {cfg.attack} {100 * s[w].mean():.1f}%, "
-              f"{cfg.strong_attack} {100 * s[st].mean():.1f}%); see strong_eval.md")
+    if strong_paths:
+        s = strong_io.frame(strong_paths)
+        print(f"\nAutoAttack ({cfg.aa_version}) vs {cfg.attack}-{cfg.steps} on "
+              f"{int(s['n'].iloc[0])} examples: largest gap {100 * s['gap_pgd_aa'].max():.1f} "
+              f"points; see strong_eval.md and cards/")
     for f in flagged:
         print(f"WARNING: possible gradient masking on {f}: transfer attacks from the endpoints "
               "beat the direct attack (transfer.md)")
-    print(f"\n{len(records)} paths over {len(pairs)} pairs; outputs in {run.dir}/ "
+    print(f"\n{len(records)} path{'s' if len(records) != 1 else ''} over {len(pairs)} "
+          f"pair{'s' if len(pairs) != 1 else ''}; outputs in {run.dir}/ "
           "(tables/summary.md, barrier_matrix.csv, plots/)")
     return run.dir
 

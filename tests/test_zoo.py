@@ -27,7 +27,6 @@ from robustpath import data, zoo
 from robustpath.attacks import AttackConfig, build_attack
 from robustpath.errors import UserError
 from robustpath.evaluate import evaluate_path
-from robustpath.strong import PointSetup, strong_eval, strong_ts, transfer_check, write_transfer
 
 NAME_A, NAME_B, NAME_C = "TinyTest2099_WRN_A", "TinyTest2099_WRN_B", "TinyTest2099_DMWRN_C"
 REPO = Path(__file__).resolve().parent.parent
@@ -191,13 +190,15 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
             "--data-root", str(root), "--align", "none,weight,activation", "--t-points", "3",
             "--test-subset", "16", "--train-subset", "0", "--batch-size", "16",
             "--bn-batches", "2", "--bn-inputs", "clean", "--steps", "2", "--eps", "8/255",
-            "--strong-attack", "fgsm", "--strong-t", "0.25",
+            "--strong-examples", "8", "--aa-version", "custom", "--aa-attacks", "apgd-ce",
+            "--strong-pgd-steps", "2", "--strong-pgd-restarts", "1", "--strong-t", "0.25",
             "--bootstrap", "50",
             "--device", "cpu", "--out", str(out), "--no-progress"]
     assert zoo.main(argv) == 0
     for f in ("records.csv", "examples.npz", "tables/summary.md", "plots/paths.png",
               "barrier_matrix.csv", "plots/barrier_matrix_line.png", "strong_eval.csv",
-              "strong_eval.md", "transfer.csv", "transfer.md", "models.json", "alignment.json"):
+              "strong_eval.md", "strong_examples.npz", "transfer.csv", "transfer.md",
+              "models.json", "alignment.json", "equivalence.json"):
         assert (out / f).is_file(), f
     records = pd.read_csv(out / "records.csv")
     assert set(records["align"]) == {"none", "weight", "activation"}
@@ -206,17 +207,32 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
     assert len(matrix) == 3 and set(matrix["model_b"]) == {NAME_B}
     assert {"robust_loss_barrier", "robust_acc_min"} <= set(matrix.columns)
     strong = pd.read_csv(out / "strong_eval.csv")
-    assert {"robust_acc_pgd", "robust_acc_fgsm", "gap"} <= set(strong.columns)
+    assert {"robust_acc_pgd", "robust_acc_aa", "robust_acc_pgd_many", "gap_pgd_aa"} <= \
+        set(strong.columns)
     assert set(strong["t"].round(3)) >= {0.0, 0.25, 1.0}
+    assert set(strong["role"]) == {"a", "b", "worst", "extra"}
+    assert (strong["robust_acc_aa"] <= strong["clean_acc"]).all()
+    # the strong stage prepares each network exactly as the path evaluation did
+    assert strong["clean_matches_path"].all()
+    assert len(list((out / "cards").glob("*.json"))) == len(strong)
     transfer = pd.read_csv(out / "transfer.csv")
-    assert {"direct_acc", "transfer_acc_a", "transfer_acc_b", "stronger"} <= set(transfer.columns)
-    # the strong evaluation prepares each network exactly as the path evaluation did
-    # (same BN batches): its PGD loss at t in {0, 1} matches the records
-    for align in ("none", "weight"):
-        rec = records[records["align"] == align].set_index("t")["robust_loss"]
-        st = strong[strong["align"] == align].set_index("t")["robust_loss_pgd"]
-        assert np.allclose(rec.loc[[0.0, 1.0]].to_numpy(), st.loc[[0.0, 1.0]].to_numpy(),
-                           rtol=1e-4)
+    assert {"direct_acc", "transfer_acc_a", "transfer_acc_b", "p_a", "stronger"} <= \
+        set(transfer.columns)
+    # t = 0 and t = 1 are the published models: their logits, and their own BN statistics
+    import json
+
+    eq = json.loads((out / "equivalence.json").read_text())
+    assert len(eq) == 3 * len(set(records["curve"]))
+    for rec in eq.values():
+        for check in ("aligned_b_vs_b", "t0_vs_a", "t1_vs_b"):
+            assert rec[check]["max_abs_logit_diff"] <= 1e-4 * max(1, rec[check]["max_abs_logit"])
+    x_te, y_te = data.load("cifar10", train=False, root=root, subset=16, seed=4321)
+    for name, t in ((NAME_A, 0.0), (NAME_B, 1.0)):
+        with torch.no_grad():
+            own = (zoo.load(name, model_dir)(x_te).argmax(1) == y_te).float().mean().item()
+        got = records[(records["align"] == "none") & (records["t"] == t)]["clean_acc"]
+        assert got.iloc[0] == pytest.approx(own)
+    assert "refine" in set(records["point"])
 
     ckpt = {p: p.stat().st_mtime_ns for p in (out / "ckpt").rglob("*") if p.is_file()}
 
@@ -251,56 +267,27 @@ def test_aligned_line_runs_on_loaded_models(tiny_zoo):
     assert res.robust_correct.shape == (3, len(y))
 
 
-# ---------------------------------------------------------------- strong evaluation
-@pytest.mark.slow  # AutoAttack (standard) takes minutes on a CPU
-def test_autoattack_is_at_least_as_strong_as_pgd(trained_pair, fmnist):
-    model = trained_pair[0]
-    _, _, x_te, y_te = fmnist
-    x, y = x_te[:64], y_te[:64]
-    pgd = build_attack(AttackConfig(eps=0.1, steps=10, seed=0))
-    aa = build_attack(AttackConfig(name="autoattack", eps=0.1, seed=0))
-    frame = strong_eval(lambda t: model, [0.0], x, y, pgd, aa, progress=False)
-    row = frame.iloc[0]
-    assert row["robust_acc_aa"] <= row["robust_acc_pgd"]
-    assert row["gap"] == pytest.approx(row["robust_acc_pgd"] - row["robust_acc_aa"])
-    assert row["robust_acc_worst"] <= row["robust_acc_aa"]
-    assert 0 < row["clean_acc"]
+# ---------------------------------------------------------------- equivalence in the zoo
+def test_wrong_alignment_is_caught_by_the_equivalence_check(tiny_zoo, tmp_path, monkeypatch,
+                                                            capsys):
+    import robustpath.align as align_mod
 
+    model_dir, root, _ = tiny_zoo
+    real = align_mod.align
 
-class _Quantised(nn.Module):
-    """8-bit input quantisation: zero input gradient, the classic masked gradient."""
+    def broken(a, b, **kw):  # a permutation applied to one layer only: not B's function
+        aligned, perm, report = real(a, b, **kw)
+        with torch.no_grad():
+            w = next(p for n, p in aligned.named_parameters() if p.dim() == 4)
+            w.copy_(w[torch.randperm(w.shape[0])])
+        return aligned, perm, report
 
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(torch.round(x * 255) / 255)
-
-
-def test_transfer_check_flags_masked_gradients(trained_pair, fmnist, tmp_path):
-    model = trained_pair[0]
-    masked = _Quantised(model).eval()
-    _, _, x_te, y_te = fmnist
-    x, y = x_te[:64], y_te[:64]
-    pgd = build_attack(AttackConfig(eps=0.1, steps=5, seed=0))
-    path = lambda t: model if t in (0.0, 1.0) else masked
-    res = evaluate_path(path, [0.0, 0.5, 1.0], x, y, pgd, progress=False)
-    frame, flagged = transfer_check(path, res, x, y, {"a": model}, pgd, PointSetup(),
-                                    progress=False)
-    assert flagged
-    assert list(frame["stronger"]) == [False, True, False]
-    write_transfer(frame, tmp_path, flagged)
-    assert "possible gradient masking" in (tmp_path / "transfer.md").read_text()
-
-
-def test_strong_ts_picks_endpoints_and_worst_t():
-    from robustpath.evaluate import PathResult
-
-    correct = np.array([[1, 1], [1, 0], [0, 0], [1, 1]], dtype=bool)
-    res = PathResult(ts=np.linspace(0, 1, 4), speed=np.ones(4), clean_correct=correct,
-                     robust_correct=correct, clean_loss=np.zeros((4, 2)),
-                     robust_loss=np.zeros((4, 2)))
-    assert strong_ts(res, [0.5]) == [0.0, 0.5, pytest.approx(2 / 3), 1.0]
-    with pytest.raises(UserError):
-        strong_ts(res, [1.5])
+    monkeypatch.setattr(align_mod, "align", broken)
+    argv = ["compare", "--models", f"{NAME_A},{NAME_B}", "--model-dir", str(model_dir),
+            "--data-root", str(root), "--align", "weight", "--t-points", "3",
+            "--test-subset", "16", "--train-subset", "0", "--batch-size", "16",
+            "--bn-batches", "2", "--steps", "2", "--no-strong", "--no-transfer",
+            "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert zoo.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "do not compute the same function" in err and "Traceback" not in err

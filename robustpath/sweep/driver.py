@@ -89,7 +89,10 @@ def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
         curves={f"{m}-{k}-s{sa}-{sb}": results[n]["metrics"] for (m, k), n in cp.curves.items()
                 if results[n]["metrics"]},
         records=[PathRecord(m, k, sa, sb, results[n]["result"]) for (m, k), n in cp.evals.items()],
-        planes={m: results[n]["plane"] for m, n in cp.planes.items()})
+        planes={m: results[n]["plane"] for m, n in cp.planes.items()},
+        strong={f"{m}-{k}-s{sa}-{sb}": ({"align": m, "curve": k, "seed_a": sa, "seed_b": sb},
+                                        results[n]["strong"])
+                for (m, k), n in cp.evals.items() if "strong" in results[n]})
     write_run(cfg.out, cfg, out, command=f"{command}  # cell {cp.cell.name}")
     atomic_write_json(Path(cfg.out) / "done.json", {"config": cell_hash(cp.cell),
                                                     "finished": time.time()})

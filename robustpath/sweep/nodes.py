@@ -8,7 +8,8 @@ cluster that folder must therefore be on a filesystem every node shares; an inpu
 missing there is an error (:class:`MissingInput`) rather than a silent retraining.
 
 Results: ``endpoint`` -> ``{"key", "metrics"}``, ``align`` -> ``{"key", "report"}``,
-``curve`` -> ``{"key", "metrics"}``, ``eval`` -> ``{"result": PathResult}``, ``plane``
+``curve`` -> ``{"key", "metrics"}``, ``eval`` -> ``{"result": PathResult, "strong":
+StrongPath}`` (the strong stage, :func:`robustpath.stages.strong`, unless off), ``plane``
 -> ``{"plane": arrays}``; every result also has ``node``, ``stage``, ``seconds``,
 ``files`` (stage outputs, relative to the sweep folder), ``computed`` (an output was
 written by this task; ``None`` where the stage writes nothing the task can name),
@@ -190,7 +191,11 @@ def _run_eval(node: Node, cfg, root: Path, data, device, progress) -> dict:
     sa, sb = node.params["pair"]
     desc = f"eval {node.params['method']}/{node.params['kind']} s{sa}-{sb}"
     res = stages.path_eval(cfg, c, ckey, root, data, device, progress, desc=desc)
-    return {"result": res}
+    out = {"result": res}
+    if cfg.strong:  # the strong stage runs on the path it follows, in the same task
+        out["strong"] = stages.strong(cfg, c, res, root, data, device, progress,
+                                      desc=desc.replace("eval", "strong", 1))
+    return out
 
 
 @RUNNERS.register("plane")

@@ -1,0 +1,264 @@
+"""Standard AutoAttack (Croce & Hein, ICML 2020) from the authors' own code.
+
+The engine is PyPI ``pyautoattack`` (fra31/auto-attack, RobustBench's own
+dependency). ``version`` selects the attack list exactly as their code does:
+
+* ``standard`` (default; RobustBench's leaderboard): APGD-CE (100 iterations, 1
+  restart), APGD-T (100 iterations, 9 target classes), FAB-T (100 iterations, 9
+  target classes), Square (5,000 queries). About 1,900 gradient passes on an
+  example that no attack breaks (``benchmarks/STRONG.md`` counts them).
+* ``plus``: APGD-CE and APGD-DLR with 5 restarts, FAB with 5 restarts, Square,
+  APGD-T, FAB-T.
+* ``rand``: APGD-CE and APGD-DLR with expectation over 20 transformations
+  (for randomized defenses).
+* ``custom``: the sub-attacks named in ``attacks`` (``apgd-ce``, ``apgd-dlr``,
+  ``apgd-t``, ``fab``, ``fab-t``, ``square``) with pyautoattack's constructor
+  settings (APGD 100 iterations, 5 restarts; FAB 100 iterations, 5 restarts;
+  Square 5,000 queries).
+
+Inputs are pixels in [0, 1] ``[N, C, H, W]``; the model returns logits (its
+normalisation is inside it). Norms: ``linf`` and ``l2`` (pyautoattack's L1 is not
+exposed: robustpath's threat models are L-inf and L2).
+
+:class:`StandardAutoAttack` follows robustpath's ``attack(model, x, y) -> x_adv``
+signature (registered as ``autoattack``) and adds :meth:`StandardAutoAttack.run`,
+which returns the per-example outcome (the robust flags AutoAttack itself keeps),
+AutoAttack's robust accuracy after each sub-attack, the warnings of its own checks
+(randomness, output range, dynamic model, number of classes, zero gradients, Square
+beating the gradient attacks) and the number of gradient passes it spent. With
+``state_path`` it resumes through pyautoattack's ``EvaluationState``: sub-attacks that
+finished before a kill are not run again.
+
+pyautoattack re-seeds torch's global RNG inside each sub-attack; the run is wrapped
+in :func:`torch.random.fork_rng` so that callers' random streams are not disturbed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+AA_VERSIONS = ("standard", "plus", "rand", "custom")
+AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+_NORM = {"linf": "Linf", "l2": "L2"}
+_AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
+
+
+def _require():
+    try:
+        import pyautoattack
+    except ImportError:  # pragma: no cover - a dependency of robustbench, installed with us
+        raise UserError("pyautoattack is not installed: pip install pyautoattack") from None
+    return pyautoattack
+
+
+def check_version(version: str | None, attacks) -> tuple[str, tuple[str, ...] | None]:
+    """Validate an AutoAttack version and (for ``custom``) its attack list."""
+    version = version or "standard"
+    if version not in AA_VERSIONS:
+        raise UserError(f"unknown AutoAttack version {version!r} (known: {', '.join(AA_VERSIONS)})")
+    if version == "custom":
+        attacks = tuple(attacks or ())
+        if not attacks:
+            raise UserError("AutoAttack version custom needs a list of attacks "
+                            f"(--aa-attacks, from: {', '.join(AA_ATTACKS)})")
+        bad = [a for a in attacks if a not in AA_ATTACKS]
+        if bad:
+            raise UserError(f"unknown AutoAttack sub-attack(s) {', '.join(bad)} "
+                            f"(known: {', '.join(AA_ATTACKS)})")
+        return version, attacks
+    if attacks:
+        raise UserError(f"--aa-attacks needs --aa-version custom (version {version} fixes its "
+                        "own attack list)")
+    return version, None
+
+
+class _Counter(nn.Module):
+    """Counts example-passes through ``model``: with gradients (gradient passes) and
+    without (queries). Same function as ``model``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.grad_passes = 0
+        self.queries = 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.grad_passes += x.shape[0]
+        else:
+            self.queries += x.shape[0]
+        return self.model(x)
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.warnings: list[str] = []
+        self.after: dict[str, float] = {}
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            if msg not in self.warnings:
+                self.warnings.append(msg)
+            return
+        m = _AFTER.search(msg)
+        if m:
+            self.after[m.group(1).lower()] = float(m.group(2)) / 100
+
+
+@contextlib.contextmanager
+def _captured():
+    log = logging.getLogger("auto-attack")
+    handler = _Capture()
+    saved = (log.level, log.propagate)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # AutoAttack's messages go to the run's records, not the console
+    log.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+@dataclass
+class AAOutcome:
+    """What one AutoAttack evaluation found on ``N`` examples.
+
+    ``clean`` / ``robust``: bool ``[N]`` (correct on clean inputs / still correct after
+    every sub-attack); ``x_adv`` ``[N, C, H, W]`` (the successful adversarial example
+    where one was found in this call, else the clean input); ``after``: robust accuracy
+    after each sub-attack, in the order run; ``warnings``: AutoAttack's own check
+    messages; ``grad_passes`` / ``queries``: example-passes with / without gradients,
+    per example; ``attacks``: the sub-attacks of the version; ``resumed``: sub-attacks
+    restored from ``state_path`` instead of run.
+    """
+
+    clean: torch.Tensor
+    robust: torch.Tensor
+    x_adv: torch.Tensor
+    after: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    grad_passes: float = 0.0
+    queries: float = 0.0
+    attacks: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.robust.float().mean()) if len(self.robust) else float("nan")
+
+
+class StandardAutoAttack:
+    """AutoAttack by Croce & Hein's own code (``pyautoattack``), see module docstring.
+
+    Built from an :class:`robustpath.attacks.AttackConfig`: ``norm`` (linf | l2),
+    ``eps`` (pixels), ``aa_version`` (default standard), ``aa_attacks`` (custom only),
+    ``seed`` (default 0: deterministic). ``steps``, ``step_size`` and ``restarts`` are
+    not used: the version fixes them.
+    """
+
+    def __init__(self, cfg, num_classes: int = 10):
+        from .attacks import parse_norm
+
+        self.norm = _NORM[parse_norm(cfg.norm).value]
+        self.eps = float(cfg.eps)
+        self.version, self.attacks = check_version(getattr(cfg, "aa_version", None),
+                                                   getattr(cfg, "aa_attacks", None))
+        self.seed = 0 if cfg.seed is None else int(cfg.seed)
+        self.num_classes = int(num_classes)
+        self.batch_size = 500
+
+    def build(self, model: nn.Module, device) :
+        """The configured ``pyautoattack.AutoAttack`` on ``model``."""
+        pyaa = _require()
+        kw = {"norm": self.norm, "eps": self.eps, "version": self.version, "seed": self.seed,
+              "device": device}
+        if self.version == "custom":
+            kw["attacks"] = list(self.attacks)
+        return pyaa.AutoAttack(model, **kw)
+
+    def describe(self) -> dict:
+        """The attack's identity for cards and keys (library version included)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            lib = version("pyautoattack")
+        except PackageNotFoundError:  # pragma: no cover
+            lib = "unknown"
+        return {"name": "autoattack", "engine": f"pyautoattack {lib}", "version": self.version,
+                "attacks": list(self.attacks) if self.attacks else None, "norm": self.norm,
+                "eps": self.eps, "seed": self.seed}
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+            state_path: str | Path | None = None, batch_size: int | None = None) -> AAOutcome:
+        """Run AutoAttack on ``x`` [N, C, H, W] in [0, 1], ``y`` [N]; see :class:`AAOutcome`.
+
+        ``state_path`` (a JSON file): pyautoattack's resumable state; a damaged state
+        file is discarded and the evaluation starts over.
+        """
+        from pyautoattack.state import EvaluationState
+
+        from .attacks import eval_mode
+        from .fuse import fast_view
+
+        device = x.device
+        n = len(x)
+        bs = int(batch_size or self.batch_size)
+        state = Path(state_path) if state_path is not None else None
+        resumed: list[str] = []
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            if state.exists():
+                try:
+                    st = EvaluationState.from_disk(state)
+                    if st.robust_flags is None or len(st.robust_flags) != n:
+                        raise ValueError("wrong size")
+                    if set(st.attacks_to_run) != set(self.build(nn.Identity(), device)
+                                                     .attacks_to_run):
+                        raise ValueError("another attack list")
+                    resumed = sorted(st.run_attacks)
+                except Exception:
+                    state.unlink()  # a state cut off by a kill: start over
+                    resumed = []
+        forks = [device.index or 0] if device.type == "cuda" else []
+        with eval_mode(model), torch.random.fork_rng(devices=forks), _captured() as cap:
+            counter = _Counter(fast_view(model))
+            aa = self.build(counter, device)
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=bs, state_path=state)
+            if state is not None:
+                flags = EvaluationState.from_disk(state).robust_flags.to(torch.bool).cpu()
+                clean_acc = EvaluationState.from_disk(state).clean_accuracy
+            else:  # pragma: no cover - run() always gets a state path from strong.py
+                with torch.no_grad():
+                    flags = (counter(x_adv).argmax(1) == y).cpu()
+                clean_acc = float("nan")
+            with torch.no_grad():
+                clean = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs]
+                                   for i in range(0, n, bs)]).cpu()
+        if abs(float(clean.float().mean()) - clean_acc) > 1e-9 and clean_acc == clean_acc:
+            cap.warnings.append("robustpath: clean accuracy differs between AutoAttack's pass "
+                                "and a direct pass (a non-deterministic model?)")
+        return AAOutcome(clean=clean, robust=flags & clean, x_adv=x_adv.detach().cpu(),
+                         after=dict(cap.after), warnings=list(cap.warnings),
+                         grad_passes=counter.grad_passes / max(n, 1),
+                         queries=counter.queries / max(n, 1),
+                         attacks=list(aa.attacks_to_run), resumed=resumed)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            return self.run(model, x.detach(), y, state_path=Path(d) / "state.json",
+                            batch_size=max(len(x), 1)).x_adv.to(x.device)
