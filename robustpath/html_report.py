@@ -7,7 +7,8 @@ The Markdown is the source: :func:`markdown_to_html` renders its small subset
 bold) and inlines every ``![caption](relative.png)`` from the run folder. Nothing
 time-dependent goes in, so a rebuild from the same files gives the same bytes.
 
-Sections of a run report: the summary table with CIs, figures, strong-evaluation
+Sections of a run report: the summary table with CIs, the paired differences
+(``tables/paired.md``, when written), figures, strong-evaluation
 and transfer results (``strong_eval.md`` / ``transfer.md`` when present), warnings,
 stage timings (``timings.json`` when recorded), configuration, command, provenance.
 """
@@ -234,6 +235,9 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
           "Accuracies in %, losses in nats. "
           + ("Value [95% bootstrap CI over test examples]." if pairs <= 1 else
              "Mean ± std over seed pairs."), ""]
+    paired = run_dir / "tables" / "paired.md"
+    if paired.is_file():  # robustpath.paired: aligned - unaligned, curve - line
+        md += ["## Paired differences", "", paired.read_text().rstrip(), ""]
     md += ["## Figures", "", "![Clean and robust accuracy and loss along each path. "
            + ("Shaded: 95% bootstrap CI over test examples." if pairs <= 1 else
               "Shaded: ± 1 std over seed pairs.") + "](plots/paths.png)", ""]

@@ -84,6 +84,7 @@ def test_run_writes_report_and_plane_data(run):
     assert html.count("data:image/png;base64,") == 2
     assert not re.search(r"(src|href)=\"https?:", html)
     for text in ("Summary", "Robust loss barrier", "Stage timings", "Configuration",
+                 "Paired differences",
                  "python -m robustpath.bench --eps 8/255", "Provenance", "8/255", "Warnings"):
         assert text in html, text
     assert "0.0313" not in html and "0.0314" not in html  # eps as a fraction, not a decimal
