@@ -223,3 +223,13 @@ def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkey
     lo, hi = cbars[0].get_ylim()
     assert lo < 0.0 < hi and hi - lo < 0.5  # around 0 %, not a 0-1 span read as percent
     assert [t.get_text() for t in cbars[0].get_yticklabels()] == ["0.0"]
+
+
+def test_overwrite_refusal_names_the_settings_that_differ():
+    from robustpath.config import from_preset
+
+    old = from_preset("quick").to_dict()
+    new = from_preset("quick", eps="8/255", seeds=[0, 1, 2, 3]).to_dict()
+    text = bench.config_changes(old, new)
+    assert text == "eps: 0.1 -> 8/255, seeds: [0, 1] -> [0, 1, 2, 3]"
+    assert bench.config_changes(old, dict(old, device="cuda")) == ""  # not result-relevant
