@@ -233,3 +233,14 @@ def test_overwrite_refusal_names_the_settings_that_differ():
     text = bench.config_changes(old, new)
     assert text == "eps: 0.1 -> 8/255, seeds: [0, 1] -> [0, 1, 2, 3]"
     assert bench.config_changes(old, dict(old, device="cuda")) == ""  # not result-relevant
+
+
+def test_sweep_dry_run_shows_the_folder_and_each_cells_settings(tmp_path, capsys):
+    from robustpath.sweep.__main__ import main as sweep_main
+
+    assert sweep_main(["sweeps/quick.toml", "--dry-run", "--out", str(tmp_path / "sw")]) == 0
+    out = capsys.readouterr().out
+    assert f"output folder: {tmp_path / 'sw'}/" in out
+    cells = [ln for ln in out.splitlines() if ln.startswith("      ")]
+    assert cells and all("seeds" in c and "ε = 0.1" in c and "epochs" in c for c in cells)
+    assert not (tmp_path / "sw").exists()  # nothing run, nothing written
