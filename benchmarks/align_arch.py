@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [time_pair(n) for n in names]
     text = (f"{table(rows)}\n\nCommand: `python -m benchmarks.align_arch "
             f"{shlex.join(argv if argv is not None else sys.argv[1:])}`; torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{torch.__version__}, {torch.get_num_threads()} thread(s), "
             f"{platform.processor() or platform.machine()}; one-time warm-up (first trace, "
             f"not in the table) {warm:.1f} s.\n")
     print(text)
