@@ -164,6 +164,20 @@ def config_from_args(args) -> BenchConfig:
     return cfg
 
 
+def config_changes(old: dict, new: dict, limit: int = 6) -> str:
+    """``"eps: 0.1 -> 8/255, seeds: [0, 1] -> [0, 1, 2, 3]"``: the result-relevant
+    settings that differ between two run configs (at most ``limit``, then a count)."""
+    from .style import format_eps
+
+    a, b = comparable(old), comparable(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    show = (lambda k, v: format_eps(v) if k in ("eps", "step_size") and v is not None else v)
+    parts = [f"{k}: {show(k, a.get(k))} -> {show(k, b.get(k))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"{len(keys) - limit} more")
+    return ", ".join(parts)
+
+
 def comparable(d: dict) -> dict:
     """A run config without the fields that do not change results (device, paths)."""
     out = {k: v for k, v in d.items()
@@ -257,8 +271,9 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
         runfolder.recover(run_dir)  # finish or discard a commit a kill interrupted
         old = stages.read_json(run_dir / "config.json")
         if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
-            raise UserError(f"{run_dir} holds a run with a different configuration; "
-                            "use another --out or pass --overwrite")
+            raise UserError(f"{run_dir} holds a run with a different configuration "
+                            f"({config_changes(old, cfg.to_dict())}); use another --out or pass "
+                            "--overwrite")
         if device.type == "cpu":
             torch.set_num_threads(max(1, torch.get_num_threads()))
         saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
