@@ -92,6 +92,13 @@ def main(argv=None) -> int:
              "--preset paper --data-root DIR` on a GPU.", "",
              "## `--preset paper-fmnist` (their protocol scaled down, Fashion-MNIST, robust)", ""]
     if (run / "tables" / "summary.csv").is_file():
+        import json
+
+        cfg = json.loads((run / "config.json").read_text())
+        keys = ("train_subset", "test_subset", "endpoint_epochs", "curve_epochs", "t_points",
+                "bn_batches", "seeds")
+        lines += ["Settings of this run: " + ", ".join(f"{k} {cfg.get(k)}" for k in keys)
+                  + f" (command: `{(run / 'command.txt').read_text().strip()}`).", ""]
         lines += [f"Run folder: `{args.run}` (records, tables, plots). Accuracy (%) along the "
                   "bezier curves, clean and under PGD-5 (eps 0.1); `[95% CI over test "
                   "examples]` with one seed pair, `mean ± std` with more.", "",
