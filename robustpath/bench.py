@@ -184,6 +184,12 @@ def comparable(d: dict) -> dict:
            if k not in ("device", "out", "data_root", "t_batch", "amp", "fuse")}
     if not set(out.get("align") or ()) & set(PAM_METHODS):  # pam_iters matters only for PAM
         out.pop("pam_iters", None)
+    # protocol options added with --preset paper: at their defaults, runs made before
+    # they existed are the same configuration
+    for k, default in (("affine_degrees", 0.0), ("schedule", "onecycle"),
+                       ("curve_schedule", "cosine"), ("attack_mode", "eval")):
+        if out.get(k, default) == default:
+            out.pop(k, None)
     return out
 
 
