@@ -22,12 +22,14 @@ exposed: robustpath's threat models are L-inf and L2).
 
 :class:`StandardAutoAttack` follows robustpath's ``attack(model, x, y) -> x_adv``
 signature (registered as ``autoattack``) and adds :meth:`StandardAutoAttack.run`,
-which returns the per-example outcome (the robust flags AutoAttack itself keeps),
-AutoAttack's robust accuracy after each sub-attack, the warnings of its own checks
-(randomness, output range, dynamic model, number of classes, zero gradients, Square
-beating the gradient attacks) and the number of gradient passes it spent. With
-``state_path`` it resumes through pyautoattack's ``EvaluationState``: sub-attacks that
-finished before a kill are not run again.
+which returns the per-example outcome (robust after every sub-attack), the robust
+accuracy after each sub-attack, the warnings of AutoAttack's own checks (randomness,
+output range, dynamic model, number of classes, zero gradients, Square beating the
+gradient attacks) and the number of gradient passes it spent. With ``state_path`` a
+killed evaluation resumes after its last finished sub-attack. This is robustpath's own
+state file, not pyautoattack's ``EvaluationState``, which cannot resume in 0.2.0 (see
+:meth:`StandardAutoAttack.run`): the sub-attacks run one per ``run_standard_evaluation``
+call, in the version's order, each on the examples still robust, as in one call.
 
 pyautoattack re-seeds torch's global RNG inside each sub-attack; the run is wrapped
 in :func:`torch.random.fork_rng` so that callers' random streams are not disturbed.
@@ -36,6 +38,7 @@ in :func:`torch.random.fork_rng` so that callers' random streams are not disturb
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -44,6 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .attacks import eval_mode
 from .errors import UserError
 
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -180,7 +184,7 @@ class StandardAutoAttack:
         self.num_classes = int(num_classes)
         self.batch_size = 500
 
-    def build(self, model: nn.Module, device) :
+    def build(self, model: nn.Module, device):
         """The configured ``pyautoattack.AutoAttack`` on ``model``."""
         pyaa = _require()
         kw = {"norm": self.norm, "eps": self.eps, "version": self.version, "seed": self.seed,
@@ -205,56 +209,84 @@ class StandardAutoAttack:
             state_path: str | Path | None = None, batch_size: int | None = None) -> AAOutcome:
         """Run AutoAttack on ``x`` [N, C, H, W] in [0, 1], ``y`` [N]; see :class:`AAOutcome`.
 
-        ``state_path`` (a JSON file): pyautoattack's resumable state; a damaged state
-        file is discarded and the evaluation starts over.
+        The version's sub-attacks run one after the other on the examples still robust,
+        exactly as ``run_standard_evaluation`` orders them, but one sub-attack per call,
+        so that ``state_path`` (a JSON file, written atomically after each sub-attack:
+        the robust flags and the finished sub-attacks) lets a killed evaluation resume
+        after its last finished sub-attack. pyautoattack 0.2.0's own ``EvaluationState``
+        cannot resume: ``to_disk`` writes the attack set as a string that ``from_disk``
+        reads back unchanged, so the resumed run fails its own "different set of attacks"
+        check, and a resumed ``run_standard_evaluation`` reads ``y_adv`` before assigning
+        it. A damaged or foreign state file is discarded and the evaluation starts over.
         """
-        from pyautoattack.state import EvaluationState
-
-        from .attacks import eval_mode
-        from .fuse import fast_view
-
-        device = x.device
-        n = len(x)
         bs = int(batch_size or self.batch_size)
         state = Path(state_path) if state_path is not None else None
-        resumed: list[str] = []
-        if state is not None:
-            state.parent.mkdir(parents=True, exist_ok=True)
-            if state.exists():
-                try:
-                    st = EvaluationState.from_disk(state)
-                    if st.robust_flags is None or len(st.robust_flags) != n:
-                        raise ValueError("wrong size")
-                    if set(st.attacks_to_run) != set(self.build(nn.Identity(), device)
-                                                     .attacks_to_run):
-                        raise ValueError("another attack list")
-                    resumed = sorted(st.run_attacks)
-                except Exception:
-                    state.unlink()  # a state cut off by a kill: start over
-                    resumed = []
-        forks = [device.index or 0] if device.type == "cuda" else []
+        forks = [x.device.index or 0] if x.device.type == "cuda" else []
         with eval_mode(model), torch.random.fork_rng(devices=forks), _captured() as cap:
-            counter = _Counter(fast_view(model))
-            aa = self.build(counter, device)
-            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=bs, state_path=state)
-            if state is not None:
-                flags = EvaluationState.from_disk(state).robust_flags.to(torch.bool).cpu()
-                clean_acc = EvaluationState.from_disk(state).clean_accuracy
-            else:  # pragma: no cover - run() always gets a state path from strong.py
+            return self._run(model, x.detach(), y, state, bs, cap)
+
+    def _load_state(self, state: Path | None, n: int, attacks: list[str]):
+        if state is None or not state.exists():
+            return None
+        try:
+            d = json.loads(state.read_text())
+            if d["attacks"] != attacks or len(d["robust"]) != n or len(d["clean"]) != n \
+                    or d["aa"] != self.describe():
+                raise ValueError("another evaluation")
+            return d
+        except (OSError, ValueError, KeyError, TypeError):
+            state.unlink(missing_ok=True)  # cut off by a kill, or another evaluation's
+            return None
+
+    def _run(self, model, x, y, state, bs, cap) -> AAOutcome:
+        from .fuse import fast_view
+        from .store import atomic_write_json
+
+        n = len(x)
+        counter = _Counter(fast_view(model))
+        aa = self.build(counter, x.device)
+        attacks = list(aa.attacks_to_run)
+        with torch.no_grad():
+            clean = torch.cat([counter(x[i:i + bs]).argmax(1) == y[i:i + bs]
+                               for i in range(0, n, bs)]).cpu() if n else torch.zeros(0, bool)
+        d = self._load_state(state, n, attacks)
+        if d is not None and d["clean"] != clean.tolist():
+            d = None  # not this model
+        done = list(d["done"]) if d else []
+        after = dict(d["after"]) if d else {}
+        flags = torch.tensor(d["robust"], dtype=torch.bool) if d else clean.clone()
+        resumed = list(done)
+        x_adv = x.detach().clone()
+        for name in attacks:
+            if name in done:
+                continue
+            idx = flags.nonzero().flatten()
+            if len(idx):
+                aa.attacks_to_run = [name]  # the version's settings of this sub-attack
+                xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
+                adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=bs)
                 with torch.no_grad():
-                    flags = (counter(x_adv).argmax(1) == y).cpu()
-                clean_acc = float("nan")
-            with torch.no_grad():
-                clean = torch.cat([model(x[i:i + bs]).argmax(1) == y[i:i + bs]
-                                   for i in range(0, n, bs)]).cpu()
-        if abs(float(clean.float().mean()) - clean_acc) > 1e-9 and clean_acc == clean_acc:
-            cap.warnings.append("robustpath: clean accuracy differs between AutoAttack's pass "
-                                "and a direct pass (a non-deterministic model?)")
-        return AAOutcome(clean=clean, robust=flags & clean, x_adv=x_adv.detach().cpu(),
-                         after=dict(cap.after), warnings=list(cap.warnings),
+                    broken = torch.cat([counter(adv[i:i + bs]).argmax(1) != ys[i:i + bs]
+                                        for i in range(0, len(idx), bs)]).cpu()
+                flags[idx[broken]] = False
+                x_adv[idx[broken].to(x.device)] = adv[broken.to(adv.device)].detach()
+            done.append(name)
+            after[name] = float(flags.float().mean()) if n else float("nan")
+            if state is not None:
+                atomic_write_json(state, {"attacks": attacks, "done": done, "after": after,
+                                          "clean": clean.tolist(), "robust": flags.tolist(),
+                                          "aa": self.describe()})
+        aa.attacks_to_run = attacks
+        grad = [v for k, v in after.items() if k != "square"]
+        if "square" in after and grad and after["square"] < min(grad) - 0.002:
+            cap.warnings.append(  # AutoAttack's check_square_sr, on the whole evaluation
+                "Square Attack has decreased the robust accuracy of "
+                f"{min(grad) - after['square']:.2%}: the gradient attacks may be unreliable "
+                "here (AutoAttack's check)")
+        return AAOutcome(clean=clean, robust=flags & clean, x_adv=x_adv.cpu(), after=after,
+                         warnings=list(cap.warnings),
                          grad_passes=counter.grad_passes / max(n, 1),
-                         queries=counter.queries / max(n, 1),
-                         attacks=list(aa.attacks_to_run), resumed=resumed)
+                         queries=counter.queries / max(n, 1), attacks=attacks, resumed=resumed)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import tempfile

@@ -25,6 +25,9 @@ from robustpath.tables import COLUMNS
 TINY = ["--train-subset", "600", "--test-subset", "120", "--epochs", "1", "--curve-epochs", "2",
         "--t-points", "3", "--bn-batches", "2", "--bootstrap", "50", "--seeds", "0,1",
         "--align", "none,weight", "--paths", "line,bezier", "--steps", "3", "--train-steps", "2",
+        # a small but real strong stage (AutoAttack's APGD-CE, PGD-3 x 2) and refinement
+        "--strong-examples", "16", "--aa-version", "custom", "--aa-attacks", "apgd-ce",
+        "--strong-pgd-steps", "3", "--strong-pgd-restarts", "2", "--refine-rounds", "1",
         "--no-progress"]
 
 
@@ -41,8 +44,33 @@ def test_run_writes_documented_outputs(tiny_run):
                  "tables/per_path.csv", "plots/paths.png", "plots/paths.pdf"):
         assert (tiny_run / name).is_file(), name
     rec = pd.read_csv(tiny_run / "records.csv")
-    assert len(rec) == 4 * 3  # 2 alignments x 2 paths x 3 t
+    grid = rec[rec["point"] == "grid"]
+    assert len(grid) == 4 * 3  # 2 alignments x 2 paths x 3 t
+    # one refinement round: up to 2 extra t per path, strictly inside (0, 1), marked
+    refine = rec[rec["point"] == "refine"]
+    assert 0 < len(refine) <= 4 * 2 and ((refine["t"] > 0) & (refine["t"] < 1)).all()
     assert (rec["robust_acc"] <= rec["clean_acc"] + 1e-9).all()
+    # the strong stage: endpoints and worst t of every path, AA <= clean, cards
+    strong = pd.read_csv(tiny_run / "strong_eval.csv")
+    assert len(strong) == 4 * 3 and set(strong["role"]) == {"a", "b", "worst"}
+    assert strong["clean_matches_path"].all()
+    assert (strong["robust_acc_aa"] <= strong["clean_acc"] + 1e-9).all()
+    assert (strong["robust_acc_worst"] <= strong[["robust_acc_aa", "robust_acc_pgd",
+                                                 "robust_acc_pgd_many"]].min(axis=1) + 1e-9).all()
+    for _, r in strong[strong["role"] == "worst"].iterrows():  # worst t = the path's min
+        path = rec[rec["path_id"] == r["path_id"]]
+        assert r["t"] == pytest.approx(path.loc[path["robust_acc"].idxmin(), "t"], abs=1e-6) \
+            or path["robust_acc"].min() == pytest.approx(
+                path.loc[np.isclose(path["t"], r["t"]), "robust_acc"].iloc[0])
+    cards = sorted((tiny_run / "cards").glob("*.json"))
+    assert len(cards) == len(strong)
+    card = json.loads(cards[0].read_text())
+    assert card["threat_model"] == "Linf" and card["n_examples"] == 16
+    assert card["attacks"]["autoattack"]["engine"].startswith("pyautoattack")
+    align = json.loads((tiny_run / "alignment.json").read_text())
+    for rep in align.values():
+        assert rep["equivalence"]["max_abs_logit_diff"] <= 1e-4 * max(
+            1, rep["equivalence"]["max_abs_logit"])
     summary = pd.read_csv(tiny_run / "tables" / "summary.csv")
     for metric, _, _ in COLUMNS:
         assert metric in summary.columns

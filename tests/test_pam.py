@@ -193,7 +193,7 @@ def test_bench_accepts_pam_alignments(tmp_path):
     args = ["--train-subset", "400", "--test-subset", "60", "--epochs", "1", "--curve-epochs", "1",
             "--t-points", "3", "--bn-batches", "1", "--bootstrap", "20", "--seeds", "0,1",
             "--align", "pam-none,pam-activation", "--paths", "line", "--steps", "1", "--train-steps", "1",
-            "--pam-iters", "1", "--width", "0.25", "--no-progress", "--out", str(out)]
+            "--pam-iters", "1", "--width", "0.25", "--no-strong", "--no-progress", "--out", str(out)]
     assert bench.main(args) == 0
     report = json.loads((out / "alignment.json").read_text())["pam-none-s0-1"]
     assert report["method"] == "pam-none" and report["start"] == "none"

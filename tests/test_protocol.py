@@ -97,7 +97,7 @@ def test_paper_fmnist_preset_runs_end_to_end(tmp_path):
     rc = bench.main(["--preset", "paper-fmnist", "--epochs", "1", "--curve-epochs", "1",
                      "--train-subset", "256", "--test-subset", "64", "--t-points", "3",
                      "--bn-batches", "1", "--bootstrap", "20", "--out", str(out),
-                     "--no-progress"])
+                     "--no-strong", "--no-progress"])
     assert rc == 0
     saved = json.loads((out / "config.json").read_text())
     assert saved["attack_mode"] == "train" and saved["schedule"] == "garipov"

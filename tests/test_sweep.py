@@ -50,6 +50,12 @@ eval_steps = 2
 bn_batches = 1
 bootstrap = 20
 plane_grid = 0
+strong_examples = 8
+aa_version = "custom"
+aa_attacks = ["apgd-ce"]
+strong_pgd_steps = 2
+strong_pgd_restarts = 1
+refine_rounds = 0
 
 [resources]
 retries = 1
@@ -195,7 +201,8 @@ def test_local_sweep_writes_cells_and_aggregate(local_run):
     for cell in CELLS:
         d = out / "cells" / cell
         for f in ("config.json", "records.csv", "examples.npz", "tables/summary.md",
-                  "plots/paths.png", "done.json", "endpoints.json"):
+                  "plots/paths.png", "done.json", "endpoints.json", "strong_eval.csv",
+                  "strong_examples.npz"):
             assert (d / f).is_file(), (cell, f)
         assert len(pd.read_csv(d / "records.csv")) == 4 * 3  # 2 aligns x 2 paths x 3 t
     md = (out / "aggregate" / "summary.md").read_text()

@@ -47,7 +47,7 @@ TOP_KEYS = {"name": str, "description": str, "preset": str, "grid": dict, "overr
 RESOURCE_KEYS = {"cpus": (int, float), "gpus": (int, float), "retries": int}
 # fields that are not settings of a cell: where it is written, which seeds, which preset
 NOT_SETTINGS = {"out", "seeds", "preset"}
-LIST_FIELDS = {"align", "paths"}           # lists inside one cell, not axes
+LIST_FIELDS = {"align", "paths", "aa_attacks"}  # lists inside one cell, not axes
 FRACTION_FIELDS = {"eps", "step_size"}     # "8/255" strings allowed
 SCALAR_ONLY = {"data_root", "device"}      # where/how, never an axis
 
