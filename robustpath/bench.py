@@ -324,7 +324,8 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
                         strong_paths[records[-1].path_id] = (
                             {"align": method, "curve": kind, "seed_a": sa, "seed_b": sb},
                             stages.strong(cfg, c, res, run_dir, data, device, progress,
-                                          desc=f"strong {method}/{kind} s{sa}-{sb}"))
+                                          desc=f"strong {method}/{kind} s{sa}-{sb}",
+                                          seeds=(sa, sb)))
                 if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
                     with timer("plane"):
                         planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,

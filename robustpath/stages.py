@@ -360,10 +360,13 @@ def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool
 
 
 def strong(cfg: BenchConfig, c, res: PathResult, run_dir: Path, data: RunData, device,
-           progress: bool = True, desc: str = "strong"):
+           progress: bool = True, desc: str = "strong", seeds: tuple[int, int] | None = None):
     """The strong stage on one evaluated path (:func:`robustpath.strong.strong_path`):
     standard AutoAttack and many-restart PGD at t = 0, t = 1 and the worst t, with the
-    transfer check. Points are cached in ``ckpt/strong/`` by settings and network."""
+    transfer check. Points are cached in ``ckpt/strong/`` by settings and network; with
+    ``seeds`` (the endpoint pair) t = 0 and t = 1 are keyed by the endpoint models, so
+    the aligned and unaligned paths of a pair share them (the aligned B computes B's
+    function, checked by :func:`alignment`)."""
     from .strong import strong_path
 
     folder = _ckpt(run_dir, "strong", config_hash(
@@ -373,7 +376,10 @@ def strong(cfg: BenchConfig, c, res: PathResult, run_dir: Path, data: RunData, d
     return strong_path(c.model_at, res, data.x_test, data.y_test,
                        settings=cfg.strong_settings(), eval_attack=cfg.eval_attack(),
                        setup=point_setup(cfg, data, device), folder=folder,
-                       num_classes=data.num_classes, progress=progress, desc=desc)
+                       num_classes=data.num_classes, progress=progress, desc=desc,
+                       endpoint_ids=None if seeds is None else {
+                           r: config_hash(endpoint_config(cfg, s).cache_key())
+                           for r, s in zip(("a", "b"), seeds)})
 
 
 def check_writable(run_dir: Path) -> None:

@@ -241,13 +241,19 @@ def _load(path: Path, n: int) -> tuple[dict, dict] | None:
 def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
                 y_test: torch.Tensor, *, settings: StrongSettings, eval_attack: AttackConfig,
                 setup: PointSetup, folder: str | Path, num_classes: int,
-                progress: bool = True, desc: str = "strong") -> StrongPath:
+                progress: bool = True, desc: str = "strong",
+                endpoint_ids: dict[str, str] | None = None) -> StrongPath:
     """Run the strong stage on one path (module docstring); ``result`` is the path's
     evaluation on ``x_test``/``y_test`` (grid + refinement, same examples, same order).
 
     Each point is cached in ``folder`` by the settings and the exact network (before
     BatchNorm recomputation), so a point shared by several paths (model A) is attacked
     once and a killed run resumes (AutoAttack inside a point, by sub-attack).
+
+    ``endpoint_ids`` (``{"a": id, "b": id}``) names the *function* at t = 0 / t = 1 when
+    several paths end at permuted copies of one model (the aligned B computes B's logits;
+    :func:`robustpath.equivalence.check_same_function` checks it when the alignment is
+    made): those endpoints are then attacked once and shared by every path.
     """
     settings.validate()
     folder = Path(folder)
@@ -275,7 +281,8 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     n_tests = 2 * len(pts)
     for role, t in tqdm(pts, desc=desc, disable=not progress, unit="pt", leave=False):
         raw = model_at(float(t)).to(device)
-        pkey = config_hash({"s": skey, "net": PointCache.key(raw),
+        net = (endpoint_ids or {}).get(role) if role in ("a", "b") else None
+        pkey = config_hash({"s": skey, "net": net or PointCache.key(raw),
                             "bn": setup.recomputes(t) and config_hash(
                                 {"b": setup.bn_batches, "i": setup.bn_inputs})})
         i = int(np.argmin(np.abs(result.ts - t)))

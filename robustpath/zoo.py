@@ -887,7 +887,7 @@ class CompareRun:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def strong(self, c, res: PathResult, desc: str):
+    def strong(self, c, res: PathResult, desc: str, ids: dict[str, str] | None = None):
         """The shared strong stage (:func:`robustpath.strong.strong_path`) on one path;
         points cached in ``ckpt/strong/<settings>/`` by network."""
         from .strong import strong_path
@@ -901,7 +901,7 @@ class CompareRun:
         return strong_path(c.model_at, res, x_te, y_te, settings=self.cfg.strong_settings(),
                            eval_attack=self.cfg.eval_attack(), setup=self.setup(),
                            folder=folder, num_classes=num_classes, progress=self.progress,
-                           desc=desc)
+                           desc=desc, endpoint_ids=ids)
 
     def transfer(self, c, res: PathResult, key: str, desc: str) -> pd.DataFrame:
         from .transfer import transfer_check
@@ -1072,7 +1072,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                 if cfg.strong:
                     strong_paths[records[-1].path_id] = (
                         {"align": method, "curve": kind, "model_a": a, "model_b": b},
-                        run.strong(curve(), res, f"strong {desc}"))
+                        run.strong(curve(), res, f"strong {desc}", ids={"a": ka, "b": kb}))
                 if cfg.transfer:
                     tkey = config_hash({"eval": ekey, "transfer": cfg.eval_attack().to_dict(),
                                         "test": "mcnemar"})

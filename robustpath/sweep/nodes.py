@@ -194,7 +194,7 @@ def _run_eval(node: Node, cfg, root: Path, data, device, progress) -> dict:
     out = {"result": res}
     if cfg.strong:  # the strong stage runs on the path it follows, in the same task
         out["strong"] = stages.strong(cfg, c, res, root, data, device, progress,
-                                      desc=desc.replace("eval", "strong", 1))
+                                      desc=desc.replace("eval", "strong", 1), seeds=(sa, sb))
     return out
 
 
