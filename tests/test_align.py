@@ -299,7 +299,7 @@ def test_unsupported_operation_is_refused_naming_it():
     class Grouped(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.g = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2)
+            self.a, self.g = nn.Conv2d(3, 8, 1), nn.ConvTranspose2d(8, 8, 3, groups=2)
 
         def forward(self, x):
             return self.g(self.a(x)).mean((2, 3))
@@ -315,7 +315,7 @@ def test_unsupported_operation_is_refused_naming_it():
             return h.view(n, 2, 4, hh, ww).transpose(1, 2).reshape(n, c, hh, ww).mean((1, 2, 3))
 
     x = torch.rand(2, 3, 6, 6)
-    with pytest.raises(UserError, match=r"module 'g' \(Conv2d\).*grouped convolution"):
+    with pytest.raises(UserError, match=r"module 'g' \(ConvTranspose2d\).*grouped convolution"):
         permutation_spec(Grouped(), x)
     with pytest.raises(UserError, match=r"\.view\(\).*splits the permuted units"):
         permutation_spec(Shuffle(), x)

@@ -254,20 +254,36 @@ def _shufflenet():
     return ShuffleNetV2([2, 1, 1], [8, 16, 32, 64, 128], num_classes=10)
 
 
-@pytest.mark.parametrize("build,reason", [(_regnet, "grouped convolution"),
-                                          (_shufflenet, "channel shuffle")],
-                         ids=["regnet", "shufflenet"])
-def test_grouped_and_shuffled_families_align_partially(build, reason):
-    """RegNet's grouped convolutions and ShuffleNet's channel shuffle (small torchvision
-    configurations) are refused naming the cause and suggesting partial=True, which
-    keeps those units in place and permutes the rest, function preserved."""
+def test_grouped_convolutions_regnet():
+    """RegNet (small torchvision configuration): grouped convolutions keep their groups
+    in place, permute each group's output units and share one order of input units
+    across groups; function preserved, a shuffled copy recovered by both matchers."""
     torch.manual_seed(0)
-    model = _randomize_heads(build())
+    model = _randomize_heads(_regnet())
+    x = torch.rand(32, 3, 32, 32)
+    spec, perm, shuffled = _invariant(model, x)
+    assert not spec.fixed
+    shared = [g for g in spec.groups if g.endswith(":in")]
+    assert shared and any(g.endswith(":1") for g in spec.groups)
+    conv_b = spec.axes_of(shared[0].split("+")[0][:-3] + ".weight")
+    assert {a.axis for a in conv_b} == {0, 1}
+    for method in ("weight", "activation"):
+        aligned, found, _ = align(model, shuffled, method=method, spec=spec,
+                                  data=[x] if method == "activation" else None)
+        assert _same(model, aligned), method
+
+
+def test_channel_shuffle_aligns_partially():
+    """ShuffleNet's channel shuffle (small torchvision configuration) is refused naming
+    it and suggesting partial=True, which keeps those units in place and permutes the
+    rest, function preserved."""
+    torch.manual_seed(0)
+    model = _randomize_heads(_shufflenet())
     x = torch.rand(2, 3, 32, 32)
-    with pytest.raises(UserError, match=f"{reason}.*partial=True.*method='none'"):
+    with pytest.raises(UserError, match="channel shuffle.*partial=True.*method='none'"):
         permutation_spec(model, x)
     spec, _, _ = _invariant(model, x, partial=True)
-    assert spec.fixed and all(reason in f["reason"] for f in spec.fixed)
+    assert spec.fixed and all("channel shuffle" in f["reason"] for f in spec.fixed)
     fixed_units = {u for f in spec.fixed for u in f["units"]}
     assert fixed_units and not fixed_units & set(spec.groups)
     assert len(spec.groups) >= 3

@@ -89,11 +89,13 @@ class CoMoments:
 def _units(t: torch.Tensor, tap: Tap) -> torch.Tensor:
     """``[C, M]``: one row per unit of the tap; columns are samples x positions (x the
     unit's ``inner`` indices), in the same order for both models."""
+    if tap.offset or t.shape[tap.axis] != tap.size * tap.inner:
+        t = t.narrow(tap.axis, tap.offset, tap.size * tap.inner)
     return t.movedim(tap.axis, 0).reshape(tap.size, -1)
 
 
 def _tid(tap: Tap) -> tuple:
-    return (tap.node, tap.start, tap.proj)
+    return (tap.node, tap.start, tap.proj, tap.offset)
 
 
 def _project(t: torch.Tensor, tap: Tap, state: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -125,7 +127,12 @@ def tap_module(spec: PermutationSpec, model: torch.nn.Module, taps: list[Tap]) -
     env: dict[fx.Node, fx.Node] = {}
     graph.graph_copy(src, env)
     by_name = {n.name: n for n in src.nodes}
-    graph.output(tuple(env[by_name[t.node]] for t in taps))
+    outs = []
+    for t in taps:  # copied where computed: a later in-place op (ReLU(inplace=True)) would
+        node = env[by_name[t.node]]  # overwrite a pre-activation tap
+        with graph.inserting_after(node):
+            outs.append(graph.call_method("clone", (node,)))
+    graph.output(tuple(outs))
     return fx.GraphModule(model, graph)
 
 
@@ -147,11 +154,12 @@ def correlations(ctx: MatchContext) -> tuple[dict[str, torch.Tensor], int]:
         raise UserError("inputs='adv' needs an attack")
     t0 = time.perf_counter()
     taps = select_taps(ctx.spec, ctx.pre_activation)
-    pre_taps = {t.node: t for t in ctx.spec.taps if t.kind == "pre"}
+    pre_taps = {(t.node, t.offset): t for t in ctx.spec.taps if t.kind == "pre"}
     observed = {_tid(t): t for t in taps}
     for t in taps:  # pre-activations as the fallback for dead (constant) units
         if t.pre is not None and not ctx.pre_activation:
-            observed.setdefault(_tid(pre_taps[t.pre]), pre_taps[t.pre])
+            pre = pre_taps[(t.pre, t.offset)]
+            observed.setdefault(_tid(pre), pre)
     order = list(observed.values())
     gm_a, gm_b = tap_module(ctx.spec, ctx.model_a, order), tap_module(ctx.spec, ctx.model_b, order)
     state_a, state_b = ctx.model_a.state_dict(), ctx.model_b.state_dict()
@@ -177,7 +185,7 @@ def correlations(ctx: MatchContext) -> tuple[dict[str, torch.Tensor], int]:
     for tap in taps:
         s = stats[_tid(tap)]
         c = s.correlation()
-        pre = (tap.pre, 0, None)
+        pre = (tap.pre, 0, None, tap.offset)
         if pre in stats and tap.pre != tap.node:
             dead = s.constant_a()[:, None] | s.constant_b()[None, :]
             if dead.any():

@@ -72,12 +72,32 @@ def affine(b, node: fx.Node, x, name: str, wkey: str, bkey: str | None, out_unit
             if bkey:
                 b.register(bkey, 0, st.segs, node)
             return st
+        if transposed:
+            if isinstance(st, Perm):
+                b.refuse(node, f"transposed grouped convolution (groups={groups}) on permuted "
+                               "units")
+            b.pin(wkey)
+            if bkey:
+                b.pin(bkey)
+            return FIXED_T
+        # groups stay in place; each group's output units are a group of their own, and
+        # the input units of every group share one order (the weight's input axis is
+        # shared by all groups): the input variable becomes `groups` copies of it
         if isinstance(st, Perm):
-            b.refuse(node, f"grouped convolution (groups={groups}) on permuted units")
-        b.pin(wkey)
+            if st.axis != unit_axis:
+                b.refuse(node, f"permuted units on axis {st.axis}, the layer mixes axis "
+                               f"{unit_axis}")
+            per_in = in_units // groups
+            shared = Seg(b.new_var(per_in, f"{name}:in", node), per_in, 1)
+            b.union_segs(st.segs, (shared,) * groups, node)
+            b.register(wkey, w_in, (shared,), node)
+        per_out = out_units // groups
+        segs = tuple(Seg(b.new_var(per_out, f"{name}:{g}", node), per_out, 1)
+                     for g in range(groups))
+        b.register(wkey, w_out, segs, node)
         if bkey:
-            b.pin(bkey)
-        return FIXED_T
+            b.register(bkey, 0, segs, node)
+        return Perm(unit_axis, segs)
     if isinstance(st, Perm):
         if st.axis != unit_axis:
             b.refuse(node, f"permuted units on axis {st.axis}, but the layer mixes axis "

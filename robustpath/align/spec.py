@@ -80,6 +80,7 @@ class Tap:
     start: int = 0
     # observe F.linear(node, W[wrow:wrow+size], bias[brow:brow+size]): (W, wrow, bias, brow)
     proj: tuple[str, int, str | None, int] | None = None
+    offset: int = 0  # first index along ``axis`` (a group laid out in several segments)
 
 
 @dataclass
@@ -141,6 +142,8 @@ class _Builder:
         self.gm = gm
         self.partial = partial
         self.blocks: dict[int, Blocks] = {}
+        # root variable -> the variables it is the concatenation of (grouped convolutions)
+        self.split: dict[int, tuple[Seg, ...]] = {}
         self.extra_taps: list[tuple[Seg, fx.Node, int, tuple | None]] = []
         self.fixed: list[dict] = []
         self.modules = dict(gm.named_modules())
@@ -212,10 +215,42 @@ class _Builder:
         self.parent[rb] = ra
         if ra != FIXED:
             self.producers[ra] += self.producers.pop(rb, [])
+        parts = self.split.pop(rb, None)
+        if parts is not None:  # the merged variable is a concatenation: so is the root
+            if ra == FIXED:
+                self.fix(parts)
+            elif ra in self.split:
+                self.union_segs(self.split[ra], parts, node)
+            else:
+                self.split[ra] = parts
+
+    def expand_segs(self, segs) -> tuple[Seg, ...]:
+        """``segs`` with every split variable replaced by its parts."""
+        out: list[Seg] = []
+        for s in segs:
+            parts = self.split.get(self.find(s.var))
+            if parts is None:
+                out.append(s)
+            else:
+                out += [Seg(p.var, p.size, p.inner * s.inner, p.start)
+                        for p in self.expand_segs(parts)]
+        return tuple(out)
 
     def union_segs(self, s1, s2, node: fx.Node) -> None:
+        """The two layouts hold the same units. A whole variable meeting several
+        segments (a grouped convolution's per-group units) becomes their concatenation."""
+        s1, s2 = self.expand_segs(s1), self.expand_segs(s2)
         if len(s1) != len(s2) or any((a.size, a.inner, a.start) != (b.size, b.inner, b.start)
                                      for a, b in zip(s1, s2)):
+            for one, many in ((s1, s2), (s2, s1)):
+                whole = len(one) == 1 and one[0].start == 0 and \
+                    one[0].size == self.sizes[self.find(one[0].var)]
+                if whole and self.find(one[0].var) not in (FIXED, *self.blocks) and \
+                        sum(m.size for m in many) == one[0].size and \
+                        all(m.inner == one[0].inner for m in many):
+                    self.split[self.find(one[0].var)] = tuple(
+                        Seg(m.var, m.size, 1, m.start) for m in many)
+                    return
             self.refuse(node, "the operands' permuted units are laid out differently")
         for a, b in zip(s1, s2):
             self.union(a.var, b.var, node)
@@ -311,7 +346,8 @@ def _flat(args) -> list[fx.Node]:
 
 def _group_names(b: _Builder) -> dict[int, str]:
     order = {n: i for i, n in enumerate(b.gm.graph.nodes)}
-    roots = {b.find(s.var) for axes in b.regs.values() for segs in axes.values() for s in segs}
+    roots = {b.find(s.var) for axes in b.regs.values() for segs in axes.values()
+             for s in b.expand_segs(segs)}
     roots.discard(FIXED)
     named = []
     for r in roots:
@@ -324,7 +360,7 @@ def _group_names(b: _Builder) -> dict[int, str]:
 
 def _segments(b: _Builder, names: dict[int, str], segs) -> tuple[Segment, ...]:
     out: list[Segment] = []
-    for s in segs:
+    for s in b.expand_segs(segs):
         g = names.get(b.find(s.var))
         if g is None:
             length = s.size * s.inner
@@ -337,14 +373,19 @@ def _segments(b: _Builder, names: dict[int, str], segs) -> tuple[Segment, ...]:
 
 
 def _taps(b: _Builder, names: dict[int, str]) -> list[Tap]:
-    def tap(node: fx.Node, kind: str) -> Tap | None:
+    def taps(node: fx.Node, kind: str) -> list[Tap]:
+        """One tap per group laid along the permuted axis (several side by side after a
+        concatenation or a grouped convolution; ``offset``: where each starts)."""
         st = b.states.get(node)
-        if not isinstance(st, Perm) or len(st.segs) != 1:
-            return None
-        g = names.get(b.find(st.segs[0].var))
-        if g is None:
-            return None
-        return Tap(g, node.name, st.axis, st.segs[0].size, st.segs[0].inner, kind)
+        if not isinstance(st, Perm):
+            return []
+        out, offset = [], 0
+        for s in b.expand_segs(st.segs):
+            g = names.get(b.find(s.var))
+            if g is not None:
+                out.append(Tap(g, node.name, st.axis, s.size, s.inner, kind, offset=offset))
+            offset += s.size * s.inner
+        return out
 
     found: list[Tap] = []
     for act in b.activations:
@@ -356,18 +397,21 @@ def _taps(b: _Builder, names: dict[int, str]) -> list[Tap]:
                 if rules.function_name(user) in ("mul", "mul_", "imul") and \
                         set(_flat(user.args)) == {x, act}:
                     post = user
-        t_post, t_pre = tap(post, "post"), tap(act.args[0], "pre")
-        if t_post and t_pre and (t_pre.group, t_pre.size) == (t_post.group, t_post.size):
-            t_post = dataclasses.replace(t_post, pre=t_pre.node)
-        found += [t for t in (t_post, t_pre) if t]
+        pres = taps(act.args[0], "pre")
+        by_place = {(t.group, t.size, t.offset): t for t in pres}
+        for t in taps(post, "post"):
+            t_pre = by_place.get((t.group, t.size, t.offset))
+            found.append(dataclasses.replace(t, pre=t_pre.node) if t_pre else t)
+        found += pres
     for var_prods in b.producers.values():
-        found += [t for t in (tap(n, "out") for _, n in var_prods) if t]
+        for _, n in var_prods:
+            found += taps(n, "out")
     for seg, node, axis, proj in b.extra_taps:
         g = names.get(b.find(seg.var))
         if g is not None:
             found.append(Tap(g, node.name, axis, seg.size, seg.inner, "out", None, seg.start,
                              proj))
-    unique = {(t.node, t.kind, t.start, t.proj): t for t in found}
+    unique = {(t.node, t.kind, t.start, t.proj, t.offset): t for t in found}
     return list(unique.values())
 
 
