@@ -22,10 +22,12 @@ its :class:`PermutationSpec`. Methods (registry :data:`MATCHERS`): ``activation`
 Beyond CNNs: multi-head attention (``nn.MultiheadAttention``, torchvision's
 ``VisionTransformer``, timm's ``Attention``) with heads permuted as wholes
 (:mod:`.attention`, :mod:`.blocks`); ConvNeXt's functional ``layer_norm`` and
-stochastic depth. A user adds a rule for their own layer with :func:`register_rule`
-(:mod:`.registry`); ``align(..., partial=True)`` (or ``permutation_spec(...,
-partial=True)``) leaves operations without a rule (grouped convolutions, channel
-shuffles, ...) and the units they touch in place and aligns the rest.
+stochastic depth; grouped convolutions (RegNet: groups stay in place, each group's
+output units are permuted, the input units share one order across groups). A user adds
+a rule for their own layer with :func:`register_rule` (:mod:`.registry`);
+``align(..., partial=True)`` (or ``permutation_spec(..., partial=True)``) leaves
+operations without a rule (channel shuffles, ...) and the units they touch in place
+and aligns the rest.
 
 Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.layers`
 (how each op moves a permutation), :mod:`.registry` (the rule tables),

@@ -276,7 +276,7 @@ class _Builder:
     def refuse(self, node: fx.Node | None, reason: str):
         where = node_location(node) if node is not None else "the graph"
         raise Refusal(f"cannot derive a permutation spec: {where}: {reason}. Supported: "
-                      "Linear/Conv (groups 1 or depthwise), BatchNorm/InstanceNorm/"
+                      "Linear/Conv (grouped: groups stay in place), BatchNorm/InstanceNorm/"
                       "GroupNorm/LayerNorm, element-wise activations, dropout, pooling, "
                       "spatial pad, flatten/view, add/mul, cat, multi-head attention and "
                       "the rules registered with robustpath.align.register_rule. "
