@@ -30,7 +30,8 @@ operations without a rule (channel shuffles, ...) and the units they touch in pl
 and aligns the rest.
 
 Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.layers`
-(how each op moves a permutation), :mod:`.registry` (the rule tables),
+(how each op moves a permutation), :mod:`.shapes` (reshape, transpose, indexing),
+:mod:`.registry` (the rule tables), :mod:`.taps` (where units are observed),
 :mod:`.attention`, :mod:`.blocks`, :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
 (apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`, :mod:`.pam`
 (proximal alternating minimization over permutations and a Bezier curve).

@@ -34,22 +34,18 @@ from .rules import (
     arg,
     binary,
     cat,
-    expand,
     function_name,
     getattr_fn,
-    getitem,
     main_input,
     pad,
     passthrough,
     reduce,
-    repeat,
-    reshape,
     shape_query,
     softmax,
     spatial,
-    transpose,
     unknown,
 )
+from .shapes import expand, getitem, repeat, reshape, transpose
 
 
 def affine(b, node: fx.Node, x, name: str, wkey: str, bkey: str | None, out_units: int,

@@ -25,7 +25,6 @@ Group names: the first layer (in graph order) that writes the units, e.g. ``net.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -372,49 +371,6 @@ def _segments(b: _Builder, names: dict[int, str], segs) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def _taps(b: _Builder, names: dict[int, str]) -> list[Tap]:
-    def taps(node: fx.Node, kind: str) -> list[Tap]:
-        """One tap per group laid along the permuted axis (several side by side after a
-        concatenation or a grouped convolution; ``offset``: where each starts)."""
-        st = b.states.get(node)
-        if not isinstance(st, Perm):
-            return []
-        out, offset = [], 0
-        for s in b.expand_segs(st.segs):
-            g = names.get(b.find(s.var))
-            if g is not None:
-                out.append(Tap(g, node.name, st.axis, s.size, s.inner, kind, offset=offset))
-            offset += s.size * s.inner
-        return out
-
-    found: list[Tap] = []
-    for act in b.activations:
-        post = act
-        if rules.function_name(act) in ("sigmoid", "sigmoid_") or isinstance(
-                b.modules.get(act.target) if act.op == "call_module" else None, nn.Sigmoid):
-            x = act.args[0]
-            for user in act.users:  # Swish: x * sigmoid(x)
-                if rules.function_name(user) in ("mul", "mul_", "imul") and \
-                        set(_flat(user.args)) == {x, act}:
-                    post = user
-        pres = taps(act.args[0], "pre")
-        by_place = {(t.group, t.size, t.offset): t for t in pres}
-        for t in taps(post, "post"):
-            t_pre = by_place.get((t.group, t.size, t.offset))
-            found.append(dataclasses.replace(t, pre=t_pre.node) if t_pre else t)
-        found += pres
-    for var_prods in b.producers.values():
-        for _, n in var_prods:
-            found += taps(n, "out")
-    for seg, node, axis, proj in b.extra_taps:
-        g = names.get(b.find(seg.var))
-        if g is not None:
-            found.append(Tap(g, node.name, axis, seg.size, seg.inner, "out", None, seg.start,
-                             proj))
-    unique = {(t.node, t.kind, t.start, t.proj, t.offset): t for t in found}
-    return list(unique.values())
-
-
 def permutation_spec(model: nn.Module, example_input: torch.Tensor,
                      partial: bool = False) -> PermutationSpec:
     """Derive the :class:`PermutationSpec` of ``model`` from its torch.fx graph.
@@ -438,7 +394,9 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor,
             if any(s.group is not None for s in segs):
                 axes.append(AxisSpec(key, axis, segs))
     blocks = {names[r]: bl for r, bl in b.blocks.items() if r in names}
-    return PermutationSpec(groups, axes, _taps(b, names), gm, blocks, b.fixed)
+    from .taps import find_taps  # imports Tap from here
+
+    return PermutationSpec(groups, axes, find_taps(b, names), gm, blocks, b.fixed)
 
 
 __all__ = ["AxisSpec", "PermutationSpec", "Segment", "Tap", "permutation_spec"]
