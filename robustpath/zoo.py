@@ -176,7 +176,10 @@ def _describe(name: str, dataset: str, threat: str, ctor_id: int) -> ZooEntry:
     entry = _entry(name, dataset, threat)
     gid = entry.get("gdrive_id")
     if gid is None or "model" not in entry:
-        return ZooEntry(name, "?", "", 0, "?", "timm hub model (no checkpoint file)")
+        # the zoo's transformers are XCiT (cross-covariance attention, heads split inline):
+        # robustpath.align has no rule for it; partial=True aligns its MLPs and patch convs
+        xcit = "; XCiT attention not alignable (partial=True: MLPs only)" if "XCiT" in name else ""
+        return ZooEntry(name, "?", "", 0, "?", f"timm hub model (no checkpoint file){xcit}")
     if isinstance(gid, (list, tuple)):
         return ZooEntry(name, "?", "", 0, "?", "ensemble of several networks")
     try:

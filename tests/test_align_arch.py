@@ -349,3 +349,19 @@ def test_partial_alignment_records_what_stayed():
     assert perm.is_identity() and report.kept == ["3"]
     with pytest.raises(UserError, match="unknown permutation group"):
         align(model, other, method="weight", example_input=x[:2], partial=["nope"])
+
+
+def test_xcit_is_refused_and_aligns_partially():
+    """RobustBench's transformer entries are XCiT: its cross-covariance attention (heads
+    split inline) has no rule; partial alignment permutes the MLPs and patch convs."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _randomize_heads(timm.models.xcit.Xcit(img_size=32, patch_size=8, embed_dim=16,
+                                                   depth=1, num_heads=2, cls_attn_layers=1,
+                                                   num_classes=10))
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(UserError, match="attention heads split inline"):
+        permutation_spec(model, x)
+    spec, _, _ = _invariant(model, x, partial=True)
+    assert any(g.startswith("blocks.0.mlp.fc1") for g in spec.groups)
+    assert not any(g.startswith("blocks.0.attn") for g in spec.groups)
