@@ -178,7 +178,8 @@ def _describe(name: str, dataset: str, threat: str, ctor_id: int) -> ZooEntry:
     if gid is None or "model" not in entry:
         # the zoo's transformers are XCiT (cross-covariance attention, heads split inline):
         # robustpath.align has no rule for it; partial=True aligns its MLPs and patch convs
-        xcit = "; XCiT attention not alignable (partial=True: MLPs only)" if "XCiT" in name else ""
+        xcit = "; XCiT attention not alignable (partial=True: MLP and patch-embedding units)" \
+            if "XCiT" in name else ""
         return ZooEntry(name, "?", "", 0, "?", f"timm hub model (no checkpoint file){xcit}")
     if isinstance(gid, (list, tuple)):
         return ZooEntry(name, "?", "", 0, "?", "ensemble of several networks")
