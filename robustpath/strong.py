@@ -274,7 +274,10 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     def source(name: str, t: float) -> torch.Tensor:
         if name not in sources:  # made lazily: a fully cached path needs no attack at all
             m = setup.prepare(model_at, t)
-            sources[name] = _adv(m, x, y, direct_attack, setup.batch_size, device)
+            # made on every test example in the evaluation's batches, then subset: at the
+            # source's own endpoint these are exactly the direct attack's examples
+            sources[name] = _adv(m, x_test, y_test, direct_attack, setup.batch_size,
+                                 device)[torch.as_tensor(idx)]
         return sources[name]
 
     out: list[StrongPoint] = []
