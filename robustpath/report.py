@@ -89,8 +89,10 @@ def check_records(run_dir: Path, paths=None) -> list:
         bad = vals.isna() | ~np.isfinite(vals) | (vals < lo) | (vals > hi)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{csv}: column {col} row {row + 2} holds {frame[col].iloc[row]!r}, "
-                            f"not a number in [{lo}, {hi}]")
+            value = frame[col].iloc[row]
+            shown = "nothing" if pd.isna(value) else repr(str(value))
+            raise UserError(f"{csv}: column {col} row {row + 2} holds {shown}, "
+                            f"not a number in [{lo}, {hi}] (truncated or edited file?)")
     ids = frame["align"].astype(str) + "-" + frame["curve"].astype(str) + "-s" + \
         frame["seed_a"].astype(int).astype(str) + "-" + frame["seed_b"].astype(int).astype(str)
     if (ids != frame["path_id"].astype(str)).any():
