@@ -165,7 +165,7 @@ def _check_run(meta: dict, key: str, path: Path) -> None:
 
 
 def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CurveTrainConfig,
-                out_dir: str | Path, device: str | torch.device = "cpu", progress: bool = True,
+                out_dir: str | Path | None, device: str | torch.device = "cpu", progress: bool = True,
                 on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
     """Fit ``curve``'s control points in place; checkpoints go to ``out_dir``.
 
@@ -177,6 +177,7 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         out_dir: run folder; the newest epoch checkpoint is resumed and an
             existing ``final`` one is loaded into ``curve`` and its metrics returned
             without training (both must come from the same config and endpoints).
+            ``None``: fit in memory only (no checkpoints, no resuming, nothing written).
         device: where to train; ``curve`` is moved there.
         progress: tqdm bar per epoch with loss / accuracy on the training batches.
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's
@@ -187,13 +188,20 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
     (epochs run in this call), ``epochs``, ``device``.
     """
     cfg.validate()
+    if not isinstance(curve, Curve):
+        raise UserError(f"train_curve needs a Curve (robustpath.curves.build_curve), "
+                        f"got {type(curve).__name__}")
+    if len(x_train) != len(y_train) or len(y_train) == 0:
+        raise UserError(f"x_train and y_train need the same, non-zero length, "
+                        f"got {len(x_train)} and {len(y_train)}")
     device = torch.device(device)
-    out_dir = Path(out_dir)
+    in_memory = out_dir is None
+    out_dir = Path(out_dir) if out_dir is not None else None
     run_key = config_hash({"config": cfg.cache_key(), "curve": curve.describe(),
                            "examples": len(x_train)})
-    final = out_dir / "final"
+    final = out_dir / "final" if out_dir is not None else None
     curve.to(device)
-    if checkpoint_exists(final):
+    if final is not None and checkpoint_exists(final):
         tensors, meta = load_checkpoint(final, device)
         _check_run(meta, run_key, final)
         with torch.no_grad():
@@ -203,7 +211,7 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
     opt = torch.optim.SGD([curve.controls], lr=cfg.lr, momentum=cfg.momentum,
                           nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=0.0)
     start, history = 0, []
-    last = latest_epoch_checkpoint(out_dir)
+    last = latest_epoch_checkpoint(out_dir) if out_dir is not None else None
     if last is not None:
         tensors, meta = load_checkpoint(last, device)
         _check_run(meta, run_key, last)
@@ -274,7 +282,7 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
             tqdm.write(f"{curve.kind} epoch {epoch + 1}/{cfg.epochs}: "
                        f"loss {record['train_loss']:.4f} "
                        f"acc {record['train_acc']:.4f} ({record['seconds']:.1f} s)")
-        if cfg.checkpoint_every_epoch:
+        if cfg.checkpoint_every_epoch and not in_memory:
             state = {"controls": curve.controls.detach()}
             buf = opt.state.get(curve.controls, {}).get("momentum_buffer")
             if buf is not None:
@@ -293,6 +301,7 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                "train_acc": history[-1]["train_acc"] if history else None,
                "seconds_per_epoch": sum(times) / len(times) if times else None,
                "device": str(device)}
-    save_curve(final, curve, {"run_key": run_key, "config": cfg.to_dict(), "metrics": metrics})
-    _remove_epoch_files(out_dir)
+    if final is not None:
+        save_curve(final, curve, {"run_key": run_key, "config": cfg.to_dict(), "metrics": metrics})
+        _remove_epoch_files(out_dir)
     return metrics

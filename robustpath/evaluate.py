@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attacks import Attack
-from .bn import recompute_bn
+from .bn import has_batchnorm
+from .bn import recompute_bn as _recompute_bn
 from .errors import UserError
 from .metrics import per_example
 from .store import atomic_write_bytes
@@ -100,6 +101,19 @@ class PathResult:
                 for k in ARRAYS}
 
 
+def _check_ts(ts) -> np.ndarray:
+    """``ts`` as a 1-d float64 array of values in [0, 1]; UserError otherwise."""
+    try:
+        arr = np.asarray(ts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"ts must be a sequence of numbers in [0, 1], got {ts!r}") from None
+    if arr.ndim != 1 or arr.size == 0:
+        raise UserError(f"ts must be a non-empty 1-d sequence of t in [0, 1], got shape {arr.shape}")
+    if not np.all((arr >= 0.0) & (arr <= 1.0)):
+        raise UserError(f"every t must lie in [0, 1], got {arr.min():g} .. {arr.max():g}")
+    return arr
+
+
 def t_grid(points: int) -> np.ndarray:
     """``points`` evenly spaced t in [0, 1], endpoints included (Tatro et al.: 65)."""
     return np.linspace(0.0, 1.0, int(points))
@@ -112,12 +126,25 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
                   device: str | torch.device = "cpu", progress: bool = True,
                   desc: str = "path", t_batch: int = 1,
                   point_cache: PointCache | None = None,
-                  recompute_ends: bool = True) -> PathResult:
+                  recompute_ends: bool = True, recompute_bn: bool = True) -> PathResult:
     """Evaluate ``model_at(t)`` for every t in ``ts`` on the test examples.
 
-    ``bn_loader`` (iterable of training batches) is required for models with BN;
+    ``model_at``: a callable ``t -> nn.Module`` or a :class:`robustpath.curves.Curve`
+    (its ``model_at`` is used). ``ts``: [T] values in [0, 1]. ``x_test`` [N, C, H, W]
+    pixels in [0, 1], ``y_test`` [N] int64.
+
+    ``bn_loader`` (iterable of ``(x, y)`` training batches) is required for models with
+    BatchNorm: without it the interior points would be evaluated with interpolated
+    running statistics, so a BatchNorm network without ``bn_loader`` raises
+    :class:`UserError` unless ``recompute_bn=False`` says to keep the statistics as
+    they are (e.g. a path whose every point is a published network).
     ``bn_inputs="adv"`` re-estimates the statistics on ``bn_attack``'s adversarial
     examples against the model at t.
+
+    ``speed`` [T] = ||dθ/dt|| for the arc-length averages; when omitted and the path is
+    a curve (``model_at`` is a Curve or its bound ``model_at``), it is computed with
+    :func:`curve_speed` (a path of zero length, speed below 1e-3 ||θ(0)|| everywhere,
+    gets unit speed); for any other callable it is 1 (unit speed: averages over t).
 
     ``t_batch`` > 1 evaluates that many t at once: BatchNorm is recomputed per t, then
     the clean pass and the attack run on one :class:`robustpath.stacked.StackedModel`
@@ -133,10 +160,34 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
     """
     if t_batch < 1:
         raise UserError(f"t_batch must be >= 1, got {t_batch}")
-    ts = np.asarray(ts, dtype=np.float64)
+    curve = model_at if hasattr(model_at, "params_at") else getattr(model_at, "__self__", None)
+    if not hasattr(curve, "params_at"):
+        curve = None
+    elif hasattr(model_at, "params_at"):
+        model_at = curve.model_at
+    if not callable(model_at):
+        raise UserError("evaluate_path needs a curve or a callable model_at(t) -> nn.Module, "
+                        f"got {type(model_at).__name__}")
+    ts = _check_ts(ts)
+    if len(x_test) != len(y_test) or len(y_test) == 0:
+        raise UserError(f"x_test and y_test need the same, non-zero length, "
+                        f"got {len(x_test)} and {len(y_test)}")
+    if bn_loader is not None and not recompute_bn:
+        raise UserError("evaluate_path got a bn_loader and recompute_bn=False: pass one or the other")
+    if speed is None and curve is not None:
+        with torch.no_grad():
+            speed = curve_speed(curve.params_at, ts)
+            size = sum(float(p.double().pow(2).sum()) for p in curve.params_at(0.0).values())
+        # a path of zero length (up to float rounding): every weighting gives one value
+        if not np.any(speed > 1e-3 * size ** 0.5):
+            speed = np.ones_like(ts)
+    if speed is not None and np.shape(speed) != ts.shape:
+        raise UserError(f"speed has shape {np.shape(speed)}, expected {ts.shape} (one per t)")
     rows: dict[int, dict[str, np.ndarray]] = {}
     # the same BN batches at every t, so differences along t are not sampling noise
     bn_data = list(itertools.islice(iter(bn_loader), bn_batches)) if bn_loader is not None else None
+    if bn_data is not None and not bn_data:
+        raise UserError("bn_loader yielded no batches (BatchNorm needs training data)")
     bar = tqdm(total=len(ts), desc=desc, disable=not progress, unit="t", leave=False)
     pending: list[tuple[int, nn.Module, str | None]] = []
 
@@ -157,6 +208,12 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
 
     for i, t in enumerate(ts):
         model = model_at(float(t)).to(device)
+        if (bn_data is None and recompute_bn and (recompute_ends or 0.0 < float(t) < 1.0)
+                and has_batchnorm(model)):
+            raise UserError(
+                f"the network at t={float(t):g} has BatchNorm and evaluate_path got no bn_loader: "
+                "its interpolated running statistics are meaningless; pass bn_loader= (training "
+                "batches), or recompute_bn=False to evaluate the statistics as they are")
         key = point_cache.key(model) if point_cache is not None else None
         hit = point_cache.get(key) if key is not None else None
         if hit is not None:
@@ -164,7 +221,7 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
             bar.update(1)
             continue
         if bn_data is not None and (recompute_ends or 0.0 < float(t) < 1.0):
-            recompute_bn(model, bn_data, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
+            _recompute_bn(model, bn_data, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
         pending.append((i, model.eval(), key))
         if len(pending) >= t_batch:
             flush()
