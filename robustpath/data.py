@@ -2,7 +2,7 @@
 
 Every loader returns float32 images in [0, 1] with shape ``[N, C, H, W]`` and int64
 labels ``[N]``, held in memory (these datasets are small). Normalisation is *not*
-applied here: it is a buffer inside each model (DESIGN.md: pixels in [0, 1]).
+applied here: it is a buffer inside each model (docs/architecture.md: pixels in [0, 1]).
 
 Sources, in order:
 

@@ -1,4 +1,4 @@
-"""Import RobustBench 1.1.1 in today's environment (DESIGN.md, "Known ecosystem quirks").
+"""Import RobustBench 1.1.1 in today's environment (docs/architecture.md, ecosystem quirks).
 
 RobustBench 1.1.1 does ``from autoattack import AutoAttack`` and
 ``from autoattack.state import EvaluationState``, but its dependency ``pyautoattack``
