@@ -33,7 +33,6 @@ and one RobustBench-style card per point in ``cards/``.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -51,7 +50,7 @@ from .bn import recompute_bn
 from .errors import UserError
 from .evaluate import PathResult, PointCache, min_point
 from .metrics import per_example
-from .store import atomic_write_bytes, atomic_write_json, config_hash
+from .store import atomic_write_json, config_hash
 
 ModelAt = Callable[[float], nn.Module]
 ALPHA = 0.05  # family-wise level of the transfer (gradient-masking) test of one path
@@ -220,22 +219,38 @@ def _adv(model: nn.Module, x, y, attack: Attack, batch_size: int, device) -> tor
 
 
 def _save(path: Path, arrays: dict, meta: dict) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path.with_suffix(".npz"), buf.getvalue())
-    atomic_write_json(path.with_suffix(".json"), meta)  # written last: marks the point done
+    """``<key>.meta.json``, then ``<key>.npz`` and its verified sidecar ``<key>.json``
+    (:func:`robustpath.cache.save_npz`, written last: marks the point done)."""
+    from .cache import save_npz
+
+    atomic_write_json(path.with_suffix(".meta.json"), meta)
+    save_npz(path.with_suffix(".npz"), arrays, {"point": path.name})
 
 
 def _load(path: Path, n: int) -> tuple[dict, dict] | None:
+    """A verified cached point (sidecar bound to this point's key, checksum, shapes);
+    None when absent, or damaged (said in one line, then recomputed)."""
+    from .cache import load_npz, recompute_notice
+    from .store import CacheError
+
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path.with_suffix(".npz")) as z:
-            arrays = {k: z[k] for k in z.files}
-        if any(len(v) != n for v in arrays.values()) or "aa" not in arrays:
+        arrays = load_npz(path.with_suffix(".npz"), {"point": path.name})
+        if arrays is None:
             return None
+        meta = json.loads(path.with_suffix(".meta.json").read_text())
+        if any(len(v) != n for v in arrays.values()) or "aa" not in arrays \
+                or not isinstance(meta, dict):
+            raise CacheError(f"{path.with_suffix('.npz')} holds another subset",
+                             (path.with_suffix(".npz"), path.with_suffix(".json")))
         return arrays, meta
-    except (OSError, ValueError, KeyError, EOFError):
-        return None  # absent or damaged: recomputed
+    except (OSError, ValueError) as e:
+        recompute_notice(CacheError(f"{path.with_suffix('.meta.json')} is unreadable "
+                                    f"({type(e).__name__})", (path.with_suffix(".npz"),
+                                                               path.with_suffix(".json"))),
+                         "strong point")
+    except CacheError as e:
+        recompute_notice(e, "strong point")
+    return None
 
 
 def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,

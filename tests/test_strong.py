@@ -254,13 +254,23 @@ def test_strong_path_on_a_line(trained_pair, fmnist, tmp_path):
         assert p.acc("aa") <= p.acc("clean") and p.acc("pgd") <= p.acc("clean")
         assert not p.meta["transfer_flag_a"] or p.role != "a"
     assert sp.point("a").meta["transfer_p_a"] == 1.0
-    files = sorted((tmp_path / "strong").glob("*.json"))
+    files = sorted((tmp_path / "strong").glob("*.npz"))
     assert len(files) == 3 and not list((tmp_path / "strong").glob("*aa-state*"))
     # cached: a second call attacks nothing and returns the same arrays
     again = strong_path(c.model_at, res, x, y, settings=s, eval_attack=pgd_cfg,
                         setup=setup, folder=tmp_path / "strong", num_classes=10,
                         progress=False)
     for p, q in zip(sp.points, again.points):
+        assert all(np.array_equal(p.arrays[k], q.arrays[k]) for k in p.arrays)
+    # a swapped cache entry is detected (bound to its point), said and recomputed
+    a_, b_ = files[0], files[1]
+    blob = a_.read_bytes()
+    a_.write_bytes(b_.read_bytes())
+    b_.write_bytes(blob)
+    third = strong_path(c.model_at, res, x, y, settings=s, eval_attack=pgd_cfg,
+                        setup=setup, folder=tmp_path / "strong", num_classes=10,
+                        progress=False)
+    for p, q in zip(sp.points, third.points):
         assert all(np.array_equal(p.arrays[k], q.arrays[k]) for k in p.arrays)
 
 
