@@ -257,7 +257,8 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
                 y_test: torch.Tensor, *, settings: StrongSettings, eval_attack: AttackConfig,
                 setup: PointSetup, folder: str | Path, num_classes: int,
                 progress: bool = True, desc: str = "strong",
-                endpoint_ids: dict[str, str] | None = None) -> StrongPath:
+                endpoint_ids: dict[str, str] | None = None,
+                path_key: str | None = None) -> StrongPath:
     """Run the strong stage on one path (module docstring); ``result`` is the path's
     evaluation on ``x_test``/``y_test`` (grid + refinement, same examples, same order).
 
@@ -269,6 +270,8 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     several paths end at permuted copies of one model (the aligned B computes B's logits;
     :func:`robustpath.equivalence.check_same_function` checks it when the alignment is
     made): those endpoints are then attacked once and shared by every path.
+    ``path_key`` (the path evaluation's cache key) keys the other points by path and t,
+    so that a fully cached path needs no network at all (``model_at`` is not called).
     """
     settings.validate()
     folder = Path(folder)
@@ -298,8 +301,12 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     out: list[StrongPoint] = []
     n_tests = 2 * len(pts)
     for role, t in tqdm(pts, desc=desc, disable=not progress, unit="pt", leave=False):
-        raw = model_at(float(t)).to(device)
+        raw = None
         net = (endpoint_ids or {}).get(role) if role in ("a", "b") else None
+        if net is None and path_key is not None:
+            net = config_hash({"path": path_key, "t": round(float(t), 10)})
+        if net is None:
+            raw = model_at(float(t)).to(device)
         pkey = config_hash({"s": skey, "net": net or PointCache.key(raw),
                             "bn": setup.recomputes(t) and config_hash(
                                 {"b": setup.bn_batches, "i": setup.bn_inputs})})
@@ -308,7 +315,7 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
         grid_clean = np.asarray(result.clean_correct[i], dtype=bool)[idx]
         got = _load(folder / pkey, len(idx))
         if got is None:
-            model = setup.prepare_model(raw, t)
+            model = setup.prepare_model(raw if raw is not None else model_at(float(t)), t)
             res = aa.run(model, x.to(device), y.to(device),
                          state_path=folder / f"{pkey}.aa-state.json",
                          batch_size=setup.batch_size)

@@ -891,7 +891,8 @@ class CompareRun:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def strong(self, c, res: PathResult, desc: str, ids: dict[str, str] | None = None):
+    def strong(self, model_at, res: PathResult, desc: str, ids: dict[str, str] | None = None,
+               path_key: str | None = None):
         """The shared strong stage (:func:`robustpath.strong.strong_path`) on one path;
         points cached in ``ckpt/strong/<settings>/`` by network."""
         from .strong import strong_path
@@ -902,10 +903,10 @@ class CompareRun:
             "bn_attack": self.cfg.train_attack(seed=1).to_dict(),
             "test_subset": self.cfg.test_subset, "train_subset": self.cfg.train_subset,
             "batch_size": self.cfg.batch_size}))
-        return strong_path(c.model_at, res, x_te, y_te, settings=self.cfg.strong_settings(),
+        return strong_path(model_at, res, x_te, y_te, settings=self.cfg.strong_settings(),
                            eval_attack=self.cfg.eval_attack(), setup=self.setup(),
                            folder=folder, num_classes=num_classes, progress=self.progress,
-                           desc=desc, endpoint_ids=ids)
+                           desc=desc, endpoint_ids=ids, path_key=path_key)
 
     def transfer(self, c, res: PathResult, key: str, desc: str) -> pd.DataFrame:
         from .transfer import transfer_check
@@ -1083,7 +1084,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                 if cfg.strong:
                     strong_paths[records[-1].path_id] = (
                         {"align": method, "curve": kind, "model_a": a, "model_b": b},
-                        run.strong(curve(), res, f"strong {desc}", ids={"a": ka, "b": kb}))
+                        run.strong(lambda t, curve=curve: curve().model_at(t), res,
+                                   f"strong {desc}", ids={"a": ka, "b": kb}, path_key=ekey))
                 if cfg.transfer:
                     tkey = config_hash({"eval": ekey, "transfer": cfg.eval_attack().to_dict(),
                                         "test": "mcnemar"})
