@@ -317,7 +317,8 @@ def load_sweep(path: str | Path, *, results_root: str | Path = "results") -> Swe
         why = _type_error(key, value)
         if why:
             raise loc.error(("overrides", key), why)
-        _try_config(loc, ("overrides", key), preset, **{key: value})
+        if key not in ("aa_version", "aa_attacks"):  # valid only together: checked below
+            _try_config(loc, ("overrides", key), preset, **{key: value})
     _try_config(loc, ("overrides",), preset, **overrides)
 
     grid = dict(raw["grid"])
