@@ -5,7 +5,7 @@ ResNet-18s with random weights (seeds 0 and 1) on Fashion-MNIST images repeated 
 three channels (28x28: ResNet-18 runs on any input of at least 8x8 pixels). Swap in
 your own trained networks: nothing below depends on ResNet-18.
 
-    python examples/align_and_fit.py --out /tmp/example                # about a minute on CPU
+    python examples/align_and_fit.py --out /tmp/example                # minutes on CPU
     python examples/align_and_fit.py --arch cnn-small --train 256 --test 64 --epochs 1 \
         --steps 1 --ts 3 --out /tmp/tiny                                # seconds (the test)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from numbers import Integral  # not `import numbers`: robustpath.numbers would shadow it
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,9 +248,10 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
         raise UserError(f"path must be a curve or a callable t -> nn.Module, got "
                         f"{type(path).__name__}")
     x_test, y_test = _images(x_test, y_test, "evaluate_path")
-    if isinstance(ts, bool) or (isinstance(ts, int) and ts < 2):
+    count = isinstance(ts, Integral) and not isinstance(ts, bool)
+    if isinstance(ts, bool) or (count and ts < 2):
         raise UserError(f"ts must be a number of points >= 2 or a sequence of t, got {ts!r}")
-    grid = evaluate.t_grid(ts) if isinstance(ts, int) else ts
+    grid = evaluate.t_grid(int(ts)) if count else ts
     if num_classes is None:
         num_classes = int(y_test.max()) + 1
     if isinstance(bn_data, tuple) and len(bn_data) == 2 and hasattr(bn_data[0], "dim"):
