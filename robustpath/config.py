@@ -7,7 +7,7 @@ Presets (``--preset``):
   training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
   (``benchmarks/BN_STUDY.md``: 1-10 batches change robust accuracy by <= 0.6
   points), 9x9 loss planes of the bezier curves, 2 refinement rounds around each
-  path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 100
+  path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 25
   test examples at the endpoints and each path's worst t (chosen so that it adds about
   a quarter to the run: ``benchmarks/STRONG.md``). Minutes on 2 cores.
 * ``paper`` - Tatro et al. 2020's robust protocol from their code, for a GPU: CIFAR-10,
@@ -41,7 +41,7 @@ PRESETS: Registry[dict] = Registry("preset")
 PRESETS.register("quick")({
     "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0,
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
-    "strong_examples": 100,
+    "strong_examples": 25,
     "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 2, "lr": 0.05,
     "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 9,
 })
