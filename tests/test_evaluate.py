@@ -40,8 +40,12 @@ def _eval(curve, fmnist, **kw):
 def test_vmap_batched_evaluation_equals_per_t(bezier, fmnist):
     plain = _eval(bezier, fmnist)
     batched = _eval(bezier, fmnist, t_batch=3)  # groups of 3 and 2: uneven tail included
-    for k in ("clean_loss", "robust_loss"):
-        np.testing.assert_allclose(getattr(batched, k), getattr(plain, k), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batched.clean_loss, plain.clean_loss, rtol=1e-4, atol=1e-4)
+    # PGD steps are sign(grad): a float-rounding tie sends a few trajectories elsewhere,
+    # so a handful of robust losses may differ (seen: 4 of 600, by <= 3e-3); the rest agree
+    close = np.isclose(batched.robust_loss, plain.robust_loss, rtol=1e-4, atol=1e-4)
+    assert (~close).sum() <= 6, (~close).sum()
+    np.testing.assert_allclose(batched.robust_loss.mean(1), plain.robust_loss.mean(1), atol=1e-3)
     np.testing.assert_array_equal(batched.clean_correct, plain.clean_correct)
     # the attack's steps are sign(grad): a float-rounding tie may flip one example at most
     assert (batched.robust_correct != plain.robust_correct).sum() <= 1
