@@ -147,7 +147,7 @@ def write_paired(run_dir: str | Path, records: Sequence[PathRecord] | None = Non
     run_dir = Path(run_dir)
     records = read_records(run_dir) if records is None else records
     frame = paired_differences(records, bootstrap=bootstrap)
-    atomic_write_text(run_dir / "tables" / "paired.csv", frame.to_csv(index=False))
+    atomic_write_text(run_dir / "tables" / "paired.csv", frame.to_csv(index=False, float_format="%.6f"))
     atomic_write_text(run_dir / "tables" / "paired.md", to_markdown(frame))
     return frame
 
