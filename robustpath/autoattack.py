@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +52,6 @@ from .errors import UserError
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 _NORM = {"linf": "Linf", "l2": "L2"}
-_AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
 
 
 def _require():
@@ -105,19 +103,13 @@ class _Counter(nn.Module):
 
 class _Capture(logging.Handler):
     def __init__(self):
-        super().__init__(level=logging.DEBUG)
+        super().__init__(level=logging.WARNING)
         self.warnings: list[str] = []
-        self.after: dict[str, float] = {}
 
     def emit(self, record):
         msg = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            if msg not in self.warnings:
-                self.warnings.append(msg)
-            return
-        m = _AFTER.search(msg)
-        if m:
-            self.after[m.group(1).lower()] = float(m.group(2)) / 100
+        if record.levelno >= logging.WARNING and msg not in self.warnings:
+            self.warnings.append(msg)
 
 
 @contextlib.contextmanager
@@ -125,7 +117,7 @@ def _captured():
     log = logging.getLogger("auto-attack")
     handler = _Capture()
     saved = (log.level, log.propagate)
-    log.setLevel(logging.DEBUG)
+    log.setLevel(logging.WARNING)  # only its check warnings are kept
     log.propagate = False  # AutoAttack's messages go to the run's records, not the console
     log.addHandler(handler)
     try:

@@ -8,8 +8,9 @@ Presets (``--preset``):
   (``benchmarks/BN_STUDY.md``: 1-10 batches change robust accuracy by <= 0.6
   points), 9x9 loss planes of the bezier curves, 2 refinement rounds around each
   path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 25
-  test examples at the endpoints and each path's worst t (chosen so that it adds about
-  a quarter to the run: ``benchmarks/STRONG.md``). Minutes on 2 cores.
+  test examples at the endpoints and each path's worst t (it adds about a third to the
+  run, and its AutoAttack CIs are about +-20 points wide: ``benchmarks/STRONG.md``; use
+  ``--strong-examples 1000`` for numbers to publish). Minutes on 2 cores.
 * ``paper`` - Tatro et al. 2020's robust protocol from their code, for a GPU: CIFAR-10,
   TinyTen, full data, 3 seed pairs, 200 endpoint and 200 curve epochs at lr 0.1 with
   Garipov's schedule, rotation + crop + flip, attacks in train mode during endpoint

@@ -209,7 +209,10 @@ def mcnemar_p(direct: np.ndarray, transfer: np.ndarray) -> float:
     return float(binomtest(b, b + c, 0.5, alternative="greater").pvalue)
 
 
-def _adv(model: nn.Module, x, y, attack: Attack, batch_size: int, device) -> torch.Tensor:
+def adversarial_examples(model: nn.Module, x, y, attack: Attack, batch_size: int,
+                         device) -> torch.Tensor:
+    """``attack(model, x, y)`` in batches of ``batch_size`` (the same batches as the path
+    evaluation, so seeded random starts match); the examples on the CPU."""
     out = []
     with eval_mode(model):
         for i in range(0, len(x), batch_size):
@@ -294,8 +297,8 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
             m = setup.prepare(model_at, t)
             # made on every test example in the evaluation's batches, then subset: at the
             # source's own endpoint these are exactly the direct attack's examples
-            sources[name] = _adv(m, x_test, y_test, direct_attack, setup.batch_size,
-                                 device)[torch.as_tensor(idx)]
+            sources[name] = adversarial_examples(m, x_test, y_test, direct_attack,
+                                                 setup.batch_size, device)[torch.as_tensor(idx)]
         return sources[name]
 
     out: list[StrongPoint] = []

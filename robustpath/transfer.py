@@ -29,7 +29,7 @@ from .errors import UserError
 from .evaluate import PathResult
 from .metrics import per_example
 from .store import atomic_write_text
-from .strong import ModelAt, PointSetup, _adv, mcnemar_p
+from .strong import ModelAt, PointSetup, adversarial_examples, mcnemar_p
 
 
 def transfer_check(model_at: ModelAt, result: PathResult, x: torch.Tensor, y: torch.Tensor,
@@ -49,8 +49,8 @@ def transfer_check(model_at: ModelAt, result: PathResult, x: torch.Tensor, y: to
                         f"examples but {len(y)} were given")
     if not sources:
         raise UserError("transfer check needs at least one source model")
-    adv = {name: _adv(m.to(setup.device), x, y, attack, setup.batch_size, setup.device)
-           for name, m in sources.items()}
+    adv = {name: adversarial_examples(m.to(setup.device), x, y, attack, setup.batch_size,
+                                      setup.device) for name, m in sources.items()}
     level = alpha / (len(result.ts) * len(adv))
     rows, flagged = [], False
     for i, t in enumerate(tqdm(result.ts, desc=desc, disable=not progress, unit="t", leave=False)):

@@ -102,7 +102,6 @@ def test_standard_autoattack_leq_pgd_on_trained_model(trained_pair, fmnist, tmp_
         model, x, y, state_path=tmp_path / "s.json")
     pgd = per_example(model, x, y, build_attack(AttackConfig(eps=0.1, steps=10, seed=0)))
     assert out.accuracy <= pgd.accuracy
-    assert not (out.robust & ~pgd.correct).any() or out.accuracy < pgd.accuracy
 
 
 @pytest.mark.parametrize("kw,msg", [
