@@ -88,6 +88,13 @@ def parser() -> argparse.ArgumentParser:
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane (first seed pair) on an N x N grid "
       f"(0 = off; {preset_default('plane_grid')})")
+    a("--curvature", type=int, default=None, metavar="N",
+      help="input curvature along every path (Zhao et al. 2020): top eigenvalue of the input "
+      "Hessian of the loss at each grid t on the first N test examples, with its CI and its "
+      "Pearson r with the robust loss; writes curvature.{csv,md}, plots/curvature_*.png "
+      "(0 = off; default 0)")
+    a("--curvature-iters", type=int, default=None,
+      help="power iterations per example for --curvature (default 20)")
     a("--t-batch", type=int, default=None,
       help="t points evaluated at once by vmap over stacked parameters (same results; "
       "pays on a GPU with small models, slower on CPU; default 1)")
@@ -154,6 +161,7 @@ def config_from_args(args) -> BenchConfig:
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
+        curvature_examples=args.curvature, curvature_iters=args.curvature_iters,
         refine_rounds=args.refine_rounds, strong=False if args.no_strong else None,
         strong_examples=args.strong_examples, aa_version=args.aa_version,
         aa_attacks=split_list(args.aa_attacks) if args.aa_attacks else None,
@@ -187,7 +195,8 @@ def comparable(d: dict) -> dict:
     # protocol options added with --preset paper: at their defaults, runs made before
     # they existed are the same configuration
     for k, default in (("affine_degrees", 0.0), ("schedule", "onecycle"),
-                       ("curve_schedule", "cosine"), ("attack_mode", "eval")):
+                       ("curve_schedule", "cosine"), ("attack_mode", "eval"),
+                       ("curvature_examples", 0), ("curvature_iters", 20)):
         if out.get(k, default) == default:
             out.pop(k, None)
     return out
@@ -211,6 +220,7 @@ class RunOutputs:
     planes: dict[str, dict] = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     strong: dict = field(default_factory=dict)  # path_id -> (identity, StrongPath)
+    curvature: dict = field(default_factory=dict)  # path_id -> (identity, arrays, PathResult)
 
 
 def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
@@ -260,6 +270,10 @@ def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
             m: {"max_out_of_plane": float(p["out_of_plane"].max()),
                 "clean_loss_min": float(p["clean_loss"].min()),
                 "robust_loss_min": float(p["robust_loss"].min())} for m, p in out.planes.items()})
+    if out.curvature:  # curvature.{csv,md}, plots/curvature_*.png (robustpath.curvature)
+        from . import curvature
+
+        curvature.write(run_dir, out.curvature, bootstrap=cfg.bootstrap)
     primary = runfolder.outputs(run_dir)  # the run's sources (hashed in its manifest), not
     return build_report(run_dir), primary  # what report rebuilds from them
 
@@ -301,6 +315,7 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
 
     records: list[PathRecord] = []
     strong_paths: dict = {}
+    curvature_paths: dict = {}
     align_reports, curve_metrics, planes = {}, {}, {}
     for sa, sb in cfg.pairs():
         (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
@@ -319,6 +334,14 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
                     res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
                                            desc=f"eval {method}/{kind} s{sa}-{sb}")
                 records.append(PathRecord(method, kind, sa, sb, res))
+                if cfg.curvature_examples:
+                    from .curvature import curvature
+
+                    with timer("curvature"):
+                        curvature_paths[records[-1].path_id] = (
+                            {"align": method, "curve": kind, "seed_a": sa, "seed_b": sb},
+                            curvature(cfg, c, ckey, run_dir, data, device, progress,
+                                      desc=f"curvature {method}/{kind} s{sa}-{sb}"), res)
                 if cfg.strong:
                     with timer("strong"):
                         strong_paths[records[-1].path_id] = (
@@ -334,7 +357,7 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
     summary = write_run(run_dir, cfg, RunOutputs(
         endpoints={s: m for s, (_, m, _) in endpoints.items()}, alignment=align_reports,
         curves=curve_metrics, records=records, planes=planes, timings=timer.to_dict(),
-        strong=strong_paths),
+        strong=strong_paths, curvature=curvature_paths),
         command=command)
     elapsed = time.perf_counter() - start
     print(format_summary(summary, cfg.to_dict()))

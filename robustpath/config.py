@@ -122,6 +122,8 @@ class BenchConfig:
     bn_inputs: str = "adv"
     bootstrap: int = 1000
     plane_grid: int = 0          # 0: no loss-surface plane plots
+    curvature_examples: int = 0  # input-Hessian curvature per t on N test examples; 0: off
+    curvature_iters: int = 20    # its power iterations (robustpath.curvature)
     refine_rounds: int = 2       # bisection rounds around each path's minimum (2 extra t each)
     strong: bool = True          # the strong stage (robustpath.strong): AutoAttack + PGD-many
     strong_examples: int = 1000  # test examples the strong stage attacks (RobustBench n_examples)
@@ -214,6 +216,11 @@ class BenchConfig:
             self.strong_settings()  # checks --strong-examples, --aa-version, --aa-attacks
         elif self.aa_attacks or self.aa_version != "standard":
             raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong)")
+        if self.curvature_examples < 0 or self.curvature_iters < 1:
+            raise UserError("--curvature must be >= 0 (0 = off) and --curvature-iters >= 1, "
+                            f"got {self.curvature_examples} and {self.curvature_iters}")
+        if self.test_subset and self.curvature_examples > self.test_subset:
+            raise UserError(f"--curvature {self.curvature_examples} exceeds --test-subset {self.test_subset}")
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
         for name in ("train_subset", "test_subset"):
