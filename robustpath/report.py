@@ -199,6 +199,8 @@ SWEEP_METRICS = [("clean_acc_min", "Clean min", True), ("robust_acc_min", "Robus
                  ("robust_acc_avg", "Robust avg", True),
                  ("robust_loss_barrier", "Robust loss barrier", False)]
 AXIS_LABEL = {"dataset": "Dataset", "arch": "Architecture"}
+# a sweep's own sources (hashed in its manifest.json); aggregate/ is derived from them
+SWEEP_SOURCES = ("sweep.json", "sweep.toml", "command.txt", "provenance.json", "tasks.json")
 
 
 def is_sweep(folder: str | Path) -> bool:
@@ -247,7 +249,8 @@ def sweep_tables(long: pd.DataFrame, axes: list[str]) -> tuple[list[str], list[l
     return header, md, tex
 
 
-def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True) -> pd.DataFrame | None:
+def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
+                 staging: Path | None = None) -> pd.DataFrame | None:
     """The table across a sweep's cells, in ``<sweep>/aggregate/``; returns its long form.
 
     Per group (the cells that differ only in their seed pair; e.g. one dataset x
@@ -258,9 +261,17 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True) -> pd.DataFrame
     cell's state) and ``plots/<group>.{png,pdf}`` (mean ± std over pairs along t).
     With ``rebuild``, each finished cell's own tables and plots are rebuilt first.
     Returns None when no cell has finished.
+
+    Atomic (issue 17): everything goes into ``staging``, a staging folder holding the
+    sweep's sources (``SWEEP_SOURCES``), which the caller commits
+    (:func:`robustpath.runfolder.commit`); without one (``report``), the committed
+    sources are staged and committed with the new ``aggregate/`` under the sweep's run
+    lock, so a reader sees the old table or the new one, never a mix.
     """
     sweep_dir = Path(sweep_dir)
-    meta = _sweep_meta(sweep_dir)
+    if staging is None:
+        return _sweep_report_staged(sweep_dir, rebuild)
+    meta = _sweep_meta(staging)
     axes = list(meta.get("axes", ["dataset", "arch"]))
     states, frames, records = [], {}, {}
     for cell in meta["cells"]:
@@ -271,11 +282,11 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True) -> pd.DataFrame
         if not done:
             continue
         if rebuild or not (cdir / "tables" / "per_path.csv").is_file():
-            build_report(cdir)
+            _report_run(cdir)  # under the cell's lock, its manifest checked
         frame = pd.read_csv(cdir / "tables" / "per_path.csv")
         frames.setdefault(cell["group"], []).append(frame)
         records.setdefault(cell["group"], []).extend(read_records(cdir))
-    out_dir = sweep_dir / "aggregate"
+    out_dir = staging / "aggregate"
     atomic_write_text(out_dir / "cells.csv", pd.DataFrame(states).to_csv(index=False))
     if not frames:
         return None
@@ -309,8 +320,27 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True) -> pd.DataFrame
         plot_paths(recs, out_dir / "plots" / group, title=str(group), bootstrap=boot)
     from .html_report import write_sweep_report
 
-    write_sweep_report(sweep_dir, meta)
+    write_sweep_report(staging, meta)  # reads the staged sources and aggregate/
     return long
+
+
+def _sweep_report_staged(sweep_dir: Path, rebuild: bool) -> pd.DataFrame | None:
+    import shutil
+
+    from . import runfolder
+    from .lock import run_lock
+
+    with run_lock(sweep_dir):
+        runfolder.recover(sweep_dir)
+        manifest = runfolder.verify(sweep_dir)
+        sources = list(manifest["files"]) if manifest else [
+            f for f in SWEEP_SOURCES if (sweep_dir / f).is_file()]  # written before manifests
+        stage = runfolder.begin(sweep_dir)
+        for rel in sources:
+            shutil.copy2(sweep_dir / rel, stage / rel)
+        long = sweep_report(sweep_dir, rebuild=rebuild, staging=stage)
+        runfolder.commit(sweep_dir, sources)
+        return long
 
 
 def _report_run(run_dir: Path) -> pd.DataFrame:

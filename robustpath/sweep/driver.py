@@ -9,10 +9,23 @@ Sweep folder (``--out``, default ``results/<name>``)::
     aggregate/             the table across cells (robustpath.report.sweep_report)
     status.json            each cell's state, updated as the sweep runs
     tasks.json             this run's tasks: stage, seconds, computed or cached, host
+    manifest.json          the commit record of the sweep's own outputs (below)
 
 A cell whose ``done.json`` matches its configuration is skipped, so a rerun of a
 finished sweep runs no task, and a rerun after a crash runs only the unfinished
 cells, whose finished stages come from the stage cache.
+
+Faults (issue 17): a sweep holds its folder's run lock (:func:`robustpath.lock.run_lock`)
+from start to end, so a second sweep (or ``report``) into the same folder fails at
+once with one line naming the holder, as ``robustpath.bench`` does. Each cell is an
+atomic run folder of its own (:func:`robustpath.bench.write_run`); the sweep's own
+outputs - ``sweep.json``, ``sweep.toml``, ``command.txt``, ``provenance.json``,
+``tasks.json`` and ``aggregate/`` - are written at the end into ``<out>/.staging/``
+and published together by :func:`robustpath.runfolder.commit` (manifest last), so a
+kill at any moment leaves the previous sweep's outputs or the new ones, never a
+mix (a first sweep killed before its end has none yet; rerun it). Stage cache entries
+under ``ckpt/``, shared by the cells and by Ray workers, are computed under
+:func:`robustpath.lock.entry_lock`: one process computes, the others wait and load.
 """
 
 from __future__ import annotations
@@ -22,11 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import data as data_mod
-from .. import stages
+from .. import runfolder, stages
 from ..bench import RunOutputs, comparable, write_run
 from ..errors import UserError
+from ..lock import run_lock
 from ..records import PathRecord
-from ..report import sweep_report
+from ..report import SWEEP_SOURCES, sweep_report
 from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
 from .executors import EXECUTORS, executor_names
 from .nodes import Context, run_data
@@ -107,6 +121,7 @@ def _attack_note(sweep: Sweep) -> str:
 
 
 def _write_meta(sweep: Sweep, out: Path, command: str) -> None:
+    """What was asked, resolved (into the staging folder of the sweep's publication)."""
     meta = sweep.to_dict()
     meta["attack_note"] = _attack_note(sweep)
     meta["bootstrap"] = sweep.cells[0].cfg.bootstrap
@@ -144,44 +159,64 @@ def describe_plan(sweep: Sweep, plan: Plan, skipped: list[str], out: Path | None
     return "\n".join(lines)
 
 
+def _plan(sweep: Sweep, out: Path, overwrite: bool) -> SweepResult:
+    """Check the cells against ``out``, plan the unfinished ones, print the plan."""
+    _check_conflicts(sweep, overwrite)
+    skipped = [c.name for c in sweep.cells if _finished_before(c)]
+    todo = [c for c in sweep.cells if c.name not in skipped]
+    plan = build_plan(todo)
+    print(describe_plan(sweep, plan, skipped, out), flush=True)
+    return SweepResult(out, skipped=list(skipped), plan=plan)
+
+
+def _publish(sweep: Sweep, out: Path, command: str, tracker: Tracker) -> None:
+    """The sweep's own outputs (``SWEEP_SOURCES`` + ``aggregate/``) staged in
+    ``<out>/.staging/``, then committed together (:mod:`robustpath.runfolder`)."""
+    stage = runfolder.begin(out)
+    _write_meta(sweep, stage, command)
+    atomic_write_json(stage / "tasks.json", tracker.tasks_record())
+    sweep_report(out, rebuild=False, staging=stage)
+    runfolder.commit(out, list(SWEEP_SOURCES))
+
+
 def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
               address: str | None = None, max_parallel: int = 0, progress: bool = True,
               overwrite: bool = False, command: str = "", dry_run: bool = False) -> SweepResult:
-    """Run ``sweep`` into ``out`` with ``executor`` (``local`` or ``ray``)."""
+    """Run ``sweep`` into ``out`` with ``executor`` (``local`` or ``ray``), holding
+    ``out``'s run lock; the sweep's outputs are published together at the end."""
     start = time.time()
     out = Path(out)
     executor_names()
     exe = EXECUTORS.get(executor)(address=address, max_parallel=max_parallel)
     _place(sweep, out)
-    _check_conflicts(sweep, overwrite)
-    skipped = [c.name for c in sweep.cells if _finished_before(c)]
-    todo = [c for c in sweep.cells if c.name not in skipped]
-    plan = build_plan(todo)
-    result = SweepResult(out, skipped=list(skipped), plan=plan)
-    print(describe_plan(sweep, plan, skipped, out), flush=True)
-    if dry_run:
-        return result
-    if executor == "local":  # missing data fails here, before any work (Ray: in the task)
-        for cell in todo:
-            run_data(cell.cfg)
+    if dry_run:  # reads only: no lock, nothing written
+        return _plan(sweep, out, overwrite)
+    if executor == "local":  # missing data fails here, before anything is written (Ray:
+        for cell in sweep.cells:  # in the task)
+            if not _finished_before(cell):
+                run_data(cell.cfg)
     stages.check_writable(out)
-    _write_meta(sweep, out, command)
-
-    ctx = Context.from_env(out, progress and exe.stage_progress)
-    slots = exe.prepare() if plan.nodes else 1.0
-    tracker = Tracker(plan, out, on_cell=lambda name, res: write_cell(plan.cells[name], res, command),
-                      slots=slots, done_before=tuple(skipped), progress=progress)
-    try:
-        if plan.nodes:
-            exe.execute(plan, ctx, tracker, sweep.resources)
-    finally:
-        tracker.close()
-    result.done = [c for c, s in tracker.state.items() if s == "done"]
-    result.failed = dict(tracker.errors)
-    for c, s in tracker.state.items():  # a cell can only end unfinished if a task was lost
-        if s not in ("done", "failed"):
-            result.failed[c] = "did not finish"
-    result.tasks = list(tracker.results.values())
-    sweep_report(out, rebuild=False)
+    # one writer per sweep folder: a second sweep into it fails here, naming the holder
+    with run_lock(out):
+        runfolder.recover(out)  # finish or discard a publication a kill interrupted
+        result = _plan(sweep, out, overwrite)
+        plan = result.plan
+        ctx = Context.from_env(out, progress and exe.stage_progress)
+        slots = exe.prepare() if plan.nodes else 1.0
+        tracker = Tracker(plan, out,
+                          on_cell=lambda name, res: write_cell(plan.cells[name], res, command),
+                          slots=slots, done_before=tuple(result.skipped), progress=progress)
+        try:
+            if plan.nodes:
+                exe.execute(plan, ctx, tracker, sweep.resources)
+        finally:
+            tracker.close()
+        result.done = [c for c, s in tracker.state.items() if s == "done"]
+        result.failed = dict(tracker.errors)
+        for c, s in tracker.state.items():  # a cell can only end unfinished if a task was lost
+            if s not in ("done", "failed"):
+                result.failed[c] = "did not finish"
+        result.tasks = list(tracker.results.values())
+        _publish(sweep, out, command, tracker)
     result.seconds = time.time() - start
     return result

@@ -7,7 +7,8 @@ failed at once, and the other cells go on. Progress is one tqdm bar over tasks w
 postfix counts cells done / running / failed and estimates the time left from the
 mean duration of finished tasks of each stage; every finished or failed cell also
 prints a line. ``<sweep>/status.json`` (atomic) holds each cell's state for
-monitoring a long run from another shell.
+monitoring a long run from another shell; it is live, the only sweep-level file
+written outside the sweep's atomic publication (:mod:`robustpath.sweep.driver`).
 """
 
 from __future__ import annotations
@@ -116,9 +117,12 @@ class Tracker:
         self._refresh()
         self.bar.close()
         self._write_status()
-        atomic_write_json(self.root / "tasks.json", {
-            "started": self.start, "seconds": time.time() - self.start,
-            "tasks": [describe(r) for r in self.results.values()]})
+
+    def tasks_record(self) -> dict:
+        """This run's tasks (``tasks.json``; the driver publishes it with the sweep's other
+        outputs, :func:`robustpath.sweep.driver.run_sweep`)."""
+        return {"started": self.start, "seconds": time.time() - self.start,
+                "tasks": [describe(r) for r in self.results.values()]}
 
     # ------------------------------------------------------------ summaries
     def counts(self) -> dict[str, int]:
