@@ -126,7 +126,8 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
                   device: str | torch.device = "cpu", progress: bool = True,
                   desc: str = "path", t_batch: int = 1,
                   point_cache: PointCache | None = None,
-                  recompute_ends: bool = True, recompute_bn: bool = True) -> PathResult:
+                  recompute_ends: bool = True, recompute_bn: bool = True,
+                  renorm: Callable[[nn.Module, float], nn.Module] | None = None) -> PathResult:
     """Evaluate ``model_at(t)`` for every t in ``ts`` on the test examples.
 
     ``model_at``: a callable ``t -> nn.Module`` or a :class:`robustpath.curves.Curve`
@@ -156,6 +157,8 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
     evaluated with the same settings, e.g. the shared endpoints of several paths.
     ``recompute_ends=False`` keeps the networks at t = 0 and t = 1 exactly as given
     (their own BatchNorm statistics: published models are measured as published).
+    ``renorm(model, t) -> model`` replaces BatchNorm recomputation at every t (e.g.
+    :class:`robustpath.repair.PathRenorm`: REPAIR); it excludes ``bn_loader``.
     Returns a :class:`PathResult`.
     """
     if t_batch < 1:
@@ -172,6 +175,8 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
     if len(x_test) != len(y_test) or len(y_test) == 0:
         raise UserError(f"x_test and y_test need the same, non-zero length, "
                         f"got {len(x_test)} and {len(y_test)}")
+    if renorm is not None and bn_loader is not None:
+        raise UserError("evaluate_path got a bn_loader and renorm: pass one or the other")
     if bn_loader is not None and not recompute_bn:
         raise UserError("evaluate_path got a bn_loader and recompute_bn=False: pass one or the other")
     if speed is None and curve is not None:
@@ -208,8 +213,8 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
 
     for i, t in enumerate(ts):
         model = model_at(float(t)).to(device)
-        if (bn_data is None and recompute_bn and (recompute_ends or 0.0 < float(t) < 1.0)
-                and has_batchnorm(model)):
+        if (bn_data is None and recompute_bn and renorm is None
+                and (recompute_ends or 0.0 < float(t) < 1.0) and has_batchnorm(model)):
             raise UserError(
                 f"the network at t={float(t):g} has BatchNorm and evaluate_path got no bn_loader: "
                 "its interpolated running statistics are meaningless; pass bn_loader= (training "
@@ -220,7 +225,9 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
             rows[i] = hit
             bar.update(1)
             continue
-        if bn_data is not None and (recompute_ends or 0.0 < float(t) < 1.0):
+        if renorm is not None:
+            model = renorm(model, float(t))
+        elif bn_data is not None and (recompute_ends or 0.0 < float(t) < 1.0):
             _recompute_bn(model, bn_data, batches=bn_batches, inputs=bn_inputs, attack=bn_attack)
         pending.append((i, model.eval(), key))
         if len(pending) >= t_batch:

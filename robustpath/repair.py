@@ -1,0 +1,391 @@
+"""Renormalisation of a network on a path: BatchNorm reset, REPAIR, REPAIR under attack.
+
+REPAIR: Jordan, Sedghi, Saukh, Entezari & Neyshabur, "REPAIR: REnormalizing Permuted
+Activations for Interpolation Repair", ICLR 2023 (arXiv 2211.08403). Interpolating
+two networks' weights shrinks the variance of hidden units ("variance collapse");
+REPAIR sets every unit's mean and standard deviation of pre-activations at θ(t) to
+the interpolation of the endpoints' statistics, which removes most of the barrier
+of plain interpolation in networks with and without BatchNorm.
+
+Methods (registry :data:`RENORMS`, ``--renorm``):
+
+* ``bn-reset`` (default) - BatchNorm running statistics re-estimated at every t
+  (:func:`robustpath.bn.recompute_bn`, clean or adversarial inputs per ``--bn-inputs``).
+* ``repair`` - REPAIR on clean measuring data (below).
+* ``repair-adv`` - REPAIR with every statistic measured on PGD inputs: the endpoints'
+  on PGD inputs made against each endpoint, the point's on PGD inputs made against
+  the point itself after a clean REPAIR (as ``recompute_bn(inputs="adv")`` attacks a
+  usable copy, not one whose statistics are half re-estimated).
+* ``none`` - nothing: the point keeps its interpolated BatchNorm statistics.
+
+Units (:func:`find_units`, found by one traced forward pass, in call order): every
+affine norm layer (BatchNorm tracking statistics, LayerNorm over one dimension,
+GroupNorm) and every Conv / Linear whose output neither enters a norm layer directly
+nor is the network's output (the logits). A unit's pre-activation is that layer's
+output; its statistics are the mean and (biased) standard deviation per channel over
+all other dimensions (dim 1 for conv / BatchNorm / GroupNorm outputs ``[N, C, ...]``,
+the last dim for Linear / LayerNorm outputs ``[..., F]``), over every example of the
+measuring batches (the path evaluation's ``bn_batches`` training batches).
+
+At a point t the target of unit k is ``(1 - t) (μ_A, σ_A) + t (μ_B, σ_B)``, with A =
+``model_at(0)`` and B = ``model_at(1)`` (aligned B: its units are A's). On a curve with
+control points (Bezier, polygonal chain) the target is the same interpolation in t
+of the *endpoints'* statistics: a control point is not a network trained to compute
+anything, so its statistics are no meaningful target. The units are corrected one
+by one in call order, each measured with every earlier one already corrected, so
+that on the measuring data each unit's statistics equal the target (to float
+rounding): a BatchNorm layer gets the exact statistics of its input as running
+statistics, then its scale and shift are set so its output has the target mean and
+std; a LayerNorm / GroupNorm gets its scale and shift rescaled, and a Conv / Linear
+its weight rows and bias (REPAIR's "ResetLayer", fused into the layer: a bias is
+added to a bias-free layer). The result is the same module class with other values.
+At t = 0 and t = 1 the network is returned untouched: its statistics are the target,
+so the correction is the identity up to rounding (:func:`repair_model` computes it
+anyway; the tests check it leaves the endpoint's logits within 1e-5).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .attacks import Attack
+from .bn import BN_TYPES
+from .errors import UserError
+from .evaluate import PointCache
+from .registry import Registry
+
+DEFAULT = "bn-reset"
+NORM_TYPES = (*BN_TYPES, nn.LayerNorm, nn.GroupNorm)
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Renorm:
+    """One renormalisation method: how each point of a path is prepared."""
+
+    name: str
+    label: str           # for tables and figures
+    needs_data: bool     # measures statistics on training batches
+    needs_attack: bool   # ... on PGD inputs (cfg.train_attack(), seed 1)
+    help: str
+
+
+RENORMS: Registry[Renorm] = Registry("--renorm method")
+for _r in (
+    Renorm("bn-reset", "BN reset", True, False,
+           "BatchNorm statistics re-estimated at each t (clean or adv per --bn-inputs)"),
+    Renorm("repair", "REPAIR", True, False,
+           "REPAIR: every unit's mean/std reset to the interpolated endpoint statistics"),
+    Renorm("repair-adv", "REPAIR (adv)", True, True,
+           "REPAIR with all statistics on PGD inputs (train attack) against each network"),
+    Renorm("none", "none", False, False, "no renormalisation (interpolated BN statistics)"),
+):
+    RENORMS.register(_r.name)(_r)
+
+
+@dataclass
+class Unit:
+    """A layer whose output channels REPAIR corrects; ``dim``: the channel dim."""
+
+    name: str
+    module: nn.Module
+    dim: int
+
+    @property
+    def is_bn(self) -> bool:
+        return isinstance(self.module, BN_TYPES)
+
+
+Stats = list[tuple[torch.Tensor, torch.Tensor]]   # per unit: (mean [C], std [C]), float64
+
+
+class _Stop(Exception):
+    pass
+
+
+def _channel_dim(m: nn.Module) -> int:
+    return -1 if isinstance(m, (nn.Linear, nn.LayerNorm)) else 1
+
+
+def _eligible_norm(m: nn.Module) -> bool:
+    if isinstance(m, BN_TYPES):
+        return m.affine and m.track_running_stats
+    if isinstance(m, nn.LayerNorm):
+        return m.elementwise_affine and len(m.normalized_shape) == 1 and m.bias is not None
+    return isinstance(m, nn.GroupNorm) and m.affine
+
+
+def find_units(model: nn.Module, x: torch.Tensor) -> list[Unit]:
+    """The units of ``model`` in call order, from one forward pass on ``x`` (a few
+    examples suffice). A layer called more than once is left out (its statistics
+    would mix two places of the network)."""
+    calls: list[tuple[str, nn.Module, torch.Tensor]] = []
+    norm_inputs: list[torch.Tensor] = []
+    count: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, LAYER_TYPES) or (isinstance(m, NORM_TYPES) and _eligible_norm(m)):
+            def hook(mod, inp, out, name=name):
+                count[name] = count.get(name, 0) + 1
+                calls.append((name, mod, out))
+                if isinstance(mod, NORM_TYPES):
+                    norm_inputs.append(inp[0])
+            handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            logits = model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    units = []
+    for name, m, out in calls:
+        feeds_norm = any(out is i for i in norm_inputs)
+        if count[name] != 1 or out is logits or (isinstance(m, LAYER_TYPES) and feeds_norm):
+            continue
+        units.append(Unit(name, m, _channel_dim(m)))
+    return units
+
+
+def _moments(y: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel sum and sum of squares (float64) of ``y`` over all dims but ``dim``."""
+    flat = y.detach().movedim(dim, -1).reshape(-1, y.shape[dim]).double()
+    return flat.sum(0), flat.pow(2).sum(0), flat.shape[0]
+
+
+def _finish(acc) -> tuple[torch.Tensor, torch.Tensor]:
+    s, sq, n = acc
+    mean = s / n
+    return mean, (sq / n - mean.pow(2)).clamp_min(0.0).sqrt()
+
+
+def measure(model: nn.Module, units: Sequence[Unit], batches: Sequence[torch.Tensor]) -> Stats:
+    """Per-unit (mean, std) of ``model``'s pre-activations over every example of
+    ``batches`` (input tensors ``[B, C, H, W]``), in one pass, ``model`` in eval mode."""
+    by_name = dict(model.named_modules())
+    acc: dict[int, list] = {}
+    handles = []
+    for k, u in enumerate(units):
+        def hook(mod, inp, out, k=k, dim=u.dim):
+            s, sq, n = _moments(out, dim)
+            a = acc.setdefault(k, [0.0, 0.0, 0])
+            a[0], a[1], a[2] = a[0] + s, a[1] + sq, a[2] + n
+        handles.append(by_name[u.name].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()
+            for x in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [_finish(acc[k]) for k in range(len(units))]
+
+
+def _measure_one(model: nn.Module, unit: Unit, batches, of_input: bool):
+    """Moments of one unit's output (or input) over ``batches``; every pass stops at
+    the unit, so correcting layer k costs k-deep forward passes only."""
+    acc = [0.0, 0.0, 0]
+
+    def hook(mod, inp, out):
+        s, sq, n = _moments(inp[0] if of_input else out, unit.dim)
+        acc[0], acc[1], acc[2] = acc[0] + s, acc[1] + sq, acc[2] + n
+        raise _Stop
+
+    h = dict(model.named_modules())[unit.name].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for x in batches:
+                try:
+                    model(x)
+                except _Stop:
+                    pass
+    finally:
+        h.remove()
+    return _finish(acc)
+
+
+def _fuse(module: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """Make ``module``'s output ``scale * out + shift`` per channel, in its own weights."""
+    w = module.weight
+    scale, shift = scale.to(w.dtype), shift.to(w.dtype)
+    with torch.no_grad():
+        if isinstance(module, LAYER_TYPES):
+            w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
+        else:
+            w.mul_(scale)
+        if module.bias is None:
+            module.bias = nn.Parameter(shift.clone())
+        else:
+            module.bias.mul_(scale).add_(shift)
+
+
+def repair_model(model: nn.Module, units: Sequence[Unit], batches: Sequence[torch.Tensor],
+                 target: Stats, min_std: float = 1e-8) -> nn.Module:
+    """Correct ``model`` in place so that each unit's (mean, std) over ``batches`` is
+    ``target`` (one pass per unit, in call order). A unit whose std is below
+    ``min_std`` (a dead channel) is only shifted. Returns ``model`` (eval mode)."""
+    model.eval()
+    by_name = dict(model.named_modules())
+    for u, (t_mean, t_std) in zip(units, target):
+        m = by_name[u.name]
+        if u.is_bn:
+            mean_x, std_x = _measure_one(model, u, batches, of_input=True)
+            var_x = std_x.pow(2)
+            with torch.no_grad():
+                m.running_mean.copy_(mean_x)
+                m.running_var.copy_(var_x)
+            # the output w (x - mean_x) / sqrt(var_x + eps) + b now has mean b, std |w| ...
+            mean_y = m.bias.detach().double()
+            std_y = m.weight.detach().double().abs() * (var_x / (var_x + m.eps)).sqrt()
+        else:
+            mean_y, std_y = _measure_one(model, u, batches, of_input=False)
+        ok = std_y > min_std
+        scale = torch.where(ok, t_std / std_y.clamp_min(min_std), torch.ones_like(std_y))
+        _fuse(m, scale, t_mean - scale * mean_y)
+    return model
+
+
+def interpolate(stats_a: Stats, stats_b: Stats, t: float) -> Stats:
+    """``(1 - t) stats_a + t stats_b``, means and stds alike (Jordan et al.)."""
+    return [((1 - t) * ma + t * mb, (1 - t) * sa + t * sb)
+            for (ma, sa), (mb, sb) in zip(stats_a, stats_b)]
+
+
+class PathRenorm:
+    """``renorm(model, t) -> model`` for every point of one path (``--renorm``).
+
+    ``model_at``: the path (``t -> nn.Module``); ``batches``: the measuring batches,
+    ``(x, y)`` pairs on the models' device (the path evaluation's BN batches);
+    ``attack``: for ``repair-adv`` (PGD; made against each network in eval mode).
+    Endpoint statistics are measured once, on first use.
+    """
+
+    def __init__(self, method: str, model_at: Callable[[float], nn.Module],
+                 batches: Sequence, attack: Attack | None = None):
+        self.method = RENORMS.get(method)
+        if self.method.name == DEFAULT:
+            raise UserError("PathRenorm is for REPAIR and none; bn-reset is robustpath.bn's")
+        if self.method.needs_attack and attack is None:
+            raise UserError(f"--renorm {method} needs an attack")
+        if self.method.needs_data and not batches:
+            raise UserError(f"--renorm {method} needs measuring batches (training data)")
+        self.model_at, self.attack = model_at, attack
+        self.batches = [(b[0], b[1]) for b in batches]
+        self._ends: dict | None = None
+
+    def _endpoints(self):
+        if self._ends is None:
+            a, b = self.model_at(0.0).eval(), self.model_at(1.0).eval()
+            x = [x for x, _ in self.batches]
+            units = find_units(a, x[0][:2])
+            ends = {"units": units, "clean": (measure(a, units, x), measure(b, units, x))}
+            if self.method.needs_attack:
+                ends["adv"] = tuple(measure(m, units, self.adversarial(m)) for m in (a, b))
+            self._ends = ends
+        return self._ends
+
+    def adversarial(self, model: nn.Module) -> list[torch.Tensor]:
+        """The measuring inputs replaced by PGD inputs against ``model`` (eval mode)."""
+        return [self.attack(model.eval(), x, y) for x, y in self.batches]
+
+    def __call__(self, model: nn.Module, t: float) -> nn.Module:
+        """The network to evaluate at ``t``: ``model`` corrected in place (``repair``),
+        a corrected copy (``repair-adv``) or ``model`` itself (``none``, t = 0, 1)."""
+        t = float(t)
+        if not self.method.needs_data or t in (0.0, 1.0):
+            return model.eval()  # none; or an endpoint, whose statistics are the target
+        ends = self._endpoints()
+        raw = copy.deepcopy(model) if self.method.needs_attack else None
+        x = [x for x, _ in self.batches]
+        clean = repair_model(model, _same_units(model, ends["units"]), x,
+                             interpolate(*ends["clean"], t))
+        if raw is None:
+            return clean
+        # PGD against the clean-REPAIRed point (a usable network), then REPAIR from scratch
+        x_adv = self.adversarial(clean)
+        return repair_model(raw, _same_units(raw, ends["units"]), x_adv,
+                            interpolate(*ends["adv"], t))
+
+    def point_cache(self, cache: PointCache) -> PointCache:
+        """``cache`` whose keys also name the path's endpoints: a REPAIRed point depends
+        on them (its target), not only on its own weights. Points equal to an endpoint
+        keep their plain key (returned as they are), so paths sharing A share it."""
+        if not self.method.needs_data:
+            return cache
+        ends: tuple[str, str] | None = None
+        plain = cache.key
+
+        def key(model: nn.Module) -> str:
+            nonlocal ends
+            if ends is None:  # the endpoints' weights only: a fully cached path measures nothing
+                ends = (plain(self.model_at(0.0)), plain(self.model_at(1.0)))
+            k = plain(model)
+            if k in ends:
+                return k
+            return hashlib.sha256(f"{k}|{self.method.name}|{'|'.join(ends)}".encode()).hexdigest()[:20]
+
+        cache.key = key  # instance attribute: evaluate_path calls point_cache.key(model)
+        return cache
+
+
+def _same_units(model: nn.Module, units: Sequence[Unit]) -> list[Unit]:
+    by_name = dict(model.named_modules())
+    return [Unit(u.name, by_name[u.name], u.dim) for u in units]
+
+
+class RenormSetup:
+    """A :class:`robustpath.strong.PointSetup` whose points are prepared by a
+    :class:`PathRenorm` instead of BatchNorm recomputation (the strong stage sees the
+    networks the path evaluation measured). Other attributes are the base setup's."""
+
+    def __init__(self, base, renorm: PathRenorm):
+        self._base, self.renorm = base, renorm
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+    def recomputes(self, t: float) -> bool:
+        return self.renorm.method.needs_data and 0.0 < float(t) < 1.0
+
+    def prepare_model(self, model: nn.Module, t: float) -> nn.Module:
+        return self.renorm(model.to(self._base.device), t).eval()
+
+    def prepare(self, model_at, t: float) -> nn.Module:
+        return self.prepare_model(model_at(float(t)), t)
+
+
+def renorm_spec(cfg) -> dict:
+    """What ``cfg.renorm`` adds to the evaluation's cache key (nothing at the default,
+    so bn-reset caches keep their keys)."""
+    if cfg.renorm == DEFAULT:
+        return {}
+    spec = {"renorm": cfg.renorm}
+    if RENORMS.get(cfg.renorm).needs_attack:
+        spec["renorm_attack"] = cfg.train_attack().to_dict()
+    return spec
+
+
+def for_path(cfg, model_at: Callable[[float], nn.Module], data, device) -> PathRenorm | None:
+    """The :class:`PathRenorm` of ``cfg.renorm`` for one path of a bench run (None for
+    the default, bn-reset): measuring batches = the first ``cfg.bn_batches`` training
+    batches of the path evaluation (seed 0), attack = ``cfg.train_attack()`` with seed 1
+    (the BatchNorm attack of bn-reset with ``--bn-inputs adv``)."""
+    if cfg.renorm == DEFAULT:
+        return None
+    from dataclasses import replace
+    from itertools import islice
+
+    from .attacks import build_attack
+
+    method = RENORMS.get(cfg.renorm)
+    batches = (list(islice(iter(data.train_batches(cfg, seed=0, device=device)), cfg.bn_batches))
+               if method.needs_data else [])
+    attack = (build_attack(replace(cfg.train_attack(), seed=1), data.num_classes)
+              if method.needs_attack else None)
+    return PathRenorm(cfg.renorm, model_at, batches, attack)
