@@ -1,0 +1,215 @@
+"""Many models at once: the robust soup, the triangle of three models, the barrier matrix.
+
+Given N >= 3 endpoints aligned into one basin (:mod:`robustpath.merge`), every
+network measured here is a convex combination ``sum_k λ_k θ_k`` of the aligned
+models (:func:`robustpath.merge.mix`), and every one of them is measured the way
+:func:`robustpath.evaluate.evaluate_path` measures a point of a path
+(:class:`PointEval`): BatchNorm running statistics recomputed on the same training
+batches (clean or adversarial inputs, ``bn_inputs``; the vertices too, as the bench
+does at t = 0 and 1), then clean and robust (the evaluation attack, e.g. PGD-10)
+correctness and loss of every test example.
+
+* :func:`soup` - the merged model: the uniform average ``λ = (1/N, ..., 1/N)``
+  (Wortsman et al. 2022's uniform soup, here of adversarially trained, aligned
+  networks: the "robust soup"), BatchNorm reset.
+* :func:`triangle` - the 2-simplex spanned by models 0, 1, 2 on the barycentric grid
+  ``λ = (a, b, c) / K`` with ``a + b + c = K``: ``(K + 1)(K + 2) / 2`` points
+  (K = 8: 45); plotted by :mod:`robustpath.ternary`.
+* :func:`pair_lines` / :func:`barrier_table` - the line between every pair (i, j) on
+  ``t = k / K`` and its barrier metrics (:func:`robustpath.barrier.path_metrics`:
+  robust accuracy barrier ``max_t [(1 - t) A(0) + t A(1) - A(t)]``, robust loss
+  barrier, minimum) with bootstrap CIs. The pair's line points use the same weights,
+  bit for bit, as the triangle's edge points, so with N = 3 the matrix costs nothing
+  beyond the triangle (per-point cache, :class:`robustpath.cache.BoundPointCache`).
+
+``python -m robustpath.soup`` runs it all (:mod:`robustpath.soup_cli`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks import Attack
+from .bn import has_batchnorm, recompute_bn
+from .cache import BoundPointCache, load_npz, recompute_notice, save_npz
+from .errors import UserError
+from .evaluate import ARRAYS, PathResult
+from .merge import mix
+from .metrics import per_example
+from .records import PathRecord
+from .store import CacheError
+
+
+@dataclass
+class PointEval:
+    """How one network is measured. ``x_test`` ``[N, C, H, W]`` in [0, 1], ``y_test``
+    ``[N]``; ``attack(model, x, y)`` the evaluation attack (seeded: the same at every
+    point); ``bn_data``: the list of training batches every point's BatchNorm is
+    re-estimated on (cumulative average, :func:`robustpath.bn.recompute_bn`),
+    ``bn_inputs`` ``clean`` or ``adv`` (then ``bn_attack`` makes the inputs);
+    ``cache``: per-point results keyed by the network's exact state (resume)."""
+
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    attack: Attack
+    bn_data: list | None = None
+    bn_inputs: str = "clean"
+    bn_attack: Attack | None = None
+    device: str | torch.device = "cpu"
+    cache: BoundPointCache | None = None
+    batch_size: int = 500
+
+    def __call__(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """``{clean_correct, robust_correct, clean_loss, robust_loss}``, each ``[N]``."""
+        key = self.cache.key(model) if self.cache is not None else None
+        hit = self.cache.get(key) if key is not None else None
+        if hit is not None:
+            return hit
+        model = model.to(self.device)
+        if has_batchnorm(model):
+            if not self.bn_data:
+                raise UserError("a network with BatchNorm needs training batches (bn_data) "
+                                "to re-estimate its statistics at every point")
+            recompute_bn(model, self.bn_data, batches=len(self.bn_data), inputs=self.bn_inputs,
+                         attack=self.bn_attack)
+        out = {}
+        for kind, attack in (("clean", None), ("robust", self.attack)):
+            r = per_example(model, self.x_test, self.y_test, attack,
+                            batch_size=self.batch_size, device=self.device)
+            out[f"{kind}_correct"], out[f"{kind}_loss"] = r.correct.numpy(), r.loss.numpy()
+        if key is not None:
+            self.cache.put(key, out)
+        return out
+
+
+def barycentric_grid(k: int, vertices: int = 3) -> np.ndarray:
+    """``[P, vertices]`` float64: every ``counts / k`` with non-negative integer counts
+    summing to ``k`` (P = C(k + vertices - 1, vertices - 1); 3 vertices: (k+1)(k+2)/2),
+    vertex 0 first, in lexicographic order of the counts, largest first."""
+    if int(k) != k or k < 1:
+        raise UserError(f"the barycentric grid needs K >= 1 steps, got {k}")
+    k = int(k)
+    rows = [c for c in itertools.product(range(k, -1, -1), repeat=vertices - 1) if sum(c) <= k]
+    counts = np.array([[*c, k - sum(c)] for c in rows], dtype=np.int64)
+    return counts / k
+
+
+def evaluate_mixtures(models: Sequence[nn.Module], weights: np.ndarray, point: PointEval, *,
+                      progress: bool = True, desc: str = "points") -> dict[str, np.ndarray]:
+    """Measure ``mix(models, w)`` for every row ``w`` of ``weights`` ``[P, len(models)]``.
+    Returns the four arrays of :data:`robustpath.evaluate.ARRAYS`, each ``[P, N]``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(models):
+        raise UserError(f"weights must be [points, {len(models)}], got {weights.shape}")
+    rows = []
+    for w in tqdm(weights, desc=desc, disable=not progress, unit="pt", leave=False):
+        rows.append(point(mix(models, w)))
+    return {k: np.stack([r[k] for r in rows]) for k in ARRAYS}
+
+
+def soup(models: Sequence[nn.Module], point: PointEval) -> dict[str, np.ndarray]:
+    """The uniform average of ``models`` (already aligned), BatchNorm reset: arrays ``[1, N]``."""
+    n = len(models)
+    return evaluate_mixtures(models, np.full((1, n), 1.0 / n), point, progress=False)
+
+
+def triangle(models: Sequence[nn.Module], k: int, point: PointEval, vertices=(0, 1, 2), *,
+             progress: bool = True, desc: str = "triangle") -> dict[str, np.ndarray]:
+    """The triangle of ``models[vertices]`` on :func:`barycentric_grid` ``(k)``: arrays
+    ``[P, N]`` and ``weights`` ``[P, 3]`` (barycentric coordinates of the vertices)."""
+    if len(set(vertices)) != 3 or not all(0 <= v < len(models) for v in vertices):
+        raise UserError(f"a triangle needs three distinct model indices, got {vertices}")
+    bary = barycentric_grid(k, 3)
+    full = np.zeros((len(bary), len(models)))
+    full[:, list(vertices)] = bary
+    out = evaluate_mixtures(models, full, point, progress=progress, desc=desc)
+    out["weights"] = bary
+    return out
+
+
+def line_weights(n: int, i: int, j: int, k: int) -> np.ndarray:
+    """``[k + 1, n]``: the line from model i (t = 0) to j (t = 1) at t = s / k, with the
+    same floats as the triangle's edge points ((k - s) / k, s / k)."""
+    w = np.zeros((k + 1, n))
+    s = np.arange(k + 1)
+    w[:, i], w[:, j] = (k - s) / k, s / k
+    return w
+
+
+def pair_lines(models: Sequence[nn.Module], k: int, point: PointEval, align: str,
+               compute: Callable | None = None, *, progress: bool = True) -> list[PathRecord]:
+    """The line between every pair ``i < j`` on ``t = s / k`` as
+    :class:`robustpath.records.PathRecord` (``seed_a``/``seed_b``: model indices,
+    ``curve`` ``line``). ``compute(i, j) -> arrays`` overrides the evaluation (the CLI
+    wraps it in a cache)."""
+    ts = np.arange(k + 1) / k
+    out = []
+    for i, j in itertools.combinations(range(len(models)), 2):
+        arrays = compute(i, j) if compute is not None else evaluate_mixtures(
+            models, line_weights(len(models), i, j, k), point, progress=progress,
+            desc=f"line {i}-{j}")
+        res = PathResult(ts=ts, speed=np.ones_like(ts), **{a: arrays[a] for a in ARRAYS})
+        out.append(PathRecord(align=align, curve="line", seed_a=i, seed_b=j, result=res))
+    return out
+
+
+TABLE_METRICS = ("robust_acc_barrier", "robust_loss_barrier", "robust_acc_min", "robust_acc_ends",
+                 "clean_acc_barrier", "clean_acc_min")
+
+
+def barrier_table(records: Sequence[PathRecord], names: Sequence[str],
+                  bootstrap: int = 1000) -> pd.DataFrame:
+    """One row per pair and alignment method: :data:`TABLE_METRICS` with their 95%
+    bootstrap CIs (``_lo``, ``_hi``) over test examples."""
+    from .barrier import path_metrics
+
+    rows = []
+    for r in records:
+        m = path_metrics(r.result, bootstrap=bootstrap)
+        row = {"align": r.align, "index_a": r.seed_a, "index_b": r.seed_b,
+               "model_a": names[r.seed_a], "model_b": names[r.seed_b]}
+        for name in TABLE_METRICS:
+            row[name], row[f"{name}_lo"], row[f"{name}_hi"] = (
+                m[name]["value"], m[name]["lo"], m[name]["hi"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{clean_acc, robust_acc, clean_loss, robust_loss}`` per point ``[P]``."""
+    return {k.replace("_correct", "_acc"): arrays[k].astype(np.float64).mean(1) for k in ARRAYS}
+
+
+def cached(path: Path, spec: dict, compute: Callable[[], dict[str, np.ndarray]],
+           what: str) -> dict[str, np.ndarray]:
+    """``load_npz(path, spec)`` or ``compute()`` saved there (verified cache with its
+    spec: a moved, damaged or foreign entry is reported in one line and recomputed)."""
+    try:
+        hit = load_npz(path, spec)
+        if hit is not None:
+            return hit
+    except CacheError as e:
+        recompute_notice(e, what)
+    arrays = compute()
+    save_npz(path, {k: np.asarray(v) for k, v in arrays.items()}, spec)
+    return arrays
+
+
+def main(argv=None) -> int:
+    from .soup_cli import main as cli
+
+    return cli(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
