@@ -212,8 +212,12 @@ def t_points_arms() -> list[Arm]:
 def bn_arms() -> list[Arm]:
     # grid only (no refinement): the default (adv, 2) arm is then fully cached, and the
     # arms compare the same 11 t
+    # cheapest first (adversarial BN inputs cost a PGD-5 per batch), so that an
+    # interrupted study has its most informative arms
+    order = [("adv", 2), ("adv", 1), ("clean", 2), ("clean", 1), ("clean", 10), ("adv", 10),
+             ("clean", 40), ("adv", 40)]
     return [Arm(f"{i}-{n}", ["--bn-inputs", i, "--bn-batches", str(n), "--refine-rounds", "0"],
-                {"bn_inputs": i, "bn_batches": n}) for i in ("adv", "clean") for n in BN_BATCHES]
+                {"bn_inputs": i, "bn_batches": n}) for i, n in order]
 
 
 def align_arms() -> list[Arm]:
@@ -233,9 +237,10 @@ def still_falling(active: list[str], last: dict, losses: dict, tol: float) -> li
     return [a for a in active if a not in last or abs(losses[a] - last[a]) / last[a] >= tol]
 
 
-def run_curve_epochs(base, work, progress, tol: float, budgets) -> list[tuple[Arm, Path]]:
+def run_curve_epochs(base, work, progress, tol: float, budgets,
+                     done=lambda runs: None) -> list[tuple[Arm, Path]]:
     """Fit the budgets in order; an alignment drops out once its final training loss
-    changed < ``tol`` (relative) from the previous budget."""
+    changed < ``tol`` (relative) from the previous budget. ``done(runs)`` after each."""
     active, last, runs = ["none", "activation"], {}, []
     for e in budgets:
         if not active:
@@ -246,6 +251,7 @@ def run_curve_epochs(base, work, progress, tol: float, budgets) -> list[tuple[Ar
         losses = {a: curve_train_loss(folder, a)[0] for a in active}
         active = still_falling(active, last, losses, tol)
         last.update(losses)
+        done(runs)
         print(f"[curve-epochs] {e} epochs: train loss {last}; still extending {active}",
               flush=True)
     return runs
@@ -405,14 +411,22 @@ def main(argv: list[str] | None = None) -> int:
     arms = {"t-points": t_points_arms, "bn": bn_arms, "align": align_arms}
     for name in which:
         t0 = time.perf_counter()
+        cmd = f"OMP_NUM_THREADS=1 python -m studies.ablations --which {name} --out {out}"
+
+        def done(runs, name=name, cmd=cmd, t0=t0):  # tables after every arm: a killed
+            if name == "t-points" and len(runs) < 2:  # study keeps what it finished
+                return
+            write_outputs(name, BUILDERS[name](runs, args.bootstrap), runs, out, cmd,
+                          time.perf_counter() - t0)
+
         if name == "curve-epochs":
             budgets = [int(e) for e in args.epochs.split(",")]
-            runs = run_curve_epochs(base, work, progress, args.tol, budgets)
+            run_curve_epochs(base, work, progress, args.tol, budgets, done)
         else:
-            runs = [(a, run_arm(name, a, base, work, progress)) for a in arms[name]()]
-        frame = BUILDERS[name](runs, args.bootstrap)
-        cmd = f"OMP_NUM_THREADS=1 python -m studies.ablations --which {name} --out {out}"
-        write_outputs(name, frame, runs, out, cmd, time.perf_counter() - t0)
+            runs = []
+            for a in arms[name]():
+                runs.append((a, run_arm(name, a, base, work, progress)))
+                done(runs)
     return 0
 
 
