@@ -8,7 +8,7 @@ trained for them here) and the quick preset's 10,000-image training subset, then
 1. fits reference quadratic Bezier curves, unaligned and aligned, with the quick
    preset's curve training (4 epochs, PGD-5 eps 0.1 in the loop, SGD lr 0.02 cosine)
    for two curve-training seeds (the run-to-run noise);
-2. runs PAM (:mod:`robustpath.align.pam`, robust: PGD in the loop) from the
+2. runs PAM (:mod:`robustpath.pam`, robust: PGD in the loop) from the
    alignment's permutation and from the identity, each starting from the seed-0
    reference curve of its start, for ``--outer-iters`` outer iterations of one
    permutation step and one curve epoch;
@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 
 from robustpath import stages
 from robustpath.align import apply
-from robustpath.align.pam import PAMConfig, pam
 from robustpath.attacks import build_attack
 from robustpath.cli import ArgumentParser
 from robustpath.config import from_preset
@@ -49,6 +48,7 @@ from robustpath.curve_train import CurveTrainConfig, train_curve
 from robustpath.curves import build_curve
 from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
+from robustpath.pam import PAMConfig, pam
 from robustpath.store import atomic_write_json, atomic_write_text, load_model, provenance
 
 from . import machine

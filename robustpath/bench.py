@@ -84,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
     a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
     a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t (quick 2, paper 40; "
       "see benchmarks/BN_STUDY.md)")
+    a("--renorm", default=None, help="how each point of a path is renormalised: bn-reset "
+      "(BatchNorm statistics re-estimated, per --bn-inputs), repair (REPAIR, Jordan et al. "
+      "2022: every unit's mean/std set to the interpolation of the endpoints' on the "
+      "--bn-batches training batches; also for networks without BatchNorm), repair-adv "
+      "(REPAIR on PGD inputs against each network), none (interpolated statistics as they "
+      "are); path evaluation and strong stage, not loss planes (default bn-reset)")
     a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane (first seed pair) on an N x N grid "
@@ -160,6 +166,7 @@ def config_from_args(args) -> BenchConfig:
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
+        renorm=args.renorm,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
         curvature_examples=args.curvature, curvature_iters=args.curvature_iters,
         refine_rounds=args.refine_rounds, strong=False if args.no_strong else None,
@@ -196,7 +203,8 @@ def comparable(d: dict) -> dict:
     # they existed are the same configuration
     for k, default in (("affine_degrees", 0.0), ("schedule", "onecycle"),
                        ("curve_schedule", "cosine"), ("attack_mode", "eval"),
-                       ("curvature_examples", 0), ("curvature_iters", 20)):
+                       ("curvature_examples", 0), ("curvature_iters", 20),
+                       ("renorm", "bn-reset")):
         if out.get(k, default) == default:
             out.pop(k, None)
     return out
@@ -346,9 +354,9 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
                     with timer("strong"):
                         strong_paths[records[-1].path_id] = (
                             {"align": method, "curve": kind, "seed_a": sa, "seed_b": sb},
-                            stages.strong(cfg, c, res, run_dir, data, device, progress,
-                                          desc=f"strong {method}/{kind} s{sa}-{sb}",
-                                          seeds=(sa, sb)))
+                            stages.strong(cfg, c.model_at, res, run_dir, data, device,
+                                          progress, desc=f"strong {method}/{kind} s{sa}-{sb}",
+                                          endpoint_keys=(ka, kb)))
                 if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
                     with timer("plane"):
                         planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,

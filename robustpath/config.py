@@ -39,8 +39,10 @@ from .registry import Registry
 
 PRESETS: Registry[dict] = Registry("preset")
 
+#: The embedded default: three seed pairs (0,1), (2,3), (4,5) so that tables carry
+#: mean +- std over pairs and paired differences cover seeds as well as examples.
 PRESETS.register("quick")({
-    "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0,
+    "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0, "seeds": [0, 1, 2, 3, 4, 5],
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
     "strong_examples": 25,
     "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 2, "lr": 0.05,
@@ -77,11 +79,12 @@ PRESETS.register("paper-fmnist")({
 })
 
 MATCH_METHODS = ("none", "activation", "weight")   # one-shot matchers (robustpath.align)
-# PAM (robustpath.align.pam) started from the identity / from activation matching
+# PAM (robustpath.pam.robust) started from the identity / from activation matching
 PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
 ALIGN_METHODS = (*MATCH_METHODS, *PAM_METHODS)
 #: config fields whose command-line flag is not ``--<field-with-dashes>``
-FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps"}
+FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
+         "batch_size": "batch_size"}  # no bench flag: the sweep / Python setting's name
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 
@@ -96,6 +99,7 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     align: list[str] = field(default_factory=lambda: ["none", "activation"])
     align_inputs: str = "clean"
+    align_samples: int = 2000    # training examples activation matching reads
     paths: list[str] = field(default_factory=lambda: ["line", "bezier"])
     bends: int = 1
     attack: str = "pgd"
@@ -120,6 +124,7 @@ class BenchConfig:
     t_points: int = 11
     bn_batches: int = 10
     bn_inputs: str = "adv"
+    renorm: str = "bn-reset"     # per-t renormalisation: bn-reset | repair | repair-adv | none
     bootstrap: int = 1000
     plane_grid: int = 0          # 0: no loss-surface plane plots
     curvature_examples: int = 0  # input-Hessian curvature per t on N test examples; 0: off
@@ -131,6 +136,8 @@ class BenchConfig:
     aa_attacks: list[str] | None = None  # AutoAttack custom: its sub-attacks
     strong_pgd_steps: int = 50   # the strong stage's many-restart PGD: steps ...
     strong_pgd_restarts: int = 10  # ... and restarts
+    strong_t: list[float] = field(default_factory=list)  # strong stage: extra t besides 0, 1, worst
+    bn_endpoints: bool = True    # recompute BN at t = 0, 1 too (zoo: False keeps published stats)
     pam_iters: int = 2           # PAM outer iterations (alignments pam-none / pam-activation)
     t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
     amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
@@ -156,7 +163,8 @@ class BenchConfig:
 
         return StrongSettings(examples=self.strong_examples, aa_version=self.aa_version,
                               aa_attacks=self.aa_attacks, pgd_steps=self.strong_pgd_steps,
-                              pgd_restarts=self.strong_pgd_restarts, seed=0).validate()
+                              pgd_restarts=self.strong_pgd_restarts, seed=0,
+                              extra_t=[float(t) for t in self.strong_t]).validate()
 
     def pairs(self) -> list[tuple[int, int]]:
         """Seed pairs: consecutive seeds (0,1), (2,3)... ; with 2 seeds one pair."""
@@ -190,6 +198,9 @@ class BenchConfig:
             raise UserError(f"--affine-degrees must lie in [0, 180], got {self.affine_degrees}")
         if self.bn_inputs not in ("clean", "adv"):
             raise UserError(f"--bn-inputs must be clean or adv, got {self.bn_inputs!r}")
+        from .repair import RENORMS  # late: the registry lives with the algorithm
+
+        RENORMS.get(self.renorm)  # one-line UserError listing the choices
         if len(self.seeds) < 2 or len(self.seeds) % 2:
             raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
@@ -199,7 +210,7 @@ class BenchConfig:
         if self.t_points < 2:
             raise UserError(f"--t-points must be >= 2, got {self.t_points}")
         for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
-                     "bn_batches", "bootstrap", "bends", "pam_iters", "t_batch"):
+                     "bn_batches", "bootstrap", "bends", "pam_iters", "t_batch", "align_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be >= 1, "
                                 f"got {getattr(self, name)}")

@@ -100,6 +100,8 @@ class Curve(nn.Module):
     """
 
     kind = "?"
+    #: registry metadata: control points fitted with PGD in the loop (a line has none)
+    fitted = True
 
     def __init__(self, model_a: nn.Module, model_b: nn.Module, bends: int = 1):
         super().__init__()
@@ -291,6 +293,7 @@ class Line(Curve):
     frozen ``[0, P]`` tensor); ``bends`` is ignored."""
 
     kind = "line"
+    fitted = False  # registry metadata: nothing to fit, so its key has no training spec
 
     def __init__(self, model_a: nn.Module, model_b: nn.Module, bends: int = 0):
         super().__init__(model_a, model_b, 0)

@@ -14,6 +14,7 @@ Stages: :func:`endpoint` (adversarial training), :func:`alignment`,
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from .store import (
     checkpoint_exists,
     checkpoint_files,
     config_hash,
+    load_checkpoint,
     load_model,
     save_model,
     to_json,
@@ -72,6 +74,88 @@ class RunData:
 
 def _ckpt(run_dir: Path, stage: str, name: str) -> Path:
     return Path(run_dir) / "ckpt" / stage / name
+
+
+# ---------------------------------------------------------------- keys
+# Every stage's cache key is the hash of the spec below: its own result-relevant settings
+# plus its inputs' keys. Settings that change how, not what (device, amp, t_batch,
+# progress, fuse) are never in a spec. Optional entries appear only when they differ
+# from the historical default, so caches written before they existed keep their keys.
+def align_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
+    """The spec of a one-shot alignment of B (key ``key_b``) onto A (``key_a``)."""
+    spec = {"method": method, "a": key_a, "b": key_b}
+    if method == "activation":
+        spec.update(inputs=cfg.align_inputs, samples=cfg.align_samples)
+        if cfg.align_inputs == "adv":
+            spec["attack"] = cfg.train_attack().to_dict()
+    return spec
+
+
+def curve_train_config(cfg: BenchConfig):
+    """How every fitted curve of ``cfg`` is trained (:class:`CurveTrainConfig`)."""
+    from .curve_train import CurveTrainConfig
+
+    return CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
+                            seed=0, augment=cfg.augment, attack=cfg.train_attack(), amp=cfg.amp,
+                            schedule=cfg.curve_schedule)
+
+
+def curve_spec(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> dict:
+    """The spec of curve ``kind`` from A to (aligned) B; a line has nothing to fit."""
+    if not curves_mod.CURVES.get(kind).fitted:
+        return {"kind": kind, "a": key_a, "b": key_b}
+    train = {k: v for k, v in curve_train_config(cfg).to_dict().items() if k != "amp"}
+    return {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": train}
+
+
+def eval_spec(cfg: BenchConfig, curve_key: str) -> dict:
+    """The spec of a path evaluation of the curve with key ``curve_key``."""
+    spec = {"curve": curve_key, "t_points": cfg.t_points, "bn_batches": cfg.bn_batches,
+            "bn_inputs": cfg.bn_inputs, "attack": cfg.eval_attack().to_dict(),
+            "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
+    if cfg.refine_rounds:  # absent when off: grid-only caches keep their keys
+        spec["refine_rounds"] = cfg.refine_rounds
+    if not cfg.bn_endpoints:  # the zoo's published endpoints keep their own statistics
+        spec["bn_endpoints"] = False
+    return {**spec, **_renorm_spec(cfg)}
+
+
+def strong_spec(cfg: BenchConfig) -> dict:
+    """The spec of the strong stage's point folder (points inside are keyed by network)."""
+    spec = {"bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "bn_attack": cfg.train_attack().to_dict(), "test_subset": cfg.test_subset,
+            "train_subset": cfg.train_subset}
+    if not cfg.bn_endpoints:
+        spec["bn_endpoints"] = False
+    return {**spec, **_renorm_spec(cfg)}
+
+
+def _renorm_spec(cfg: BenchConfig) -> dict:
+    """``--renorm`` in a key: absent at the default (bn-reset), so its caches keep their keys."""
+    if cfg.renorm == "bn-reset":
+        return {}
+    from .repair import renorm_spec
+
+    return renorm_spec(cfg)
+
+
+def plane_spec(cfg: BenchConfig, curve_key: str) -> dict:
+    return {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            "extent": "with-control",  # the lattice covers the control point
+            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "attack": cfg.eval_attack().to_dict()}
+
+
+def align_key(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> str:
+    return config_hash(align_spec(cfg, method, key_a, key_b))
+
+
+def curve_key(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> str:
+    return config_hash(curve_spec(cfg, kind, key_a, key_b))
+
+
+def eval_key(cfg: BenchConfig, curve_key_: str) -> str:
+    return config_hash(eval_spec(cfg, curve_key_))
 
 
 # ---------------------------------------------------------------- endpoints
@@ -131,7 +215,7 @@ def _check_meta(meta: dict, path: Path, *, config: str | None = None, spec: dict
 
 
 # ---------------------------------------------------------------- alignment
-ALIGN_SAMPLES = 2000
+ALIGN_SAMPLES = 2000  # BenchConfig.align_samples default (kept for studies)
 
 
 def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
@@ -163,25 +247,34 @@ def _align_any(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mo
     if method in PAM_METHODS:
         return pam_alignment(cfg, method, model_a, model_b, key_a, key_b, run_dir, data, device,
                              progress)
-    spec = {"method": method, "a": key_a, "b": key_b}
+    spec = align_spec(cfg, method, key_a, key_b)
     if method == "none":
         return model_b, {"method": "none"}, config_hash(spec)
-    if method == "activation":
-        spec.update(inputs=cfg.align_inputs, samples=ALIGN_SAMPLES)
-        if cfg.align_inputs == "adv":
-            spec["attack"] = cfg.train_attack().to_dict()
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
     with entry_lock(path):
         return _alignment(cfg, method, model_a, model_b, spec, key, path, data, device)
 
 
-def _cached_alignment(cfg: BenchConfig, spec: dict, path: Path, device, what: str):
-    """A verified cached alignment ``(model, report)``, or None (absent or damaged)."""
+def _cached_alignment(cfg: BenchConfig, spec: dict, path: Path, device, what: str,
+                      template: nn.Module):
+    """A verified cached alignment ``(model, report)``, or None (absent or damaged).
+
+    The aligned B is B permuted, so it is rebuilt as a copy of ``template`` (model B)
+    holding the cached tensors: trained endpoints and loaded zoo models alike."""
     if checkpoint_exists(path):
         try:
-            aligned, meta = load_model(path, device, require_checksum=True, expect=_arch(cfg))
+            tensors, meta = load_checkpoint(path, device, require_checksum=True)
             _check_meta(meta, path, spec=spec, report=dict)
+            files = checkpoint_files(path)
+            if meta.get("model", {}) != getattr(template, "robustpath_meta", {}):
+                raise CacheError(f"{files[1]} holds another architecture", files)
+            aligned = copy.deepcopy(template).to(device)
+            try:
+                aligned.load_state_dict(tensors)
+            except RuntimeError as e:
+                raise CacheError(f"{files[0]} does not fit model B ({str(e).splitlines()[0]})",
+                                 files) from None
             return aligned.eval(), meta["report"]
         except CacheError as e:
             recompute_notice(e, what)
@@ -190,13 +283,13 @@ def _cached_alignment(cfg: BenchConfig, spec: dict, path: Path, device, what: st
 
 def _alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module, spec: dict,
                key: str, path: Path, data: RunData, device):
-    cached = _cached_alignment(cfg, spec, path, device, f"alignment {method}")
+    cached = _cached_alignment(cfg, spec, path, device, f"alignment {method}", model_b)
     if cached is not None:
         return (*cached, key)
     from .align import align
 
-    loader = data_mod.Batches(data.x_train[:ALIGN_SAMPLES], data.y_train[:ALIGN_SAMPLES], 250,
-                              device=device)
+    n = cfg.align_samples
+    loader = data_mod.Batches(data.x_train[:n], data.y_train[:n], 250, device=device)
     attack = build_attack(cfg.train_attack(), data.num_classes) if cfg.align_inputs == "adv" else None
     aligned, _perm, report = align(model_a, model_b, method=method, data=loader,
                                    inputs=cfg.align_inputs if method == "activation" else "clean",
@@ -210,7 +303,7 @@ def pam_config(cfg: BenchConfig):
     """The bench's PAM settings: ``cfg.pam_iters`` outer iterations, each the default
     permutation step and one curve epoch at ``cfg.curve_lr``, PGD in the loop as in
     curve training (``cfg.train_attack()``), batch size ``cfg.batch_size``."""
-    from .align.pam import PAMConfig
+    from .pam import PAMConfig
 
     return PAMConfig(outer_iters=cfg.pam_iters, curve_epochs=1, curve_lr=cfg.curve_lr,
                      batch_size=cfg.batch_size, bends=cfg.bends, attack=cfg.train_attack(),
@@ -220,7 +313,7 @@ def pam_config(cfg: BenchConfig):
 def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
                   key_a: str, key_b: str, run_dir: Path, data: RunData, device,
                   progress: bool = True) -> tuple[nn.Module, dict, str]:
-    """PAM (:func:`robustpath.align.pam.pam`) from the permutation of the one-shot
+    """PAM (:func:`robustpath.pam.pam`) from the permutation of the one-shot
     method ``PAM_METHODS[method]`` (``pam-none``: identity; ``pam-activation``:
     activation matching, itself cached as its own stage).
 
@@ -243,7 +336,7 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
     with entry_lock(path):
-        cached = _cached_alignment(cfg, spec, path, device, f"alignment {method}")
+        cached = _cached_alignment(cfg, spec, path, device, f"alignment {method}", start_b)
         if cached is not None:
             return (*cached, key)
         return _pam(cfg, method, model_a, start_b, base, base_report, spec, key, path, pcfg,
@@ -253,7 +346,7 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
 def _pam(cfg, method, model_a, start_b, base, base_report, spec, key, path, pcfg, run_dir, data,
          device, progress):
     from .align import apply
-    from .align.pam import pam
+    from .pam import pam
 
     res = pam(model_a, start_b, data.x_train, data.y_train, pcfg,
               work_dir=_ckpt(run_dir, "pam", key), device=device, progress=progress)
@@ -270,17 +363,13 @@ def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, k
           key_b: str, run_dir: Path, data: RunData, device, progress: bool = True):
     """Build the curve ``kind`` between A and (aligned) B and fit it with PGD in the
     loop unless it is a ``line``. Returns ``(curve, metrics, key)``."""
-    from .curve_train import CurveTrainConfig, train_curve
+    from .curve_train import train_curve
 
     c = curves_mod.build_curve(kind, model_a, model_b, bends=cfg.bends).to(device)
+    key = curve_key(cfg, kind, key_a, key_b)
     if not any(p.requires_grad for p in c.parameters()):  # a line has nothing to fit
-        return c, {}, config_hash({"kind": kind, "a": key_a, "b": key_b})
-    tcfg = CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
-                            seed=0, augment=cfg.augment, attack=cfg.train_attack(), amp=cfg.amp,
-                            schedule=cfg.curve_schedule)
-    train_spec = {k: v for k, v in tcfg.to_dict().items() if k != "amp"}  # amp: how, not what
-    spec = {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": train_spec}
-    key = config_hash(spec)
+        return c, {}, key
+    tcfg = curve_train_config(cfg)
     folder = _ckpt(run_dir, "curves", f"{kind}-{key}")
     with entry_lock(folder):
         try:
@@ -297,19 +386,21 @@ def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, k
 # ---------------------------------------------------------------- evaluation
 def path_eval(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, device,
               progress: bool = True, desc: str = "path") -> PathResult:
-    """Evaluate curve ``c`` on the t grid; cached as ``ckpt/eval/<key>.npz``."""
-    spec = {"curve": curve_key, "t_points": cfg.t_points, "bn_batches": cfg.bn_batches,
-            "bn_inputs": cfg.bn_inputs, "attack": cfg.eval_attack().to_dict(),
-            "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
-    if cfg.refine_rounds:  # absent when off: grid-only caches keep their keys
-        spec["refine_rounds"] = cfg.refine_rounds
+    """Evaluate curve ``c`` on the t grid; cached as ``ckpt/eval/<key>.npz``. ``c`` may
+    be a zero-argument function returning the curve, called only when the result is not
+    cached (the zoo then loads no model on a rerun)."""
+    spec = eval_spec(cfg, curve_key)
     key = config_hash(spec)
     path = _ckpt(run_dir, "eval", f"{key}.npz")
     with entry_lock(path):
         return _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc)
 
 
-def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> PathResult:
+def cached_eval(cfg: BenchConfig, curve_key_: str, run_dir: Path, desc: str = "path",
+                ) -> PathResult | None:
+    """The cached evaluation of a curve, or None (absent, or damaged: then it says so)."""
+    spec = eval_spec(cfg, curve_key_)
+    path = _ckpt(run_dir, "eval", f"{config_hash(spec)}.npz")
     try:
         arrays = load_npz(path, spec)
         if arrays is not None:
@@ -317,6 +408,15 @@ def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> Pat
     except (CacheError, KeyError) as e:
         recompute_notice(e if isinstance(e, CacheError) else CacheError(
             f"{path} lacks array {e}", (path, path.with_suffix(".json"))), f"evaluation {desc}")
+    return None
+
+
+def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> PathResult:
+    cached = cached_eval(cfg, spec["curve"], run_dir, desc)
+    if cached is not None:
+        return cached
+    if not isinstance(c, nn.Module):  # a deferred curve
+        c = c()
     ts = t_grid(cfg.t_points)
     attack = build_attack(cfg.eval_attack(), data.num_classes)
     # seeded, so every path sees the same BN batches and perturbation draws at equal t
@@ -326,13 +426,21 @@ def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> Pat
     # points shared by several paths (model A at t=0, the same B at t=1) are evaluated once
     point_spec = {k: v for k, v in spec.items() if k not in ("curve", "t_points", "refine_rounds")}
     points = BoundPointCache(_ckpt(run_dir, "points", config_hash(point_spec)))
+    renorm = None
+    if cfg.renorm != "bn-reset":  # REPAIR or none instead of BN recomputation
+        from .repair import for_path
+
+        renorm = for_path(cfg, c.model_at, data, device)
+        points = renorm.point_cache(points)
 
     def measure(ts_, speed_, label):
         return evaluate_path(c.model_at, ts_, data.x_test, data.y_test, attack,
-                             bn_loader=data.train_batches(cfg, seed=0, device=device),
+                             bn_loader=None if renorm else data.train_batches(cfg, seed=0,
+                                                                              device=device),
                              bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs,
                              bn_attack=bn_attack, speed=speed_, device=device, progress=progress,
-                             desc=label, t_batch=cfg.t_batch, point_cache=points)
+                             desc=label, t_batch=cfg.t_batch, point_cache=points,
+                             recompute_ends=cfg.bn_endpoints, renorm=renorm)
 
     res = measure(ts, speed, desc)
 
@@ -347,11 +455,22 @@ def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> Pat
 
 
 # ---------------------------------------------------------------- strong evaluation
-def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool = True):
+def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool = True,
+                model_at=None):
     """How :func:`path_eval` prepares a network at t (same BN batches and attack), for
-    the strong stage: :class:`robustpath.strong.PointSetup`."""
+    the strong stage: :class:`robustpath.strong.PointSetup`. With ``--renorm`` other than
+    bn-reset, the points of the path ``model_at`` are prepared by
+    :class:`robustpath.repair.PathRenorm` (:class:`robustpath.repair.RenormSetup`)."""
     from .strong import PointSetup
 
+    if cfg.renorm != "bn-reset":
+        from .repair import RenormSetup, for_path
+
+        if model_at is None:
+            raise UserError(f"--renorm {cfg.renorm} prepares a point from its path: "
+                            "point_setup needs model_at")
+        return RenormSetup(PointSetup(device=device, batch_size=500),
+                           for_path(cfg, model_at, data, device))
     return PointSetup(bn_loader=data.train_batches(cfg, seed=0, device=device),
                       bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs,
                       bn_attack=build_attack(replace(cfg.train_attack(), seed=1),
@@ -359,27 +478,27 @@ def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool
                       device=device, batch_size=500, recompute_ends=recompute_ends)
 
 
-def strong(cfg: BenchConfig, c, res: PathResult, run_dir: Path, data: RunData, device,
-           progress: bool = True, desc: str = "strong", seeds: tuple[int, int] | None = None):
+def strong(cfg: BenchConfig, model_at, res: PathResult, run_dir: Path, data: RunData, device,
+           progress: bool = True, desc: str = "strong",
+           endpoint_keys: tuple[str, str] | None = None, path_key: str | None = None):
     """The strong stage on one evaluated path (:func:`robustpath.strong.strong_path`):
     standard AutoAttack and many-restart PGD at t = 0, t = 1 and the worst t, with the
     transfer check. Points are cached in ``ckpt/strong/`` by settings and network; with
     ``seeds`` (the endpoint pair) t = 0 and t = 1 are keyed by the endpoint models, so
     the aligned and unaligned paths of a pair share them (the aligned B computes B's
-    function, checked by :func:`alignment`)."""
+    function, checked by :func:`alignment`). ``model_at``: ``t -> network`` (a curve's
+    ``model_at``; called only for points not cached)."""
     from .strong import strong_path
 
-    folder = _ckpt(run_dir, "strong", config_hash(
-        {"bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
-         "bn_attack": cfg.train_attack().to_dict(), "test_subset": cfg.test_subset,
-         "train_subset": cfg.train_subset}))
-    return strong_path(c.model_at, res, data.x_test, data.y_test,
+    folder = _ckpt(run_dir, "strong", config_hash(strong_spec(cfg)))
+    return strong_path(model_at, res, data.x_test, data.y_test,
                        settings=cfg.strong_settings(), eval_attack=cfg.eval_attack(),
-                       setup=point_setup(cfg, data, device), folder=folder,
-                       num_classes=data.num_classes, progress=progress, desc=desc,
-                       endpoint_ids=None if seeds is None else {
-                           r: config_hash(endpoint_config(cfg, s).cache_key())
-                           for r, s in zip(("a", "b"), seeds)})
+                       setup=point_setup(cfg, data, device, recompute_ends=cfg.bn_endpoints,
+                                         model_at=model_at),
+                       folder=folder, num_classes=data.num_classes, progress=progress,
+                       desc=desc, path_key=path_key,
+                       endpoint_ids=None if endpoint_keys is None else dict(
+                           zip(("a", "b"), endpoint_keys)))
 
 
 def check_writable(run_dir: Path) -> None:
@@ -407,10 +526,7 @@ def plane(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, dev
     the first ``PLANE_EXAMPLES`` test examples); cached as ``ckpt/plane/<key>.npz``."""
     from .plane import out_of_plane, plane_grid
 
-    spec = {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
-            "extent": "with-control",  # the lattice covers the control point
-            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
-            "attack": cfg.eval_attack().to_dict()}
+    spec = plane_spec(cfg, curve_key)
     key = config_hash(spec)
     path = _ckpt(run_dir, "plane", f"{key}.npz")
     try:

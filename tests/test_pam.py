@@ -1,4 +1,4 @@
-"""PAM over permutations (robustpath.align.pam): projection onto doubly stochastic
+"""PAM over permutations (robustpath.pam): projection onto doubly stochastic
 matrices, rounding, relaxed application, the algorithm end to end, the bench option."""
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from torch.func import functional_call
 
 from robustpath import bench, models
 from robustpath.align import Permutation, apply, permutation_spec, random_permutation
-from robustpath.align.pam import (
+from robustpath.align.permute import permuted_state
+from robustpath.attacks import AttackConfig
+from robustpath.data import Batches
+from robustpath.errors import UserError
+from robustpath.pam import (
     PAMConfig,
     pam,
     permutation_matrix,
@@ -20,10 +24,6 @@ from robustpath.align.pam import (
     relaxed_state,
     round_to_permutation,
 )
-from robustpath.align.permute import permuted_state
-from robustpath.attacks import AttackConfig
-from robustpath.data import Batches
-from robustpath.errors import UserError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,7 +11,7 @@ Public API::
     perm = random_permutation(model, example_input, seed=0)
     model2 = apply(model, perm)                       # deep copy, same function
     aligned_b, perm, report = align(model_a, model_b, method="activation", data=batches)
-    from robustpath.align.pam import pam                 # the PAM check (module .pam)
+    from robustpath.pam import pam                       # PAM lives in robustpath.pam
     result = pam(model_a, model_b, x_train, y_train, PAMConfig(), start=perm)
 
 A :class:`Permutation` is a ``dict[str, LongTensor]``: group name -> index vector ``p``
@@ -33,8 +33,9 @@ Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.laye
 (how each op moves a permutation), :mod:`.shapes` (reshape, transpose, indexing),
 :mod:`.registry` (the rule tables), :mod:`.taps` (where units are observed),
 :mod:`.attention`, :mod:`.blocks`, :mod:`.spec` (union-find over parameter axes), :mod:`.permute`
-(apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`, :mod:`.pam`
-(proximal alternating minimization over permutations and a Bezier curve).
+(apply/sample), :mod:`.activation` and :mod:`.weight` (matchers), :mod:`.api`. PAM
+(proximal alternating minimization over permutations and a curve) is
+:mod:`robustpath.pam`, so importing this package does not load the curve machinery.
 """
 
 from . import activation as _activation  # noqa: F401  (registers "activation")
@@ -45,14 +46,6 @@ from .api import AlignReport, GroupReport, align
 from .attention import qkv_attention
 from .blocks import Blocks
 from .context import MATCHERS, MatchContext, solve_assignment
-from .pam import (
-    PAMConfig,
-    PAMResult,
-    permutation_matrix,
-    project_doubly_stochastic,
-    relaxed_state,
-    round_to_permutation,
-)
 from .permute import Permutation, apply, identity_permutation, random_permutation
 from .registry import register_rule
 from .spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
@@ -66,8 +59,6 @@ __all__ = [
            "CoMoments",
            "GroupReport",
            "MatchContext",
-           "PAMConfig",
-           "PAMResult",
            "Permutation",
            "PermutationSpec",
            "Segment",
@@ -76,14 +67,10 @@ __all__ = [
            "apply",
            "correlations",
            "identity_permutation",
-           "permutation_matrix",
            "permutation_spec",
-           "project_doubly_stochastic",
            "qkv_attention",
            "random_permutation",
            "register_rule",
-           "relaxed_state",
-           "round_to_permutation",
            "solve_assignment",
            "weight_matching",
            "weight_similarity",

@@ -1,6 +1,7 @@
-"""Tatro et al.'s proximal alternating minimization (PAM), as in their code.
+"""Proximal alternating minimization (PAM) over permutations: Tatro et al.'s, as in
+their code, and robustpath's robust variant.
 
-``robustpath.align.pam`` is robustpath's own PAM variant (robust objective, momentum,
+:mod:`robustpath.pam.robust` is robustpath's own PAM variant (robust objective, momentum,
 Dykstra projection, one Hungarian candidate, the control point fixed in A's frame);
 this package follows IBM/NeuronAlignment: clean objective (robust as an option), their
 schedule and projection, candidates from the Hungarian projection, the previous
@@ -9,7 +10,15 @@ the permutation. See :mod:`robustpath.pam.tatro`.
 """
 
 from .birkhoff import bvn_decomposition, project_ds_tatro, sample_bvn
+from .relaxed import (
+    permutation_matrix,
+    project_doubly_stochastic,
+    relaxed_state,
+    round_to_permutation,
+)
+from .robust import PAMConfig, PAMResult, pam
 from .tatro import TatroPAMConfig, TatroPAMResult, perm_update, tatro_pam, warm_start
 
-__all__ = ["TatroPAMConfig", "TatroPAMResult", "tatro_pam", "warm_start", "perm_update",
+__all__ = ["PAMConfig", "PAMResult", "pam", "permutation_matrix", "project_doubly_stochastic",
+           "relaxed_state", "round_to_permutation","TatroPAMConfig", "TatroPAMResult", "tatro_pam", "warm_start", "perm_update",
            "project_ds_tatro", "bvn_decomposition", "sample_bvn"]

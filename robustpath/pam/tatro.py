@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..align.pam import permutation_matrix, relaxed_state, round_to_permutation
 from ..align.permute import Permutation, apply, identity_permutation
 from ..align.spec import permutation_spec
 from ..attacks import AttackConfig, build_attack
@@ -52,6 +51,7 @@ from ..curves import Curve, CurvePoint, build_curve
 from ..data import Batches
 from ..errors import UserError
 from .birkhoff import bvn_decomposition, project_ds_tatro, sample_bvn
+from .relaxed import permutation_matrix, relaxed_state, round_to_permutation
 
 
 @dataclass

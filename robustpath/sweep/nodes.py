@@ -193,8 +193,9 @@ def _run_eval(node: Node, cfg, root: Path, data, device, progress) -> dict:
     res = stages.path_eval(cfg, c, ckey, root, data, device, progress, desc=desc)
     out = {"result": res}
     if cfg.strong:  # the strong stage runs on the path it follows, in the same task
-        out["strong"] = stages.strong(cfg, c, res, root, data, device, progress,
-                                      desc=desc.replace("eval", "strong", 1), seeds=(sa, sb))
+        keys = tuple(config_hash(stages.endpoint_config(cfg, s).cache_key()) for s in (sa, sb))
+        out["strong"] = stages.strong(cfg, c.model_at, res, root, data, device, progress,
+                                      desc=desc.replace("eval", "strong", 1), endpoint_keys=keys)
     return out
 
 

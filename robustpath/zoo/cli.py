@@ -1,0 +1,103 @@
+"""``python -m robustpath.zoo``: ``list`` and ``compare``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ..cli import ArgumentParser, HelpFormatter
+from ..errors import UserError, cli_main
+from .access import (
+    DEFAULT_MODEL_DIR,
+    checkpoint_path,
+    list_entries,
+    parse_dataset,
+    parse_threat,
+    registry,
+)
+from .config import add_compare_arguments, config_from_args
+from .run import run_compare
+
+
+# ---------------------------------------------------------------- CLI
+def parser() -> argparse.ArgumentParser:
+    fmt = HelpFormatter
+    p = ArgumentParser(prog="python -m robustpath.zoo", description="Paths between published robust models of RobustBench.",
+                formatter_class=fmt)
+    sub = p.add_subparsers(dest="command", metavar="{list,compare}", parser_class=ArgumentParser)
+    sub.required = True
+
+    def common(q):
+        q.add_argument("--dataset", default="cifar10",
+                       help="RobustBench dataset: cifar10, cifar100 (list also: imagenet)")
+        q.add_argument("--threat", default="Linf", help="RobustBench threat model: Linf or L2")
+        q.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,
+                       help="RobustBench model folder, laid out <dir>/<dataset>/<threat>/<name>.pt "
+                       "(env ROBUSTPATH_MODEL_DIR)")
+
+    q = sub.add_parser("list", formatter_class=fmt,
+                       help="zoo entries grouped by architecture",
+                       description="List zoo entries grouped by architecture (class name and "
+                       "parameter shapes, read from constructors on the meta device, no weights); "
+                       "'*' marks checkpoints present in --model-dir.")
+    common(q)
+    q.add_argument("--present", action="store_true",
+                   help="only entries whose checkpoint file is in --model-dir")
+    q.add_argument("--json", action="store_true", help="print the groups as JSON")
+
+    q = sub.add_parser("compare", formatter_class=fmt, help="paths between same-architecture "
+                       "models: align, evaluate, barrier matrix",
+                       description="For every pair of same-architecture models: align, evaluate "
+                       "the paths under the attack, write records, tables, plots and the pairwise "
+                       "barrier matrix; optionally AutoAttack at chosen t and a transfer check.")
+    common(q)
+    add_compare_arguments(q)
+    return p
+
+
+def cmdsplit_list(args) -> int:
+    if Path(args.model_dir).exists() and not Path(args.model_dir).is_dir():
+        raise UserError(f"--model-dir {args.model_dir} is a file, not a folder")
+    dataset, threat = parse_dataset(args.dataset), parse_threat(args.threat)
+    names = list(registry(dataset, threat))
+    have = {n for n in names if checkpoint_path(args.model_dir, dataset, threat, n).is_file()}
+    if args.present:
+        names = [n for n in names if n in have]
+    groups = list_entries(dataset, threat, names)
+    if args.json:
+        print(json.dumps({g: [dict(e.to_dict(), present=e.name in have) for e in es]
+                          for g, es in groups.items()}, indent=2))
+        return 0
+    print(f"RobustBench {dataset} {threat}: {len(names)} entries, {len(have)} present in "
+          f"{args.model_dir} (*)")
+    for g, es in groups.items():
+        print(f"\n{g}: {len(es)}")
+        for e in es:
+            extra = f"  [{e.note}]" if e.note else f"  normalisation: {e.normalisation}"
+            print(f"  {'*' if e.name in have else ' '} {e.name}{extra}")
+    return 0
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    if args.command == "list":
+        return cmdsplit_list(args)
+    cfg = config_from_args(args)
+    command = "python -m robustpath.zoo " + " ".join(shlex.quote(a) for a in argv)
+    existed = Path(cfg.out).exists()
+    try:
+        run_compare(cfg, progress=not args.no_progress, overwrite=args.overwrite,
+                    command=command.strip())
+    except BaseException:
+        if not existed:  # a comparison that failed before writing leaves no empty folder
+            with contextlib.suppress(OSError):
+                Path(cfg.out).rmdir()
+        raise
+    return 0
+
