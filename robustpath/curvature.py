@@ -295,9 +295,11 @@ def write(run_dir: str | Path, paths: dict[str, tuple[dict, dict, object]], *,
     written = [run_dir / "curvature.csv", run_dir / "curvature.md"]
     atomic_write_text(written[0], table.to_csv(index=False, float_format="%.6g"))
     atomic_write_text(written[1], markdown(pd.DataFrame(pear)))
-    for pid, rows in table.groupby("path_id", sort=False):
-        written.append(plot(rows, run_dir / "plots" / f"curvature_{pid}.png",
-                            title=f"{title}{pid}"))
+    for pr in pear:
+        pid = pr["path_id"]
+        written.append(plot(table[table["path_id"] == pid],
+                            run_dir / "plots" / f"curvature_{pid}.png",
+                            title=f"{title}{pid} (Pearson r = {pr['pearson_r']:.2f})"))
     return written
 
 

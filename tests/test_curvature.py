@@ -19,7 +19,7 @@ def _dense_eigs(model, x, y) -> list[np.ndarray]:
     out = []
     for i in range(len(x)):
         h = torch.autograd.functional.hessian(
-            lambda xi: F.cross_entropy(model(xi[None]), y[i:i + 1]), x[i])
+            lambda xi, yi=y[i:i + 1]: F.cross_entropy(model(xi[None]), yi), x[i])
         d = x[i].numel()
         out.append(torch.linalg.eigvalsh(h.reshape(d, d)).numpy())
     return out
