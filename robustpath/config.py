@@ -84,7 +84,8 @@ PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
 ALIGN_METHODS = (*MATCH_METHODS, *PAM_METHODS)
 #: config fields whose command-line flag is not ``--<field-with-dashes>``
 FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
-         "batch_size": "batch_size"}  # no bench flag: the sweep / Python setting's name
+         # no bench flag: named as the sweep / Python setting
+         "batch_size": "batch_size", "align_samples": "align_samples"}
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 

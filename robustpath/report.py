@@ -218,6 +218,15 @@ def _cell_done(cell_dir: Path) -> bool:
     return all((cell_dir / f).is_file() for f in ("done.json", "records.csv", "examples.npz"))
 
 
+def _done_config(cell_dir: Path) -> str | None:
+    """The configuration hash a cell's ``done.json`` was written for."""
+    try:
+        done = json.loads((cell_dir / "done.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return done.get("config") if isinstance(done, dict) else None
+
+
 def _mean_std(row, name: str, pct: bool, latex: bool = False) -> str:
     scale, digits = (100.0, 1) if pct else (1.0, 3)
     v = row[name] * scale
@@ -277,6 +286,10 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
     for cell in meta["cells"]:
         cdir = sweep_dir / cell["dir"]
         done = _cell_done(cdir)
+        if done and cell.get("config") and _done_config(cdir) != cell["config"]:
+            # e.g. left by a killed sweep of another grid: never tabulated under this one
+            raise UserError(f"{cdir} holds a cell of another sweep run than {sweep_dir}; "
+                            "rerun the sweep to bring its cells and tables together")
         states.append({"cell": cell["name"], "group": cell["group"], "seed_a": cell["seeds"][0],
                        "seed_b": cell["seeds"][1], "state": "done" if done else "missing"})
         if not done:
@@ -338,7 +351,11 @@ def _sweep_report_staged(sweep_dir: Path, rebuild: bool) -> pd.DataFrame | None:
         stage = runfolder.begin(sweep_dir)
         for rel in sources:
             shutil.copy2(sweep_dir / rel, stage / rel)
-        long = sweep_report(sweep_dir, rebuild=rebuild, staging=stage)
+        try:
+            long = sweep_report(sweep_dir, rebuild=rebuild, staging=stage)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)  # uncommitted: the old outputs stay
+            raise
         runfolder.commit(sweep_dir, sources)
         return long
 

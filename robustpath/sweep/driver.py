@@ -107,6 +107,9 @@ def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
         strong={f"{m}-{k}-s{sa}-{sb}": ({"align": m, "curve": k, "seed_a": sa, "seed_b": sb},
                                         results[n]["strong"])
                 for (m, k), n in cp.evals.items() if "strong" in results[n]})
+    # done.json of an earlier run goes first: a kill between the commit of the new run
+    # and its done.json must not leave the new records marked as the old cell's
+    (Path(cfg.out) / "done.json").unlink(missing_ok=True)
     write_run(cfg.out, cfg, out, command=f"{command}  # cell {cp.cell.name}")
     atomic_write_json(Path(cfg.out) / "done.json", {"config": cell_hash(cp.cell),
                                                     "finished": time.time()})
@@ -123,6 +126,8 @@ def _attack_note(sweep: Sweep) -> str:
 def _write_meta(sweep: Sweep, out: Path, command: str) -> None:
     """What was asked, resolved (into the staging folder of the sweep's publication)."""
     meta = sweep.to_dict()
+    for entry, cell in zip(meta["cells"], sweep.cells):  # which results belong to this sweep
+        entry["config"] = cell_hash(cell)                # (report checks each cell's done.json)
     meta["attack_note"] = _attack_note(sweep)
     meta["bootstrap"] = sweep.cells[0].cfg.bootstrap
     atomic_write_json(out / "sweep.json", meta)
