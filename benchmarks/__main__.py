@@ -90,7 +90,7 @@ SHIPPED = {"before": "-", "frozen params": "no", "no final forward": "yes",
            "+ channels_last input": "no (no-op for 1 channel)", "+ channels_last weights": "yes",
            "after (robustpath PGD)": "yes", "after, 1 thread": "no", "torchattacks": "peer",
            "torchattacks, channels_last model": "peer",
-           "after, robustpath.fuse off": "no (robustpath.fuse.ENABLED = False)",
+           "after, robustpath.fuse off": "no (robustpath.runtime.Runtime(fuse=False))",
            "torchattacks, robustpath.fuse view": "peer"}
 
 

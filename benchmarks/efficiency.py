@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from robustpath import data, fuse, models
+from robustpath import data, models, runtime
 from robustpath.attacks import PGD, AttackConfig, build_attack
 from robustpath.train import TrainConfig, train_model
 
@@ -99,13 +99,9 @@ def training_epoch(n_train: int, peak: float, peak_n: int, device, *, steps: int
     n_batches = n_train // batch if n_train > batch else 1
 
     def epoch(fused: bool) -> float:
-        saved = fuse.ENABLED
-        fuse.ENABLED = fused
-        try:
+        with runtime.use(runtime.Runtime(fuse=fused)):
             _, metrics = train_model(cfg, device=device, progress=False,
                                      data=(x_tr, y_tr, x_te, y_te))
-        finally:
-            fuse.ENABLED = saved
         return metrics["seconds_per_epoch"]
 
     times: dict[bool, list[float]] = {True: [], False: []}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustpath import fuse
+from robustpath import fuse, runtime
 from robustpath.attacks import PGD, AttackConfig
 
 from .baseline import pgd_before
@@ -57,12 +57,8 @@ def _one_thread(fn):
 
 def _fuse_off(fn):
     def run():
-        saved = fuse.ENABLED
-        fuse.ENABLED = False
-        try:
+        with runtime.use(runtime.Runtime(fuse=False)):
             return fn()
-        finally:
-            fuse.ENABLED = saved
     return run
 
 

@@ -141,20 +141,15 @@ def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root
                            attack=AttackConfig(eps=subject.eps, steps=steps),
                            checkpoint_every_epoch=False)
     per_batch = count_flops(lambda: _curve_batches(model, perm, x[:128], y[:128], cfg, device))
-    from robustpath import fuse
+    from robustpath import runtime
 
     times: dict[bool, list[float]] = {True: [], False: []}
-    saved = fuse.ENABLED
-    try:
-        for r in range(rounds):
-            for cl in ((True, False) if r % 2 == 0 else (False, True)):
-                fuse.ENABLED = cl
-                with tempfile.TemporaryDirectory() as tmp:
-                    curve = build_curve("bezier", model, apply(model, perm))
-                    metrics = train_curve(curve, x, y, cfg, tmp, device=device, progress=False)
-                times[cl].append(metrics["seconds_per_epoch"])
-    finally:
-        fuse.ENABLED = saved
+    for r in range(rounds):
+        for cl in ((True, False) if r % 2 == 0 else (False, True)):
+            with runtime.use(runtime.Runtime(fuse=cl)), tempfile.TemporaryDirectory() as tmp:
+                curve = build_curve("bezier", model, apply(model, perm))
+                metrics = train_curve(curve, x, y, cfg, tmp, device=device, progress=False)
+            times[cl].append(metrics["seconds_per_epoch"])
     return CurveEpoch(n_train, statistics.median(times[True]), per_batch * (n_train // 128),
                       statistics.median(times[False]))
 

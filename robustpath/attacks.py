@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import runtime
 from .errors import UserError
 from .fuse import fast_view, nhwc_unsafe_weights
 from .numbers import parse_fraction
@@ -163,10 +164,6 @@ def _random_start(x: torch.Tensor, norm: Norm, eps: float, g) -> torch.Tensor:
     return (x + delta).clamp(0, 1) - x
 
 
-#: Run attacks on CPU with channels-last convolution weights (see module docstring).
-CHANNELS_LAST_CPU = True
-
-
 @contextlib.contextmanager
 def channels_last_weights(model: nn.Module, x: torch.Tensor):
     """While an attack runs on CPU with 4-D inputs, hold ``model``'s 4-D (convolution)
@@ -175,7 +172,7 @@ def channels_last_weights(model: nn.Module, x: torch.Tensor):
     put back afterwards (same values, layout and storage), also on an exception.
     Weights of :func:`robustpath.fuse.nhwc_unsafe` convolutions stay as they are.
     """
-    if not (CHANNELS_LAST_CPU and x.device.type == "cpu" and x.dim() == 4):
+    if not (runtime.current().channels_last_cpu and x.device.type == "cpu" and x.dim() == 4):
         yield model
         return
     swapped, unsafe = [], nhwc_unsafe_weights(model)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import fuse, runfolder, stages
+from . import runfolder, runtime, stages
 from .attacks import ATTACKS
 from .cli import ArgumentParser, split_list
 from .config import ALIGN_METHODS, PAM_METHODS, PRESETS, BenchConfig, from_preset
@@ -194,9 +194,10 @@ def config_changes(old: dict, new: dict, limit: int = 6) -> str:
 
 
 def comparable(d: dict) -> dict:
-    """A run config without the fields that do not change results (device, paths)."""
+    """A run config without the fields that do not change results: where it runs and
+    writes, and every :class:`robustpath.runtime.Runtime` setting."""
     out = {k: v for k, v in d.items()
-           if k not in ("device", "out", "data_root", "t_batch", "amp", "fuse")}
+           if k not in ("out", "data_root", *runtime.Runtime.__dataclass_fields__)}
     if not set(out.get("align") or ()) & set(PAM_METHODS):  # pam_iters matters only for PAM
         out.pop("pam_iters", None)
     # protocol options added with --preset paper: at their defaults, runs made before
@@ -304,11 +305,8 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
                             "--overwrite")
         if device.type == "cpu":
             torch.set_num_threads(max(1, torch.get_num_threads()))
-        saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
-        try:
+        with runtime.use(runtime.Runtime.of(cfg, progress=progress)):
             return _run_stages(cfg, run_dir, data, device, start, progress, command)
-        finally:
-            fuse.ENABLED = saved_fuse
 
 
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,

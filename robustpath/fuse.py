@@ -38,7 +38,8 @@ pattern are returned unchanged, and so are models with forward hooks on any subm
 (a view would bypass them). Views are cached per model object and rebuilt when its
 submodules, parameters or buffers are replaced.
 
-:data:`ENABLED` turns the rewrites off globally (``python -m benchmarks`` times both).
+``Runtime(fuse=False)`` (:mod:`robustpath.runtime`) turns the rewrites off for a block
+(``python -m benchmarks`` times both).
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-#: Use :func:`fast_view` in attacks, evaluation and training (False: plain models).
-ENABLED = True
+from . import runtime
 
 _RELUS = {F.relu, torch.relu}
 _MAXPOOLS = {F.max_pool2d, torch.max_pool2d}
@@ -278,7 +278,7 @@ def fast_view(model: nn.Module) -> nn.Module:
     """``model`` itself or an equivalent, faster :class:`torch.fx.GraphModule` sharing
     its submodules (see module docstring). Train/eval flags follow ``model``'s at
     each call."""
-    if not ENABLED or getattr(model, "robustpath_no_fuse", False) or _hooked(model):
+    if not runtime.current().fuse or getattr(model, "robustpath_no_fuse", False) or _hooked(model):
         return model
     sig = _signature(model)
     hit = _CACHE.get(model)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from . import models
+from . import models, runtime
 from .attacks import AttackConfig, build_attack
 from .cli import ArgumentParser
 from .device import resolve, training_autocast
@@ -62,10 +62,6 @@ from .store import (
 
 SCHEDULES: Registry = Registry("schedule")
 
-#: Train on CPU with the model in channels-last memory format (oneDNN's NHWC kernels
-#: are faster there; measured in benchmarks/RESULTS.md). The returned model is
-#: converted back to the default layout, so callers never see strided weights.
-CHANNELS_LAST_CPU = True
 
 
 @SCHEDULES.register("onecycle")
@@ -331,7 +327,9 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
     model = models.create(cfg.arch, cfg.dataset, cfg.width).to(device)
     # not with convolutions on which oneDNN corrupts the heap in NHWC
     # (robustpath.fuse.nhwc_unsafe, e.g. resnet20's shortcuts at width < 0.5)
-    channels_last = (CHANNELS_LAST_CPU and device.type == "cpu"
+    # on CPU with the model in channels-last memory format (oneDNN's NHWC kernels are
+    # faster there; benchmarks/RESULTS.md); converted back before it is returned
+    channels_last = (runtime.current().channels_last_cpu and device.type == "cpu"
                      and not any(isinstance(m, nn.Conv2d) and nhwc_unsafe(m) for m in model.modules()))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robustpath import attacks, data, models
+from robustpath import data, models, runtime
 from robustpath.attacks import PGD, AttackConfig, build_attack, eval_mode
 from robustpath.errors import UserError
 from robustpath.metrics import per_example
@@ -183,8 +183,8 @@ def test_channels_last_path_matches_the_default_layout(trained, monkeypatch):
     model, x, y = trained
     cfg = AttackConfig(eps=0.1, steps=5, seed=0)
     fast = build_attack(cfg)(model, x, y)
-    monkeypatch.setattr(attacks, "CHANNELS_LAST_CPU", False)
-    plain = build_attack(cfg)(model, x, y)
+    with runtime.use(runtime.Runtime(channels_last_cpu=False)):
+        plain = build_attack(cfg)(model, x, y)
     # same start and steps; only float rounding differs between the two layouts
     assert float((fast - plain).abs().mean()) < 1e-3
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from robustpath import fuse, models
+from robustpath import fuse, models, runtime
 from robustpath.attacks import AttackConfig, build_attack
 from robustpath.metrics import per_example
 from robustpath.stacked import StackedModel
@@ -142,8 +142,9 @@ def test_disabled_switch_and_cache_follow_the_model(monkeypatch):
     view64 = fuse.fast_view(model)
     assert view64 is not view
     torch.testing.assert_close(view64(x), model(x), rtol=1e-10, atol=1e-10)
-    monkeypatch.setattr(fuse, "ENABLED", False)
-    assert fuse.fast_view(model) is model
+    with runtime.use(runtime.Runtime(fuse=False)):
+        assert fuse.fast_view(model) is model
+    assert fuse.fast_view(model) is view64
 
 
 def test_view_keeps_layer_modes_set_on_purpose():
@@ -161,8 +162,8 @@ def test_pgd_on_the_view_matches_pgd_on_the_model(trained_pair, fmnist, monkeypa
     model, x, y = trained_pair[0], fmnist[2], fmnist[3]
     cfg = AttackConfig(eps=0.1, steps=10, seed=0)
     fused = per_example(model, x, y, build_attack(cfg))
-    monkeypatch.setattr(fuse, "ENABLED", False)
-    plain = per_example(model, x, y, build_attack(cfg))
+    with runtime.use(runtime.Runtime(fuse=False)):
+        plain = per_example(model, x, y, build_attack(cfg))
     # same start and steps; only float rounding differs (sign(grad) can flip a step)
     assert abs(fused.accuracy - plain.accuracy) <= 0.01, (fused.accuracy, plain.accuracy)
     assert abs(fused.mean_loss - plain.mean_loss) <= 0.01 * plain.mean_loss

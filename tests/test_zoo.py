@@ -294,3 +294,48 @@ def test_wrong_alignment_is_caught_by_the_equivalence_check(tiny_zoo, tmp_path, 
     assert zoo.main(argv) == 2
     err = capsys.readouterr().err
     assert "do not compute the same function" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- one stage graph
+def test_zoo_and_bench_paths_over_the_same_two_models_give_identical_records(tmp_path):
+    """The zoo is an endpoint source of the bench's stages: two endpoints trained by the
+    bench, saved as RobustBench checkpoints and compared by the zoo with the same
+    settings, give the bench's records number for number (alignment, curve, BN
+    recomputation, attack and refinement are the same code)."""
+    from robustpath import bench, models
+    from robustpath.store import load_model
+
+    root = write_cifar10(tmp_path / "data", per_batch=16, test=24)
+    common = ["--align", "none,weight", "--paths", "line", "--t-points", "3",
+              "--test-subset", "0", "--train-subset", "0", "--batch-size", "16",
+              "--bn-batches", "2", "--bn-inputs", "clean", "--steps", "2", "--train-steps", "2",
+              "--eps", "8/255", "--refine-rounds", "1", "--no-strong", "--bootstrap", "20",
+              "--device", "cpu", "--no-progress", "--data-root", str(root)]
+    run = tmp_path / "bench"
+    assert bench.main(["--dataset", "cifar10", "--arch", "cnn-small", "--seeds", "0,1",
+                       "--epochs", "1", "--plane-grid", "0", "--out", str(run), *common]) == 0
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ROBUSTPATH_OFFLINE", "1")
+    reg = zoo.registry("cifar10", "Linf")
+    model_dir = tmp_path / "models"
+    (model_dir / "cifar10" / "Linf").mkdir(parents=True)
+    names = []
+    try:
+        for seed in (0, 1):
+            [ckpt] = (run / "ckpt" / "endpoints").glob(f"cnn-small-seed{seed}-*.safetensors")
+            model, _ = load_model(ckpt.with_suffix(""))
+            name = f"BenchSeed{seed}_2099"
+            mp.setitem(reg, name, {"model": lambda: models.create("cnn-small", "cifar10"),
+                                   "gdrive_id": "not-used"})
+            torch.save(model.state_dict(), model_dir / "cifar10" / "Linf" / f"{name}.pt")
+            names.append(name)
+        assert zoo.main(["compare", "--models", ",".join(names), "--model-dir", str(model_dir),
+                         "--bn-endpoints", "--no-transfer", "--out", str(tmp_path / "zoo"),
+                         *common]) == 0
+    finally:
+        mp.undo()
+    cols = ["align", "curve", "t", "clean_acc", "robust_acc", "clean_loss", "robust_loss"]
+    b = pd.read_csv(run / "records.csv")[cols].sort_values(["align", "curve", "t"])
+    z = pd.read_csv(tmp_path / "zoo" / "records.csv")[cols].sort_values(["align", "curve", "t"])
+    assert len(b) == len(z) == 2 * 4  # 3 grid points + 1 refinement point per path
+    pd.testing.assert_frame_equal(b.reset_index(drop=True), z.reset_index(drop=True))

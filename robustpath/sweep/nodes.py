@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .. import fuse, stages
+from .. import runtime, stages
 from ..config import BenchConfig
 from ..device import resolve
 from ..errors import UserError
@@ -125,12 +125,9 @@ def call_node(node: Node, ctx: Context, *upstream: dict) -> dict:
     try:
         _check_inputs(root, upstream)
         cfg = node.cfg
-        saved_fuse, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
-        try:
+        with runtime.use(runtime.Runtime.of(cfg, progress=ctx.progress)):
             out = RUNNERS.get(node.stage)(node, cfg, root, run_data(cfg), resolve(cfg.device),
                                           ctx.progress)
-        finally:
-            fuse.ENABLED = saved_fuse
     except UserError as e:
         return {"node": node.id, "stage": node.stage, "error": str(e)}
     files = out.setdefault("files", [])
