@@ -19,8 +19,8 @@ every t of a path and correlates it with the path's robust loss.
   et al. plot.
 * :func:`path_curvature` - ``[T, N]`` eigenvalues along a path on a fixed set of
   clean test examples, the network at each t prepared exactly as path evaluation does
-  (:class:`robustpath.strong.PointSetup`: BatchNorm statistics re-estimated on the
-  same batches, eval mode).
+  (:func:`robustpath.stages.point_setup`: BatchNorm statistics re-estimated on the
+  same batches, or ``--renorm``'s correction; eval mode).
 * :func:`curvature` - the bench stage, cached as ``<run>/ckpt/curvature/<key>.npz``
   (per-t partial results in ``<key>.partial/`` so a killed run resumes at its last t).
 * :func:`summarise` / :func:`write` - per-t mean with a 95% percentile bootstrap CI
@@ -209,7 +209,17 @@ def stage_spec(cfg, curve_key: str) -> dict:
             "examples": cfg.curvature_examples, "iters": cfg.curvature_iters, "tol": TOL,
             "inputs": "clean", "seed": 0,
             # as path evaluation: published endpoints may keep their own statistics
-            **({} if getattr(cfg, "bn_endpoints", True) else {"bn_endpoints": False})}
+            **({} if getattr(cfg, "bn_endpoints", True) else {"bn_endpoints": False}),
+            **_renorm_spec(cfg)}
+
+
+def _renorm_spec(cfg) -> dict:
+    """``--renorm`` in the key as in path evaluation's (absent at the default bn-reset)."""
+    if getattr(cfg, "renorm", "bn-reset") == "bn-reset":
+        return {}
+    from .repair import renorm_spec
+
+    return renorm_spec(cfg)
 
 
 def compute_path(cfg, c, x, y, setup, spec, partial: Path, progress: bool, desc: str) -> np.ndarray:
@@ -261,7 +271,8 @@ def curvature(cfg, c, curve_key: str, run_dir: Path, data, device, progress: boo
         partial = path.with_suffix(".partial")
         if not isinstance(c, nn.Module):  # a deferred curve (the zoo loads it only when needed)
             c = c()
-        setup = point_setup(cfg, data, device,
+        # the network at t as path evaluation measured it (BN reset, or --renorm's)
+        setup = point_setup(cfg, data, device, model_at=c.model_at,
                             recompute_ends=bool(getattr(cfg, "bn_endpoints", True)))
         eig = compute_path(cfg, c, data.x_test[:n], data.y_test[:n], setup, spec, partial,
                            progress, desc)

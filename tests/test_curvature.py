@@ -148,3 +148,22 @@ def test_bad_curvature_flag_one_line_exit_2(capsys):
     assert main(["--curvature", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--curvature must be >= 0" in err[0]
+
+
+def test_stage_follows_renorm(stage_inputs):
+    # --renorm repair: the points are prepared by REPAIR, as path evaluation does, under
+    # another key
+    from dataclasses import replace
+
+    cfg, c, data, run = stage_inputs
+    rcfg = replace(cfg, renorm="repair")
+    assert cv.stage_spec(rcfg, "k") != cv.stage_spec(cfg, "k")
+    got = cv.curvature(rcfg, c, "curve-key", run, data, "cpu", progress=False)
+    base = cv.curvature(cfg, c, "curve-key", run, data, "cpu", progress=False)
+    assert np.all(np.isfinite(got["eig"]))
+    # REPAIR leaves the endpoints as they are (their own BatchNorm statistics), while
+    # bn-reset re-estimates them at t = 0 too: here (untrained endpoints) that differs
+    x, y = data.x_test[:4], data.y_test[:4]
+    np.testing.assert_allclose(got["eig"][0], cv.input_hessian_top_eig(c.model_at(0.0), x, y, 3),
+                               rtol=1e-6)
+    assert not np.allclose(got["eig"][0], base["eig"][0], rtol=0.1)
