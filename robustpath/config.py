@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from . import data as data_mod
-from . import models
+from . import methods, models
 from .attacks import ATTACKS, AttackConfig, parse_norm
 from .errors import UserError
 from .numbers import parse_fraction
@@ -78,10 +78,10 @@ PRESETS.register("paper-fmnist")({
     "schedule": "garipov", "curve_schedule": "garipov", "attack_mode": "train",
 })
 
-MATCH_METHODS = ("none", "activation", "weight")   # one-shot matchers (robustpath.align)
-# PAM (robustpath.pam.robust) started from the identity / from activation matching
-PAM_METHODS = {"pam-none": "none", "pam-activation": "activation"}
-ALIGN_METHODS = (*MATCH_METHODS, *PAM_METHODS)
+# alignment methods and their metadata: robustpath.methods (one registry)
+MATCH_METHODS = methods.ONE_SHOT   # one-shot matchers (robustpath.align)
+PAM_METHODS = methods.PAM          # PAM (robustpath.pam.robust) -> the method it starts from
+ALIGN_METHODS = methods.ORDER
 #: config fields whose command-line flag is not ``--<field-with-dashes>``
 FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
          # no bench flag: named as the sweep / Python setting

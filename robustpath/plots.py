@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .barrier import per_t_bands
+from .methods import COLORS as ALIGN_COLORS
+from .methods import LABEL
+from .methods import MARKERS as ALIGN_MARKERS
 from .records import PathRecord
 from .store import atomic_write_bytes
 from .style import (
-    ALIGN_COLORS,
-    ALIGN_MARKERS,
     CURVE_STYLES,
     DPI,
     OTHER_COLOR,
@@ -33,8 +34,6 @@ PANELS = [("clean_acc", "clean accuracy (%)", 100.0), ("robust_acc", "robust acc
           ("clean_loss", "clean loss (nats)", 1.0), ("robust_loss", "robust loss (nats)", 1.0)]
 COLORS = ALIGN_COLORS  # kept for callers that import it from here
 STYLES = CURVE_STYLES
-LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)",
-         "pam-none": "PAM from unaligned", "pam-activation": "PAM from aligned"}
 CI_LABEL = "95% bootstrap CI"
 
 

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from . import curves as curves_mod
 from . import data as data_mod
+from . import methods
 from .attacks import build_attack
 from .cache import BoundPointCache, load_npz, recompute_notice, save_npz
 from .config import PAM_METHODS, BenchConfig
@@ -84,10 +85,9 @@ def _ckpt(run_dir: Path, stage: str, name: str) -> Path:
 def align_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
     """The spec of a one-shot alignment of B (key ``key_b``) onto A (``key_a``)."""
     spec = {"method": method, "a": key_a, "b": key_b}
-    if method == "activation":
-        spec.update(inputs=cfg.align_inputs, samples=cfg.align_samples)
-        if cfg.align_inputs == "adv":
-            spec["attack"] = cfg.train_attack().to_dict()
+    spec.update({entry: getattr(cfg, f) for entry, f in methods.ALIGN.get(method).key_fields})
+    if spec.get("inputs") == "adv":  # adversarial inputs: the attack that made them
+        spec["attack"] = cfg.train_attack().to_dict()
     return spec
 
 

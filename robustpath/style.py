@@ -22,11 +22,7 @@ TEXT = 6.9
 OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
              "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000"}
 
-ALIGN_COLORS = {"none": OKABE_ITO["vermillion"], "activation": OKABE_ITO["blue"],
-                "weight": OKABE_ITO["green"], "pam-none": OKABE_ITO["orange"],
-                "pam-activation": OKABE_ITO["purple"]}
-ALIGN_MARKERS = {"none": "o", "activation": "s", "weight": "^", "pam-none": "v",
-                 "pam-activation": "D"}
+# the alignment methods' colours, markers and labels: robustpath.methods.ALIGN
 CURVE_STYLES = {"line": "--", "bezier": "-", "polychain": "-."}
 OTHER_COLOR = "#666666"
 

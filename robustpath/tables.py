@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import methods
 from .barrier import path_metrics
 from .records import PathRecord
 from .store import atomic_write_text
 
-ALIGN_LABEL = {"none": "unaligned", "activation": "aligned (act.)", "weight": "aligned (weight)",
-               "pam-none": "PAM from unaligned", "pam-activation": "PAM from aligned"}
+ALIGN_LABEL = methods.LABEL  # labels and row order: robustpath.methods
 
 # (metric, header, percent?)
 COLUMNS = [

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
-from ..plots import LABEL
+from ..methods import LABEL
 from ..records import PathRecord
 from ..store import (
     atomic_write_bytes,
