@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--path-images", type=int, default=1000, help="test images per t, path section")
     p.add_argument("--bn-batches", type=int, default=10,
                    help="BN recomputation batches per t, path section (default 10: the quick "
-                   "preset's before issue 7; it now uses 2, see BN_STUDY.md)")
+                   "preset's before issue 7; it now uses 2, see studies/results/bn_study.md)")
     p.add_argument("--widths", default="0.5,1,2,4", help="cnn-small widths, align section")
     p.add_argument("--out", default=str(RESULTS), help="Markdown file to write (default %(default)s)")
     return p

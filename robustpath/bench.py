@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     a("--t-points", type=int, default=None, help="evenly spaced t in [0,1] (quick 11, paper 65)")
     a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
     a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t (quick 2, paper 40; "
-      "see benchmarks/BN_STUDY.md)")
+      "see studies/results/bn_study.md)")
     a("--renorm", default=None, help="how each point of a path is renormalised: bn-reset "
       "(BatchNorm statistics re-estimated, per --bn-inputs), repair (REPAIR, Jordan et al. "
       "2022: every unit's mean/std set to the interpolation of the endpoints' on the "

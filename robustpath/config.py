@@ -5,7 +5,7 @@ Presets (``--preset``):
 * ``quick`` - the CPU default: Fashion-MNIST, ``cnn-small``, 10,000 training images,
   4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
   training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
-  (``benchmarks/BN_STUDY.md``: 1-10 batches change robust accuracy by <= 0.6
+  (``studies/results/bn_study.md``: 1-10 batches change robust accuracy by <= 0.6
   points), 9x9 loss planes of the bezier curves, 2 refinement rounds around each
   path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 25
   test examples at the endpoints and each path's worst t (it adds about a third to the

@@ -24,7 +24,7 @@ function remove most of that work (``python -m benchmarks``, section "fuse"):
 
 Rounding differences are harmless for one evaluation, but training is chaotic: a
 network trained through the view differs from one trained without it as much as one
-trained with another thread count (``benchmarks/RERUN_CHECK.md``).
+trained with another thread count (``studies/results/rerun_check.md``).
 
 :func:`fast_view` returns a :class:`torch.fx.GraphModule` that shares every submodule,
 parameter and buffer with the model (nothing is copied, so training through it updates

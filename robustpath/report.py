@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -379,11 +380,18 @@ def main(argv: list[str] | None = None) -> int:
                    "or sweep folders (with sweep.json: every cell, then the table across cells)")
     p.add_argument("--compare-out", default="results/comparison",
                    help="where the cross-run comparison table goes (with several runs)")
+    p.add_argument("--against", default=None, metavar="OLD_RUN",
+                   help="check every summary value of the (one) run against OLD_RUN's 95%% "
+                   "intervals (did a change move a result?); exit code 1 when one falls outside")
+    p.add_argument("--against-out", default=None, metavar="FILE",
+                   help="with --against: also write the table to this Markdown file")
     args = p.parse_args(argv)
     run_dirs = [Path(r) for r in args.runs]
     for rd in run_dirs:
         if not rd.is_dir():
             raise UserError(f"run folder {rd} not found")
+    if args.against is not None:
+        return _against(run_dirs, Path(args.against), args.against_out)
     sweeps = [rd for rd in run_dirs if is_sweep(rd)]
     run_dirs = [rd for rd in run_dirs if not is_sweep(rd)]
     for sd in sweeps:
@@ -409,6 +417,21 @@ def main(argv: list[str] | None = None) -> int:
             print("\n" + (out / "differences.md").read_text().rstrip())
         print(f"\ncomparison: {out}/comparison.{{csv,md,tex,html}}, {out}/differences.{{csv,md}}")
     return 0
+
+
+def _against(run_dirs: list[Path], old: Path, out: str | None) -> int:
+    from .against import compare
+
+    if len(run_dirs) != 1:
+        raise UserError("--against compares one run with OLD_RUN; name one run folder")
+    if not old.is_dir():
+        raise UserError(f"run folder {old} not found")
+    lines, outside = compare(old, run_dirs[0])
+    text = "\n".join(lines) + "\n"
+    if out:
+        atomic_write_text(Path(out), text)
+    sys.stdout.write(text)
+    return 1 if outside else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The benchmark tools that judge results: rerun_check, and a smoke run of the suite."""
+"""Tools that judge results (`report --against`, the kernel bound) and a smoke run of the
+performance suite."""
 
 from __future__ import annotations
 
@@ -9,30 +10,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import rerun_check
+from robustpath import report
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"
 
 
-def test_rerun_check_accepts_the_same_run_and_flags_a_moved_value(tmp_path, capsys):
-    assert rerun_check.main([str(RUN), str(RUN)]) == 0
-    assert "0 of 28 values outside" in capsys.readouterr().out
+def test_report_against_accepts_the_same_run_and_flags_a_moved_value(tmp_path, capsys):
+    assert report.main([str(RUN), "--against", str(RUN)]) == 0
+    first = capsys.readouterr().out
+    assert "\n0 of " in first and "values outside" in first
     moved = tmp_path / "moved"
     shutil.copytree(RUN / "tables", moved / "tables")
     table = pd.read_csv(moved / "tables" / "summary.csv")
     row = (table["align"] == "activation") & (table["curve"] == "bezier")
-    table.loc[row, "robust_acc_min"] = table.loc[row, "robust_acc_min_hi"] + 0.05
+    table.loc[row, "robust_acc_min"] = 2.0  # 200 %: outside any interval
     table.to_csv(moved / "tables" / "summary.csv", index=False)
     out = tmp_path / "check.md"
-    assert rerun_check.main([str(RUN), str(moved), "--out", str(out)]) == 1
-    assert "1 of 28 values outside" in out.read_text()
+    assert report.main([str(moved), "--against", str(RUN), "--against-out", str(out)]) == 1
+    assert "\n1 of " in out.read_text()
     assert "| activation | bezier | robust_acc_min |" in out.read_text()
+    assert "**no**" in out.read_text().split("| activation | bezier | robust_acc_min |")[1]
 
 
-def test_rerun_check_bad_folder_is_one_line_exit_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.rerun_check", str(RUN), str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT)
+def test_report_against_bad_folder_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "robustpath.report", str(tmp_path), "--against",
+                        str(RUN)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.pam_study``: is neuron alignment locally optimal for the
+"""``python -m studies.pam_study``: is neuron alignment locally optimal for the
 robust curve-finding problem? (Tatro et al. 2020's PAM check, on the embedded default.)
 
 Takes the default benchmark's two ``cnn-small`` Fashion-MNIST endpoints and their
@@ -21,8 +21,8 @@ trained for them here) and the quick preset's 10,000-image training subset, then
 
 Reports the fraction of units changed per layer, the losses, the seed-to-seed noise,
 and seconds per PAM outer iteration against one curve epoch. Writes
-``results/pam-study/RESULTS.md`` and ``results.json``; curves and PAM states are
-cached under ``results/pam-study/ckpt/`` (a rerun reuses them). About 15 minutes on
+``studies/results/pam_study/RESULTS.md`` and ``results.json``; curves and PAM states are
+cached under ``studies/results/pam_study/ckpt/`` (a rerun reuses them). About 15 minutes on
 2 idle CPU cores.
 """
 
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from benchmarks import machine
 from robustpath import stages
 from robustpath.align import apply
 from robustpath.attacks import build_attack
@@ -51,8 +52,6 @@ from robustpath.errors import UserError, cli_main
 from robustpath.pam import PAMConfig, pam
 from robustpath.store import atomic_write_json, atomic_write_text, load_model, provenance
 
-from . import machine
-
 EVAL_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 LABELS = {"none": "unaligned", "activation": "aligned (act.)",
           "pam-activation": "PAM from aligned", "pam-none": "PAM from unaligned",
@@ -64,12 +63,12 @@ PAM_RUNS = {"pam-activation": ("activation", {}), "pam-none": ("none", {}),
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m benchmarks.pam_study", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m studies.pam_study", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--run", default="results/fashion-mnist-cnn-small-quick",
       help="bench run folder holding ckpt/endpoints and ckpt/align")
-    a("--out", default="results/pam-study", help="output folder")
+    a("--out", default="studies/results/pam_study", help="output folder")
     a("--outer-iters", type=int, default=3, help="PAM outer iterations")
     a("--perm-steps", type=int, default=None, help="PAM permutation-step gradient steps")
     a("--lr", type=float, default=None, help="PAM step size (matrix-entry units)")
@@ -219,7 +218,7 @@ def study(args) -> dict:
 
     epoch_secs = [r["seconds_per_epoch"] for r in rows.values() if r["seconds_per_epoch"]]
     result = {
-        "command": "python -m benchmarks.pam_study " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": "python -m studies.pam_study " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": machine.info(device), "load_average": {"start": load_start,
                                                           "end": machine.load_average()},
         "seconds": elapsed, "pam_config": pcfg.to_dict(), "curve_epochs": cfg.curve_epochs,

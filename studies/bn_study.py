@@ -1,4 +1,4 @@
-"""``python -m benchmarks.bn_study``: how many training batches does BatchNorm
+"""``python -m studies.bn_study``: how many training batches does BatchNorm
 recomputation along a path need?
 
 Every evaluation at an interior t first re-estimates BatchNorm's running statistics
@@ -14,7 +14,7 @@ two independent draws of batches. Reported per ``n``:
 * the draw-to-draw difference at that ``n`` (the estimate's own noise);
 * seconds per BN recomputation and per whole t.
 
-Writes ``benchmarks/BN_STUDY.md`` with the machine and the command.
+Writes ``studies/results/bn_study.md`` with the machine and the command.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks import machine
 from robustpath import stages
 from robustpath.attacks import build_attack
 from robustpath.bn import recompute_bn
@@ -39,15 +40,13 @@ from robustpath.metrics import per_example
 from robustpath.numbers import parse_int_list
 from robustpath.store import atomic_write_text
 
-from . import machine
-
-OUT = Path(__file__).resolve().parent / "BN_STUDY.md"
+OUT = Path(__file__).resolve().parent / "results" / "bn_study.md"
 
 
 def _parser() -> argparse.ArgumentParser:
     from robustpath.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m benchmarks.bn_study", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m studies.bn_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="results/fashion-mnist-cnn-small-quick",
                    help="bench run folder whose stage cache holds (or will hold) the quick preset's "
                         "endpoints, alignment and curves")
@@ -138,7 +137,7 @@ def main(argv=None) -> int:
                      np.mean(noise) if noise else float("nan"), np.median(bn_s[n]),
                      np.median(t_s[n])))
     elapsed = time.perf_counter() - started
-    command = "python -m benchmarks.bn_study" + (" " + shlex.join(argv if argv is not None
+    command = "python -m studies.bn_study" + (" " + shlex.join(argv if argv is not None
                                                                    else sys.argv[1:])).rstrip()
     md = ["# BatchNorm recomputation: how many batches?", "",
           __doc__.split("\n\n", 1)[1].strip(), "",
