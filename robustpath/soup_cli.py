@@ -6,7 +6,8 @@ aligns them (``--align weight``: Git Re-Basin's MergeMany; ``activation``: onto 
 the triangle of models 0, 1, 2 on a barycentric grid and the line between every pair
 (barrier matrix). Every computation is cached in ``<out>/ckpt/soup/`` (a killed run
 resumes, per point); outputs: ``soup.csv``, ``triangle.csv``, ``barrier_matrix.csv``,
-``triangle.png``, ``barrier_matrix.png``, ``merge.json``, ``summary.md``.
+``triangle.png`` (one colour scale for all methods; ``triangle_<method>.png`` each on
+its own), ``barrier_matrix.png``, ``merge.json``, ``summary.md``.
 
 Example: ``python -m robustpath.soup --models 3 --align weight --grid 8 --out runs/soup``.
 """
@@ -26,10 +27,10 @@ import pandas as pd
 import torch
 
 from . import data as data_mod
-from . import fuse, stages
+from . import runtime, stages
 from .attacks import build_attack
 from .cache import BoundPointCache
-from .cli import ArgumentParser
+from .cli import ArgumentParser, split_list
 from .config import BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
@@ -52,8 +53,8 @@ from .store import atomic_write_json, atomic_write_text, config_hash
 @dataclass
 class SoupConfig:
     """Settings of a soup run. ``models``: endpoints (seeds 0..models-1, >= 3);
-    ``align``: weight | activation | none (the unaligned models are always measured
-    too); ``grid``: K, the triangle's barycentric step 1/K and the pairs' t step;
+    ``align``: weight | activation | none, or a comma-separated list (the unaligned
+    models are always measured too); ``grid``: K, the triangle's barycentric step 1/K and the pairs' t step;
     the rest as in :class:`robustpath.config.BenchConfig` (None: the preset's)."""
 
     models: int = 3
@@ -82,7 +83,8 @@ class SoupConfig:
         if self.models < 3:
             raise UserError(f"--models must be >= 3 (two models: python -m robustpath.bench), "
                             f"got {self.models}")
-        MERGERS.get(self.align)
+        for m in split_list(self.align) or [""]:
+            MERGERS.get(m)
         if not 1 <= self.grid <= 64:
             raise UserError(f"--grid must be in 1..64 (points: (K+1)(K+2)/2), got {self.grid}")
         if self.align_inputs not in ("clean", "adv"):
@@ -104,7 +106,8 @@ class SoupConfig:
         return cfg
 
     def methods(self) -> list[str]:
-        return ["none"] if self.align == "none" else ["none", self.align]
+        """``none`` first (the baseline), then each method of ``align``."""
+        return list(dict.fromkeys(["none", *split_list(self.align)]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,7 +118,8 @@ def parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--models", type=int, default=3, help="number of endpoints (seeds 0..N-1), at least 3")
     a("--align", default="weight", help=f"merge method: {', '.join(MERGERS.names())} (weight: "
-      "MergeMany; activation: onto model 0; the unaligned models are always measured too)")
+      "MergeMany; activation: onto model 0), or several comma-separated; the unaligned "
+      "models (none) are always measured too")
     a("--grid", type=int, default=8, help="barycentric step 1/K of the triangle of models 0, 1, 2 "
       "((K+1)(K+2)/2 points) and t step of every pair's line")
     a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())}")
@@ -196,11 +200,8 @@ def run(sc: SoupConfig, *, progress: bool = True, command: str | None = None) ->
     data = stages.RunData.load(cfg)
     stages.check_writable(run_dir)
     with run_lock(run_dir):
-        saved, fuse.ENABLED = fuse.ENABLED, bool(cfg.fuse)
-        try:
+        with runtime.use(runtime.Runtime.of(cfg, progress=progress)):
             return _run(sc, cfg, run_dir, data, device, progress, command)
-        finally:
-            fuse.ENABLED = saved
 
 
 def _run(sc, cfg, run_dir, data, device, progress, command) -> dict:
@@ -267,7 +268,8 @@ def _write(sc, run_dir, frames, panels, names, reports, command, seconds) -> Non
     atomic_write_json(run_dir / "config.json", asdict(sc))
     if command:
         atomic_write_text(run_dir / "command.txt", command + "\n")
-    plot_triangles(panels, names[:3], sc.grid, run_dir / "triangle")
+    plot_triangles(panels, names[:3], sc.grid, run_dir / "triangle")  # one scale: compare
+    plot_triangles(panels, names[:3], sc.grid, run_dir / "triangle", shared=False)
     plot_barrier_matrix(frames["barrier"], names, run_dir / "barrier_matrix")
     text = summary(sc, frames, reports, seconds)
     atomic_write_text(run_dir / "summary.md", text)
@@ -301,11 +303,11 @@ def summary(sc: SoupConfig, frames: dict, reports: dict, seconds: float) -> str:
         ci = (lambda k, r=r: f"{pct(r[k])} [{pct(r[k + '_lo'])}, {pct(r[k + '_hi'])}]")
         out.append(f"| {r['align']} | {r['model_a']}-{r['model_b']} | {ci('robust_acc_barrier')} "
                    f"| {ci('robust_acc_min')} | {r['robust_loss_barrier']:.3f} |")
-    sweeps = {m: r.get("sweeps") for m, r in reports.items() if m == "weight"}
-    if sweeps:
-        out += ["", f"MergeMany sweeps: {sweeps['weight']}; spread sum_i ||θ_i - θ̄||²/N "
-                f"before -> after: {reports['weight']['spread'][0]:.1f} -> "
-                f"{reports['weight']['spread'][-1]:.1f}"]
+    out += ["", "Spread of the models around their mean, sum_i ||θ_i - θ̄||² / N, before -> "
+            "after alignment:", ""]
+    for m, r in reports.items():
+        sweeps = f" ({r['sweeps']} MergeMany sweeps)" if m == "weight" else ""
+        out.append(f"- {m}: {r['spread'][0]:.1f} -> {r['spread'][-1]:.1f}{sweeps}")
     out += ["", f"Wall time {seconds:.0f} s (cached stages reload)."]
     return "\n".join(out) + "\n"
 

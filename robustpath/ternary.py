@@ -45,7 +45,8 @@ def _panel(ax, bary, values, k, norm, cmap, labels, title, soup_value=None):
         ax.text(x + dx, y + dy, name, ha=ha, va="center", fontsize=7)
     ax.plot([0.5], [SQRT3 / 6], marker="*", ms=7, mfc="none", mec=OKABE_ITO["black"], mew=0.8)
     if soup_value is not None:
-        ax.text(0.5, SQRT3 / 6 - 0.07, f"soup {100 * soup_value:.1f}", ha="center", fontsize=6)
+        ax.text(0.5, SQRT3 / 6 - 0.08, f"soup {100 * soup_value:.1f}", ha="center", fontsize=6,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     ax.set_xlim(-0.12, 1.12)
     ax.set_ylim(-0.1, SQRT3 / 2 + 0.08)
     ax.set_aspect("equal")
@@ -55,17 +56,22 @@ def _panel(ax, bary, values, k, norm, cmap, labels, title, soup_value=None):
 
 
 def plot_triangles(panels: dict[str, dict], labels: Sequence[str], k: int,
-                   out_stem: str | Path) -> list[Path]:
+                   out_stem: str | Path, shared: bool = True) -> list[Path]:
     """One row per alignment method (``panels[method]`` holds ``weights`` ``[P, 3]``,
     per-point ``clean_acc`` / ``robust_acc`` ``[P]`` and optionally the soup's
     ``soup_clean_acc`` / ``soup_robust_acc``), columns clean and robust accuracy, one
     colour scale per column (comparable across rows). The star marks the centroid,
-    the 3-model soup when only three models are merged. Writes ``.png`` and ``.pdf``."""
+    the 3-model soup when only three models are merged. Writes ``.png`` and ``.pdf``;
+    ``shared=False``: one figure per method, ``<out_stem>_<method>``, each with its own
+    scale (shows the structure inside a high-accuracy triangle)."""
     from matplotlib.colors import Normalize
 
+    if not shared:
+        return [f for m, p in panels.items()
+                for f in plot_triangles({m: p}, labels, k, f"{out_stem}_{m}")]
     with paper_style() as plt:
         rows = len(panels)
-        fig, axes = plt.subplots(rows, 2, figsize=(TEXT * 0.75, 0.5 + 2.3 * rows), squeeze=False,
+        fig, axes = plt.subplots(rows, 2, figsize=(TEXT * 0.7, 0.3 + 1.9 * rows), squeeze=False,
                                  constrained_layout=True)
         for col, kind in enumerate(("clean", "robust")):
             vals = np.concatenate([p[f"{kind}_acc"] for p in panels.values()]) * 100
@@ -73,9 +79,9 @@ def plot_triangles(panels: dict[str, dict], labels: Sequence[str], k: int,
             coll = None
             for row, (method, p) in enumerate(panels.items()):
                 coll = _panel(axes[row, col], p["weights"], p[f"{kind}_acc"], k, norm, "viridis",
-                              labels, f"{kind} acc. (%), align: {method}",
+                              labels, f"{method}: {kind} acc. (%)",
                               p.get(f"soup_{kind}_acc"))
-            fig.colorbar(coll, ax=list(axes[:, col]), shrink=0.7, label=f"{kind} accuracy (%)")
+            fig.colorbar(coll, ax=list(axes[:, col]), shrink=0.85, label=f"{kind} accuracy (%)")
         return save_figure(fig, out_stem)
 
 

@@ -149,10 +149,12 @@ def test_ternary_and_matrix_figures(tmp_path):
     g = barycentric_grid(4)
     panel = {"weights": g, "clean_acc": g[:, 0], "robust_acc": g[:, 1]}
     out = plot_triangles({"none": panel, "weight": panel}, ["a", "b", "c"], 4, tmp_path / "t")
+    out += plot_triangles({"none": panel}, ["a", "b", "c"], 4, tmp_path / "t", shared=False)
+    assert (tmp_path / "t_none.png").is_file()
     frame = pd.DataFrame([{"align": "none", "index_a": 0, "index_b": 1, "robust_acc_barrier": 0.1},
                           {"align": "none", "index_a": 0, "index_b": 2, "robust_acc_barrier": 0.2}])
     out += plot_barrier_matrix(frame, ["a", "b", "c"], tmp_path / "m")
-    assert all(p.stat().st_size > 1000 for p in out) and len(out) == 4
+    assert all(p.stat().st_size > 1000 for p in out) and len(out) == 6
 
 
 @pytest.mark.parametrize("argv,msg", [(["--models", "2"], "--models must be >= 3"),
