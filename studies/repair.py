@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         "(accuracy) or the path's minus it (loss).\n\n" + markdown(df) + "\nWall time per arm (cached arms ~0):\n\n"
         + timing + "\n"))
     figure(records, out / "robust_acc.png")
-    atomic_write_text(out / "command.txt", "OMP_NUM_THREADS=1 python -m studies.repair "
-                      + " ".join(shlex.quote(a) for a in argv) + "\n")
+    atomic_write_text(out / "command.txt", " ".join(
+        ["OMP_NUM_THREADS=1 python -m studies.repair", *map(shlex.quote, argv)]) + "\n")
     print(markdown(df))
     return 0
 

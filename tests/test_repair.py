@@ -1,0 +1,170 @@
+"""REPAIR (robustpath.repair): endpoints untouched, statistics on target, wiring into
+path evaluation (cache keys, resume), the --renorm flag."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from robustpath import curves, data, models, stages
+from robustpath.attacks import AttackConfig, build_attack
+from robustpath.bn import recompute_bn
+from robustpath.config import from_preset
+from robustpath.repair import PathRenorm, find_units, interpolate, measure, repair_model
+
+
+@pytest.fixture(scope="module")
+def batches():
+    x, y = data.load("fashion-mnist", train=True, subset=384, seed=1, download=False)
+    return [(x[:192], y[:192]), (x[192:], y[192:])]
+
+
+def norm_net() -> nn.Module:
+    """Conv without norm, GroupNorm, LayerNorm: the units of a BatchNorm-free network."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 6, 3, padding=1), nn.GroupNorm(2, 6), nn.ReLU(),
+                         nn.AvgPool2d(4), nn.Flatten(), nn.Linear(6 * 7 * 7, 16),
+                         nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def pair(arch: str, batches):
+    """Two differently initialised networks with distinct, usable statistics: BatchNorm
+    statistics re-estimated, norm-layer scales and shifts drawn at random (so A's and
+    B's unit statistics differ and a swapped interpolation is detectable)."""
+    out = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = norm_net() if arch == "norm-net" else models.create(arch, "fashion-mnist")
+        for mod in m.modules():
+            if isinstance(mod, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+                with torch.no_grad():
+                    mod.weight.uniform_(0.5, 2.0)
+                    mod.bias.uniform_(-1.0, 1.0)
+        recompute_bn(m, batches)
+        out.append(m.eval())
+    return out
+
+
+ARCHS = ["cnn-small", "mlp", "norm-net"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_endpoints_keep_their_function(arch, batches):
+    a, b = pair(arch, batches)
+    c = curves.build_curve("line", a, b)
+    x = batches[0][0][:64]
+    atk = build_attack(AttackConfig(eps=0.1, steps=2, seed=1), 10)
+    for method in ("repair", "repair-adv"):
+        r = PathRenorm(method, c.model_at, batches, atk)
+        for t, ref in ((0.0, a), (1.0, b)):
+            with torch.no_grad():
+                assert torch.equal(r(c.model_at(t), t)(x), ref(x))
+    # the correction itself is the identity at an endpoint (to rounding): REPAIR of A
+    # towards A's own statistics leaves A's logits
+    xs = [xb for xb, _ in batches]
+    units = find_units(a, x[:2])
+    fixed = repair_model(copy.deepcopy(a), units, xs, measure(a, units, xs))
+    with torch.no_grad():
+        assert (fixed(x) - a(x)).abs().max() < 1e-5
+
+
+def test_units_found(batches):
+    a, _ = pair("cnn-small", batches)
+    names = [(u.name, u.is_bn) for u in find_units(a, batches[0][0][:2])]
+    # both BatchNorms and the hidden Linear; not the convs feeding BN, not the logits
+    assert names == [("net.0.1", True), ("net.2.1", True), ("net.5", False)]
+    n = norm_net()
+    kinds = [type(u.module).__name__ for u in find_units(n, batches[0][0][:2])]
+    assert kinds == ["Conv2d", "GroupNorm", "LayerNorm"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_statistics_reach_interpolated_target(arch, batches):
+    a, b = pair(arch, batches)
+    c = curves.build_curve("line", a, b)
+    r = PathRenorm("repair", c.model_at, batches)
+    t = 0.25
+    m = r(c.model_at(t), t)
+    xs = [xb for xb, _ in batches]
+    units = find_units(a, xs[0][:2])
+    got = measure(m, units, xs)
+    sa, sb = measure(a, units, xs), measure(b, units, xs)
+    target, swapped = interpolate(sa, sb, t), interpolate(sa, sb, 1 - t)
+    before = measure(c.model_at(t), units, xs)
+    for (gm, gs), (tm, ts), (_, ss) in zip(got, target, swapped):
+        assert (gm - tm).abs().max() < 1e-4 and (gs - ts).abs().max() < 1e-4
+        # would fail with the weights swapped (0.75 B + 0.25 A)
+        assert (gs - ss).abs().max() > 1e-2
+    # and it changed something: the raw interpolated network was not on target
+    assert max(float((bs - ts).abs().max()) for (_, bs), (_, ts) in zip(before, target)) > 1e-2
+
+
+def test_repair_adv_runs_and_differs(batches):
+    a, b = pair("cnn-small", batches)
+    c = curves.build_curve("line", a, b)
+    atk = build_attack(AttackConfig(eps=0.1, steps=2, seed=1), 10)
+    x = batches[0][0][:64]
+    clean = PathRenorm("repair", c.model_at, batches)(c.model_at(0.5), 0.5)
+    adv = PathRenorm("repair-adv", c.model_at, batches, atk)(c.model_at(0.5), 0.5)
+    with torch.no_grad():
+        la, lc = adv(x), clean(x)
+    assert torch.isfinite(la).all() and (la - lc).abs().max() > 1e-3
+
+
+def test_none_keeps_interpolated_statistics(batches):
+    a, b = pair("cnn-small", batches)
+    c = curves.build_curve("line", a, b)
+    m = PathRenorm("none", c.model_at, [])(c.model_at(0.5), 0.5)
+    assert torch.equal(m.net[0][1].running_var,
+                       0.5 * (a.net[0][1].running_var + b.net[0][1].running_var))
+
+
+def test_bad_renorm_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "robustpath.bench", "--renorm", "magic",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "repair-adv" in lines[0] and "bn-reset" in lines[0]
+
+
+def test_default_keys_unchanged():
+    cfg = from_preset("quick", seeds=[0, 1])
+    assert "renorm" not in stages.eval_spec(cfg, "k")
+    assert "renorm" not in stages.strong_spec(cfg)
+    rep = from_preset("quick", seeds=[0, 1], renorm="repair-adv")
+    assert stages.eval_spec(rep, "k")["renorm"] == "repair-adv"
+    assert stages.eval_key(rep, "k") != stages.eval_key(cfg, "k")
+
+
+def test_path_eval_with_repair_is_cached(batches, tmp_path, monkeypatch):
+    """--renorm repair through stages.path_eval: evaluated once, then read from the
+    cache without one REPAIR pass; the bn-reset evaluation has its own entry."""
+    import robustpath.repair as rp
+
+    x_te, y_te = data.load("fashion-mnist", train=False, subset=40, seed=2, download=False)
+    x_tr = torch.cat([b[0] for b in batches])
+    y_tr = torch.cat([b[1] for b in batches])
+    run = stages.RunData(x_tr, y_tr, x_te, y_te, 10)
+    a, b = pair("cnn-small", batches)
+    c = curves.build_curve("line", a, b)
+    calls = []
+    real = rp.repair_model
+    monkeypatch.setattr(rp, "repair_model", lambda *a_, **k: calls.append(1) or real(*a_, **k))
+    kw = dict(seeds=[0, 1], t_points=3, refine_rounds=0, bn_batches=1, batch_size=96,
+              eval_steps=1, strong=False, plane_grid=0, test_subset=40, train_subset=384)
+    cfg = from_preset("quick", renorm="repair", **kw)
+    first = stages.path_eval(cfg, c, "line-k", tmp_path, run, "cpu", progress=False)
+    assert len(calls) == 1  # one interior point (t = 0.5); the endpoints are as given
+    again = stages.path_eval(cfg, c, "line-k", tmp_path, run, "cpu", progress=False)
+    assert len(calls) == 1
+    assert (first.robust_loss == again.robust_loss).all()
+    reset = stages.path_eval(from_preset("quick", **kw), c, "line-k", tmp_path, run, "cpu",
+                             progress=False)
+    assert len(list((tmp_path / "ckpt" / "eval").glob("*.npz"))) == 2
+    assert not (reset.clean_loss == first.clean_loss).all()
