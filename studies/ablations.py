@@ -306,7 +306,10 @@ def save_figure(fig, path: Path) -> None:
 def figure(name: str, frame: pd.DataFrame, path: Path) -> None:
     """bn: min robust accuracy against BN batches; curve-epochs: min robust accuracy
     and training loss against epochs; t-points: none (the table says it)."""
-    from robustpath.style import ALIGN_COLORS, COLUMN, CURVE_STYLES, paper_style
+    from robustpath.style import COLUMN, CURVE_STYLES, OKABE_ITO, paper_style
+
+    ALIGN_COLORS = {"none": OKABE_ITO["vermillion"], "activation": OKABE_ITO["blue"],  # noqa: N806
+                    "weight": OKABE_ITO["green"]}
 
     with paper_style() as plt:
         if name == "bn":
