@@ -68,15 +68,24 @@ class PointEval:
     device: str | torch.device = "cpu"
     cache: BoundPointCache | None = None
     batch_size: int = 500
+    renorm: Callable[[nn.Module, np.ndarray], nn.Module] | None = None
 
-    def __call__(self, model: nn.Module) -> dict[str, np.ndarray]:
-        """``{clean_correct, robust_correct, clean_loss, robust_loss}``, each ``[N]``."""
+    def __call__(self, model: nn.Module, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """``{clean_correct, robust_correct, clean_loss, robust_loss}``, each ``[N]``.
+        ``weights``: the point's barycentric coordinates, for ``renorm`` (e.g.
+        :class:`SimplexRepair`), which then replaces the BatchNorm re-estimation (the
+        cache folder must then be specific to the merged models: a REPAIRed point
+        depends on them)."""
         key = self.cache.key(model) if self.cache is not None else None
         hit = self.cache.get(key) if key is not None else None
         if hit is not None:
             return hit
         model = model.to(self.device)
-        if has_batchnorm(model):
+        if self.renorm is not None:
+            if weights is None:
+                raise UserError("a renormalised point needs its barycentric weights")
+            model = self.renorm(model, np.asarray(weights, dtype=np.float64))
+        elif has_batchnorm(model):
             if not self.bn_data:
                 raise UserError("a network with BatchNorm needs training batches (bn_data) "
                                 "to re-estimate its statistics at every point")
@@ -90,6 +99,69 @@ class PointEval:
         if key is not None:
             self.cache.put(key, out)
         return out
+
+
+class SimplexRepair:
+    """REPAIR (Jordan et al. 2023, :mod:`robustpath.repair`) at a point ``sum_k λ_k θ_k``
+    of the simplex of N aligned models: every unit's pre-activation mean and std reset
+    to ``sum_k λ_k (μ_k, σ_k)``, the models' own statistics measured once (on first use)
+    on ``batches`` (``(x, y)`` training batches); ``repair-adv`` measures every
+    statistic on PGD inputs (``attack``) made against each network, the point's against
+    its clean-REPAIRed self, as :class:`robustpath.repair.PathRenorm` does on a line. A
+    vertex (one weight 1) is returned untouched. Optional: imports robustpath.repair."""
+
+    def __init__(self, method: str, models: Sequence[nn.Module], batches: Sequence,
+                 attack: Attack | None = None):
+        from .repair import RENORMS
+
+        self.method = RENORMS.get(method)
+        if self.method.name not in ("repair", "repair-adv"):
+            raise UserError(f"SimplexRepair does repair or repair-adv, not {method!r}")
+        if self.method.needs_attack and attack is None:
+            raise UserError(f"--renorm {method} needs an attack")
+        self.models, self.attack = list(models), attack
+        self.batches = [(b[0], b[1]) for b in batches]
+        self._stats: dict | None = None
+
+    def _adv(self, model: nn.Module) -> list[torch.Tensor]:
+        return [self.attack(model.eval(), x, y) for x, y in self.batches]
+
+    def _ends(self) -> dict:
+        from .repair import find_units, measure
+
+        if self._stats is None:
+            x = [x for x, _ in self.batches]
+            units = find_units(self.models[0], x[0][:2])
+            st = {"units": units, "clean": [measure(m.eval(), units, x) for m in self.models]}
+            if self.method.needs_attack:
+                st["adv"] = [measure(m, units, self._adv(m)) for m in self.models]
+            self._stats = st
+        return self._stats
+
+    @staticmethod
+    def _target(stats: list, w: np.ndarray) -> list:
+        return [(sum(float(wk) * s[u][0] for wk, s in zip(w, stats)),
+                 sum(float(wk) * s[u][1] for wk, s in zip(w, stats))) for u in range(len(stats[0]))]
+
+    def __call__(self, model: nn.Module, weights: np.ndarray) -> nn.Module:
+        import copy
+
+        from .repair import Unit, repair_model
+
+        if np.count_nonzero(weights) == 1:
+            return model.eval()  # a vertex: its own statistics are the target
+        st = self._ends()
+
+        def units(m):
+            by_name = dict(m.named_modules())
+            return [Unit(u.name, by_name[u.name], u.dim) for u in st["units"]]
+
+        raw = copy.deepcopy(model) if self.method.needs_attack else None
+        clean = repair_model(model, units(model), [x for x, _ in self.batches],
+                             self._target(st["clean"], weights))
+        if raw is None:
+            return clean
+        return repair_model(raw, units(raw), self._adv(clean), self._target(st["adv"], weights))
 
 
 def barycentric_grid(k: int, vertices: int = 3) -> np.ndarray:
@@ -113,7 +185,7 @@ def evaluate_mixtures(models: Sequence[nn.Module], weights: np.ndarray, point: P
         raise UserError(f"weights must be [points, {len(models)}], got {weights.shape}")
     rows = []
     for w in tqdm(weights, desc=desc, disable=not progress, unit="pt", leave=False):
-        rows.append(point(mix(models, w)))
+        rows.append(point(mix(models, w), w))
     return {k: np.stack([r[k] for r in rows]) for k in ARRAYS}
 
 

@@ -38,6 +38,7 @@ from .lock import run_lock
 from .merge import MERGERS, apply_perms, merge, perms_from_arrays, perms_to_arrays
 from .soup import (
     PointEval,
+    SimplexRepair,
     accuracy_rows,
     barrier_table,
     cached,
@@ -48,6 +49,8 @@ from .soup import (
     triangle,
 )
 from .store import atomic_write_json, atomic_write_text, config_hash
+
+RENORM_CHOICES = ("bn-reset", "repair", "repair-adv", "none")
 
 
 @dataclass
@@ -73,6 +76,7 @@ class SoupConfig:
     bn_inputs: str | None = None
     bn_batches: int | None = None
     align_inputs: str = "clean"
+    renorm: str = "bn-reset"
     merge_seed: int = 0
     bootstrap: int = 1000
     data_root: str | None = None
@@ -89,6 +93,8 @@ class SoupConfig:
             raise UserError(f"--grid must be in 1..64 (points: (K+1)(K+2)/2), got {self.grid}")
         if self.align_inputs not in ("clean", "adv"):
             raise UserError(f"--align-inputs must be clean or adv, got {self.align_inputs!r}")
+        if self.renorm not in RENORM_CHOICES:
+            raise UserError(f"unknown --renorm {self.renorm!r} (known: {', '.join(RENORM_CHOICES)})")
         if self.bootstrap < 1:
             raise UserError(f"--bootstrap must be >= 1, got {self.bootstrap}")
         self.bench()
@@ -137,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
     a("--bn-batches", type=int, default=None, help="training batches for BN recomputation "
       f"({preset_default('bn_batches')})")
     a("--align-inputs", default="clean", help="activation matching on clean or adv inputs")
+    a("--renorm", default="bn-reset", help="how every point is renormalised: bn-reset "
+      "(BatchNorm statistics re-estimated, --bn-inputs), repair / repair-adv (REPAIR: unit "
+      "statistics set to the barycentric mix of the models' own, clean or PGD inputs; "
+      "robustpath.repair), none (mixed statistics as they are)")
     a("--merge-seed", type=int, default=0, help="visiting order of MergeMany's sweeps")
     a("--bootstrap", type=int, default=1000, help="bootstrap resamples for the barrier CIs")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
@@ -150,18 +160,26 @@ def config_from_args(args) -> SoupConfig:
     return SoupConfig(**{k: v for k, v in vars(args).items() if k in keys}).validate()
 
 
-def _point_eval(cfg: BenchConfig, data, device, run_dir: Path) -> tuple[PointEval, str]:
-    """Measured exactly as :func:`robustpath.stages.path_eval` measures a path point."""
+def _point_eval(sc: SoupConfig, cfg: BenchConfig, data, device, run_dir: Path, aligned,
+                mkey: str) -> tuple[PointEval, str]:
+    """Measured exactly as :func:`robustpath.stages.path_eval` measures a path point
+    (``--renorm bn-reset``); REPAIR's points depend on the merged models (``mkey``)."""
     bn_attack = replace(cfg.train_attack(), seed=1)
     spec = {"dataset": cfg.dataset, "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
             "bn_attack": bn_attack.to_dict(), "attack": cfg.eval_attack().to_dict(),
             "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
-    key = config_hash(spec)
+    renorm = None
     bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
+    if sc.renorm != "bn-reset":  # absent at the default: bn-reset caches keep their keys
+        spec.update(renorm=sc.renorm, merge=mkey)
+        renorm = (lambda m, w: m.eval()) if sc.renorm == "none" else SimplexRepair(
+            sc.renorm, aligned, bn_data, build_attack(bn_attack, data.num_classes))
+    key = config_hash(spec)
     return PointEval(data.x_test, data.y_test, build_attack(cfg.eval_attack(), data.num_classes),
                      bn_data=bn_data, bn_inputs=cfg.bn_inputs,
                      bn_attack=build_attack(bn_attack, data.num_classes), device=device,
-                     cache=BoundPointCache(run_dir / "ckpt" / "soup" / "points" / key)), key
+                     cache=BoundPointCache(run_dir / "ckpt" / "soup" / "points" / key),
+                     renorm=renorm), key
 
 
 def _merged(sc: SoupConfig, cfg: BenchConfig, method: str, models, keys, data, device,
@@ -214,19 +232,19 @@ def _run(sc, cfg, run_dir, data, device, progress, command) -> dict:
         keys.append(k)
         metrics.append(met)
     names = [f"seed{s}" for s in range(sc.models)]
-    point, pkey = _point_eval(cfg, data, device, run_dir)
     soup_rows, tri_rows, records, panels, reports = [], [], [], {}, {}
     for method in sc.methods():
         aligned, reports[method], mkey = _merged(sc, cfg, method, models, keys, data, device,
                                                  folder)
+        point, pkey = _point_eval(sc, cfg, data, device, run_dir, aligned, mkey)
         base = {"merge": mkey, "point": pkey}
         s = accuracy_rows(cached(folder / f"soup-{config_hash({**base, 'what': 'soup'})}.npz",
-                                 {**base, "what": "soup"}, lambda a=aligned: soup(a, point),
+                                 {**base, "what": "soup"}, lambda a=aligned, p=point: soup(a, p),
                                  f"soup {method}"))
         tspec = {**base, "what": "triangle", "grid": sc.grid, "vertices": [0, 1, 2]}
         tri = cached(folder / f"triangle-{config_hash(tspec)}.npz", tspec,
-                     lambda a=aligned, d=f"triangle {method}": triangle(
-                         a, sc.grid, point, progress=progress, desc=d), f"triangle {method}")
+                     lambda a=aligned, p=point, d=f"triangle {method}": triangle(
+                         a, sc.grid, p, progress=progress, desc=d), f"triangle {method}")
         acc = accuracy_rows(tri)
         for w, *vals in zip(tri["weights"], *acc.values()):
             tri_rows.append({"align": method, "l0": w[0], "l1": w[1], "l2": w[2],
@@ -243,7 +261,7 @@ def _run(sc, cfg, run_dir, data, device, progress, command) -> dict:
                               "trained_robust_acc": metrics[i].get("robust_acc")})
         soup_rows.append({"align": method, "model": "soup", **{k: x[0] for k, x in s.items()}})
 
-        def line(i, j, aligned=aligned, base=base, method=method):
+        def line(i, j, aligned=aligned, base=base, method=method, point=point):
             lspec = {**base, "what": "line", "pair": [i, j], "grid": sc.grid}
             return cached(folder / f"line-{config_hash(lspec)}.npz", lspec,
                           lambda: evaluate_mixtures(aligned, line_weights(sc.models, i, j, sc.grid),
@@ -279,10 +297,14 @@ def _write(sc, run_dir, frames, panels, names, reports, command, seconds) -> Non
 def summary(sc: SoupConfig, frames: dict, reports: dict, seconds: float) -> str:
     """Markdown: the soup vs the endpoints, the triangle's extremes, the barriers."""
     pct = (lambda v: "-" if v is None or v != v else f"{100 * v:.1f}")
+    how = {"bn-reset": "every network's BatchNorm re-estimated as at a path point",
+           "repair": "every mixed network REPAIRed (clean statistics)",
+           "repair-adv": "every mixed network REPAIRed (statistics on PGD inputs)",
+           "none": "mixed networks keep their mixed BatchNorm statistics"}[sc.renorm]
     out = [f"# Robust soup of {sc.models} models ({sc.preset} preset, align {sc.align}, "
-           f"grid 1/{sc.grid})", "",
-           "Accuracies (%) on the test subset; every network with BatchNorm re-estimated as "
-           "at a path point. `trained` = the endpoint as trained (its own statistics).", "",
+           f"grid 1/{sc.grid}, renorm {sc.renorm})", "",
+           f"Accuracies (%) on the test subset; {how}. `trained` = the endpoint as trained "
+           "(its own statistics).", "",
            "| align | model | clean | robust | trained clean | trained robust |",
            "|---|---|---|---|---|---|"]
     for _, r in frames["soup"].iterrows():
