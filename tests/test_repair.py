@@ -168,3 +168,27 @@ def test_path_eval_with_repair_is_cached(batches, tmp_path, monkeypatch):
                              progress=False)
     assert len(list((tmp_path / "ckpt" / "eval").glob("*.npz"))) == 2
     assert not (reset.clean_loss == first.clean_loss).all()
+
+
+def test_strong_stage_prepares_points_as_path_evaluation(batches):
+    """stages.point_setup with --renorm: the strong stage's network at t is the one the
+    path evaluation measured (same REPAIR), endpoints as given."""
+    from robustpath.errors import UserError
+    from robustpath.repair import for_path
+
+    x_tr = torch.cat([b[0] for b in batches])
+    y_tr = torch.cat([b[1] for b in batches])
+    run = stages.RunData(x_tr, y_tr, x_tr[:8], y_tr[:8], 10)
+    a, b = pair("cnn-small", batches)
+    c = curves.build_curve("line", a, b)
+    cfg = from_preset("quick", seeds=[0, 1], renorm="repair", bn_batches=2, batch_size=192,
+                      strong=False, plane_grid=0)
+    setup = stages.point_setup(cfg, run, "cpu", model_at=c.model_at)
+    x = x_tr[:32]
+    with torch.no_grad():
+        want = for_path(cfg, c.model_at, run, "cpu")(c.model_at(0.5), 0.5)(x)
+        assert torch.equal(setup.prepare(c.model_at, 0.5)(x), want)
+        assert torch.equal(setup.prepare(c.model_at, 0.0)(x), a(x))
+    assert setup.recomputes(0.5) and not setup.recomputes(1.0)
+    with pytest.raises(UserError):
+        stages.point_setup(cfg, run, "cpu")
