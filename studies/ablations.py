@@ -95,7 +95,7 @@ def run_arm(ablation: str, arm: Arm, base: Path, work: Path, progress: bool) -> 
 # ---------------------------------------------------------------- tables
 def path_rows(run_dir: Path, bootstrap: int = 1000) -> dict[str, dict]:
     """Barrier metrics of every path of a run, keyed ``"<align>/<curve>"`` (first seed
-    pair only), accuracies in %: ``clean_min``, ``clean_avg``, ``robust_min`` (grid),
+    pair only), accuracies in %: ``robust_ends`` (mean of t = 0 and 1), ``clean_min``, ``clean_avg``, ``robust_min`` (grid),
     ``robust_min_all`` (grid + refinement points) with ``_lo``/``_hi`` CIs,
     ``t_min_all``, ``robust_avg``, ``robust_loss_barrier``, ``points``."""
     out = {}
@@ -105,7 +105,8 @@ def path_rows(run_dir: Path, bootstrap: int = 1000) -> dict[str, dict]:
             continue
         m = path_metrics(rec.result, bootstrap=bootstrap)
         row = {"align": rec.align, "curve": rec.curve, "points": len(rec.result.ts)}
-        for name, src, scale in (("clean_min", "clean_acc_min", 100),
+        for name, src, scale in (("robust_ends", "robust_acc_ends", 100),
+                                 ("clean_min", "clean_acc_min", 100),
                                  ("clean_avg", "clean_acc_avg", 100),
                                  ("robust_min", "robust_acc_min", 100),
                                  ("robust_min_all", "robust_acc_min_refined", 100),
@@ -331,6 +332,8 @@ def figure(name: str, frame: pd.DataFrame, path: Path) -> None:
                                      g["robust_min_all_hi"], color=ALIGN_COLORS.get(a), alpha=0.2)
                 axes[1].plot(g["curve_epochs"], g["train_loss"], marker="o",
                              color=ALIGN_COLORS.get(a), label=a)
+            axes[0].axhline(frame["robust_ends"].mean(), color="#666666", ls=":", lw=0.8,
+                            label="endpoints")
             for ax, lab in zip(axes, ("min robust acc. (%)", "final train robust loss")):
                 ax.set_xscale("log", base=2)
                 ax.set_xlabel("curve epochs")
