@@ -146,7 +146,18 @@ def plane_spec(cfg: BenchConfig, curve_key: str) -> dict:
             "attack": cfg.eval_attack().to_dict()}
 
 
+def pam_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
+    """The spec of PAM (``pam-none`` / ``pam-activation``) from its start method's
+    alignment of B onto A: that alignment's key, PAM's settings, the training subset."""
+    base_key = align_key(cfg, methods.ALIGN.get(method).pam_start, key_a, key_b)
+    return {"method": method, "a": key_a, "b": base_key, "pam": pam_config(cfg).to_dict(),
+            "train_subset": cfg.train_subset}
+
+
 def align_key(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> str:
+    """The key of any alignment method (one-shot or PAM) of B onto A."""
+    if not methods.ALIGN.get(method).one_shot:
+        return config_hash(pam_spec(cfg, method, key_a, key_b))
     return config_hash(align_spec(cfg, method, key_a, key_b))
 
 
@@ -331,8 +342,7 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
     start_b, base_report, base_key = alignment(cfg, base, model_a, model_b, key_a, key_b, run_dir,
                                                data, device, progress)
     pcfg = pam_config(cfg)
-    spec = {"method": method, "a": key_a, "b": base_key, "pam": pcfg.to_dict(),
-            "examples": len(data.x_train)}
+    spec = pam_spec(cfg, method, key_a, key_b)
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
     with entry_lock(path):

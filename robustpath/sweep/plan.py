@@ -8,14 +8,13 @@ Each cell (one seed pair) needs, per :mod:`robustpath.stages`:
 * ``eval`` per method x path family (input: the curve),
 * ``plane`` per method for bezier curves when ``plane_grid`` is set.
 
-A node is named by a hash of what determines its output, so cells that need the same
-computation get the same node and it runs once: the endpoint node's hash is the
-endpoint stage's own cache key (dataset, arch, seed, training settings), so endpoint
-``(dataset, arch, seed 0)`` serves pairs (0, 1) and (0, 2). Alignment and curve nodes
-hash the settings their stage reads plus their input nodes; evaluation nodes hash the
-whole cell configuration except its seeds, lists and output folder. Sharing can only
-be too cautious, never wrong: each node's task calls the stage functions with its own
-cell's configuration, whose stage cache would recompute anything that differs.
+A node is named by its stage's own cache key (:mod:`robustpath.stages`: ``endpoint_config``,
+``align_key``, ``curve_key``, ``eval_key``, ``plane_spec``), computed from the cell's
+settings and its input nodes' keys, so cells that need the same computation get the same
+node and it runs once: endpoint ``(dataset, arch, seed 0)`` serves pairs (0, 1) and
+(0, 2). An evaluation node also runs the strong stage on its path, so its id adds the
+strong stage's settings. Nothing here lists config fields: a setting enters a node id
+exactly when it enters the stage's key.
 """
 
 from __future__ import annotations
@@ -27,15 +26,6 @@ from .. import stages
 from ..config import BenchConfig
 from ..store import config_hash
 from .spec import Cell
-
-# settings each training stage reads beyond its input nodes (over-inclusion is safe)
-ALIGN_FIELDS = ("dataset", "train_subset", "align_inputs", "norm", "eps", "train_steps",
-                "step_size", "batch_size", "pam_iters", "curve_lr", "bends")  # PAM fits curves
-CURVE_FIELDS = ("dataset", "train_subset", "bends", "curve_epochs", "batch_size", "curve_lr",
-                "augment", "norm", "eps", "train_steps", "step_size")
-# fields that never change an evaluation (where / how it runs, other cells' lists)
-EVAL_IGNORED = ("out", "device", "data_root", "seeds", "align", "paths", "bootstrap", "preset",
-                "plane_grid")
 
 
 @dataclass
@@ -101,11 +91,6 @@ class Plan:
         return out
 
 
-def _pick(cfg: BenchConfig, names: tuple[str, ...]) -> dict:
-    d = cfg.to_dict()
-    return {k: d.get(k) for k in names}
-
-
 def build_plan(cells: list[Cell]) -> Plan:
     """The task graph of ``cells``, with shared computations merged."""
     plan = Plan()
@@ -114,28 +99,30 @@ def build_plan(cells: list[Cell]) -> Plan:
         sa, sb = cell.pair
         pair = (sa, sb)
         eps = {}
+        keys = {}
         for seed in (sa, sb):
-            key = config_hash(stages.endpoint_config(cfg, seed).cache_key())
-            eps[seed] = plan.add("endpoint", cfg, name, {"key": key}, {"seed": seed})
+            keys[seed] = config_hash(stages.endpoint_config(cfg, seed).cache_key())
+            eps[seed] = plan.add("endpoint", cfg, name, {"key": keys[seed]}, {"seed": seed})
         ep_deps = (eps[sa], eps[sb])
         aligns, curves, evals, planes = {}, {}, {}, {}
-        eval_spec = {k: v for k, v in cfg.to_dict().items() if k not in EVAL_IGNORED}
+        strong = ({"strong": stages.strong_spec(cfg), **cfg.strong_settings().__dict__}
+                  if cfg.strong else None)
         for method in cfg.align:
-            aligns[method] = plan.add(
-                "align", cfg, name, {"method": method, "a": eps[sa], "b": eps[sb],
-                                     **_pick(cfg, ALIGN_FIELDS)},
-                {"method": method, "pair": pair}, ep_deps)
+            akey = stages.align_key(cfg, method, keys[sa], keys[sb])
+            aligns[method] = plan.add("align", cfg, name, {"align": akey},
+                                      {"method": method, "pair": pair}, ep_deps)
             for kind in cfg.paths:
                 params = {"method": method, "kind": kind, "pair": pair}
                 deps = ep_deps + (aligns[method],)
-                c = curves[(method, kind)] = plan.add(
-                    "curve", cfg, name, {"kind": kind, "align": aligns[method], "a": eps[sa],
-                                         **_pick(cfg, CURVE_FIELDS)}, params, deps)
+                ckey = stages.curve_key(cfg, kind, keys[sa], akey)
+                c = curves[(method, kind)] = plan.add("curve", cfg, name, {"curve": ckey},
+                                                      params, deps)
                 evals[(method, kind)] = plan.add(
-                    "eval", cfg, name, {"curve": c, "cfg": eval_spec}, params, deps + (c,))
+                    "eval", cfg, name, {"eval": stages.eval_key(cfg, ckey), "strong": strong},
+                    params, deps + (c,))
                 if cfg.plane_grid and kind == "bezier":
                     planes[method] = plan.add(
-                        "plane", cfg, name, {"curve": c, "cfg": eval_spec,
-                                             "grid": cfg.plane_grid}, params, deps + (c,))
+                        "plane", cfg, name, {"plane": stages.plane_spec(cfg, ckey)}, params,
+                        deps + (c,))
         plan.cells[name] = CellPlan(cell, eps, aligns, curves, evals, planes)
     return plan
