@@ -16,7 +16,10 @@ training batches of 128 (``--bn-batches``); REPAIR's adversarial inputs: the tra
 PGD (5 steps, eps 0.1, seed 1).
 
 ``python -m studies.repair`` writes ``studies/results/repair/`` (``repair.csv``,
-``repair.md``, ``robust_acc.png``, ``command.txt``).
+``repair.md``, ``robust_acc.png``, ``command.txt``). ``--arch mlp --source ''`` runs the
+same arms on a network without BatchNorm from scratch (the first arm trains the
+endpoints, the others copy its caches; there ``bn-reset`` is no renormalisation at all):
+``studies/results/repair-mlp/``.
 """
 
 from __future__ import annotations
@@ -46,14 +49,17 @@ METRICS = [("robust_acc_barrier", "robust acc barrier", True),
            ("robust_acc_ends", "robust acc at ends", True)]
 
 
-def arm(renorm: str, source: Path, work: Path, progress: bool) -> tuple[list, float]:
-    """Run the bench for one ``--renorm`` on a copy of ``source``'s caches."""
+def arm(renorm: str, source: Path | None, work: Path, progress: bool, arch: str,
+        paths: list[str]) -> tuple[list, float]:
+    """Run the bench for one ``--renorm`` on a copy of ``source``'s caches (None: from
+    scratch, training the endpoints)."""
     run_dir = work / renorm
-    if not (run_dir / "ckpt").is_dir():
+    if source is not None and not (run_dir / "ckpt").is_dir():
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source / "ckpt", run_dir / "ckpt")
         shutil.copy(source / "config.json", run_dir / "config.json")
-    cfg = from_preset("quick", seeds=[0, 1], strong=False, plane_grid=0, renorm=renorm)
+    cfg = from_preset("quick", seeds=[0, 1], strong=False, plane_grid=0, renorm=renorm,
+                      arch=arch, paths=paths)
     cfg.out = str(run_dir)
     start = time.perf_counter()
     run(cfg, progress=progress, overwrite=True, command=f"studies.repair arm {renorm}")
@@ -115,7 +121,10 @@ def figure(records: dict[str, list], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m studies.repair", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default=str(ROOT / "results/fashion-mnist-cnn-small-quick"),
-                   help="committed run whose ckpt/ is reused (seed pair 0,1)")
+                   help="committed run whose ckpt/ is reused (seed pair 0,1); '' = train "
+                   "from scratch in the first arm, whose caches the others copy")
+    p.add_argument("--arch", default="cnn-small", help="architecture (the source's)")
+    p.add_argument("--paths", default="line,bezier", help="path families")
     p.add_argument("--work", default="/tmp/robustpath-repair-study",
                    help="scratch folder for the per-arm run folders (copies of ckpt/)")
     p.add_argument("--out", default=str(ROOT / "studies/results/repair"))
@@ -125,17 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    source, work, out = Path(args.source), Path(args.work), Path(args.out)
+    work, out = Path(args.work), Path(args.out)
+    source = Path(args.source) if args.source else None
     records, seconds = {}, {}
     for renorm in args.renorms.split(","):
         RENORMS.get(renorm)
-        records[renorm], seconds[renorm] = arm(renorm, source, work, args.progress)
+        records[renorm], seconds[renorm] = arm(renorm, source, work, args.progress, args.arch,
+                                               args.paths.split(","))
+        source = source or work / renorm
         print(f"{renorm}: {seconds[renorm]:.0f} s", flush=True)
     df = table(records, args.bootstrap)
     atomic_write_text(out / "repair.csv", df.to_csv(index=False, float_format="%.6f"))
     timing = "\n".join(f"- `{k}`: {v:.0f} s (one thread)" for k, v in seconds.items())
     atomic_write_text(out / "repair.md", (
-        "# REPAIR vs BatchNorm reset on the embedded default (seed pair 0,1)\n\n"
+        f"# REPAIR vs BatchNorm reset, {args.arch} on Fashion-MNIST, quick preset "
+        "(seed pair 0,1)\n\n"
         "Per path: value [95% bootstrap CI over the 1,000 test examples]; accuracies in %. "
         "Robust: PGD-10, eps 0.1. Barriers (robustpath.barrier, grid points): "
         "max_t of the linear interpolation of the endpoints' value minus the path's "
