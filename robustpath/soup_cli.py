@@ -304,7 +304,9 @@ def summary(sc: SoupConfig, frames: dict, reports: dict, seconds: float) -> str:
     out = [f"# Robust soup of {sc.models} models ({sc.preset} preset, align {sc.align}, "
            f"grid 1/{sc.grid}, renorm {sc.renorm})", "",
            f"Accuracies (%) on the test subset; {how}. `trained` = the endpoint as trained "
-           "(its own statistics).", "",
+           "(its own statistics). Alignment: `weight` = Git Re-Basin's MergeMany (Ainsworth "
+           "et al. 2023, Alg. 3), `activation` = each model matched onto seed0 (Tatro et al. "
+           "2020), `none` = as trained.", "",
            "| align | model | clean | robust | trained clean | trained robust |",
            "|---|---|---|---|---|---|"]
     for _, r in frames["soup"].iterrows():
@@ -330,7 +332,8 @@ def summary(sc: SoupConfig, frames: dict, reports: dict, seconds: float) -> str:
     for m, r in reports.items():
         sweeps = f" ({r['sweeps']} MergeMany sweeps)" if m == "weight" else ""
         out.append(f"- {m}: {r['spread'][0]:.1f} -> {r['spread'][-1]:.1f}{sweeps}")
-    out += ["", f"Wall time {seconds:.0f} s (cached stages reload)."]
+    out += ["", f"Wall time of this invocation {seconds:.0f} s (cached results are reloaded, "
+            "not recomputed)."]
     return "\n".join(out) + "\n"
 
 

@@ -231,3 +231,12 @@ def test_points_resume_from_their_cache(tmp_path, fmnist):
     assert all(np.array_equal(first[k], again[k]) for k in first)
     with pytest.raises(AssertionError, match="recomputed"):
         triangle(models, 3, PointEval(x_te[:50], y_te[:50], broken, cache=cache), progress=False)
+
+
+def test_module_entry_point_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "robustpath.soup", "--models", "2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--models must be >= 3" in r.stderr
