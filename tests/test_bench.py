@@ -28,7 +28,7 @@ TINY = ["--train-subset", "600", "--test-subset", "120", "--epochs", "1", "--cur
         # a small but real strong stage (AutoAttack's APGD-CE, PGD-3 x 2) and refinement
         "--strong-examples", "16", "--aa-version", "custom", "--aa-attacks", "apgd-ce",
         "--strong-pgd-steps", "3", "--strong-pgd-restarts", "2", "--refine-rounds", "1",
-        "--no-progress"]
+        "--plane-grid", "3", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,15 @@ def test_second_run_reuses_every_stage(tiny_run, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cached stage was recomputed")
 
+    import robustpath.align as align_mod
+    import robustpath.plane as plane_mod
+    import robustpath.strong as strong_mod
+
     monkeypatch.setattr(stages, "train_endpoint", boom)
     monkeypatch.setattr(stages, "evaluate_path", boom)
+    monkeypatch.setattr(align_mod, "align", boom)          # alignment stage
+    monkeypatch.setattr(plane_mod, "plane_grid", boom)     # plane stage
+    monkeypatch.setattr(strong_mod, "per_example", boom)       # strong stage (PGD-many)
     real = curve_train.train_curve
 
     def no_epochs(*a, **k):

@@ -307,7 +307,7 @@ def test_zoo_and_bench_paths_over_the_same_two_models_give_identical_records(tmp
 
     root = write_cifar10(tmp_path / "data", per_batch=16, test=24)
     common = ["--align", "none,weight", "--paths", "line", "--t-points", "3",
-              "--test-subset", "0", "--train-subset", "0", "--batch-size", "16",
+              "--test-subset", "0", "--train-subset", "0",  # batch size: both default 128
               "--bn-batches", "2", "--bn-inputs", "clean", "--steps", "2", "--train-steps", "2",
               "--eps", "8/255", "--refine-rounds", "1", "--no-strong", "--bootstrap", "20",
               "--device", "cpu", "--no-progress", "--data-root", str(root)]

@@ -1,0 +1,132 @@
+"""Every stage's cache key, in one place.
+
+A stage's output is named by :func:`robustpath.store.config_hash` of its spec: its own
+result-relevant settings plus its inputs' keys. Settings that change how, not what
+(:class:`robustpath.runtime.Runtime`: device, amp, fuse, threads, ``t_batch``,
+progress) are never in a spec. Optional entries appear only when they differ from the
+historical default, so caches written before they existed keep their keys.
+:mod:`robustpath.stages` computes and caches under these keys; sweeps name their task
+nodes by them (:mod:`robustpath.sweep.plan`), the zoo plans its pairs with them.
+"""
+
+from __future__ import annotations
+
+from . import curves as curves_mod
+from . import methods
+from .config import BenchConfig
+from .store import config_hash
+from .train import TrainConfig
+
+PLANE_EXAMPLES = 300  # the plane stage's test examples (the first ones)
+
+
+def endpoint_config(cfg: BenchConfig, seed: int) -> TrainConfig:
+    return TrainConfig(dataset=cfg.dataset, arch=cfg.arch, width=cfg.width, seed=seed,
+                       method="pgd", epochs=cfg.endpoint_epochs, batch_size=cfg.batch_size,
+                       lr=cfg.lr, augment=cfg.augment, train_subset=cfg.train_subset,
+                       schedule=cfg.schedule, attack_mode=cfg.attack_mode,
+                       affine_degrees=cfg.affine_degrees,
+                       test_subset=cfg.test_subset, attack=cfg.train_attack(),
+                       eval_attack=cfg.eval_attack(), data_root=cfg.data_root, amp=cfg.amp)
+
+
+def pam_config(cfg: BenchConfig):
+    """The bench's PAM settings: ``cfg.pam_iters`` outer iterations, each the default
+    permutation step and one curve epoch at ``cfg.curve_lr``, PGD in the loop as in
+    curve training (``cfg.train_attack()``), batch size ``cfg.batch_size``."""
+    from .pam import PAMConfig
+
+    return PAMConfig(outer_iters=cfg.pam_iters, curve_epochs=1, curve_lr=cfg.curve_lr,
+                     batch_size=cfg.batch_size, bends=cfg.bends, attack=cfg.train_attack(),
+                     seed=0)
+
+
+# Every stage's cache key is the hash of the spec below: its own result-relevant settings
+# plus its inputs' keys. Settings that change how, not what (device, amp, t_batch,
+# progress, fuse) are never in a spec. Optional entries appear only when they differ
+# from the historical default, so caches written before they existed keep their keys.
+def align_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
+    """The spec of a one-shot alignment of B (key ``key_b``) onto A (``key_a``)."""
+    spec = {"method": method, "a": key_a, "b": key_b}
+    spec.update({entry: getattr(cfg, f) for entry, f in methods.ALIGN.get(method).key_fields})
+    if spec.get("inputs") == "adv":  # adversarial inputs: the attack that made them
+        spec["attack"] = cfg.train_attack().to_dict()
+    return spec
+
+
+def curve_train_config(cfg: BenchConfig):
+    """How every fitted curve of ``cfg`` is trained (:class:`CurveTrainConfig`)."""
+    from .curve_train import CurveTrainConfig
+
+    return CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
+                            seed=0, augment=cfg.augment, attack=cfg.train_attack(), amp=cfg.amp,
+                            schedule=cfg.curve_schedule)
+
+
+def curve_spec(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> dict:
+    """The spec of curve ``kind`` from A to (aligned) B; a line has nothing to fit."""
+    if not curves_mod.CURVES.get(kind).fitted:
+        return {"kind": kind, "a": key_a, "b": key_b}
+    train = {k: v for k, v in curve_train_config(cfg).to_dict().items() if k != "amp"}
+    return {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": train}
+
+
+def eval_spec(cfg: BenchConfig, curve_key: str) -> dict:
+    """The spec of a path evaluation of the curve with key ``curve_key``."""
+    spec = {"curve": curve_key, "t_points": cfg.t_points, "bn_batches": cfg.bn_batches,
+            "bn_inputs": cfg.bn_inputs, "attack": cfg.eval_attack().to_dict(),
+            "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
+    if cfg.refine_rounds:  # absent when off: grid-only caches keep their keys
+        spec["refine_rounds"] = cfg.refine_rounds
+    if not cfg.bn_endpoints:  # the zoo's published endpoints keep their own statistics
+        spec["bn_endpoints"] = False
+    return {**spec, **_renorm_spec(cfg)}
+
+
+def strong_spec(cfg: BenchConfig) -> dict:
+    """The spec of the strong stage's point folder (points inside are keyed by network)."""
+    spec = {"bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "bn_attack": cfg.train_attack().to_dict(), "test_subset": cfg.test_subset,
+            "train_subset": cfg.train_subset}
+    if not cfg.bn_endpoints:
+        spec["bn_endpoints"] = False
+    return {**spec, **_renorm_spec(cfg)}
+
+
+def _renorm_spec(cfg: BenchConfig) -> dict:
+    """``--renorm`` in a key: absent at the default (bn-reset), so its caches keep their keys."""
+    if cfg.renorm == "bn-reset":
+        return {}
+    from .repair import renorm_spec
+
+    return renorm_spec(cfg)
+
+
+def plane_spec(cfg: BenchConfig, curve_key: str) -> dict:
+    return {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            "extent": "with-control",  # the lattice covers the control point
+            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "attack": cfg.eval_attack().to_dict()}
+
+
+def pam_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
+    """The spec of PAM (``pam-none`` / ``pam-activation``) from its start method's
+    alignment of B onto A: that alignment's key, PAM's settings, the training subset."""
+    base_key = align_key(cfg, methods.ALIGN.get(method).pam_start, key_a, key_b)
+    return {"method": method, "a": key_a, "b": base_key, "pam": pam_config(cfg).to_dict(),
+            "train_subset": cfg.train_subset}
+
+
+def align_key(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> str:
+    """The key of any alignment method (one-shot or PAM) of B onto A."""
+    if not methods.ALIGN.get(method).one_shot:
+        return config_hash(pam_spec(cfg, method, key_a, key_b))
+    return config_hash(align_spec(cfg, method, key_a, key_b))
+
+
+def curve_key(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> str:
+    return config_hash(curve_spec(cfg, kind, key_a, key_b))
+
+
+def eval_key(cfg: BenchConfig, curve_key_: str) -> str:
+    return config_hash(eval_spec(cfg, curve_key_))
