@@ -10,6 +10,9 @@ leave to the slow tier or do not cover, and the sweep folder's faults.
 * item 4: ``train`` prints the paths it wrote; item 5 through the bench's endpoint
   stage; item 8: every flag a validation error names exists.
 
+Fast tier: about 10 s in all (the lock, cache-level damage, train paths, endpoint-stage
+resume, flag names); every test that runs a sweep is slow (3.5 min in all).
+
 The tiny sweep: Fashion-MNIST, ``mlp``, one seed pair, unaligned, line and bezier, 200
 training / 40 test images, one epoch each (about 10 s on one core).
 """
@@ -143,6 +146,7 @@ def test_second_sweep_writer_fails_at_once_naming_the_holder(sweep_files, tmp_pa
 
 
 # ---------------------------------------------------------------- sweeps: atomic outputs
+@pytest.mark.slow  # ~20 s with its sweep; the fast tier has ~20 s left in all
 def test_killed_sweep_publication_leaves_the_old_outputs(sweep_a, sweep_files, tmp_path,
                                                          monkeypatch, capsys):
     """Killed while the aggregate of sweep B is being written (its summary tables
