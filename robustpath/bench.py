@@ -205,7 +205,8 @@ def comparable(d: dict) -> dict:
     for k, default in (("affine_degrees", 0.0), ("schedule", "onecycle"),
                        ("curve_schedule", "cosine"), ("attack_mode", "eval"),
                        ("curvature_examples", 0), ("curvature_iters", 20),
-                       ("renorm", "bn-reset")):
+                       ("renorm", "bn-reset"), ("align_samples", 2000),
+                       ("bn_endpoints", True), ("strong_t", [])):
         if out.get(k, default) == default:
             out.pop(k, None)
     return out
