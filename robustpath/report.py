@@ -210,9 +210,16 @@ def is_sweep(folder: str | Path) -> bool:
 
 def _sweep_meta(sweep_dir: Path) -> dict:
     try:
-        return json.loads((sweep_dir / "sweep.json").read_text())
+        meta = json.loads((sweep_dir / "sweep.json").read_text())
     except (OSError, ValueError):
-        raise UserError(f"{sweep_dir / 'sweep.json'} is missing or corrupt") from None
+        meta = None
+    keys = {"name": str, "group": str, "dir": str, "seeds": list}
+    if not (isinstance(meta, dict) and isinstance(meta.get("cells"), list) and all(
+            isinstance(c, dict) and all(isinstance(c.get(k), t) for k, t in keys.items())
+            and len(c["seeds"]) == 2 for c in meta["cells"])):
+        raise UserError(f"{sweep_dir / 'sweep.json'} is missing or corrupt (not a sweep's "
+                        "description); rerun the sweep into this folder")
+    return meta
 
 
 def _cell_done(cell_dir: Path) -> bool:
@@ -347,6 +354,7 @@ def _sweep_report_staged(sweep_dir: Path, rebuild: bool) -> pd.DataFrame | None:
     with run_lock(sweep_dir):
         runfolder.recover(sweep_dir)
         manifest = runfolder.verify(sweep_dir)
+        _sweep_meta(sweep_dir)  # a damaged sweep.json is named where it is, not staged
         sources = list(manifest["files"]) if manifest else [
             f for f in SWEEP_SOURCES if (sweep_dir / f).is_file()]  # written before manifests
         stage = runfolder.begin(sweep_dir)

@@ -552,3 +552,13 @@ def test_every_flag_a_bench_error_names_exists(capsys):
                 assert set(named) <= options, (f.name, str(e))  # only flags that exist ...
                 assert named or f.name in str(e), (f.name, str(e))  # ... or the setting
     assert tried >= 15, tried
+
+
+@pytest.mark.parametrize("text", ["[]", '{"cells": "x"}', '{"cells": [{"name": 1}]}', "{"])
+def test_report_of_a_damaged_sweep_json_is_one_line(tmp_path, text, capsys):
+    """A sweep folder whose sweep.json is not a sweep's description gave an
+    AttributeError / KeyError traceback."""
+    (tmp_path / "sweep.json").write_text(text)
+    assert report_main([str(tmp_path)]) == 2
+    _one_error_line(capsys.readouterr().err, str(tmp_path / "sweep.json"), "corrupt")
+    assert not (tmp_path / runfolder.STAGING).exists()
