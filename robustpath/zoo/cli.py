@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cli import ArgumentParser, HelpFormatter
 from ..errors import UserError, cli_main
+from ..lock import RUN_LOCK
 from .access import (
     DEFAULT_MODEL_DIR,
     checkpoint_path,
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         if not existed:  # a comparison that failed before writing leaves no empty folder
             with contextlib.suppress(OSError):
+                (Path(cfg.out) / RUN_LOCK).unlink(missing_ok=True)
                 Path(cfg.out).rmdir()
         raise
     return 0

@@ -63,9 +63,11 @@ class ZooEndpoint:
         return checkpoint_path(self.cfg.model_dir, self.cfg.dataset, self.cfg.threat, self.id)
 
     def ensure_file(self) -> None:
-        """Fail (or download, through loading) before any work when the file is missing."""
+        """Fail (or download, through loading) before any work when the file is missing or
+        is not a checkpoint (an HTML page, a truncated archive: :func:`sniff_checkpoint`)."""
         if not self.path.is_file():
             self.model()
+        access.sniff_checkpoint(self.path)
 
     @property
     def key(self) -> str:
