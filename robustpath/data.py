@@ -227,6 +227,11 @@ DATASETS.register("cifar100")(DatasetInfo(
 
 
 # ---------------------------------------------------------------- public API
+#: seeds of the training / test subsets every stage reads (one place: the endpoints,
+#: the stages and the zoo see the same examples, so their results are paired)
+TRAIN_SUBSET_SEED, TEST_SUBSET_SEED = 1234, 4321
+
+
 def load(name: str, *, train: bool, root: str | Path | None = None, subset: int | None = None,
          seed: int = 0, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a split of dataset ``name`` as ``(x [N,C,H,W] float32 in [0,1], y [N] int64)``.

@@ -2,7 +2,7 @@
 
 A run folder holds the run's outputs (``config.json``, ``records.csv``,
 ``examples.npz``, the JSON reports, ``tables/``, ``plots/``) beside its caches
-(``ckpt/``). :func:`robustpath.bench.write_run` writes a new run's outputs into
+(``ckpt/``). :func:`robustpath.outputs.write_run` writes a new run's outputs into
 ``<run>/.staging/`` (:func:`begin`), then :func:`commit`:
 
 1. ``.staging/manifest.json`` is written last: the commit point. It lists every

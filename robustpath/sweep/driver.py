@@ -18,7 +18,7 @@ cells, whose finished stages come from the stage cache.
 Faults (issue 17): a sweep holds its folder's run lock (:func:`robustpath.lock.run_lock`)
 from start to end, so a second sweep (or ``report``) into the same folder fails at
 once with one line naming the holder, as ``robustpath.bench`` does. Each cell is an
-atomic run folder of its own (:func:`robustpath.bench.write_run`); the sweep's own
+atomic run folder of its own (:func:`robustpath.outputs.write_run`); the sweep's own
 outputs - ``sweep.json``, ``sweep.toml``, ``command.txt``, ``provenance.json``,
 ``tasks.json`` and ``aggregate/`` - are written at the end into ``<out>/.staging/``
 and published together by :func:`robustpath.runfolder.commit` (manifest last), so a
@@ -36,9 +36,9 @@ from pathlib import Path
 
 from .. import data as data_mod
 from .. import runfolder, stages
-from ..bench import RunOutputs, comparable, write_run
 from ..errors import UserError
 from ..lock import run_lock
+from ..outputs import RunOutputs, comparable, write_run
 from ..records import PathRecord
 from ..report import SWEEP_SOURCES, sweep_report
 from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
@@ -94,7 +94,7 @@ def _check_conflicts(sweep: Sweep, overwrite: bool) -> None:
 
 
 def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
-    """Write a cell's run folder (:func:`robustpath.bench.write_run`), then ``done.json``."""
+    """Write a cell's run folder (:func:`robustpath.outputs.write_run`), then ``done.json``."""
     cfg = cp.cell.cfg
     sa, sb = cp.cell.pair
     out = RunOutputs(
