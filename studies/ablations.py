@@ -354,7 +354,8 @@ CAPTIONS = {
           "grid without refinement. Accuracies in %; robust_min_all: the grid minimum "
           "[95 % CI over test examples].",
     "align": "Alignment method vs path. Accuracies in %; align_seconds: the alignment's "
-             "own wall time (weight matching needs no data pass).",
+             "own wall time, measured when it was computed (activation matching in the "
+             "base run, weight matching in this one; both on the shared, loaded CPU).",
     "curve-epochs": "Bezier curves fitted for more epochs (cosine schedule over each "
                     "budget). train_loss: final-epoch training robust loss (PGD-5); "
                     "rel_change against the previous budget; a budget is extended while "
