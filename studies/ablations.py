@@ -238,12 +238,14 @@ def still_falling(active: list[str], last: dict, losses: dict, tol: float) -> li
     return [a for a in active if a not in last or abs(losses[a] - last[a]) / last[a] >= tol]
 
 
-def run_curve_epochs(base, work, progress, tol: float, budgets,
-                     done=lambda runs: None) -> list[tuple[Arm, Path]]:
+def run_curve_epochs(base, work, progress, tol: float, budgets, done=lambda runs: None,
+                     caps: dict[str, int] | None = None) -> list[tuple[Arm, Path]]:
     """Fit the budgets in order; an alignment drops out once its final training loss
-    changed < ``tol`` (relative) from the previous budget. ``done(runs)`` after each."""
-    active, last, runs = ["none", "activation"], {}, []
+    changed < ``tol`` (relative) from the previous budget, or past its cap in ``caps``
+    (alignment -> most epochs: CPU time). ``done(runs)`` after each budget."""
+    active, last, runs, caps = ["none", "activation"], {}, [], caps or {}
     for e in budgets:
+        active = [a for a in active if e <= caps.get(a, e)]
         if not active:
             break
         arm = epochs_arm(e, list(active))
@@ -398,6 +400,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.02,
                    help="curve-epochs: stop extending an alignment once its final training "
                    "loss changes less than this, relative")
+    p.add_argument("--cap", default="", help="curve-epochs: ALIGN=E,... fits ALIGN for at "
+                   "most E epochs whatever its loss does (CPU time), e.g. activation=16")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -419,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in which:
         t0 = time.perf_counter()
         cmd = f"OMP_NUM_THREADS=1 python -m studies.ablations --which {name} --out {out}"
+        if name == "curve-epochs" and args.cap:
+            cmd += f" --cap {args.cap}"
 
         def done(runs, name=name, cmd=cmd, t0=t0):  # tables after every arm: a killed
             if name == "t-points" and len(runs) < 2:  # study keeps what it finished
@@ -428,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if name == "curve-epochs":
             budgets = [int(e) for e in args.epochs.split(",")]
-            run_curve_epochs(base, work, progress, args.tol, budgets, done)
+            caps = {k: int(v) for k, v in (c.split("=") for c in args.cap.split(",") if c)}
+            run_curve_epochs(base, work, progress, args.tol, budgets, done, caps)
         else:
             runs = []
             for a in arms[name]():
