@@ -31,7 +31,36 @@ def _summary(run: Path) -> pd.DataFrame:
         raise UserError(f"{path} is not a summary table ({e})") from None
     if not {"align", "curve"} <= set(frame.columns):
         raise UserError(f"{path} lacks the align / curve columns")
-    return frame.set_index(["align", "curve"])
+    frame = frame.set_index(["align", "curve"])
+    if frame.index.duplicated().any():
+        raise UserError(f"{path} has a repeated (align, curve) row "
+                        f"{frame.index[frame.index.duplicated()][0]}; not one run's summary")
+    for col in frame.columns:  # metric values, intervals, pairs: numbers or empty
+        if col.startswith(METRICS + ("pairs",)) and not pd.api.types.is_numeric_dtype(frame[col]):
+            raise UserError(f"{path}: column {col} holds values that are not numbers")
+    return frame
+
+
+#: settings that make two runs different experiments, not a rerun (checked when both
+#: runs' config.json name them)
+SAME = ("dataset", "arch", "threat", "norm", "eps", "attack")
+
+
+def _check_same_experiment(old_run: Path, new_run: Path) -> None:
+    import json
+
+    def cfg(run):
+        try:
+            return json.loads((Path(run) / "config.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    old, new = cfg(old_run), cfg(new_run)
+    diff = [f"{k}: {old[k]} vs {new[k]}" for k in SAME
+            if k in old and k in new and old[k] != new[k]]
+    if diff:
+        raise UserError(f"{new_run} and {old_run} are different experiments ({', '.join(diff)}); "
+                        "--against checks a rerun of the same settings")
 
 
 def _interval(old: pd.DataFrame, row, m: str) -> tuple[float, float]:
@@ -46,6 +75,7 @@ def _interval(old: pd.DataFrame, row, m: str) -> tuple[float, float]:
 def compare(old_run: str | Path, new_run: str | Path) -> tuple[list[str], int]:
     """Markdown lines and the number of values of ``new_run`` outside the old intervals."""
     old, new = _summary(Path(old_run)), _summary(Path(new_run))
+    _check_same_experiment(Path(old_run), Path(new_run))
     rows = [r for r in old.index if r in new.index]
     if not rows:
         raise UserError("the two runs share no (alignment, path) row")

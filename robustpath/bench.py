@@ -188,6 +188,9 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     start = time.perf_counter()
     run_dir = Path(cfg.out)
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
+    from .curvature import check_examples
+
+    check_examples(cfg, len(data.x_test))  # --curvature N > the test examples: before training
     stages.check_writable(run_dir)
     # one writer per run folder: a second run into it fails here, naming the holder
     with run_lock(run_dir):

@@ -231,7 +231,7 @@ class BenchConfig:
         if self.curvature_examples < 0 or self.curvature_iters < 1:
             raise UserError("--curvature must be >= 0 (0 = off) and --curvature-iters >= 1, "
                             f"got {self.curvature_examples} and {self.curvature_iters}")
-        if self.test_subset and self.curvature_examples > self.test_subset:
+        if self.test_subset > 0 and self.curvature_examples > self.test_subset:
             raise UserError(f"--curvature {self.curvature_examples} exceeds --test-subset {self.test_subset}")
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")

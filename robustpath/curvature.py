@@ -245,6 +245,15 @@ def compute_path(cfg, c, x, y, setup, spec, partial: Path, progress: bool, desc:
                           progress=progress, desc=desc, done=done, on_point=keep)
 
 
+def check_examples(cfg, n_test: int) -> None:
+    """``--curvature N`` needs N of the ``n_test`` loaded test examples; the bench checks it
+    once the data is loaded, before any training (``--test-subset 0`` means all, so the
+    config alone cannot tell)."""
+    n = cfg.curvature_examples
+    if n and not 1 <= n <= n_test:
+        raise UserError(f"--curvature must lie in 1..{n_test} (the test examples), got {n}")
+
+
 def curvature(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True,
               desc: str = "curvature") -> dict[str, np.ndarray]:
     """The curvature stage of one path: ``{"ts" [T], "eig" [T, N]}`` on the t grid for
@@ -255,9 +264,9 @@ def curvature(cfg, c, curve_key: str, run_dir: Path, data, device, progress: boo
     from .stages import point_setup
 
     n = cfg.curvature_examples
-    if n < 1 or n > len(data.x_test):
-        raise UserError(f"--curvature must lie in 1..{len(data.x_test)} (the test examples), "
-                        f"got {n}")
+    if n < 1:
+        raise UserError(f"--curvature must be >= 1 for the curvature stage, got {n}")
+    check_examples(cfg, len(data.x_test))
     spec = stage_spec(cfg, curve_key)
     key = config_hash(spec)
     path = Path(run_dir) / "ckpt" / "curvature" / f"{key}.npz"

@@ -97,6 +97,11 @@ class SoupConfig:
             raise UserError(f"unknown --renorm {self.renorm!r} (known: {', '.join(RENORM_CHOICES)})")
         if self.bootstrap < 1:
             raise UserError(f"--bootstrap must be >= 1, got {self.bootstrap}")
+        if not str(self.out).strip():  # Path("") is the current folder: outputs land there
+            raise UserError("--out must name a folder, got an empty string")
+        from .train import check_seed
+
+        check_seed(self.merge_seed, "--merge-seed")  # before training, not when merging
         self.bench()
         return self
 

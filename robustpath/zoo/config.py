@@ -111,6 +111,9 @@ class CompareConfig:
         if self.eps is None:
             self.eps = DEFAULT_EPS[self.threat]
         self.eps = parse_fraction(self.eps, name="--eps")
+        from ..train import check_eps_range
+
+        check_eps_range(self.norm, self.eps)  # Linf eps > 1: every image reachable (as bench)
         if self.step_size is not None:
             self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
         if len(self.models) < 2 or len(set(self.models)) != len(self.models):
