@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
       "2022: every unit's mean/std set to the interpolation of the endpoints' on the "
       "--bn-batches training batches; also for networks without BatchNorm), repair-adv "
       "(REPAIR on PGD inputs against each network), none (interpolated statistics as they "
-      "are); path evaluation and strong stage, not loss planes (default bn-reset)")
+      "are); path evaluation, strong and curvature stages, not loss planes (default bn-reset)")
     a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane (first seed pair) on an N x N grid "
@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
       "Pearson r with the robust loss; writes curvature.{csv,md}, plots/curvature_*.png "
       "(0 = off; default 0)")
     a("--curvature-iters", type=int, default=None,
-      help="power iterations per example for --curvature (default 20)")
+      help="power iterations per example for --curvature, at most (a batch stops once converged; default 20)")
     a("--t-batch", type=int, default=None,
       help="t points evaluated at once by vmap over stacked parameters (same results; "
       "pays on a GPU with small models, slower on CPU; default 1)")

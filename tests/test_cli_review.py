@@ -99,3 +99,13 @@ def test_against_refuses_runs_of_different_experiments(tmp_path, capsys):
     (run / "config.json").write_text(json.dumps({**cfg, "arch": "vit-tiny"}))
     assert report.main([str(run), "--against", str(RUN)]) == 2
     _one_error(capsys, "different experiments", "arch")
+
+
+def test_zoo_compare_model_dir_that_is_a_file_says_so(tmp_path, capsys):
+    # before: "checkpoint of A not found: expected <file>/cifar10/Linf/A.pt" (list said it)
+    (tmp_path / "f").write_text("x")
+    rc = zoo.main(["compare", "--models", "A,B", "--model-dir", str(tmp_path / "f"),
+                   "--out", str(tmp_path / "run")])
+    assert rc == 2
+    _one_error(capsys, "is a file, not a folder")
+    assert not (tmp_path / "run").exists()

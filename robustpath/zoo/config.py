@@ -116,6 +116,10 @@ class CompareConfig:
         check_eps_range(self.norm, self.eps)  # Linf eps > 1: every image reachable (as bench)
         if self.step_size is not None:
             self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
+        from pathlib import Path
+
+        if Path(self.model_dir).exists() and not Path(self.model_dir).is_dir():
+            raise UserError(f"--model-dir {self.model_dir} is a file, not a folder")
         if len(self.models) < 2 or len(set(self.models)) != len(self.models):
             raise UserError(f"--models needs at least two distinct names, got {self.models}")
         for a in self.align:
