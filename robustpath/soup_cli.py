@@ -220,6 +220,11 @@ def run(sc: SoupConfig, *, progress: bool = True, command: str | None = None) ->
     cfg = sc.bench()
     device = resolve(cfg.device)
     run_dir = Path(sc.out)
+    old = stages.read_json(run_dir / "config.json")
+    if old is not None and not {"models", "grid", "merge_seed"} <= set(old):
+        # a bench or zoo run: soup's config.json, command.txt, summary.md would replace its own
+        raise UserError(f"{run_dir} holds another kind of run (its config.json is not a soup's); "
+                        "use another --out")
     data = stages.RunData.load(cfg)
     stages.check_writable(run_dir)
     with run_lock(run_dir):

@@ -109,3 +109,16 @@ def test_zoo_compare_model_dir_that_is_a_file_says_so(tmp_path, capsys):
     assert rc == 2
     _one_error(capsys, "is a file, not a folder")
     assert not (tmp_path / "run").exists()
+
+
+def test_soup_into_a_bench_run_folder_is_refused_before_work(tmp_path, capsys):
+    # before: soup trained into the bench run's ckpt/ and replaced its config.json,
+    # command.txt (the bench's manifest then no longer matched)
+    run = tmp_path / "bench-run"
+    run.mkdir()
+    cfg = (RUN / "config.json").read_text()
+    (run / "config.json").write_text(cfg)
+    assert soup_cli.main([*TINY, "--out", str(run)]) == 2
+    _one_error(capsys, "another kind of run")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+    assert (run / "config.json").read_text() == cfg
