@@ -86,6 +86,9 @@ ALIGN_METHODS = methods.ORDER
 FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
          # no bench flag: named as the sweep / Python setting
          "batch_size": "batch_size", "align_samples": "align_samples"}
+#: bootstrap resamples at most: the resample weights are one [resamples, examples] float64
+#: array, so 10^8 would fail for memory only after every stage had run
+MAX_BOOTSTRAP = 100_000
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 
@@ -215,6 +218,8 @@ class BenchConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be >= 1, "
                                 f"got {getattr(self, name)}")
+        if self.bootstrap > MAX_BOOTSTRAP:
+            raise UserError(f"--bootstrap must be <= {MAX_BOOTSTRAP}, got {self.bootstrap}")
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
                 and self.width > 0):
             raise UserError(f"--width must be a finite number > 0, got {self.width}")

@@ -31,7 +31,7 @@ from . import runtime, stages
 from .attacks import build_attack
 from .cache import BoundPointCache
 from .cli import ArgumentParser, split_list
-from .config import BenchConfig, from_preset
+from .config import MAX_BOOTSTRAP, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
 from .lock import run_lock
@@ -95,8 +95,8 @@ class SoupConfig:
             raise UserError(f"--align-inputs must be clean or adv, got {self.align_inputs!r}")
         if self.renorm not in RENORM_CHOICES:
             raise UserError(f"unknown --renorm {self.renorm!r} (known: {', '.join(RENORM_CHOICES)})")
-        if self.bootstrap < 1:
-            raise UserError(f"--bootstrap must be >= 1, got {self.bootstrap}")
+        if not 1 <= self.bootstrap <= MAX_BOOTSTRAP:
+            raise UserError(f"--bootstrap must be in 1..{MAX_BOOTSTRAP}, got {self.bootstrap}")
         if not str(self.out).strip():  # Path("") is the current folder: outputs land there
             raise UserError("--out must name a folder, got an empty string")
         from .train import check_seed

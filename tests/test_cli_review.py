@@ -122,3 +122,17 @@ def test_soup_into_a_bench_run_folder_is_refused_before_work(tmp_path, capsys):
     _one_error(capsys, "another kind of run")
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
     assert (run / "config.json").read_text() == cfg
+
+
+def test_huge_bootstrap_fails_before_work_in_every_cli(tmp_path, capsys):
+    # before: --bootstrap 10**9 was accepted; the [resamples, examples] weights array
+    # raised MemoryError after every endpoint and path had been computed
+    huge = str(10 ** 9)
+    assert soup_cli.main([*TINY, "--bootstrap", huge, "--out", str(tmp_path / "s")]) == 2
+    _one_error(capsys, "--bootstrap")
+    assert bench.main([*TINY, "--bootstrap", huge, "--out", str(tmp_path / "b")]) == 2
+    _one_error(capsys, "--bootstrap")
+    assert zoo.main(["compare", "--models", "A,B", "--bootstrap", huge, "--model-dir",
+                     str(tmp_path), "--out", str(tmp_path / "z")]) == 2
+    _one_error(capsys, "--bootstrap")
+    assert not any((tmp_path / n).exists() for n in "sbz")

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..attacks import ATTACKS, AttackConfig
 from ..cli import split_list
 from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
+from ..config import MAX_BOOTSTRAP
 from ..errors import UserError
 from ..numbers import parse_fraction
 from .access import (
@@ -144,6 +145,8 @@ class CompareConfig:
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, "
                                 f"got {getattr(self, name)}")
+        if self.bootstrap > MAX_BOOTSTRAP:
+            raise UserError(f"--bootstrap must be <= {MAX_BOOTSTRAP}, got {self.bootstrap}")
         if self.t_points < 2:
             raise UserError(f"--t-points must be >= 2, got {self.t_points}")
         for name in ("train_subset", "test_subset"):
