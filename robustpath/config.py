@@ -89,6 +89,9 @@ FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
 #: bootstrap resamples at most: the resample weights are one [resamples, examples] float64
 #: array, so 10^8 would fail for memory only after every stage had run
 MAX_BOOTSTRAP = 100_000
+#: t points at most (step 1e-4; per-t arrays are [t, examples]) and refinement rounds at
+#: most (each halves the bracket: 2^-30 of a grid step is below any measurable change)
+MAX_T_POINTS, MAX_REFINE_ROUNDS = 10_001, 30
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 
@@ -211,8 +214,8 @@ class BenchConfig:
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
         if not self.paths or not self.align:
             raise UserError("--paths and --align need at least one value each")
-        if self.t_points < 2:
-            raise UserError(f"--t-points must be >= 2, got {self.t_points}")
+        if not 2 <= self.t_points <= MAX_T_POINTS:
+            raise UserError(f"--t-points must be in 2..{MAX_T_POINTS}, got {self.t_points}")
         for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
                      "bn_batches", "bootstrap", "bends", "pam_iters", "t_batch", "align_samples"):
             if getattr(self, name) < 1:
@@ -227,8 +230,9 @@ class BenchConfig:
 
         for s in self.seeds:
             check_seed(s)
-        if self.refine_rounds < 0:
-            raise UserError(f"--refine-rounds must be >= 0, got {self.refine_rounds}")
+        if not 0 <= self.refine_rounds <= MAX_REFINE_ROUNDS:
+            raise UserError(f"--refine-rounds must be in 0..{MAX_REFINE_ROUNDS}, "
+                            f"got {self.refine_rounds}")
         if self.strong:
             self.strong_settings()  # checks --strong-examples, --aa-version, --aa-attacks
         elif self.aa_attacks or self.aa_version != "standard":

@@ -136,3 +136,15 @@ def test_huge_bootstrap_fails_before_work_in_every_cli(tmp_path, capsys):
                      str(tmp_path), "--out", str(tmp_path / "z")]) == 2
     _one_error(capsys, "--bootstrap")
     assert not any((tmp_path / n).exists() for n in "sbz")
+
+
+def test_huge_t_points_and_refine_rounds_fail_before_training(tmp_path, capsys):
+    # before: both were accepted and endpoint training started; 10^9 t points (a [t,
+    # examples] array) or 10^6 bisection rounds (below float resolution) fail or never end
+    for flag in ("--t-points", "--refine-rounds"):
+        assert bench.main([*TINY, flag, str(10 ** 9), "--out", str(tmp_path / "b")]) == 2
+        _one_error(capsys, flag)
+        assert zoo.main(["compare", "--models", "A,B", flag, str(10 ** 9), "--model-dir",
+                         str(tmp_path), "--out", str(tmp_path / "z")]) == 2
+        _one_error(capsys, flag)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "z").exists()

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..attacks import ATTACKS, AttackConfig
 from ..cli import split_list
 from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
-from ..config import MAX_BOOTSTRAP
+from ..config import MAX_BOOTSTRAP, MAX_REFINE_ROUNDS, MAX_T_POINTS
 from ..errors import UserError
 from ..numbers import parse_fraction
 from .access import (
@@ -137,8 +137,9 @@ class CompareConfig:
         if self.strong:
             self.strong_settings()
         ATTACKS.get(self.attack)
-        if self.refine_rounds < 0:
-            raise UserError(f"--refine-rounds must be >= 0, got {self.refine_rounds}")
+        if not 0 <= self.refine_rounds <= MAX_REFINE_ROUNDS:
+            raise UserError(f"--refine-rounds must be in 0..{MAX_REFINE_ROUNDS}, "
+                            f"got {self.refine_rounds}")
         for name in ("steps", "restarts", "train_steps", "bn_batches",
                      "batch_size", "curve_epochs", "bootstrap", "bends", "align_samples",
                      "t_batch"):
@@ -147,8 +148,8 @@ class CompareConfig:
                                 f"got {getattr(self, name)}")
         if self.bootstrap > MAX_BOOTSTRAP:
             raise UserError(f"--bootstrap must be <= {MAX_BOOTSTRAP}, got {self.bootstrap}")
-        if self.t_points < 2:
-            raise UserError(f"--t-points must be >= 2, got {self.t_points}")
+        if not 2 <= self.t_points <= MAX_T_POINTS:
+            raise UserError(f"--t-points must be in 2..{MAX_T_POINTS}, got {self.t_points}")
         for name in ("train_subset", "test_subset"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0 (0 = all)")
