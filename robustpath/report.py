@@ -12,7 +12,7 @@ bootstrap CIs where the runs share test examples; :mod:`robustpath.compare`) to
 
 A sweep folder (``python -m robustpath.sweep``; it holds ``sweep.json``) is reported
 as a whole: each finished cell's tables and plots are rebuilt, then one table across
-cells (:func:`sweep_report`).
+cells (:func:`robustpath.sweep.report.sweep_report`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .errors import UserError, cli_main
 from .plots import plot_paths
 from .records import read as read_records
 from .store import atomic_write_text
-from .tables import ALIGN_LABEL, summary_frame, write_tables
+from .tables import ALIGN_LABEL, write_tables
 
 
 def _config(run_dir: Path) -> dict:
@@ -194,181 +194,6 @@ def comparison(run_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     return compare_runs(run_dirs, out_dir, [_config(rd) for rd in run_dirs])
 
 
-# ---------------------------------------------------------------- sweeps
-# the cross-cell table: (metric, header, percent?), one column per alignment method
-SWEEP_METRICS = [("clean_acc_min", "Clean min", True), ("robust_acc_min", "Robust min", True),
-                 ("robust_acc_avg", "Robust avg", True),
-                 ("robust_loss_barrier", "Robust loss barrier", False)]
-AXIS_LABEL = {"dataset": "Dataset", "arch": "Architecture"}
-# a sweep's own sources (hashed in its manifest.json); aggregate/ is derived from them
-SWEEP_SOURCES = ("sweep.json", "sweep.toml", "command.txt", "provenance.json", "tasks.json")
-
-
-def is_sweep(folder: str | Path) -> bool:
-    return (Path(folder) / "sweep.json").is_file()
-
-
-def _sweep_meta(sweep_dir: Path) -> dict:
-    try:
-        meta = json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, ValueError):
-        meta = None
-    keys = {"name": str, "group": str, "dir": str, "seeds": list}
-    if not (isinstance(meta, dict) and isinstance(meta.get("cells"), list) and all(
-            isinstance(c, dict) and all(isinstance(c.get(k), t) for k, t in keys.items())
-            and len(c["seeds"]) == 2 for c in meta["cells"])):
-        raise UserError(f"{sweep_dir / 'sweep.json'} is missing or corrupt (not a sweep's "
-                        "description); rerun the sweep into this folder")
-    return meta
-
-
-def _cell_done(cell_dir: Path) -> bool:
-    return all((cell_dir / f).is_file() for f in ("done.json", "records.csv", "examples.npz"))
-
-
-def _done_config(cell_dir: Path) -> str | None:
-    """The configuration hash a cell's ``done.json`` was written for."""
-    try:
-        done = json.loads((cell_dir / "done.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return done.get("config") if isinstance(done, dict) else None
-
-
-def _mean_std(row, name: str, pct: bool, latex: bool = False) -> str:
-    scale, digits = (100.0, 1) if pct else (1.0, 3)
-    v = row[name] * scale
-    if row["pairs"] > 1:
-        pm = r" $\pm$ " if latex else " ± "
-        return f"{v:.{digits}f}{pm}{row[name + '_std'] * scale:.{digits}f}"
-    return f"{v:.{digits}f}"
-
-
-def sweep_tables(long: pd.DataFrame, axes: list[str]) -> tuple[list[str], list[list[str]],
-                                                                   list[list[str]]]:
-    """The wide cross-cell table: one row per group x path family; endpoint accuracy,
-    then each metric once per alignment method (mean ± std over seed pairs).
-    Returns ``(header, markdown rows, latex rows)``."""
-    aligns = [a for a in ALIGN_LABEL if a in set(long["align"])]
-    aligns += sorted(set(long["align"]) - set(aligns))
-    header = [AXIS_LABEL.get(a, a) for a in axes] + ["Path", "Pairs", "Clean ends", "Robust ends"]
-    header += [f"{h}: {ALIGN_LABEL.get(a, a)}" for _, h, _ in SWEEP_METRICS for a in aligns]
-    md, tex = [], []
-    for (_, curve), g in long.groupby(["group", "curve"], sort=False):
-        by_align = {r["align"]: r for _, r in g.iterrows()}
-        first = by_align[next(a for a in aligns if a in by_align)]
-        for latex, out in ((False, md), (True, tex)):
-            cells = [str(first[a]) for a in axes] + [str(curve), str(int(g["pairs"].min()))]
-            cells += [_mean_std(first, m, True, latex) for m in ("clean_acc_ends", "robust_acc_ends")]
-            cells += [_mean_std(by_align[a], m, pct, latex) if a in by_align else "-"
-                      for m, _, pct in SWEEP_METRICS for a in aligns]
-            out.append(cells)
-    return header, md, tex
-
-
-def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
-                 staging: Path | None = None) -> pd.DataFrame | None:
-    """The table across a sweep's cells, in ``<sweep>/aggregate/``; returns its long form.
-
-    Per group (the cells that differ only in their seed pair; e.g. one dataset x
-    architecture) and per alignment x path family: mean and std over seed pairs of
-    every metric of :mod:`robustpath.tables`, from the cells' ``tables/per_path.csv``.
-    Writes ``summary.csv`` (long, full precision), ``summary.md`` / ``summary.tex`` (one
-    row per group x path, aligned vs unaligned side by side), ``cells.csv`` (each
-    cell's state) and ``plots/<group>.{png,pdf}`` (mean ± std over pairs along t).
-    With ``rebuild``, each finished cell's own tables and plots are rebuilt first.
-    Returns None when no cell has finished.
-
-    Atomic (issue 17): everything goes into ``staging``, a staging folder holding the
-    sweep's sources (``SWEEP_SOURCES``), which the caller commits
-    (:func:`robustpath.runfolder.commit`); without one (``report``), the committed
-    sources are staged and committed with the new ``aggregate/`` under the sweep's run
-    lock, so a reader sees the old table or the new one, never a mix.
-    """
-    sweep_dir = Path(sweep_dir)
-    if staging is None:
-        return _sweep_report_staged(sweep_dir, rebuild)
-    meta = _sweep_meta(staging)
-    axes = list(meta.get("axes", ["dataset", "arch"]))
-    states, frames, records = [], {}, {}
-    for cell in meta["cells"]:
-        cdir = sweep_dir / cell["dir"]
-        done = _cell_done(cdir)
-        if done and cell.get("config") and _done_config(cdir) != cell["config"]:
-            # e.g. left by a killed sweep of another grid: never tabulated under this one
-            raise UserError(f"{cdir} holds a cell of another sweep run than {sweep_dir}; "
-                            "rerun the sweep to bring its cells and tables together")
-        states.append({"cell": cell["name"], "group": cell["group"], "seed_a": cell["seeds"][0],
-                       "seed_b": cell["seeds"][1], "state": "done" if done else "missing"})
-        if not done:
-            continue
-        if rebuild or not (cdir / "tables" / "per_path.csv").is_file():
-            _report_run(cdir)  # under the cell's lock, its manifest checked
-        frame = pd.read_csv(cdir / "tables" / "per_path.csv")
-        frames.setdefault(cell["group"], []).append(frame)
-        records.setdefault(cell["group"], []).extend(read_records(cdir))
-    out_dir = staging / "aggregate"
-    atomic_write_text(out_dir / "cells.csv", pd.DataFrame(states).to_csv(index=False))
-    if not frames:
-        return None
-    axis_values = {c["group"]: c["axes"] for c in meta["cells"]}
-    rows = []
-    for group, parts in frames.items():
-        s = summary_frame(pd.concat(parts, ignore_index=True))
-        for a in reversed(axes):
-            s.insert(0, a, axis_values[group].get(a))
-        s.insert(0, "group", group)
-        rows.append(s)
-    long = pd.concat(rows, ignore_index=True)
-    header, md_rows, tex_rows = sweep_tables(long, axes)
-    attack = meta.get("attack_note", "")
-    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    md += ["| " + " | ".join(r) + " |" for r in md_rows]
-    note = (f"\nSweep {meta.get('name', sweep_dir.name)}: accuracies in %, losses in nats; "
-            "mean ± std over seed pairs (a single value where one pair finished). "
-            f"{attack}\n")
-    esc = lambda t: t.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    tex = [r"\begin{tabular}{" + "l" * (len(axes) + 2) + "r" * (len(header) - len(axes) - 2) + "}",
-           r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    tex += [" & ".join(esc(c) for c in r) + r" \\" for r in tex_rows]
-    tex += [r"\bottomrule", r"\end{tabular}"]
-    atomic_write_text(out_dir / "summary.csv", long.to_csv(index=False, float_format="%.6f"))
-    atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n" + note)
-    atomic_write_text(out_dir / "summary.tex", "\n".join(tex) + "\n")
-    boot = int(meta.get("bootstrap", 1000))
-    for group, recs in records.items():
-        # the legend says what the bands are (bootstrap CI with one pair, std with more)
-        plot_paths(recs, out_dir / "plots" / group, title=str(group), bootstrap=boot)
-    from .html_report import write_sweep_report
-
-    write_sweep_report(staging, meta)  # reads the staged sources and aggregate/
-    return long
-
-
-def _sweep_report_staged(sweep_dir: Path, rebuild: bool) -> pd.DataFrame | None:
-    import shutil
-
-    from . import runfolder
-    from .lock import run_lock
-
-    with run_lock(sweep_dir):
-        runfolder.recover(sweep_dir)
-        manifest = runfolder.verify(sweep_dir)
-        _sweep_meta(sweep_dir)  # a damaged sweep.json is named where it is, not staged
-        sources = list(manifest["files"]) if manifest else [
-            f for f in SWEEP_SOURCES if (sweep_dir / f).is_file()]  # written before manifests
-        stage = runfolder.begin(sweep_dir)
-        for rel in sources:
-            shutil.copy2(sweep_dir / rel, stage / rel)
-        try:
-            long = sweep_report(sweep_dir, rebuild=rebuild, staging=stage)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)  # uncommitted: the old outputs stay
-            raise
-        runfolder.commit(sweep_dir, sources)
-        return long
-
-
 def _report_run(run_dir: Path) -> pd.DataFrame:
     """Rebuild one run's tables under its run lock, after finishing an interrupted
     commit and checking the folder against its manifest (:mod:`robustpath.runfolder`)."""
@@ -400,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"run folder {rd} not found")
     if args.against is not None:
         return _against(run_dirs, Path(args.against), args.against_out)
+    from .sweep.report import is_sweep, sweep_report  # the sweep report reads run reports
+
     sweeps = [rd for rd in run_dirs if is_sweep(rd)]
     run_dirs = [rd for rd in run_dirs if not is_sweep(rd)]
     for sd in sweeps:

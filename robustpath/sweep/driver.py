@@ -6,7 +6,7 @@ Sweep folder (``--out``, default ``results/<name>``)::
     ckpt/<stage>/...       the stage cache shared by all cells (robustpath.stages)
     cells/<cell>/          one benchmark run folder per cell (as robustpath.bench
                            writes it) + done.json, written last
-    aggregate/             the table across cells (robustpath.report.sweep_report)
+    aggregate/             the table across cells (robustpath.sweep.report.sweep_report)
     status.json            each cell's state, updated as the sweep runs
     tasks.json             this run's tasks: stage, seconds, computed or cached, host
     manifest.json          the commit record of the sweep's own outputs (below)
@@ -40,11 +40,11 @@ from ..errors import UserError
 from ..lock import run_lock
 from ..outputs import RunOutputs, comparable, write_run
 from ..records import PathRecord
-from ..report import SWEEP_SOURCES, sweep_report
 from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
 from .executors import EXECUTORS, executor_names
 from .nodes import Context, run_data
 from .plan import CellPlan, Plan, build_plan
+from .report import SWEEP_SOURCES, sweep_report
 from .spec import Cell, Sweep
 from .tracker import Tracker
 

@@ -1,0 +1,94 @@
+"""``python -m robustpath.train``: train one robust endpoint from the command line
+(:class:`~robustpath.train.TrainConfig` + :func:`~robustpath.train.train_endpoint`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from . import models
+from .attacks import AttackConfig
+from .cli import ArgumentParser
+from .device import resolve
+from .errors import UserError, cli_main
+from .numbers import parse_fraction
+from .store import checkpoint_files
+from .train import METHODS, SCHEDULES, TrainConfig, train_endpoint  # noqa: F401
+
+
+def resolve_out(out: str) -> Path:
+    """``--out`` as a checkpoint stem: a folder (existing, or written with a trailing
+    ``/``) gets ``model`` inside it; anything else is used literally (``.safetensors``
+    / ``.json`` appended, a given ``.safetensors`` suffix not doubled)."""
+    if not out.strip():
+        raise UserError("--out must name a file or folder")
+    p = Path(out)
+    if out.endswith(("/", os.sep)) or p.is_dir():
+        p = p / "model"
+    st, _ = checkpoint_files(p)
+    return st.with_name(st.name[: -len(".safetensors")])
+
+
+def check_out_writable(stem: Path) -> None:
+    """Fail before training when the checkpoint cannot be written (creating nothing:
+    the nearest existing ancestor must be a writable folder)."""
+    st, _ = checkpoint_files(stem)
+    if st.is_dir():
+        raise UserError(f"cannot write {st}: it is a folder")
+    anc = stem.parent.absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"cannot write {st}: {anc} is a file, not a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {st}: {anc} is not writable")
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = ArgumentParser(prog="python -m robustpath.train",
+                                description="Adversarially train one endpoint network.")
+    p.add_argument("--dataset", default=d.dataset, help="dataset name (default %(default)s)")
+    p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")
+    p.add_argument("--arch", default=d.arch, help=f"architecture: {', '.join(models.available())}")
+    p.add_argument("--width", type=float, default=d.width, help="width multiplier (default 1)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
+    p.add_argument("--method", default=d.method, help="pgd | fgsm | clean (default pgd)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size")
+    p.add_argument("--lr", default=d.lr, help="peak learning rate (default %(default)s)")
+    p.add_argument("--schedule", default=d.schedule,
+                   help=f"learning-rate schedule: {', '.join(SCHEDULES.names())}")
+    p.add_argument("--eps", default="0.1", help="attack radius in pixels, e.g. 8/255 (default 0.1)")
+    p.add_argument("--norm", default="linf", help="linf | l2")
+    p.add_argument("--steps", type=int, default=5, help="PGD steps in training (default 5)")
+    p.add_argument("--step-size", default=None, help="PGD step size (default eps/4)")
+    p.add_argument("--train-subset", type=int, default=d.train_subset, help="0 = all")
+    p.add_argument("--test-subset", type=int, default=d.test_subset, help="0 = all")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--out", required=True, help="checkpoint stem (X -> X.safetensors + X.json, "
+                   "taken literally) or folder (dir/ -> dir/model.*)")
+    return p
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    eps = parse_fraction(args.eps, name="--eps")
+    if args.step_size is not None:
+        args.step_size = parse_fraction(args.step_size, name="--step-size", allow_zero=False)
+    atk = AttackConfig(norm=args.norm, eps=eps, steps=args.steps, step_size=args.step_size)
+    cfg = TrainConfig(dataset=args.dataset, arch=args.arch, width=args.width, seed=args.seed,
+                      method=args.method, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, schedule=args.schedule, train_subset=args.train_subset,
+                      test_subset=args.test_subset, attack=atk,
+                      eval_attack=AttackConfig(norm=args.norm, eps=eps, steps=10, seed=0),
+                      data_root=args.data_root).validate()
+    stem = resolve_out(args.out)
+    check_out_writable(stem)
+    _, m = train_endpoint(cfg, stem, device=resolve(args.device))
+    st, js = checkpoint_files(stem)
+    print(f"clean acc {m['clean_acc']:.4f}  robust acc {m['robust_acc']:.4f}  "
+          f"({m['seconds_per_epoch']:.1f} s/epoch) -> {st} (+ {js.name})")
+    return 0
