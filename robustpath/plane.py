@@ -11,6 +11,7 @@ line are drawn in plane coordinates. For curves with more bends,
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,33 @@ if __name__ == "__main__":  # a library module: say so rather than exit 0 having
     print("error: robustpath.plane is a library module, not a command; loss planes come from "
           "python -m robustpath.bench --plane-grid N", file=sys.stderr)
     raise SystemExit(2)
+
+
+# ---------------------------------------------------------------- plane of a curve
+def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True) -> dict:
+    """The plane stage (``robustpath.stages.plane``): loss surface on the plane of curve
+    ``c`` (``cfg.plane_grid`` squared points, on the first ``PLANE_EXAMPLES`` test
+    examples); cached as ``ckpt/plane/<key>.npz``."""
+    from .attacks import build_attack
+    from .cache import load_npz, recompute_notice, save_npz
+    from .keys import PLANE_EXAMPLES, plane_spec
+    from .store import CacheError, config_hash
+
+    spec = plane_spec(cfg, curve_key)
+    key = config_hash(spec)
+    path = Path(run_dir) / "ckpt" / "plane" / f"{key}.npz"
+    try:
+        arrays = load_npz(path, spec)
+        if arrays is not None:
+            return arrays
+    except CacheError as e:
+        recompute_notice(e, "loss plane")
+    attack = build_attack(cfg.eval_attack(), data.num_classes)
+    bn_attack = build_attack(dataclasses.replace(cfg.train_attack(), seed=1), data.num_classes)
+    bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
+    res = plane_grid(c, data.x_test[:PLANE_EXAMPLES], data.y_test[:PLANE_EXAMPLES], attack,
+                     bn_data, grid=cfg.plane_grid, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
+                     device=device, progress=progress)
+    res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
+    save_npz(path, res, spec)
+    return res

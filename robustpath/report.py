@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     for rd in run_dirs:
         if not rd.is_dir():
             raise UserError(f"run folder {rd} not found")
+    if args.against_out is not None:
+        if args.against is None:
+            raise UserError("--against-out needs --against OLD_RUN")
+        if not args.against_out.strip() or Path(args.against_out).is_dir():
+            raise UserError(f"--against-out must name a file, got {args.against_out!r}")
     if args.against is not None:
         return _against(run_dirs, Path(args.against), args.against_out)
     from .sweep.report import is_sweep, sweep_report  # the sweep report reads run reports

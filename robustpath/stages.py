@@ -20,7 +20,6 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -48,13 +47,16 @@ from .keys import (  # noqa: F401  (re-exported: stages.align_key etc.)
     strong_spec,
 )
 from .lock import entry_lock
-from .store import (
+from .plane import stage as plane  # noqa: F401  (the plane stage, re-exported)
+from .store import (  # noqa: F401  (re-exported)
     CacheError,
+    check_writable,
     checkpoint_exists,
     checkpoint_files,
     config_hash,
     load_checkpoint,
     load_model,
+    read_json,
     save_model,
     to_json,
 )
@@ -414,50 +416,3 @@ def strong(cfg: BenchConfig, model_at, res: PathResult, run_dir: Path, data: Run
                        desc=desc, path_key=path_key,
                        endpoint_ids=None if endpoint_keys is None else dict(
                            zip(("a", "b"), endpoint_keys)))
-
-
-def check_writable(run_dir: Path) -> None:
-    """Fail early, with one line, when the run folder cannot be written."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"output folder {run_dir} is not writable ({e.strerror or e})") from None
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------- plane of a curve
-def plane(cfg: BenchConfig, c, curve_key: str, run_dir: Path, data: RunData, device,
-          progress: bool = True) -> dict:
-    """Loss surface on the plane of curve ``c`` (``cfg.plane_grid`` squared points, on
-    the first ``PLANE_EXAMPLES`` test examples); cached as ``ckpt/plane/<key>.npz``."""
-    from .plane import out_of_plane, plane_grid
-
-    spec = plane_spec(cfg, curve_key)
-    key = config_hash(spec)
-    path = _ckpt(run_dir, "plane", f"{key}.npz")
-    try:
-        arrays = load_npz(path, spec)
-        if arrays is not None:
-            return arrays
-    except CacheError as e:
-        recompute_notice(e, "loss plane")
-    attack = build_attack(cfg.eval_attack(), data.num_classes)
-    bn_attack = build_attack(replace(cfg.train_attack(), seed=1), data.num_classes)
-    bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
-    res = plane_grid(c, data.x_test[:PLANE_EXAMPLES], data.y_test[:PLANE_EXAMPLES], attack,
-                     bn_data, grid=cfg.plane_grid, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
-                     device=device, progress=progress)
-    res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
-    save_npz(path, res, spec)
-    return res
-
-

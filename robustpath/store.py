@@ -272,3 +272,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", *,
         raise CacheError(f"checkpoint {files[0]} does not fit its architecture ({first})",
                          files) from None
     return model.to(device), meta
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail early, with one line, when the run folder cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output folder {run_dir} is not writable ({e.strerror or e})") from None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None

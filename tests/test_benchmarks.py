@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from robustpath import report
 
@@ -66,3 +67,13 @@ def test_kernel_bound_bad_input_is_one_line_exit_2():
     r = subprocess.run([sys.executable, "-m", "benchmarks.kernel_bound", "--images", "0"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("extra", [["--against-out", "x.md"],
+                                   ["--against", "RUN", "--against-out", ""],
+                                   ["--against", "RUN", "--against-out", "TMP"]])
+def test_report_against_out_bad_values_are_one_line_exit_2(extra, tmp_path, capsys):
+    extra = [str(RUN) if e == "RUN" else str(tmp_path) if e == "TMP" else e for e in extra]
+    assert report.main([str(RUN), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--against" in err[0]
