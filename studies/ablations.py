@@ -373,8 +373,9 @@ def write_outputs(name: str, frame: pd.DataFrame, runs, out: Path, study_cmd: st
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_text(d / "table.csv", frame.to_csv(index=False, float_format="%.4f"))
     setup = (f"Setting: Fashion-MNIST, cnn-small, --preset quick, seeds (0, 1), PGD-10 "
-             f"eps 0.1 on 1,000 test images, strong stage and plane off. {seconds / 60:.1f} "
-             "min (cached arms included) on a shared 2-core CPU, OMP_NUM_THREADS=1.")
+             f"eps 0.1 on 1,000 test images, strong stage and plane off. This invocation: "
+             f"{seconds / 60:.1f} min on a shared 2-core CPU, OMP_NUM_THREADS=1 (arms already "
+             "in the caches take seconds; compute costs in studies/README.md).")
     atomic_write_text(d / "table.md", markdown(frame, f"# Ablation: {name}\n\n"
                                                f"{CAPTIONS[name]}\n\n{setup}\n\n"
                                                f"Command: `{study_cmd}`"))
