@@ -84,7 +84,8 @@ def parser() -> argparse.ArgumentParser:
     a("--test-subset", type=int, default=None, help="test examples (0 = all; quick 1000)")
     a("--t-points", type=int, default=None, help="evenly spaced t in [0,1] (quick 11, paper 65)")
     a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
-    a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t (quick 2, paper 40; "
+    a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t "
+      "(quick 2, paper 391 = the whole CIFAR-10 training set, modern 40; "
       "see studies/results/bn_study.md)")
     a("--renorm", default=None, help="how each point of a path is renormalised: bn-reset "
       "(BatchNorm statistics re-estimated, per --bn-inputs), repair (REPAIR, Jordan et al. "
