@@ -136,7 +136,9 @@ def test_killed_overwrite_run_leaves_the_old_run(baseline, tmp_path, monkeypatch
     def killed(*a, **k):  # dies while writing the run folder, config.json already written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "write_records", killed)
+    from robustpath import outputs
+
+    monkeypatch.setattr(outputs, "write_records", killed)
     assert bench.main(FAULT + ["--bootstrap", "30", "--out", str(run), "--overwrite"]) == 130
     monkeypatch.undo()
     assert {n: (run / n).read_bytes() for n in OUTPUTS} == before  # the old run, whole

@@ -231,7 +231,7 @@ def test_overwrite_refusal_names_the_settings_that_differ():
     old = from_preset("quick").to_dict()
     new = from_preset("quick", eps="8/255", seeds=[0, 1, 2, 3]).to_dict()
     text = bench.config_changes(old, new)
-    assert text == "eps: 0.1 -> 8/255, seeds: [0, 1] -> [0, 1, 2, 3]"
+    assert text == "eps: 0.1 -> 8/255, seeds: [0, 1, 2, 3, 4, 5] -> [0, 1, 2, 3]"
     assert bench.config_changes(old, dict(old, device="cuda")) == ""  # not result-relevant
 
 
