@@ -162,7 +162,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
     for group, recs in records.items():
         # the legend says what the bands are (bootstrap CI with one pair, std with more)
         plot_paths(recs, out_dir / "plots" / group, title=str(group), bootstrap=boot)
-    from .html_report import write_sweep_report
+    from ..html_report import write_sweep_report
 
     write_sweep_report(staging, meta)  # reads the staged sources and aggregate/
     return long
@@ -171,8 +171,8 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
 def _sweep_report_staged(sweep_dir: Path, rebuild: bool) -> pd.DataFrame | None:
     import shutil
 
-    from . import runfolder
-    from .lock import run_lock
+    from .. import runfolder
+    from ..lock import run_lock
 
     with run_lock(sweep_dir):
         runfolder.recover(sweep_dir)
