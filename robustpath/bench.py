@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())} "
-      "(quick: CPU minutes; paper: Tatro et al.'s robust setting, for a GPU)")
+      "(quick: three seed pairs on CPU, about 35 min, 12 with --seeds 0,1; paper: Tatro et "
+      "al.'s robust setting, for a GPU)")
     a("--dataset", default=None, help=f"dataset: {', '.join(DATASETS.names())} "
       f"({preset_default('dataset')})")
     a("--data-root", default=None, help="folder with dataset files (default ./data; "
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     a("--width", type=float, default=None,
       help=f"width multiplier of the architecture ({preset_default('width')})")
     a("--seeds", default=None, help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3) "
-      "(default: the preset's; 0,1 unless it names more)")
+      "(default: the preset's: quick and paper 0-5 = three pairs, others 0,1)")
     a("--align", default="none,activation",
       help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)}")
     a("--align-inputs", default="clean", help="activation matching on clean or adv inputs")

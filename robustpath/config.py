@@ -2,7 +2,8 @@
 
 Presets (``--preset``):
 
-* ``quick`` - the CPU default: Fashion-MNIST, ``cnn-small``, 10,000 training images,
+* ``quick`` - the CPU default: Fashion-MNIST, ``cnn-small``, three seed pairs (0,1),
+  (2,3), (4,5), 10,000 training images,
   4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
   training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
   (``studies/results/bn_study.md``: 1-10 batches change robust accuracy by <= 0.6
@@ -10,7 +11,7 @@ Presets (``--preset``):
   path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 25
   test examples at the endpoints and each path's worst t (it adds about a third to the
   run, and its AutoAttack CIs are about +-20 points wide: ``benchmarks/STRONG.md``; use
-  ``--strong-examples 1000`` for numbers to publish). Minutes on 2 cores.
+  ``--strong-examples 1000`` for numbers to publish). About 12 min per seed pair on 2 cores.
 * ``paper`` - Tatro et al. 2020's robust protocol from their code, for a GPU: CIFAR-10,
   TinyTen, full data, 3 seed pairs, 200 endpoint and 200 curve epochs at lr 0.1 with
   Garipov's schedule, rotation + crop + flip, attacks in train mode during endpoint
