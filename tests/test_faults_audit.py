@@ -336,14 +336,23 @@ def test_sweep_sigkilled_at_random_moments_is_old_or_new_never_a_mix(sweep_a, sw
     old, new = _published(sweep_a), _published(ref_b)
     out = _copy(sweep_a, tmp_path / "s")
     rng = random.Random(1717)
-    cmd = [sys.executable, "-m", "robustpath.sweep", str(sweep_files[1]), "--out", str(out),
-           "--overwrite", "--no-progress"]
+
+    def cmd(folder):
+        return [sys.executable, "-m", "robustpath.sweep", str(sweep_files[1]), "--out",
+                str(folder), "--overwrite", "--no-progress"]
+
+    # the kill window is sized to this machine: one uninterrupted B-over-A process
+    timed = _copy(sweep_a, tmp_path / "timed")
+    start = time.perf_counter()
+    subprocess.run(cmd(timed), env=_env(), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True)
+    window = time.perf_counter() - start
     kills = []
     for _ in range(12):
-        p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(cmd(out), env=_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         if len(kills) < 6:
-            delay = rng.uniform(1, 12)  # B over A: ~10 s on an idle core (one new evaluation)
+            delay = rng.uniform(0.1, 0.9) * window  # inside the run (imports included)
             try:
                 p.wait(timeout=delay)
             except subprocess.TimeoutExpired:
