@@ -19,6 +19,7 @@ from torch import nn
 
 from ..cli import split_list
 from ..errors import UserError
+from ..store import sha256_file
 
 DEFAULT_MODEL_DIR = os.environ.get("ROBUSTPATH_MODEL_DIR", "models")
 THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
@@ -195,12 +196,8 @@ def offline() -> bool:
     return not _network_available()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+#: a checkpoint file's sha256 (the store's streaming hash)
+file_sha256 = sha256_file
 
 
 @contextlib.contextmanager
