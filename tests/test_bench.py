@@ -269,6 +269,7 @@ def test_committed_default_run_matches_the_default_configuration():
     assert cfg.out == "results/fashion-mnist-cnn-small-quick"
 
 
+@pytest.mark.slow  # a whole bench run without fuse (~40 s); fuse on/off is unit-tested in test_fuse
 def test_no_fuse_runs_every_network_as_it_is(tmp_path, monkeypatch):
     """--no-fuse: no robustpath.fuse view is built anywhere in the run, the switch is
     restored afterwards, and the run's stage cache is shared with fused runs (the
