@@ -147,7 +147,7 @@ def write_md(out: Path, args, results: dict, seconds: float) -> None:
              f"{args.test} test images; [95% CI over test examples].", "",
              "| arm | chosen | units changed | select loss: projection / previous / best sample "
              "| curve train loss | clean min | clean avg | robust min | robust avg | robust loss barrier |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         c = r["candidates"]
         e = r["eval"]
