@@ -91,10 +91,16 @@ def main(argv=None) -> int:
              "(../../benchmarks/PAPER_COST.md)). Run it with `python -m robustpath.bench "
              "--preset paper --data-root DIR` on a GPU.", "",
              "## `--preset paper-fmnist` (their protocol scaled down, Fashion-MNIST, robust)", ""]
+    # the preset's scale unless the run says otherwise (a reduced run overrides it)
+    scale = ("2,000 training and 500 test images, 6 endpoint and 6 curve epochs, 11 t "
+             "(the paper-fmnist preset)")
     if (run / "tables" / "summary.csv").is_file():
         import json
 
         cfg = json.loads((run / "config.json").read_text())
+        scale = (f"{cfg['train_subset']:,} training and {cfg['test_subset']:,} test images, "
+                 f"{cfg['endpoint_epochs']} endpoint and {cfg['curve_epochs']} curve epochs, "
+                 f"{cfg['t_points']} t (this run)")
         keys = ("train_subset", "test_subset", "endpoint_epochs", "curve_epochs", "t_points",
                 "bn_batches", "seeds")
         lines += ["Settings of this run: " + ", ".join(f"{k} {cfg.get(k)}" for k in keys)
@@ -128,9 +134,9 @@ def main(argv=None) -> int:
               "the minimum robust accuracy, and does not move a 25 %-mis-permuted aligned pair "
               "back ([study](../../studies/results/pam_tatro/RESULTS.md)).", "",
               "## What differs", "",
-              "- data and scale: Fashion-MNIST (28x28 grey), 2,000 training and 500 test images, "
-              "6 endpoint and 6 curve epochs, 11 t, eps 0.1 (step eps/4 as theirs), versus "
-              "CIFAR-10/100 with 50,000 / 10,000 images, 200 epochs, 65 t, eps 8/255;",
+              f"- data and scale: Fashion-MNIST (28x28 grey), {scale}, eps 0.1 (step eps/4 as "
+              "theirs), versus CIFAR-10/100 with 50,000 / 10,000 images, 200 epochs, 65 t, "
+              "eps 8/255;",
               "- training: robust (PGD-5) endpoints and curves here; their table is standard "
               "training;",
               "- seeds: one seed pair here (CIs over test examples), theirs mean ± std over "
