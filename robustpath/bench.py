@@ -69,24 +69,24 @@ def parser() -> argparse.ArgumentParser:
     a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 or 0.1 "
       "(default 0.1 for 28x28 datasets, 8/255 for CIFAR); also used in training")
     a("--step-size", default=None, help="PGD step size (default eps/4)")
-    a("--steps", type=int, default=None, help="attack steps in evaluation (quick 10, paper 5)")
-    a("--train-steps", type=int, default=None, help="PGD steps in endpoint and curve training (5)")
-    a("--restarts", type=int, default=None, help="attack restarts in evaluation (1)")
-    a("--epochs", type=int, default=None, help="endpoint training epochs (quick 4, paper 200)")
-    a("--curve-epochs", type=int, default=None, help="curve training epochs (quick 4, paper 200)")
+    a("--steps", type=int, default=None, help=f"attack steps in evaluation ({preset_default('eval_steps')})")
+    a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint and curve training ({preset_default('train_steps')})")
+    a("--restarts", type=int, default=None, help=f"attack restarts in evaluation ({preset_default('restarts')})")
+    a("--epochs", type=int, default=None, help=f"endpoint training epochs ({preset_default('endpoint_epochs')})")
+    a("--curve-epochs", type=int, default=None, help=f"curve training epochs ({preset_default('curve_epochs')})")
     a("--schedule", default=None, help="endpoint lr schedule: onecycle, cosine, garipov "
-      "(default: the preset's)")
-    a("--curve-schedule", default=None, help="curve lr schedule: cosine, garipov, constant")
+      f"({preset_default('schedule')})")
+    a("--curve-schedule", default=None, help=f"curve lr schedule: cosine, garipov, constant ({preset_default('curve_schedule')})")
     a("--attack-mode", default=None, help="endpoint training's attacks with the model in eval "
-      "or train mode (paper: train, as Tatro et al.)")
+      f"or train mode (Tatro et al.: train; {preset_default('attack_mode')})")
     a("--affine-degrees", type=float, default=None,
-      help="endpoint training: random rotation in [-d, d] degrees (paper: 15)")
-    a("--train-subset", type=int, default=None, help="training examples (0 = all; quick 10000)")
-    a("--test-subset", type=int, default=None, help="test examples (0 = all; quick 1000)")
-    a("--t-points", type=int, default=None, help="evenly spaced t in [0,1] (quick 11, paper 65)")
-    a("--bn-inputs", default=None, help="BN recomputed at each t on clean or adv inputs (adv)")
+      help=f"endpoint training: random rotation in [-d, d] degrees ({preset_default('affine_degrees')})")
+    a("--train-subset", type=int, default=None, help=f"training examples (0 = all; {preset_default('train_subset')})")
+    a("--test-subset", type=int, default=None, help=f"test examples (0 = all; {preset_default('test_subset')})")
+    a("--t-points", type=int, default=None, help=f"evenly spaced t in [0,1] ({preset_default('t_points')})")
+    a("--bn-inputs", default=None, help=f"BN recomputed at each t on clean or adv inputs ({preset_default('bn_inputs')})")
     a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t "
-      "(quick 2, paper 391 = the whole CIFAR-10 training set, modern 40; "
+      f"({preset_default('bn_batches')}; paper's 391 = the whole CIFAR-10 training set; "
       "see studies/results/bn_study.md)")
     a("--renorm", default=None, help="how each point of a path is renormalised: bn-reset "
       "(BatchNorm statistics re-estimated, per --bn-inputs), repair (REPAIR, Jordan et al. "
@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
       "--bn-batches training batches; also for networks without BatchNorm), repair-adv "
       "(REPAIR on PGD inputs against each network), none (interpolated statistics as they "
       "are); path evaluation, strong and curvature stages, not loss planes (default bn-reset)")
-    a("--bootstrap", type=int, default=None, help="bootstrap resamples for the 95%% CIs (1000)")
+    a("--bootstrap", type=int, default=None, help=f"bootstrap resamples for the 95%% CIs ({preset_default('bootstrap')})")
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane (first seed pair) on an N x N grid "
       f"(0 = off; {preset_default('plane_grid')})")
@@ -116,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
       "(2 extra t per round; 0 = off; default 2)")
     a("--strong-examples", type=int, default=None,
       help="test examples (a seeded subset) attacked by the strong stage at both endpoints "
-      "and each path's worst t: standard AutoAttack and many-restart PGD (quick 200, else 1000)")
+      "and each path's worst t: standard AutoAttack and many-restart PGD "
+      f"({preset_default('strong_examples')})")
     a("--aa-version", default=None, help="AutoAttack version of the strong stage and of "
       "--attack autoattack: standard (Croce & Hein's standard version), plus, rand, custom "
       "(default standard)")

@@ -15,8 +15,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS, False, "") \
-                or not action.option_strings or action.nargs == 0:
+        # identity, not ``in``: 0 == False, and a default of 0 is a default to show
+        hidden = action.default is None or action.default is False \
+            or action.default == argparse.SUPPRESS or action.default == ""
+        if "default" in text.lower() or hidden or not action.option_strings or action.nargs == 0:
             return text
         return f"{text} (default: %(default)s)"
 

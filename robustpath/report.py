@@ -206,8 +206,8 @@ def _report_run(run_dir: Path) -> pd.DataFrame:
         return build_report(run_dir)
 
 
-@cli_main
-def main(argv: list[str] | None = None) -> int:
+def parser() -> ArgumentParser:
+    """The ``python -m robustpath.report`` command line."""
     p = ArgumentParser(prog="python -m robustpath.report", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders (each with records.csv and examples.npz) "
                    "or sweep folders (with sweep.json: every cell, then the table across cells)")
@@ -218,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                    "intervals (did a change move a result?); exit code 1 when one falls outside")
     p.add_argument("--against-out", default=None, metavar="FILE",
                    help="with --against: also write the table to this Markdown file")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli_main
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     run_dirs = [Path(r) for r in args.runs]
     for rd in run_dirs:
         if not rd.is_dir():

@@ -171,11 +171,15 @@ def _parsers():
 
     zp = zoo.parser()
     subs = zp._subparsers._group_actions[0].choices
+    from robustpath import report, soup_cli
+
     return {"bench": bench.parser(), "train": train._parser(), "sweep": sweep_parser(),
-            "zoo compare": subs["compare"], "zoo list": subs["list"]}
+            "zoo compare": subs["compare"], "zoo list": subs["list"], "soup": soup_cli.parser(),
+            "report": report.parser()}
 
 
-@pytest.mark.parametrize("name", ["bench", "train", "sweep", "zoo compare", "zoo list"])
+@pytest.mark.parametrize("name", ["bench", "train", "sweep", "zoo compare", "zoo list", "soup",
+                                  "report"])
 def test_help_shows_each_default_once_and_never_none(name):
     parser = _parsers()[name]
     for opt, text in _helps(parser).items():
@@ -183,7 +187,9 @@ def test_help_shows_each_default_once_and_never_none(name):
         assert t.count("default") <= 1, f"{name} {opt}: {text}"
         assert "(default: none)" not in t, f"{name} {opt}: {text}"
     for action in parser._actions:
-        if action.default not in (None, False, "", "==SUPPRESS==") and action.option_strings \
+        # identity for None/False: a default of 0 (soup --merge-seed) must be shown too
+        if action.default is not None and action.default is not False \
+                and action.default not in ("", "==SUPPRESS==") and action.option_strings \
                 and action.nargs != 0 and action.help and "default" not in action.help.lower():
             shown = _helps(parser)[action.option_strings[-1]]
             assert f"(default: {action.default})" in " ".join(shown.split()).replace("- ", "-"), \
@@ -203,6 +209,46 @@ def test_bench_help_states_the_preset_values():
 
     assert f"quick {PRESETS.get('quick')['plane_grid']}" in helps["--plane-grid"]
     assert "quick fashion-mnist" in " ".join(helps["--dataset"].split()).replace("- ", "-")
+
+
+def test_help_default_of_zero_is_shown():
+    from robustpath import soup_cli
+    from robustpath.sweep.__main__ import parser as sweep_parser
+
+    assert "(default: 0)" in " ".join(_helps(soup_cli.parser())["--merge-seed"].split())
+    assert "(default: 0)" in " ".join(_helps(sweep_parser())["--max-parallel"].split())
+
+
+# flag -> config field for the preset-dependent settings whose help must state every
+# preset's value (a help that said "quick 200" while the quick preset had 25 failed this)
+PRESET_FLAGS = {"--steps": "eval_steps", "--train-steps": "train_steps", "--epochs": "endpoint_epochs",
+                "--curve-epochs": "curve_epochs", "--schedule": "schedule",
+                "--curve-schedule": "curve_schedule", "--attack-mode": "attack_mode",
+                "--affine-degrees": "affine_degrees", "--train-subset": "train_subset",
+                "--test-subset": "test_subset", "--t-points": "t_points",
+                "--bn-inputs": "bn_inputs", "--bn-batches": "bn_batches",
+                "--strong-examples": "strong_examples", "--plane-grid": "plane_grid",
+                "--restarts": "restarts", "--bootstrap": "bootstrap"}
+
+
+@pytest.mark.parametrize("name", ["bench", "soup"])
+def test_preset_dependent_helps_state_the_true_preset_values(name):
+    from dataclasses import fields
+
+    from robustpath.config import PRESETS, BenchConfig
+
+    base = {f.name: f.default for f in fields(BenchConfig)}
+    helps = _helps(_parsers()[name])
+    for flag, key in PRESET_FLAGS.items():
+        if flag not in helps:
+            continue
+        text = " ".join(helps[flag].split()).replace("- ", "-")
+        values = {n: PRESETS.get(n).get(key, base[key]) for n in PRESETS.names()}
+        if len(set(map(str, values.values()))) == 1:
+            assert f"default: {next(iter(values.values()))}" in text, (name, flag, text)
+        else:
+            for preset, v in values.items():
+                assert f"{preset} {v}" in text, (name, flag, preset, v, text)
 
 
 def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkeypatch):
