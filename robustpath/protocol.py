@@ -109,8 +109,9 @@ SETTINGS: list[Setting] = [
             f"{TM}:171-172; utils/utils.py:54; utils/attack.py:26-47",
             lambda c: c["endpoint"].attack_mode, "train"),
     Setting(E, "crop + flip", "RandomCrop(32, padding=4), RandomHorizontalFlip",
-            "utils/data.py:31-32", lambda c: c["endpoint"].augment, True,
-            "robustpath pads by reflection, theirs with zeros"),
+            "utils/data.py:31-32", lambda c: c["endpoint"].augment, None,
+            "crop + flip as theirs, but robustpath pads by reflection (robustpath.data), "
+            "theirs with zeros"),
     Setting(E, "rotation", "RandomAffine(degrees=15), before flip and crop", "utils/data.py:30",
             lambda c: c["endpoint"].affine_degrees, 15.0,
             "robustpath rotates after crop and flip (same distribution of angles)"),

@@ -21,6 +21,8 @@ def test_every_paper_setting_holds_in_the_resolved_preset():
              if s.status(ctx) == "DIFFERS"]
     assert not wrong
     assert sum(s.status(ctx) == "same" for s in protocol.SETTINGS) >= 40
+    # deviations in detail only (padding mode, BN attack mode): the option itself is on
+    assert ctx["endpoint"].augment and ctx["curve"].augment and ctx["cfg"].bn_inputs == "adv"
 
 
 def test_committed_protocol_page_is_generated_from_the_preset():
