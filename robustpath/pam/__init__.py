@@ -20,5 +20,6 @@ from .robust import PAMConfig, PAMResult, pam
 from .tatro import TatroPAMConfig, TatroPAMResult, perm_update, tatro_pam, warm_start
 
 __all__ = ["PAMConfig", "PAMResult", "pam", "permutation_matrix", "project_doubly_stochastic",
-           "relaxed_state", "round_to_permutation","TatroPAMConfig", "TatroPAMResult", "tatro_pam", "warm_start", "perm_update",
-           "project_ds_tatro", "bvn_decomposition", "sample_bvn"]
+           "relaxed_state", "round_to_permutation", "TatroPAMConfig", "TatroPAMResult",
+           "tatro_pam", "warm_start", "perm_update", "project_ds_tatro", "bvn_decomposition",
+           "sample_bvn"]
