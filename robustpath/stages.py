@@ -7,9 +7,11 @@ a run killed inside any stage resumes there (curve training also resumes inside
 the stage, from its last epoch checkpoint). A cluster executor can run these
 functions as separate jobs: they only share files.
 
-Stages: :func:`endpoint` (adversarial training), :func:`alignment`,
-:func:`curve` (fit with PGD in the loop; ``line`` needs no fitting),
-:func:`path_eval` (per-example results along t).
+Stages: :func:`endpoint` (adversarial training), :func:`alignment` (PAM:
+:func:`pam_alignment`), :func:`curve` (fit with PGD in the loop; ``line`` needs no
+fitting), :func:`path_eval` (per-example results along t), :func:`strong` (AutoAttack,
+many-restart PGD and the transfer check at the ends and the worst t) and :func:`plane`
+(re-exported from :mod:`robustpath.plane`). Their keys are :mod:`robustpath.keys`.
 """
 
 from __future__ import annotations

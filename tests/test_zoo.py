@@ -339,3 +339,19 @@ def test_zoo_and_bench_paths_over_the_same_two_models_give_identical_records(tmp
     z = pd.read_csv(tmp_path / "zoo" / "records.csv")[cols].sort_values(["align", "curve", "t"])
     assert len(b) == len(z) == 2 * 4  # 3 grid points + 1 refinement point per path
     pd.testing.assert_frame_equal(b.reset_index(drop=True), z.reset_index(drop=True))
+
+
+def test_rerun_check_ignores_runtime_settings_but_not_science():
+    """A zoo folder is refused for another configuration; how it runs (every Runtime
+    field, where checkpoints and data live) is not a different configuration."""
+    from robustpath.zoo.config import CompareConfig
+    from robustpath.zoo.run import _comparable
+
+    base = CompareConfig(models=["A", "B"]).to_dict()
+    how = dict(base, device="cuda", t_batch=4, amp=False, fuse=False, threads=3,
+               progress=False, model_dir="/elsewhere", data_root="/data", out="x",
+               trust_checkpoints=True)
+    assert _comparable(how) == _comparable(base)
+    for change in ({"eps": 0.5}, {"curve_epochs": 9}, {"align": ["weight"]},
+                   {"bn_endpoints": True}):
+        assert _comparable(dict(base, **change)) != _comparable(base), change

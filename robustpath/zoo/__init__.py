@@ -34,8 +34,8 @@ endpoint source), :mod:`~robustpath.zoo.run` (the comparison through the shared
 """
 
 from .access import (  # noqa: F401
-    DEFAULT_EPS,
     DEFAULT_MODEL_DIR,
+    EPS_OF_THREAT,
     NORM_OF_THREAT,
     THREATS,
     ZooEntry,

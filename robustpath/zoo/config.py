@@ -12,8 +12,8 @@ from ..config import MAX_BOOTSTRAP, MAX_REFINE_ROUNDS, MAX_T_POINTS
 from ..errors import UserError
 from ..numbers import parse_fraction
 from .access import (
-    DEFAULT_EPS,
     DEFAULT_MODEL_DIR,
+    EPS_OF_THREAT,
     NORM_OF_THREAT,
     parse_dataset,
     parse_expect_sha256,
@@ -110,7 +110,7 @@ class CompareConfig:
         if self.threat not in NORM_OF_THREAT:
             raise UserError(f"compare supports the Linf and L2 threat models, not {self.threat}")
         if self.eps is None:
-            self.eps = DEFAULT_EPS[self.threat]
+            self.eps = EPS_OF_THREAT[self.threat]
         self.eps = parse_fraction(self.eps, name="--eps")
         from ..train import check_eps_range
 

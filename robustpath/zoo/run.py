@@ -23,6 +23,7 @@ from ..device import resolve
 from ..errors import UserError
 from ..evaluate import PathResult
 from ..lock import run_lock
+from ..outputs import comparable
 from ..records import PathRecord
 from ..records import write as write_records
 from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
@@ -119,8 +120,10 @@ class CompareRun:
 
 
 def _comparable(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in (
-        "device", "out", "data_root", "model_dir", "trust_checkpoints", "t_batch", "amp")}
+    """The bench's :func:`robustpath.outputs.comparable` (every ``Runtime`` field, where the
+    run writes and reads data: dropped by construction), less where the zoo's checkpoints
+    live and whether they are trusted (``--trust-checkpoints``: how they are read)."""
+    return {k: v for k, v in comparable(d).items() if k not in ("model_dir", "trust_checkpoints")}
 
 
 def _labelled(frame: pd.DataFrame, a: str, b: str, align: str, curve: str) -> pd.DataFrame:
