@@ -159,6 +159,47 @@ def _fmt_level(v: float, pos=None) -> str:  # pos: matplotlib's tick formatter s
     return f"{v:.3g}"
 
 
+def _avoid_points(p: dict[str, np.ndarray]) -> np.ndarray:
+    """Points ``[K, 2]`` a contour label must not cover: the curve, the line (sampled)
+    and the markers."""
+    line = np.asarray(p["line_xy"], dtype=np.float64)
+    s = np.linspace(0, 1, 21)[:, None]
+    return np.vstack([np.asarray(p["curve_xy"], dtype=np.float64),
+                      line[0] + s * (line[1] - line[0]), control_xy(p)[None]])
+
+
+def _label_contours(ax, lines, avoid: np.ndarray, clearance: float, grid_xs, grid_ys) -> list:
+    """One label in nats on every other contour level, placed where the level's line
+    is farthest from the drawn curve, line, markers and the labels placed before (and
+    inside the panel's limits and its grid, so call it after setting them): no label
+    covers the path or hangs over the panel's edge. A level whose line never gets ``clearance`` away from them stays unlabelled
+    (the colour bar names it). Matplotlib's automatic placement put labels on the
+    curve and under the markers. Returns the labels."""
+    x0, x1 = max(ax.get_xlim()[0], grid_xs[0]), min(ax.get_xlim()[1], grid_xs[-1])
+    y0, y1 = max(ax.get_ylim()[0], grid_ys[0]), min(ax.get_ylim()[1], grid_ys[-1])
+    pad = 0.05 * (x1 - x0)
+    paths = lines.get_paths()  # one path per level
+    placed: list[np.ndarray] = []
+    chosen, positions = [], []
+    for i in range(1, len(lines.levels), 2):
+        v = np.asarray(paths[i].vertices) if i < len(paths) else np.zeros((0, 2))
+        v = v[(v[:, 0] > x0 + pad) & (v[:, 0] < x1 - pad) & (v[:, 1] > y0 + pad)
+              & (v[:, 1] < y1 - pad)] if len(v) else v
+        if not len(v):
+            continue
+        block = np.vstack([avoid, *placed]) if placed else avoid
+        d = np.sqrt(((v[:, None, :] - block[None, :, :]) ** 2).sum(-1)).min(1)
+        best = int(d.argmax())
+        if d[best] < clearance:
+            continue
+        placed.append(v[best][None])
+        chosen.append(lines.levels[i])
+        positions.append((float(v[best, 0]), float(v[best, 1])))
+    if not chosen:
+        return []
+    return ax.clabel(lines, chosen, fmt=_fmt_level, fontsize=5.5, inline=True, manual=positions)
+
+
 def plot_planes(panels: dict[str, dict[str, np.ndarray]], out_stem: str | Path,
                 title: str = "") -> list[Path]:
     """Draw :func:`planes_figure`; returns the written ``.png``, ``.pdf``."""
@@ -208,7 +249,6 @@ def planes_figure(panels: dict[str, dict[str, np.ndarray]], title: str = ""):
                                  extend="max")
                 lines = ax.contour(p["xs"], p["ys"], p[key], levels=levels, colors="black",
                                    linewidths=0.4, alpha=0.6)
-                ax.clabel(lines, lines.levels[1::2], fmt=_fmt_level, fontsize=5.5, inline=True)
                 ax.plot(p["curve_xy"][:, 0], p["curve_xy"][:, 1], "-", color="white", lw=1.4,
                         path_effects=stroke, label="fitted curve")
                 ax.plot(p["line_xy"][:, 0], p["line_xy"][:, 1], "--", color="white", lw=1.1,
@@ -225,6 +265,7 @@ def planes_figure(panels: dict[str, dict[str, np.ndarray]], title: str = ""):
                 ax.set_aspect("equal")
                 ax.set_xlim(xlo, xhi)
                 ax.set_ylim(ylo, yhi)
+                _label_contours(ax, lines, _avoid_points(p), (xhi - xlo) * 0.06, p["xs"], p["ys"])
                 ax.set_facecolor("white")
                 if r == len(rows) - 1:
                     ax.set_xlabel("L2 distance in weight space along θ1 − θ0")

@@ -97,6 +97,15 @@ def test_plane_figure_true_aspect_shared_scale_markers_and_labels():
     assert {"o", "D"} <= markers  # endpoints, control point
     texts = [t.get_text() for ax in axes for t in ax.texts]
     assert any(re.fullmatch(r"[0-9.]+", t) for t in texts)  # labelled contours, in loss units
+    # contour labels keep clear of the drawn curve, line and markers (matplotlib's own
+    # placement put them on the curve and under the control point)
+    for ax, p in zip(axes, [panels["unaligned"]] * 2 + [panels["aligned (act.)"]] * 2):
+        avoid = np.vstack([p["curve_xy"], np.linspace(*p["line_xy"], 21), control_xy(p)[None]])
+        for t in ax.texts:
+            if re.fullmatch(r"[0-9.]+", t.get_text()):
+                xy = np.asarray(t.get_position())
+                gap = np.sqrt(((avoid - xy) ** 2).sum(1)).min()
+                assert gap > 0.05 * np.ptp(ax.get_xlim()), (t.get_text(), xy, gap)
     cbar_labels = [ax.get_xlabel() for ax in fig.axes[4:]]
     assert any("nats" in s and "above" in s for s in cbar_labels), cbar_labels
     plt.close(fig)
