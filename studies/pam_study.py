@@ -360,7 +360,10 @@ def write_results(out: Path, result: dict) -> None:
         "optimality only. A permutation that would need a different midpoint (such as the "
         "alignment's, seen from the unaligned curve) cannot be accepted in one step, which is "
         "why a start that PAM never leaves is not by itself evidence that the start is good: "
-        "compare the PAM-from-identity row with the aligned row.", ""]
+        "compare the PAM-from-identity row with the aligned row. Power: a variant that leaves "
+        "the identity unchanged as well cannot tell whether the alignment is locally optimal; "
+        "Tatro et al.'s PAM (robustpath.pam) on a planted mis-permutation: "
+        "[pam_tatro](../pam_tatro/RESULTS.md).", ""]
     atomic_write_text(out / "RESULTS.md", "\n".join(md))
     atomic_write_json(out / "results.json", result)
 
