@@ -15,7 +15,9 @@ examples at every point and on every path, so differences are paired):
   - the evaluation attack (PGD): its per-example outcome is taken from the path
     evaluation itself (same network, attack and examples);
   - standard AutoAttack from Croce & Hein's code (:mod:`robustpath.autoattack`),
-    resumable through its ``EvaluationState``, with its own checks' warnings recorded;
+    resumable per sub-attack through robustpath's own state file
+    (``<point>.aa-state.json`` beside the point's cache entry; pyautoattack 0.2.0's
+    ``EvaluationState`` cannot resume), with its own checks' warnings recorded;
   - PGD with ``pgd_steps`` steps and ``pgd_restarts`` restarts (default PGD-50 x 10,
     step 2.5 eps / steps, Madry et al.'s rule);
 
