@@ -174,6 +174,9 @@ def _embedded_md(path: Path, heading: str) -> list[str]:
     if not path.is_file():
         return []
     text = path.read_text().rstrip()
+    # the file's own title repeating the section heading would read "Strong evaluation"
+    # twice in a row
+    text = re.sub(rf"\A#+\s*{re.escape(heading)}\s*\n+", "", text, flags=re.I)
     text = re.sub(r"^(#{1,4})\s", lambda m: "#" * min(6, len(m.group(1)) + 2) + " ", text,
                   flags=re.M)
     return [f"## {heading}", "", text, ""]
@@ -240,9 +243,9 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
         md += ["## Paired differences", "", paired.read_text().rstrip(), ""]
     md += ["## Figures", "", "![Clean and robust accuracy and loss along each path. "
            + ("Shaded: 95% bootstrap CI over test examples." if pairs <= 1 else
-              "Shaded: ± 1 std over seed pairs.") + "](plots/paths.png)", ""]
+              f"Shaded: ± 1 std over {pairs} seed pairs.") + "](plots/paths.png)", ""]
     if (run_dir / "plots" / "plane.png").is_file():
-        md += ["![Loss on the plane through θ0, the bezier control point and θ1 (first seed "
+        md += ["![Loss on the plane through θ0, the Bezier control point and θ1 (first seed "
                "pair), at true aspect; axes are L2 distances in weight space; each column "
                "shares one log-spaced colour scale.](plots/plane.png)", ""]
     plane = _json(run_dir / "plane.json")

@@ -51,7 +51,8 @@ def band_label(pairs: set[int]) -> str:
     if pairs == {1}:
         return f"shaded: {CI_LABEL} (over test examples)"
     if 1 not in pairs:
-        return "shaded: ± 1 std over seed pairs"
+        n = f"{min(pairs)}" if len(pairs) == 1 else f"{min(pairs)}-{max(pairs)}"
+        return f"shaded: ± 1 std over seed pairs (n = {n})"
     return f"shaded: {CI_LABEL} (one seed pair) or ± 1 std (several)"
 
 

@@ -146,7 +146,7 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
         plot_planes({ALIGN_LABEL.get(m, m): p for m, p in planes.items()},
                     run_dir / "plots" / "plane",
                     title=f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: loss on the "
-                    "bezier curves' planes")
+                    "planes of the Bezier curves (first seed pair)")
     write_run_report(run_dir, summary, cfg)
     return summary
 

@@ -44,7 +44,7 @@ def _records(pairs: int) -> list[PathRecord]:
     return out
 
 
-@pytest.mark.parametrize("pairs,band", [(1, "95% bootstrap CI"), (2, "± 1 std over seed pairs")])
+@pytest.mark.parametrize("pairs,band", [(1, "95% bootstrap CI"), (2, "± 1 std over seed pairs (n = 2)")])
 def test_path_figure_has_one_legend_that_names_the_bands(pairs, band):
     with paper_style():
         fig = plots.paths_figure(_records(pairs), title=f"x, {attack_label('pgd', 'linf', 8 / 255)}",
