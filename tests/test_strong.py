@@ -94,6 +94,41 @@ def test_autoattack_l2_stays_in_ball(trained_pair, fmnist, tmp_path):
     assert float(out.x_adv.min()) >= 0 and float(out.x_adv.max()) <= 1
 
 
+class _Softmax(nn.Module):
+    """Returns probabilities, not logits: AutoAttack's output-range check must warn."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _Linear()
+
+    def forward(self, x):
+        return self.net(x).softmax(1)
+
+
+class _Noisy(_Linear):
+    """Random logits in eval mode too: AutoAttack's randomness check must warn."""
+
+    def forward(self, x):
+        return super().forward(x) + torch.randn(len(x), 10)
+
+
+@pytest.mark.parametrize("model,msg", [(_Softmax, "probability distribution"),
+                                       (_Noisy, "randomized defense"),
+                                       (_Linear, None)])
+def test_autoattack_records_its_own_checks_warnings(model, msg):
+    torch.manual_seed(0)
+    m = model().eval()
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        y = _Linear.forward(m.net if isinstance(m, _Softmax) else m, x).argmax(1)
+    out = build_attack(AttackConfig(name="autoattack", eps=1e-3, seed=0, aa_version="custom",
+                                    aa_attacks=["apgd-ce"])).run(m, x, y)
+    if msg is None:
+        assert out.warnings == []
+    else:
+        assert any(msg in w for w in out.warnings), out.warnings
+
+
 @pytest.mark.slow  # the full standard version on a trained CNN: about a minute on 2 cores
 def test_standard_autoattack_leq_pgd_on_trained_model(trained_pair, fmnist, tmp_path):
     model = trained_pair[0].eval()
