@@ -108,12 +108,15 @@ def test_report_rebuilds_everything_byte_identical_without_ckpt(run, tmp_path):
 def test_report_shows_strong_eval_and_transfer_files(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
-    (copy / "strong_eval.md").write_text("# Strong\n\n| t | AutoAttack |\n|---|---|\n| 0.5 | 41.0 |\n")
+    # the file's title as robustpath.strong_io writes it: not repeated under the section
+    (copy / "strong_eval.md").write_text("# Strong evaluation\n\n| t | AutoAttack |\n|---|---|\n"
+                                         "| 0.5 | 41.0 |\n")
     (copy / "transfer.md").write_text("- WARNING: possible gradient masking at t=0.5\n")
     assert report_main([str(copy)]) == 0
     html = (copy / "report.html").read_text()
     assert "Strong evaluation" in html and "<td>41.0</td>" in html
     assert "Transfer attacks" in html and "gradient masking" in html
+    assert (copy / "report.md").read_text().count("Strong evaluation") == 1
 
 
 def test_tables_and_titles_write_eps_as_a_fraction(run):
