@@ -24,7 +24,7 @@ Presets (``--preset``):
   pair by default (``--seeds 0,1,2,3,4,5`` for the paper's three). A reduced run of it
   (1,000 training images, 4+4 epochs, 7 t) took 24 min on a loaded 2-core CPU
   (``results/fashion-mnist-tinyten-paper-fmnist/timings.json``); the full preset, by
-  that run's per-image stage times, about an hour (not measured).
+  that run's per-image stage times, roughly 1-1.5 h (extrapolated, not measured).
 
 Flags given on the command line override the preset. Default eps: 0.1 for the
 28x28 grey-scale datasets, 8/255 for CIFAR.
@@ -72,7 +72,7 @@ PRESETS.register("modern")({
     "t_points": 65, "train_steps": 5, "eval_steps": 5, "bn_batches": 40, "lr": 0.1,
     "curve_lr": 0.015, "batch_size": 128, "augment": True,
 })
-#: The paper protocol scaled down for a CPU (about an hour, see above): Fashion-MNIST (eps 0.1,
+#: The paper protocol scaled down for a CPU (roughly 1-1.5 h, see above): Fashion-MNIST (eps 0.1,
 #: step eps/4 as theirs), 2,000 training and 500 test images, 6 endpoint and 6 curve
 #: epochs, 11 t points, BN statistics from the whole (2,000-image) training subset.
 PRESETS.register("paper-fmnist")({
