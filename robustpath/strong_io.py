@@ -157,7 +157,9 @@ def card(cfg: dict, ident: dict, sp: StrongPath, p: StrongPoint, revision: str |
 
 
 def _fraction(eps: float) -> str | None:
-    for d in (255, 1000, 100, 10):
+    """RobustBench's way of writing eps (``8/255``), else the smallest power-of-ten
+    denominator (0.1 -> ``1/10``); None when eps is neither."""
+    for d in (255, 10, 100, 1000):
         k = eps * d
         if abs(k - round(k)) < 1e-6 and round(k) > 0:
             return f"{int(round(k))}/{d}"

@@ -159,6 +159,14 @@ def test_ta_autoattack_is_named_for_what_it_is():
     assert "NOT Croce & Hein's standard" in atk.__doc__
 
 
+@pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (0.1, "1/10"), (0.25, "25/100"),
+                                      (0.031, "31/1000"), (0.0001, None)])
+def test_card_writes_eps_as_robustbench_does(eps, text):
+    from robustpath.strong_io import _fraction
+
+    assert _fraction(eps) == text
+
+
 # ---------------------------------------------------------------- refinement
 def _analytic_path(acc_of_t, n: int = 200):
     """``evaluate(ts) -> PathResult`` whose robust accuracy is ``acc_of_t(t)`` exactly
