@@ -29,7 +29,11 @@ gradient attacks) and the number of gradient passes it spent. With ``state_path`
 killed evaluation resumes after its last finished sub-attack. This is robustpath's own
 state file, not pyautoattack's ``EvaluationState``, which cannot resume in 0.2.0 (see
 :meth:`StandardAutoAttack.run`): the sub-attacks run one per ``run_standard_evaluation``
-call, in the version's order, each on the examples still robust, as in one call.
+call, in the version's order, each on the examples still robust, as in one call. One
+difference follows: AutoAttack's checks run at the start of every sub-attack's call, on
+the first batch of the examples that sub-attack attacks (the clean-correct ones for the
+first), where one call runs them once on the first batch of all examples; a point with
+no clean-correct example is therefore not checked.
 
 pyautoattack re-seeds torch's global RNG inside each sub-attack; the run is wrapped
 in :func:`torch.random.fork_rng` so that callers' random streams are not disturbed.
