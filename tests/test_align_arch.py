@@ -289,6 +289,36 @@ def test_channel_shuffle_aligns_partially():
     assert len(spec.groups) >= 3
 
 
+class _ChannelsLastPad(nn.Module):
+    """Swin's layout: units on the last axis, spatial padding ``F.pad(x, pads)``."""
+
+    def __init__(self, pads):
+        super().__init__()
+        self.pads, self.a, self.b = pads, nn.Linear(3, 6), nn.Linear(6 + sum(pads[:2]), 2)
+
+    def forward(self, x):  # x: [N, H, W, 3]
+        return self.b(F.gelu(F.pad(self.a(x), self.pads, value=0.5)).mean((1, 2)))
+
+
+def test_pad_refused_only_where_it_pads_the_units():
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 5, 3)
+    spec, _, _ = _invariant(_ChannelsLastPad((0, 0, 0, 1, 0, 2)).eval(), x)
+    assert list(spec.groups) == ["a"]
+    with pytest.raises(UserError, match="padding along the permuted axis"):
+        permutation_spec(_ChannelsLastPad((0, 1, 1, 1)).eval(), x[:2])
+
+
+def test_a_model_that_fails_on_the_example_input_is_one_line(capfd):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.raises(UserError) as e:
+        permutation_spec(model, torch.rand(2, 3, 9, 9))
+    msg = str(e.value)
+    assert "(2, 3, 9, 9) (node '_2'): mat1 and mat2 shapes cannot be multiplied" in msg
+    assert "\n" not in msg and len(msg) < 300 and "meta=" not in msg
+    assert "Traceback" not in capfd.readouterr().err
+
+
 # ----------------------------------------------------------------------------- registry
 class Gain(nn.Module):
     """A user layer: per-channel gain written with einsum (no built-in rule)."""

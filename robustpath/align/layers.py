@@ -207,7 +207,7 @@ def stochastic_depth_rule(b, node: fx.Node):
 register_rule(*ACT_MODULES)(activation)
 register_rule(*PASS_MODULES)(passthrough)
 register_rule(*SPATIAL_MODULES)(spatial)
-register_rule(*PAD_MODULES)(lambda b, node: pad(b, node, len(b.module(node).padding) // 2))
+register_rule(*PAD_MODULES)(lambda b, node: pad(b, node, b.module(node).padding))
 register_rule(nn.Flatten, nn.Unflatten)(reshape)
 register_rule(nn.Softmax, nn.LogSoftmax)(softmax)
 

@@ -226,15 +226,19 @@ def spatial(b, node: fx.Node):
     return st
 
 
-def pad(b, node: fx.Node, k: int | None = None):
-    """Padding of the last ``k`` axes (F.pad pads ``len(pad) // 2`` trailing axes)."""
+def pad(b, node: fx.Node, pads=None):
+    """Padding (``F.pad`` or a padding module's ``padding``): ``pads`` holds (before,
+    after) pairs for the trailing axes, last axis first. Padding the permuted axis by a
+    nonzero (or traced) amount is refused; a zero pair there (Swin's channels-last
+    ``F.pad(x, (0, 0, 0, pw, 0, ph))``) keeps the units."""
     x = arg(node, 0, "input")
     st = main_input(b, node, x)
     if not isinstance(st, Perm):
         return FIXED_T
-    if k is None:
-        k = len(arg(node, 1, "pad")) // 2
-    if st.axis >= len(b.shape(x)) - k:
+    pads = tuple(arg(node, 1, "pad") if pads is None else pads)
+    j = len(b.shape(x)) - 1 - st.axis  # the permuted axis, counted from the last
+    if j < len(pads) // 2 and any(not (isinstance(v, int) and v == 0)
+                                  for v in pads[2 * j:2 * j + 2]):
         b.refuse(node, "padding along the permuted axis")
     return st
 

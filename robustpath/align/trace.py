@@ -14,7 +14,10 @@ data-dependent control flow such as ``if x.sum() > 0:``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import traceback
 
 import torch
@@ -89,12 +92,21 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
                 "untraceable calls are not supported by alignment") from None
         gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
         try:
-            with torch.no_grad():
+            # ShapeProp prints the traceback itself before re-raising: keep stderr to the
+            # one-line UserError
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(example_input)
         except Exception as e:  # noqa: BLE001  (user code; re-raised as UserError)
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            # ShapeProp wraps the model's own error in "ShapeProp error for: node=... with
+            # meta={...}" (the meta's repr runs to kilobytes): report the cause and the node
+            cause = e.__cause__ or e
+            msg = str(cause).strip().splitlines()[0] if str(cause).strip() \
+                else type(cause).__name__
+            node = re.search(r"node=%(\S+)", str(e)) if cause is not e else None
             raise UserError(f"{type(model).__name__} does not run on an example input of shape "
-                            f"{tuple(example_input.shape)}: {msg}") from None
+                            f"{tuple(example_input.shape)}"
+                            + (f" (node '{node.group(1)}')" if node else "")
+                            + f": {msg}") from None
     return gm
 
 
