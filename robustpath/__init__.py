@@ -251,15 +251,32 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
     count = isinstance(ts, Integral) and not isinstance(ts, bool)
     if isinstance(ts, bool) or (count and ts < 2):
         raise UserError(f"ts must be a number of points >= 2 or a sequence of t, got {ts!r}")
-    grid = evaluate.t_grid(int(ts)) if count else ts
+    grid = evaluate.t_grid(int(ts)) if count else evaluate._check_ts(ts)
     if num_classes is None:
         num_classes = int(y_test.max()) + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, Integral) \
+            or num_classes <= int(y_test.max()):
+        raise UserError(f"num_classes must be an int above every label (max label "
+                        f"{int(y_test.max())}), got {num_classes!r}")
+    attack = _attack(attack, int(num_classes))
     if isinstance(bn_data, tuple) and len(bn_data) == 2 and hasattr(bn_data[0], "dim"):
         from .data import Batches
 
         x_bn, y_bn = _images(*bn_data, "evaluate_path bn_data")
         bn_data = Batches(x_bn, y_bn, 128, shuffle=True, seed=0)
-    return evaluate.evaluate_path(path, grid, x_test, y_test, _attack(attack, num_classes),
+    elif bn_data is not None and not isinstance(bn_data, Iterable):
+        raise UserError("bn_data must be (x_train, y_train) tensors or an iterable of (x, y) "
+                        f"batches, got {type(bn_data).__name__}")
+    if bn_data is None and recompute_bn and kwargs.get("renorm") is None:
+        from .bn import has_batchnorm
+
+        # one interior point (BatchNorm is recomputed there whatever recompute_ends says)
+        if has_batchnorm((path.model_at if hasattr(path, "model_at") else path)(0.5)):
+            raise UserError("the path's networks have BatchNorm and rp.evaluate_path got no "
+                            "bn_data: interpolated running statistics are meaningless; pass "
+                            "bn_data=(x_train, y_train), or recompute_bn=False to evaluate the "
+                            "statistics as they are")
+    return evaluate.evaluate_path(path, grid, x_test, y_test, attack,
                                   bn_loader=bn_data, bn_batches=bn_batches,
                                   recompute_bn=recompute_bn, device=device, progress=progress,
                                   **kwargs)

@@ -65,12 +65,30 @@ def test_example_script_runs_on_tiny_data(tmp_path):
         assert 0.0 <= m["lo"] <= m["value"] <= m["hi"] <= 1.0
 
 
+@pytest.mark.slow  # 15-27 s on 2 cores, most of it weight matching of two ResNet-18s
+def test_readme_python_section_runs_as_written_on_tiny_sizes(tmp_path, monkeypatch):
+    """The README's Python block (two torchvision ResNet-18s) is executed as written,
+    only its sizes shrunk: every replacement must apply, so an edited README that no
+    longer runs, or no longer matches these sizes, fails here. (The fast tier runs
+    examples/align_and_fit.py, the same calls on cnn-small.)"""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Python\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    for big, tiny in (("subset=2000", "subset=64"), ("subset=500", "subset=16"),
+                      ("epochs=2", "epochs=1"), ("steps=5", "steps=1"), ("ts=11", "ts=3")):
+        assert big in block, big
+        block = block.replace(big, tiny)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md (Python section)", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "bezier.png").stat().st_size > 0
+    assert (tmp_path / "bezier.pdf").stat().st_size > 0
+
+
 # ---------------------------------------------------------------- evaluate_path traps
 def test_batchnorm_without_bn_data_is_refused(pair, small):
     a, b = pair
     _, _, x, y = small
     curve = rp.build_curve("line", a, b)
-    with pytest.raises(UserError, match="BatchNorm.*bn_loader"):
+    with pytest.raises(UserError, match="BatchNorm.*bn_data=\\(x_train, y_train\\)"):
         rp.evaluate_path(curve, x, y, ATTACK, ts=3, progress=False)
     with pytest.raises(UserError, match="BatchNorm"):  # the module-level function too
         rp.evaluate.evaluate_path(curve.model_at, [0.0, 0.5, 1.0], x, y,
@@ -155,6 +173,9 @@ def test_front_door_validates_inputs(pair, small):
         (lambda: rp.evaluate_path(curve, x, y, ATTACK, bn_data=[], progress=False),
          "no batches"),
         (lambda: rp.evaluate_path(42, x, y, ATTACK), "path must be"),
+        (lambda: rp.evaluate_path(curve, x, y, ATTACK, bn_data=5), "bn_data must be"),
+        (lambda: rp.evaluate_path(curve, x, y, ATTACK, num_classes=int(y.max())),
+         "num_classes must be"),
         (lambda: rp.path_metrics(res.to_arrays()), "PathResult"),
         (lambda: rp.path_metrics(res, bootstrap=0), "bootstrap"),
         (lambda: rp.plot_path({}, "x"), "non-empty"),
