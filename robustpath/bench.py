@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
       "2022: every unit's mean/std set to the interpolation of the endpoints' on the "
       "--bn-batches training batches; also for networks without BatchNorm), repair-adv "
       "(REPAIR on PGD inputs against each network), none (interpolated statistics as they "
-      "are); path evaluation, strong and curvature stages, not loss planes (default bn-reset)")
+      "are); path evaluation, strong and curvature stages; loss planes always re-estimate "
+      "BatchNorm (default bn-reset)")
     a("--bootstrap", type=int, default=None, help=f"bootstrap resamples for the 95%% CIs ({preset_default('bootstrap')})")
     a("--plane-grid", type=int, default=None,
       help="loss surface on each bezier curve's plane (first seed pair) on an N x N grid "
@@ -194,6 +195,10 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     from .curvature import check_examples
 
     check_examples(cfg, len(data.x_test))  # --curvature N > the test examples: before training
+    from .repair import plane_note
+
+    if note := plane_note(cfg):  # loss planes ignore --renorm: say so before work
+        print(note, file=sys.stderr)
     stages.check_writable(run_dir)
     # one writer per run folder: a second run into it fails here, naming the holder
     with run_lock(run_dir):

@@ -42,6 +42,21 @@ added to a bias-free layer). The result is the same module class with other valu
 At t = 0 and t = 1 the network is returned untouched: its statistics are the target,
 so the correction is the identity up to rounding (:func:`repair_model` computes it
 anyway; the tests check it leaves the endpoint's logits within 1e-5).
+
+Against the reference code (KellerJordan/REPAIR, notebooks): the targets are theirs
+(means and stds interpolated linearly; the logits left alone). Deviations, all
+deliberate: (1) their correction wraps each layer in a BatchNorm whose scale and shift
+are the target and re-estimates it in train mode over 1-3 training epochs; here
+the units are corrected one by one in eval mode on the ``--bn-batches`` measuring
+batches, which hits the target exactly on those batches. (2) For BatchNorm networks
+their notebooks reset the BatchNorm statistics (VGG-11-BN, ResNet-20) and, for
+ResNet-50, also correct every residual block's output after the addition; here a
+BatchNorm layer's *output* is the unit, set to the interpolated endpoints' BN-output
+statistics, and residual sums are not units, so ``repair`` differs from ``bn-reset``
+on BatchNorm networks (``studies/results/repair``). (3) Loss planes
+(``--plane-grid``, :mod:`robustpath.plane`) do not use ``--renorm``: a plane point
+has no t, hence no target; they re-estimate BatchNorm, and the bench says so on
+stderr (:func:`plane_note`).
 """
 
 from __future__ import annotations
@@ -369,6 +384,18 @@ def renorm_spec(cfg) -> dict:
     if RENORMS.get(cfg.renorm).needs_attack:
         spec["renorm_attack"] = cfg.train_attack().to_dict()
     return spec
+
+
+def plane_note(cfg) -> str | None:
+    """The line ``robustpath.bench`` prints (stderr, before any work) when ``--renorm``
+    is not the default and loss planes are on: the planes re-estimate BatchNorm at
+    every grid point whatever ``--renorm`` says. None otherwise."""
+    if cfg.renorm == DEFAULT or not cfg.plane_grid:
+        return None
+    return (f"note: --renorm {cfg.renorm} applies to path evaluation, strong and curvature "
+            f"stages; the loss planes (--plane-grid {cfg.plane_grid}) re-estimate BatchNorm at "
+            "every grid point (a plane point has no t, so no REPAIR target); --plane-grid 0 "
+            "skips them")
 
 
 def for_path(cfg, model_at: Callable[[float], nn.Module], data, device) -> PathRenorm | None:

@@ -10,6 +10,10 @@ resumes, per point); outputs: ``soup.csv``, ``triangle.csv``, ``barrier_matrix.c
 its own), ``barrier_matrix.png``, ``merge.json``, ``summary.md``.
 
 Example: ``python -m robustpath.soup --models 3 --align weight --grid 8 --out runs/soup``.
+
+Scope: the N models are endpoints trained here (seeds 0..N-1, the bench's recipe); loaded
+(RobustBench) models are not merged. For N loaded models the pairwise barrier matrix is
+``python -m robustpath.zoo compare`` (pairwise alignment, no common basin, no soup).
 """
 
 from __future__ import annotations

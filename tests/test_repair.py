@@ -192,3 +192,20 @@ def test_strong_stage_prepares_points_as_path_evaluation(batches):
     assert setup.recomputes(0.5) and not setup.recomputes(1.0)
     with pytest.raises(UserError):
         stages.point_setup(cfg, run, "cpu")
+
+
+def test_loss_planes_with_renorm_are_announced_before_work(tmp_path, capsys):
+    """Loss planes re-estimate BatchNorm whatever --renorm says (a plane point has no t):
+    the bench says so on stderr before any work; silent at the default or without planes."""
+    from robustpath import bench
+    from robustpath.repair import plane_note
+
+    assert plane_note(from_preset("quick", renorm="bn-reset")) is None
+    assert plane_note(from_preset("quick", renorm="repair", plane_grid=0)) is None
+    assert "--plane-grid 9" in plane_note(from_preset("quick", renorm="none"))
+    blocker = tmp_path / "file"  # --out is a file: the run stops right after the note
+    blocker.write_text("x")
+    assert bench.main(["--renorm", "repair", "--seeds", "0,1", "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("note: --renorm repair") and "re-estimate BatchNorm" in err[0]
+    assert err[1].startswith("error:") and not (tmp_path / "file" / "ckpt").exists()
