@@ -161,6 +161,7 @@ def test_mismatched_pair_is_refused(tiny_zoo, tmp_path, capsys):
 
 def test_missing_data_fails_before_writing(tiny_zoo, tmp_path, capsys):
     model_dir, _, _ = tiny_zoo
+    (tmp_path / "no-data").mkdir()  # exists without CIFAR (a missing folder is a usage error)
     rc = zoo.main(["compare", "--models", f"{NAME_A},{NAME_B}", "--model-dir", str(model_dir),
                    "--data-root", str(tmp_path / "no-data"), "--out", str(tmp_path / "run"),
                    "--device", "cpu"])
@@ -331,7 +332,7 @@ def test_zoo_and_bench_paths_over_the_same_two_models_give_identical_records(tmp
             names.append(name)
         assert zoo.main(["compare", "--models", ",".join(names), "--model-dir", str(model_dir),
                          "--bn-endpoints", "--no-transfer", "--out", str(tmp_path / "zoo"),
-                         *common]) == 0
+                         "--t-batch", "2", *common]) == 0
     finally:
         mp.undo()
     cols = ["align", "curve", "t", "clean_acc", "robust_acc", "clean_loss", "robust_loss"]
@@ -339,6 +340,10 @@ def test_zoo_and_bench_paths_over_the_same_two_models_give_identical_records(tmp
     z = pd.read_csv(tmp_path / "zoo" / "records.csv")[cols].sort_values(["align", "curve", "t"])
     assert len(b) == len(z) == 2 * 4  # 3 grid points + 1 refinement point per path
     pd.testing.assert_frame_equal(b.reset_index(drop=True), z.reset_index(drop=True))
+    # what the zoo got from the shared stages: the point cache (one entry per network
+    # evaluated) and t_batch (2 above: the same records as the bench's one t at a time)
+    points = [f for f in (tmp_path / "zoo" / "ckpt" / "points").rglob("*.npz")]
+    assert len(points) >= 2, points
 
 
 def test_rerun_check_ignores_runtime_settings_but_not_science():
