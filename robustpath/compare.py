@@ -7,7 +7,8 @@ Writes to ``--compare-out`` (default ``results/comparison``):
   pair, ± std over several), headers as in ``tables/summary.md``;
 * ``differences.{csv,md}``: each later run minus the first (the baseline), per
   path present in both with the same seed pair, with a 95% *paired* bootstrap CI:
-  both runs' per-example results are resampled with the same example indices. Only
+  both runs' per-example results are resampled with the same example indices; with
+  several seed pairs, also their mean (two-level bootstrap CI over pairs and examples). Only
   done where the runs share their test examples (same dataset, test subset and number
   of examples, which fixes the seeded subset of :class:`robustpath.stages.RunData`);
   otherwise the file says why there is no row;
@@ -71,23 +72,48 @@ def _point_metrics(p: PathRecord) -> dict[str, np.ndarray]:
 def paired_differences(base: list[PathRecord], other: list[PathRecord], *, bootstrap: int = 1000,
                        seed: int = 0, level: float = 0.95) -> list[dict]:
     """``other - base`` for every path (alignment, family, seed pair) in both, with a
-    paired percentile bootstrap CI (the same resample of examples for both runs)."""
+    paired percentile bootstrap CI (the same resample of examples for both runs).
+
+    Where an alignment x family has several seed pairs in both runs, one more row
+    (``seed_a = seed_b = "all"``, ``pairs`` = their number) gives the mean difference
+    over pairs with a two-level bootstrap CI: seed pairs resampled with replacement,
+    and within each bootstrap draw the same example resample as the per-pair rows (so
+    the CI covers both the seed and the test-example variation)."""
     by_id = {p.path_id: p for p in base}
     n = base[0].result.clean_correct.shape[1]
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(np.float64) / n
     alpha = (1 - level) / 2
     rows = []
+    groups: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
     for q in other:
         p = by_id.get(q.path_id)
         if p is None:
             continue
         pa, pb = _point_metrics(p), _point_metrics(q)
         ba, bb = _boot_metrics(p, weights), _boot_metrics(q, weights)
-        row = {"align": q.align, "curve": q.curve, "seed_a": q.seed_a, "seed_b": q.seed_b}
+        row = {"align": q.align, "curve": q.curve, "seed_a": q.seed_a, "seed_b": q.seed_b,
+               "pairs": 1}
+        point, boot = {}, {}
         for m, _, _ in DIFF_METRICS:
-            lo, hi = np.quantile(bb[m] - ba[m], [alpha, 1 - alpha])
-            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = float(pb[m] - pa[m]), float(lo), float(hi)
+            point[m], boot[m] = float(pb[m] - pa[m]), np.asarray(bb[m] - ba[m])
+            lo, hi = np.quantile(boot[m], [alpha, 1 - alpha])
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = point[m], float(lo), float(hi)
+        rows.append(row)
+        groups.setdefault((q.align, q.curve), []).append((point, boot))
+    pair_rng = np.random.default_rng(seed + 1)
+    for (align, curve), members in groups.items():
+        k = len(members)
+        if k < 2:
+            continue
+        pick = pair_rng.integers(0, k, size=(bootstrap, k))  # seed pairs, per draw
+        row = {"align": align, "curve": curve, "seed_a": "all", "seed_b": "all", "pairs": k}
+        for m, _, _ in DIFF_METRICS:
+            d = np.stack([b[m] for _, b in members])  # [pairs, bootstrap]
+            pooled = d[pick, np.arange(bootstrap)[:, None]].mean(1)
+            lo, hi = np.quantile(pooled, [alpha, 1 - alpha])
+            row[m] = float(np.mean([pt[m] for pt, _ in members]))
+            row[f"{m}_lo"], row[f"{m}_hi"] = float(lo), float(hi)
         rows.append(row)
     return rows
 
@@ -157,12 +183,15 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
             r = {"run": name, "baseline": names[0], **r}
             diff_rows.append(r)
             diff_md.append([f"{name} − {names[0]}", ALIGN_LABEL.get(r["align"], r["align"]),
-                            str(r["curve"]), f"{r['seed_a']},{r['seed_b']}"]
+                            str(r["curve"]), f"all {r['pairs']} pairs" if r["seed_a"] == "all"
+                            else f"{r['seed_a']},{r['seed_b']}"]
                            + [_diff_cell(r, m, pct) for m, _, pct in DIFF_METRICS])
     dheader = ["Difference", "Alignment", "Path", "Seeds"] + [f"Δ {h}" for _, h, _ in DIFF_METRICS]
     diff_text = (_md(dheader, diff_md) if diff_md else "") + \
-        ("\nDifference [95% paired bootstrap CI over the shared test examples]; accuracies in "
-         "percentage points, losses in nats.\n" if diff_md else "") + \
+        ("\nDifference [95% paired bootstrap CI over the shared test examples]; rows 'all N "
+         "pairs': the mean over seed pairs, its CI a two-level bootstrap over seed pairs and "
+         "test examples; accuracies in percentage points, losses in nats.\n"
+         if diff_md else "") + \
         ("\n" + "\n".join(notes) + "\n" if notes else "")
     atomic_write_text(out_dir / "differences.csv",
                       pd.DataFrame(diff_rows).to_csv(index=False, float_format="%.6f"))

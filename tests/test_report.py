@@ -206,3 +206,26 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     img = np.asarray(Image.open(out).convert("L"), dtype=np.float64)
     assert img.shape == (1400, 1000)
     assert img.std() > 20  # text, tables and figures drawn, not a blank page
+
+
+def test_paired_differences_pool_several_seed_pairs():
+    from robustpath.compare import paired_differences
+
+    base = [PathRecord("none", "line", 2 * s, 2 * s + 1, _result(10 + s, 1.0)) for s in range(3)]
+    other = [PathRecord("none", "line", 2 * s, 2 * s + 1, _result(10 + s, 1.0 + 0.5 * s))
+             for s in range(3)]
+    rows = paired_differences(base, other, bootstrap=200)
+    per_pair = [r for r in rows if r["pairs"] == 1]
+    pooled = [r for r in rows if r["seed_a"] == "all"]
+    assert len(per_pair) == 3 and len(pooled) == 1 and pooled[0]["pairs"] == 3
+    p = pooled[0]
+    for m in ("robust_acc_min", "robust_loss_barrier"):
+        assert p[m] == pytest.approx(np.mean([r[m] for r in per_pair]))
+        assert p[f"{m}_lo"] <= p[m] <= p[f"{m}_hi"]
+    # the pair s=0 is unchanged, so the pooled CI (over pairs) reaches towards 0 and is
+    # wider than the changed pairs' CIs over examples alone
+    assert p["robust_loss_barrier_hi"] - p["robust_loss_barrier_lo"] > \
+        per_pair[2]["robust_loss_barrier_hi"] - per_pair[2]["robust_loss_barrier_lo"]
+    same = paired_differences(base, base, bootstrap=200)
+    assert all(r[k] == 0 for r in same for k in ("robust_acc_min", "robust_acc_min_lo",
+                                                   "robust_acc_min_hi"))
