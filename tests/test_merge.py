@@ -240,3 +240,36 @@ def test_module_entry_point_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "robustpath.soup", "--models", "2"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--models must be >= 3" in r.stderr
+
+
+def test_triangle_killed_midway_resumes_at_the_next_point(tmp_path, fmnist):
+    """A kill (KeyboardInterrupt from the 4th point's attack) keeps the 3 finished points;
+    the rerun attacks only the 3 missing ones and equals an uninterrupted run."""
+    from robustpath.cache import BoundPointCache
+
+    _, _, x_te, y_te = fmnist
+    models = []
+    for s in range(3):
+        torch.manual_seed(s)
+        models.append(create("mlp", "fashion-mnist", width=0.125).eval())
+    attack = build_attack(AttackConfig(eps=0.1, steps=1, seed=0), 10)
+    calls = []
+
+    def counted(kill_at):
+        def atk(*a, **k):
+            calls.append(1)
+            if len(calls) == kill_at:
+                raise KeyboardInterrupt
+            return attack(*a, **k)
+        return atk
+
+    cache = BoundPointCache(tmp_path / "points")
+    with pytest.raises(KeyboardInterrupt):
+        triangle(models, 2, PointEval(x_te[:50], y_te[:50], counted(4), cache=cache),
+                 progress=False)
+    calls.clear()
+    resumed = triangle(models, 2, PointEval(x_te[:50], y_te[:50], counted(0), cache=cache),
+                       progress=False)
+    assert len(calls) == 3  # 6 points, 3 cached before the kill
+    fresh = triangle(models, 2, PointEval(x_te[:50], y_te[:50], attack), progress=False)
+    assert all(np.array_equal(resumed[k], fresh[k]) for k in fresh)
