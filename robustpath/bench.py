@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     a("--align", default="none,activation",
       help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)}")
     a("--align-inputs", default="clean", help="activation matching on clean or adv inputs")
+    a("--align-samples", type=int, default=None,
+      help="activation matching on the first N training examples (Tatro et al.: 10,000; "
+      f"{preset_default('align_samples')})")
     a("--paths", default="line,bezier", help=f"path families: {', '.join(CURVES.names())}")
     a("--bends", type=int, default=None, help="control points of bezier/polychain (default 1)")
     a("--attack", default="pgd", help=f"evaluation attack: {', '.join(ATTACKS.names())}")
@@ -80,7 +83,8 @@ def parser() -> argparse.ArgumentParser:
     a("--attack-mode", default=None, help="endpoint training's attacks with the model in eval "
       f"or train mode (Tatro et al.: train; {preset_default('attack_mode')})")
     a("--affine-degrees", type=float, default=None,
-      help=f"endpoint training: random rotation in [-d, d] degrees ({preset_default('affine_degrees')})")
+      help="endpoint and curve training: random rotation in [-d, d] degrees "
+      f"({preset_default('affine_degrees')})")
     a("--train-subset", type=int, default=None, help=f"training examples (0 = all; {preset_default('train_subset')})")
     a("--test-subset", type=int, default=None, help=f"test examples (0 = all; {preset_default('test_subset')})")
     a("--t-points", type=int, default=None, help=f"evenly spaced t in [0,1] ({preset_default('t_points')})")
@@ -166,7 +170,8 @@ def config_from_args(args) -> BenchConfig:
         seeds=parse_int_list(args.seeds, name="--seeds") if args.seeds else None,
         align=split_list(args.align), schedule=args.schedule, curve_schedule=args.curve_schedule,
         attack_mode=args.attack_mode, affine_degrees=args.affine_degrees,
-        align_inputs=args.align_inputs, paths=split_list(args.paths), bends=args.bends,
+        align_inputs=args.align_inputs, align_samples=args.align_samples,
+        paths=split_list(args.paths), bends=args.bends,
         attack=args.attack, norm=args.norm, eps=args.eps, step_size=args.step_size,
         eval_steps=args.steps, train_steps=args.train_steps, restarts=args.restarts,
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,

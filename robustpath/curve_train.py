@@ -3,7 +3,12 @@
 Per batch (Garipov et al. 2018; Tatro et al. 2020):
 
 1. draw t ~ U(0, 1) from a seeded generator;
-2. make the adversarial batch against θ(t) (``cfg.attack``; ``None``: clean training);
+2. make the adversarial batch against θ(t) (``cfg.attack``; ``None``: clean training)
+   from the batch as :class:`robustpath.data.Batches` gives it (``cfg.augment``: crop +
+   flip) and, with ``cfg.affine_degrees`` > 0, rotated by U(-d, d) degrees per image
+   (:func:`robustpath.train.random_rotation`, the endpoints' rotation; Tatro et al.'s
+   curve script trains on the same ``RandomAffine(degrees=15)`` transform as their
+   endpoints: ``training/train_curve_adversarial.py:33,105-113``, ``utils/data.py:30``);
 3. take an SGD step on the control points for cross-entropy at θ(t) on that batch
    plus the L2 penalty ``weight_decay / 2 * ||θ(t)||²`` (Garipov's regulariser: the
    decay acts on the point of the curve, not on the control points themselves).
@@ -23,7 +28,7 @@ Resumable: at the end of epoch e, ``<out_dir>/epoch-000e.safetensors`` + ``.json
 hold the control points, the SGD momentum buffer and the history; the JSON is
 written last, so the newest epoch with a JSON is complete even after a kill in the
 middle of writing, and older epoch files are removed once it is. Data order, the
-t draws and the attack's random starts are seeded per epoch from ``cfg.seed``, so
+t draws, the rotations and the attack's random starts are seeded per epoch from ``cfg.seed``, so
 a run killed and restarted in the same folder continues at the next epoch and
 ends bit-for-bit where an uninterrupted run ends (same device and threads).
 ``<out_dir>/final.*`` (a :func:`robustpath.curves.save_curve` file plus metrics)
@@ -51,6 +56,7 @@ from .errors import UserError
 from .numbers import parse_fraction
 from .registry import Registry
 from .store import checkpoint_exists, config_hash, load_checkpoint, save_checkpoint
+from .train import random_rotation
 
 SCHEDULES: Registry[Callable[[float], float]] = Registry("curve lr schedule")
 
@@ -92,6 +98,7 @@ class CurveTrainConfig:
     schedule: str = "cosine"         # cosine | garipov | constant
     seed: int = 0
     augment: bool = False            # random crop + flip (CIFAR)
+    affine_degrees: float = 0.0      # random rotation before the attack (Tatro et al.: 15)
     attack: AttackConfig | None = field(default_factory=AttackConfig)
     checkpoint_every_epoch: bool = True
     amp: bool = True                 # bfloat16 autocast on CUDA (no-op on CPU); not in the key
@@ -105,6 +112,8 @@ class CurveTrainConfig:
         if not 0.0 <= float(self.momentum) < 1.0:
             raise UserError(f"momentum must lie in [0, 1), got {self.momentum}")
         SCHEDULES.get(self.schedule)
+        if not 0 <= float(self.affine_degrees) <= 180:
+            raise UserError(f"affine degrees must lie in [0, 180], got {self.affine_degrees}")
         if self.attack is not None:
             self.attack.validate()
         return self
@@ -117,6 +126,8 @@ class CurveTrainConfig:
         d = self.to_dict()
         d.pop("checkpoint_every_epoch")
         d.pop("amp")  # how to compute, like the device: not what is computed
+        if d.get("affine_degrees") == 0.0:  # added later: off, old caches keep their keys
+            d.pop("affine_degrees")
         return d
 
     @classmethod
@@ -240,6 +251,8 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         begin = time.perf_counter()
         loader.set_epoch(epoch)
         t_gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 1))
+        # its own generator: with rotation off, t draws and attack starts are unchanged
+        rot_gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 3))
         # running sums stay on the device; the bar reads them every 20 batches, so a GPU
         # is not made to wait for the host at every step
         tot_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -256,6 +269,8 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 theta = curve.flat_at(t)
                 params = curve.unflatten(theta)
                 point = curve.point(t, params)
+                if cfg.affine_degrees:
+                    xb = random_rotation(xb, float(cfg.affine_degrees), rot_gen)
                 with training_autocast(device, cfg.amp):
                     xa = attack(point, xb, yb) if attack is not None else xb
                     logits = curve.forward_batch_stats(xa, t, params, point.point_buffers)

@@ -60,7 +60,7 @@ def curve_train_config(cfg: BenchConfig):
 
     return CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
                             seed=0, augment=cfg.augment, attack=cfg.train_attack(), amp=cfg.amp,
-                            schedule=cfg.curve_schedule)
+                            schedule=cfg.curve_schedule, affine_degrees=cfg.affine_degrees)
 
 
 def curve_spec(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> dict:
@@ -68,6 +68,8 @@ def curve_spec(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> dict:
     if not curves_mod.CURVES.get(kind).fitted:
         return {"kind": kind, "a": key_a, "b": key_b}
     train = {k: v for k, v in curve_train_config(cfg).to_dict().items() if k != "amp"}
+    if train["affine_degrees"] == 0.0:  # rotation added later: off, old curve keys stay
+        del train["affine_degrees"]
     return {"kind": kind, "bends": cfg.bends, "a": key_a, "b": key_b, "train": train}
 
 

@@ -61,18 +61,15 @@ def context(preset: str = "paper") -> dict:
     """The resolved configs of ``preset``: bench config, endpoint, curve, PAM, models."""
     from . import models, stages
     from .config import from_preset
-    from .curve_train import CurveTrainConfig
     from .pam import TatroPAMConfig
 
     cfg = from_preset(preset)
     ep = stages.endpoint_config(cfg, cfg.seeds[0])
-    curve = CurveTrainConfig(epochs=cfg.curve_epochs, batch_size=cfg.batch_size, lr=cfg.curve_lr,
-                             seed=0, augment=cfg.augment, attack=cfg.train_attack(),
-                             schedule=cfg.curve_schedule)
+    curve = stages.curve_train_config(cfg)  # the config the curve stage trains with
     n = {a: sum(p.numel() for p in models.create(a, cfg.dataset).parameters())
          for a in ("tinyten", "resnet32")}
     return {"cfg": cfg, "endpoint": ep, "curve": curve, "pam": TatroPAMConfig(),
-            "params": n, "align_samples": stages.ALIGN_SAMPLES}
+            "params": n}
 
 
 E, A, C, V, P, M = ("endpoint training", "alignment", "curve training", "evaluation",
@@ -127,8 +124,7 @@ SETTINGS: list[Setting] = [
             "utils/data.py:194,216; alignment/align_models.py:106",
             lambda c: c["cfg"].align_inputs, "clean"),
     Setting(A, "examples", "10,000 (first of the training set)", "utils/data.py:216",
-            lambda c: c["align_samples"], None,
-            "robustpath.stages.ALIGN_SAMPLES (not a preset setting)"),
+            lambda c: c["cfg"].align_samples, 10000),
     # ------------------------------------------------------------ curves
     Setting(C, "curve", "quadratic Bezier (num_bends 3: one free control point)", f"{TC}:42-45",
             lambda c: ("bezier" in c["cfg"].paths, c["cfg"].bends), (True, 1)),
@@ -151,9 +147,12 @@ SETTINGS: list[Setting] = [
             (5, "linf")),
     Setting(C, "BatchNorm in training", "train mode: batch statistics", "utils/utils.py:54",
             lambda c: "batch statistics", "batch statistics", "fixed in robustpath.curve_train"),
-    Setting(C, "augmentation", "same as endpoints (rotation 15, crop, flip)",
-            f"{TC}:105-113", lambda c: "crop + flip" if c["curve"].augment else "none", None,
-            "robustpath.curve_train has no rotation option"),
+    Setting(C, "crop + flip", "as endpoints ('Adversarial' transform)", f"{TC}:33,105-113",
+            lambda c: c["curve"].augment, None,
+            "crop + flip as theirs, padded by reflection as the endpoints (see above)"),
+    Setting(C, "rotation", "RandomAffine(degrees=15), as endpoints",
+            f"{TC}:33,105-113; utils/data.py:30", lambda c: c["curve"].affine_degrees, 15.0,
+            "robustpath rotates after crop and flip, as the endpoints"),
     # ------------------------------------------------------------ evaluation
     Setting(V, "t points", "65, evenly spaced in [0, 1]", f"{EV}:42-43,160",
             lambda c: c["cfg"].t_points, 65),

@@ -170,8 +170,8 @@ def _align_any(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mo
     """Align model B onto A with ``method`` (none | activation | weight | pam-none |
     pam-activation).
 
-    Activation matching uses the first 2,000 training examples, clean or adversarial
-    (``cfg.align_inputs``). ``pam-*`` runs :func:`pam_alignment` from that method's
+    Activation matching uses the first ``cfg.align_samples`` training examples (2,000;
+    the paper presets 10,000, as Tatro et al.), clean or adversarial (``cfg.align_inputs``). ``pam-*`` runs :func:`pam_alignment` from that method's
     permutation. Returns ``(aligned_b, report, key)``.
     """
     if method in PAM_METHODS:

@@ -9,9 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from robustpath import bench, models, protocol
+from robustpath import bench, curves, keys, models, protocol
+from robustpath import data as data_mod
 from robustpath.attacks import AttackConfig, build_attack
 from robustpath.config import from_preset
+from robustpath.curve_train import CurveTrainConfig, _seed, train_curve
+from robustpath.errors import UserError
 from robustpath.train import SCHEDULES, _TrainModeTarget, random_rotation
 
 
@@ -86,6 +89,66 @@ def test_rotation_and_garipov_schedule():
     assert lrs[0] == lrs[50] == pytest.approx(0.1)
     assert lrs[70] == pytest.approx(0.1 * (1 - 0.2 / 0.4 * 0.99))
     assert lrs[95] == pytest.approx(0.001)
+
+
+def _curve_batches(x, y, degrees: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The inputs one clean epoch of curve training feeds the curve, and its controls."""
+    torch.manual_seed(0)
+    a, b = (models.create("cnn-small", "fashion-mnist", 0.25) for _ in range(2))
+    curve = curves.build_curve("bezier", a, b)
+    seen, forward = [], curve.forward_batch_stats
+
+    def recording(xb, *args, **kw):   # records, then runs the real forward
+        seen.append(xb.detach().clone())
+        return forward(xb, *args, **kw)
+
+    curve.forward_batch_stats = recording
+    cfg = CurveTrainConfig(epochs=1, batch_size=64, lr=0.05, seed=3, attack=None,
+                           affine_degrees=degrees)
+    train_curve(curve, x, y, cfg, None, progress=False)
+    return seen, curve.controls.detach().clone()
+
+
+def test_curve_rotation_changes_the_training_batches_and_off_leaves_them(fmnist):
+    x, y = fmnist[0][:192], fmnist[1][:192]
+    loader = data_mod.Batches(x, y, 64, shuffle=True, seed=3, drop_last=True)
+    loader.set_epoch(0)
+    plain = [xb for xb, _ in loader]
+    off, c_off = _curve_batches(x, y, 0.0)
+    assert len(off) == len(plain) == 3
+    assert all(torch.equal(o, p) for o, p in zip(off, plain))   # off: the loader's batches
+    on, c_on = _curve_batches(x, y, 15.0)
+    g = torch.Generator().manual_seed(_seed(3, 0, 3))             # epoch 0's rotation stream
+    assert all(torch.equal(o, random_rotation(p, 15.0, g)) for o, p in zip(on, plain))
+    assert not any(torch.equal(o, p) for o, p in zip(on, plain))
+    assert not torch.equal(c_on, c_off)                          # it reaches the fitted curve
+
+
+def test_curve_rotation_is_keyed_only_when_on_and_on_in_the_paper_presets():
+    assert "affine_degrees" not in CurveTrainConfig().cache_key()
+    assert CurveTrainConfig(affine_degrees=15.0).cache_key()["affine_degrees"] == 15.0
+    with pytest.raises(UserError, match="affine degrees"):
+        CurveTrainConfig(affine_degrees=200.0).validate()
+    for preset, degrees in (("quick", 0.0), ("modern", 0.0), ("paper", 15.0),
+                            ("paper-fmnist", 15.0)):
+        cfg = from_preset(preset)
+        assert keys.curve_train_config(cfg).affine_degrees == degrees
+        train = keys.curve_spec(cfg, "bezier", "a", "b")["train"]
+        assert train.get("affine_degrees", 0.0) == degrees
+        assert ("affine_degrees" in train) == (degrees > 0)   # old quick keys unchanged
+
+
+def test_align_samples_preset_flag_and_key():
+    assert from_preset("quick").align_samples == from_preset("modern").align_samples == 2000
+    assert from_preset("paper").align_samples == from_preset("paper-fmnist").align_samples \
+        == 10000
+    args = bench.parser().parse_args(["--align-samples", "500"])
+    cfg = bench.config_from_args(args)
+    assert cfg.align_samples == 500
+    assert keys.align_spec(cfg, "activation", "a", "b")["samples"] == 500
+    assert keys.align_spec(from_preset("quick"), "activation", "a", "b")["samples"] == 2000
+    with pytest.raises(UserError, match="--align-samples must be >= 1"):
+        from_preset("quick", align_samples=0)
 
 
 @pytest.mark.slow
