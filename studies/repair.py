@@ -36,7 +36,8 @@ import pandas as pd
 
 from robustpath.barrier import path_metrics
 from robustpath.bench import run
-from robustpath.config import from_preset
+from robustpath.config import MAX_BOOTSTRAP, from_preset
+from robustpath.errors import UserError, cli_main
 from robustpath.records import read
 from robustpath.repair import RENORMS
 from robustpath.store import atomic_write_bytes, atomic_write_text
@@ -118,6 +119,7 @@ def figure(records: dict[str, list], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m studies.repair", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default=str(ROOT / "results/fashion-mnist-cnn-small-quick"),
@@ -136,9 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     work, out = Path(args.work), Path(args.out)
     source = Path(args.source) if args.source else None
-    records, seconds = {}, {}
-    for renorm in args.renorms.split(","):
+    renorms = args.renorms.split(",")
+    for renorm in renorms:  # every bad input refused before the first arm's work
         RENORMS.get(renorm)
+        from_preset("quick", seeds=[0, 1], renorm=renorm, arch=args.arch,
+                    paths=args.paths.split(",")).validate()
+    if source is not None and not (source / "ckpt").is_dir():
+        raise UserError(f"--source {source} holds no run (no ckpt/); '' trains from scratch")
+    if not 1 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UserError(f"--bootstrap must be in 1..{MAX_BOOTSTRAP}, got {args.bootstrap}")
+    records, seconds = {}, {}
+    for renorm in renorms:
         records[renorm], seconds[renorm] = arm(renorm, source, work, args.progress, args.arch,
                                                args.paths.split(","))
         source = source or work / renorm

@@ -202,10 +202,23 @@ def test_loss_planes_with_renorm_are_announced_before_work(tmp_path, capsys):
 
     assert plane_note(from_preset("quick", renorm="bn-reset")) is None
     assert plane_note(from_preset("quick", renorm="repair", plane_grid=0)) is None
-    assert "--plane-grid 9" in plane_note(from_preset("quick", renorm="none"))
+    assert "--plane-grid 5" in plane_note(from_preset("quick", renorm="none", plane_grid=5))
     blocker = tmp_path / "file"  # --out is a file: the run stops right after the note
     blocker.write_text("x")
     assert bench.main(["--renorm", "repair", "--seeds", "0,1", "--out", str(blocker)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("note: --renorm repair") and "re-estimate BatchNorm" in err[0]
     assert err[1].startswith("error:") and not (tmp_path / "file" / "ckpt").exists()
+
+
+def test_repair_study_refuses_bad_input_before_any_arm(tmp_path, capsys):
+    # before: a bad second arm (or --paths) failed with a traceback after the first arm ran
+    from studies import repair as study
+
+    for argv in (["--renorms", "repair,bogus"], ["--paths", "line,bogus"],
+                 ["--source", str(tmp_path / "none")], ["--bootstrap", "0"]):
+        assert study.main([*argv, "--work", str(tmp_path / "w"), "--out",
+                           str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
