@@ -171,8 +171,9 @@ def _align_any(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mo
     pam-activation).
 
     Activation matching uses the first ``cfg.align_samples`` training examples (2,000;
-    the paper presets 10,000, as Tatro et al.), clean or adversarial (``cfg.align_inputs``). ``pam-*`` runs :func:`pam_alignment` from that method's
-    permutation. Returns ``(aligned_b, report, key)``.
+    the paper presets 10,000, as Tatro et al.), clean or adversarial (``cfg.align_inputs``).
+    ``pam-*`` runs :func:`pam_alignment` from that method's permutation. Returns
+    ``(aligned_b, report, key)``.
     """
     if method in PAM_METHODS:
         return pam_alignment(cfg, method, model_a, model_b, key_a, key_b, run_dir, data, device,
