@@ -7,7 +7,7 @@ Presets (``--preset``):
   4 endpoint epochs, 4 curve epochs, 1,000 test images, 11 t points, PGD-5 in
   training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
   (``studies/results/bn_study.md``: 1-10 batches change robust accuracy by <= 0.6
-  points), 9x9 loss planes of the bezier curves, 2 refinement rounds around each
+  points), 13x13 loss planes of the first pair's Bezier curves, 2 refinement rounds around each
   path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 25
   test examples at the endpoints and each path's worst t (it adds about a third to the
   run, and its AutoAttack CIs are about +-20 points wide: ``benchmarks/STRONG.md``; use
@@ -52,7 +52,7 @@ PRESETS.register("quick")({
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
     "strong_examples": 25,
     "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 2, "lr": 0.05,
-    "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 9,
+    "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 13,
 })
 #: Tatro et al. 2020's robust protocol, every value from their code (IBM/NeuronAlignment);
 #: docs/paper_protocol.md is generated from this entry (robustpath.protocol) with the

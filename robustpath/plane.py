@@ -327,8 +327,8 @@ def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = 
     loaded 2-core machine): one grid point (BatchNorm recomputed on 2 PGD batches,
     clean and PGD-10 loss on 300 examples) took 1.7-1.9 s, so the quick preset's two
     9 x 9 planes are about 160 points (~5 min there), 13 x 13 about 340 and 17 x 17
-    about 580. At 9 x 9 the contours of the unaligned plane still show kinks between
-    grid points (the contouring interpolates linearly); a finer grid is the cure."""
+    about 580. At 9 x 9 the contours of the unaligned plane still showed kinks between
+    grid points (the contouring interpolates linearly), so the quick preset uses 13 x 13."""
     from .attacks import build_attack
     from .cache import load_npz, recompute_notice, save_npz
     from .keys import PLANE_EXAMPLES, plane_spec
