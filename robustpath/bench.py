@@ -22,7 +22,7 @@ import torch
 
 from . import runfolder, runtime, stages
 from .attacks import ATTACKS
-from .cli import ArgumentParser, split_list
+from .cli import ArgumentParser, data_root, split_list
 from .config import ALIGN_METHODS, PRESETS, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
       "al.'s robust setting, for a GPU)")
     a("--dataset", default=None, help=f"dataset: {', '.join(DATASETS.names())} "
       f"({preset_default('dataset')})")
-    a("--data-root", default=None, help="folder with dataset files (default ./data; "
+    a("--data-root", default=None, type=data_root, help="an existing folder with dataset files (default ./data; "
       "Fashion-MNIST is also read from /usr/share/datasets/fashion-mnist)")
     a("--arch", default=None, help=f"architecture: {', '.join(available())} "
       f"({preset_default('arch')})")
@@ -123,9 +123,9 @@ def parser() -> argparse.ArgumentParser:
       help="test examples (a seeded subset) attacked by the strong stage at both endpoints "
       "and each path's worst t: standard AutoAttack and many-restart PGD "
       f"({preset_default('strong_examples')})")
-    a("--aa-version", default=None, help="AutoAttack version of the strong stage and of "
-      "--attack autoattack: standard (Croce & Hein's standard version), plus, rand, custom "
-      "(default standard)")
+    a("--aa-version", default=None, help="AutoAttack version of the strong stage (--attack "
+      "autoattack always runs the standard version): standard (Croce & Hein's standard "
+      "version), plus, rand, custom (default standard)")
     a("--aa-attacks", default=None, help="with --aa-version custom: comma-separated "
       "sub-attacks from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square")
     a("--strong-pgd-steps", type=int, default=None,
@@ -186,6 +186,14 @@ def config_from_args(args) -> BenchConfig:
         strong_pgd_steps=args.strong_pgd_steps, strong_pgd_restarts=args.strong_pgd_restarts,
         amp=False if args.no_amp else None, fuse=False if args.no_fuse else None,
         data_root=args.data_root, device=args.device)
+    # a setting of a stage that does not run would be ignored without a word (issue 17)
+    if args.curvature_iters is not None and not cfg.curvature_examples:
+        raise UserError("--curvature-iters needs --curvature N (N > 0)")
+    off = [f for f, v in (("--strong-examples", args.strong_examples), ("--strong-pgd-steps",
+           args.strong_pgd_steps), ("--strong-pgd-restarts", args.strong_pgd_restarts))
+           if v is not None]
+    if off and not cfg.strong:
+        raise UserError(f"{off[0]} needs the strong stage (drop --no-strong)")
     cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
     return cfg
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .errors import UserError
 
@@ -38,6 +39,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")
+
+
+def data_root(text: str) -> str:
+    """argparse ``type`` of ``--data-root``: an existing folder (issue 17). A missing one
+    was ignored without a word: Fashion-MNIST then came from Debian's copy. Only a given
+    flag is checked; unset, the default ``./data`` may be absent. To download a dataset
+    into a new folder, create it first."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} does not exist (create it, or leave "
+                                         "--data-root unset)")
+    return text
 
 
 def split_list(text: str) -> list[str]:

@@ -34,7 +34,7 @@ from . import data as data_mod
 from . import runtime, stages
 from .attacks import build_attack
 from .cache import BoundPointCache
-from .cli import ArgumentParser, split_list
+from .cli import ArgumentParser, data_root, split_list
 from .config import MAX_BOOTSTRAP, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
@@ -139,7 +139,8 @@ def parser() -> argparse.ArgumentParser:
       "((K+1)(K+2)/2 points) and t step of every pair's line")
     a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())}")
     a("--dataset", default=None, help=f"dataset ({preset_default('dataset')})")
-    a("--data-root", default=None, help="folder with dataset files (default ./data)")
+    a("--data-root", default=None, type=data_root,
+      help="an existing folder with dataset files (default ./data)")
     a("--arch", default=None, help=f"architecture ({preset_default('arch')})")
     a("--width", type=float, default=None, help=f"width multiplier ({preset_default('width')})")
     a("--eps", default=None, help="attack radius, e.g. 8/255 or 0.1 (default per dataset)")

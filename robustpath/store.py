@@ -136,16 +136,24 @@ def git_revision() -> str | None:
 
 
 def versions() -> dict[str, str]:
-    """Versions of Python and the packages that affect results."""
+    """Versions of Python and the packages that affect results.
+
+    A package the process has imported reports its ``__version__`` (with its local tag,
+    e.g. ``2.14.1+cu130``); one it has not is read from its installed metadata (no local
+    tag), not imported: importing torchvision and torchattacks took 7-10 s on a loaded
+    2-core machine, inside the first checkpoint write (a kill window, issue 17)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in ("torch", "torchvision", "torchattacks", "numpy", "scipy", "robustpath"):
         mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                mod = __import__(name)
-            except Exception:
-                continue
-        out[name] = getattr(mod, "__version__", "?")
+        if mod is not None:
+            out[name] = getattr(mod, "__version__", "?")
+            continue
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
     return out
 
 
@@ -189,8 +197,9 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     blob = save(flat)
     content = {"sha256": sha256_bytes(blob), "bytes": len(blob), "tensors": tensor_summary(flat)}
-    atomic_write_bytes(st, blob)
-    atomic_write_json(js, {**meta, "provenance": provenance(), "content": content})
+    sidecar = {**meta, "provenance": provenance(), "content": content}  # before any write:
+    atomic_write_bytes(st, blob)  # the two writes follow each other with nothing slow between
+    atomic_write_json(js, sidecar)
 
 
 def checkpoint_exists(path: str | Path) -> bool:

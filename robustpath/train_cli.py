@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import models
 from .attacks import AttackConfig
-from .cli import ArgumentParser
+from .cli import ArgumentParser, data_root
 from .device import resolve
 from .errors import UserError, cli_main
 from .numbers import parse_fraction
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m robustpath.train",
                                 description="Adversarially train one endpoint network.")
     p.add_argument("--dataset", default=d.dataset, help="dataset name (default %(default)s)")
-    p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")
+    p.add_argument("--data-root", default=None, type=data_root,
+                   help="an existing folder with dataset files (default ./data)")
     p.add_argument("--arch", default=d.arch, help=f"architecture: {', '.join(models.available())}")
     p.add_argument("--width", type=float, default=d.width, help="width multiplier (default 1)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")

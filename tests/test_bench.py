@@ -239,6 +239,7 @@ def test_unwritable_output_folder(tmp_path):
 
 
 def test_missing_data_root_for_cifar(tmp_path):
+    (tmp_path / "nowhere").mkdir()  # exists, holds no CIFAR (a missing folder: test_faults)
     r = subprocess.run([sys.executable, "-m", "robustpath.bench", "--dataset", "cifar10",
                         "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")],
                        capture_output=True, text=True, timeout=120,

@@ -571,3 +571,68 @@ def test_report_of_a_damaged_sweep_json_is_one_line(tmp_path, text, capsys):
     assert report_main([str(tmp_path)]) == 2
     _one_error_line(capsys.readouterr().err, str(tmp_path / "sweep.json"), "corrupt")
     assert not (tmp_path / runfolder.STAGING).exists()
+
+
+# ---------------------------------------------------------------- audit: silently ignored
+TINY_BENCH = ["--arch", "mlp", "--width", "0.25", "--seeds", "0,1", "--epochs", "1",
+              "--curve-epochs", "1", "--train-subset", "64", "--test-subset", "16",
+              "--t-points", "3", "--plane-grid", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("cli", ["bench", "train", "soup", "zoo"])
+def test_missing_data_root_is_one_line_before_any_work(tmp_path, cli, capsys):
+    """``--data-root /nonexistent`` on Fashion-MNIST ran to the end: the data came from
+    Debian's copy without a word. A given --data-root must be an existing folder."""
+    from robustpath import soup_cli, train, zoo
+
+    missing, out = str(tmp_path / "nonexistent"), tmp_path / "run"
+    main, argv = {
+        "bench": (bench.main, [*TINY_BENCH, "--no-strong", "--out", str(out)]),
+        "train": (train.main, ["--arch", "mlp", "--epochs", "1", "--out", str(out / "m")]),
+        "soup": (soup_cli.main, ["--out", str(out)]),
+        "zoo": (zoo.main, ["compare", "--models", "a,b", "--out", str(out)]),
+    }[cli]
+    assert main([*argv, "--data-root", missing]) == 2
+    _one_error_line(capsys.readouterr().err, "--data-root", missing, "does not exist")
+    assert not out.exists()
+    (tmp_path / "file").write_text("x")
+    assert main([*argv, "--data-root", str(tmp_path / "file")]) == 2
+    _one_error_line(capsys.readouterr().err, "--data-root", "not a folder")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--curvature-iters", "5"], "--curvature-iters needs --curvature"),
+    (["--no-strong", "--strong-examples", "5"], "--strong-examples needs the strong stage"),
+    (["--no-strong", "--strong-pgd-steps", "5"], "--strong-pgd-steps needs the strong stage"),
+    (["--no-strong", "--strong-pgd-restarts", "2"], "--strong-pgd-restarts needs the strong"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_setting_of_a_stage_that_does_not_run_is_refused(tmp_path, argv, needle, capsys):
+    """Accepted silently before: ``--curvature-iters`` without ``--curvature``, the strong
+    stage's settings with ``--no-strong`` (its --aa-version was already refused)."""
+    assert bench.main([*TINY_BENCH, *argv, "--out", str(tmp_path / "run")]) == 2
+    _one_error_line(capsys.readouterr().err, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_zoo_aa_version_without_the_strong_stage_is_refused(tmp_path, capsys):
+    """``zoo compare --no-strong --aa-version plus`` was accepted (bench refused it)."""
+    from robustpath import zoo
+
+    for extra in (["--aa-version", "plus"], ["--aa-version", "custom", "--aa-attacks", "apgd-ce"]):
+        argv = ["compare", "--models", "a,b", "--no-strong", *extra, "--out", str(tmp_path / "r")]
+        assert zoo.main(argv) == 2
+        _one_error_line(capsys.readouterr().err, "need the strong stage")
+    assert not (tmp_path / "r").exists()
+
+
+def test_provenance_imports_nothing():
+    """The first checkpoint's sidecar recorded package versions by importing torchvision
+    and torchattacks: 7-10 s on a loaded machine between writing the ``.safetensors``
+    and its ``.json``, a window in which a kill lost the epoch just saved."""
+    code = ("import sys; from robustpath import store; v = store.provenance()['versions']; "
+            "print(sorted(m for m in ('torchvision', 'torchattacks') if m in sys.modules), "
+            "'torchvision' in v, 'torchattacks' in v)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]", "True", "True"]

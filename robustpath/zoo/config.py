@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict, dataclass, field
 
 from ..attacks import ATTACKS, AttackConfig
-from ..cli import split_list
+from ..cli import data_root, split_list
 from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
 from ..config import MAX_BOOTSTRAP, MAX_REFINE_ROUNDS, MAX_T_POINTS
 from ..errors import UserError
@@ -136,6 +136,8 @@ class CompareConfig:
                 raise UserError(f"{flag} must be clean or adv, got {value!r}")
         if self.strong:
             self.strong_settings()
+        elif self.aa_attacks or self.aa_version != "standard":  # as bench: not ignored silently
+            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong)")
         ATTACKS.get(self.attack)
         if not 0 <= self.refine_rounds <= MAX_REFINE_ROUNDS:
             raise UserError(f"--refine-rounds must be in 0..{MAX_REFINE_ROUNDS}, "
@@ -169,7 +171,7 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--models", required=True, help="zoo names, comma-separated (at least two)")
     a("--pairs", default=None, help="explicit pairs A:B,C:D (default: every same-architecture "
       "pair of --models; a pair of different architectures is an error)")
-    a("--data-root", default=None, help="folder with cifar-10-batches-py / cifar-100-python "
+    a("--data-root", default=None, type=data_root, help="an existing folder with cifar-10-batches-py / cifar-100-python "
       "(default ./data or env ROBUSTPATH_DATA)")
     a("--align", default="none,weight",
       help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)}")
