@@ -39,7 +39,9 @@ statistics, then its scale and shift are set so its output has the target mean a
 std; a LayerNorm / GroupNorm gets its scale and shift rescaled, and a Conv / Linear
 its weight rows and bias (REPAIR's "ResetLayer", fused into the layer: a bias is
 added to a bias-free layer). The result is the same module class with other values.
-At t = 0 and t = 1 the network is returned untouched: its statistics are the target,
+At t = 0 and t = 1 the network is returned untouched (bit-for-bit the same logits; a
+bias-free Conv / Linear unit gets a zero bias, so that endpoints and corrected points
+have the same parameters and stack under ``--t-batch``): its statistics are the target,
 so the correction is the identity up to rounding (:func:`repair_model` computes it
 anyway; the tests check it leaves the endpoint's logits within 1e-5).
 
@@ -293,12 +295,19 @@ class PathRenorm:
         self.model_at, self.attack = model_at, attack
         self.batches = [(b[0], b[1]) for b in batches]
         self._ends: dict | None = None
+        self._unit_list: list[Unit] | None = None
+
+    def _units(self) -> list[Unit]:
+        """The units, found on ``model_at(0)`` (no statistics measured)."""
+        if self._unit_list is None:
+            self._unit_list = find_units(self.model_at(0.0).eval(), self.batches[0][0][:2])
+        return self._unit_list
 
     def _endpoints(self):
         if self._ends is None:
             a, b = self.model_at(0.0).eval(), self.model_at(1.0).eval()
             x = [x for x, _ in self.batches]
-            units = find_units(a, x[0][:2])
+            units = self._units()
             ends = {"units": units, "clean": (measure(a, units, x), measure(b, units, x))}
             if self.method.needs_attack:
                 ends["adv"] = tuple(measure(m, units, self.adversarial(m)) for m in (a, b))
@@ -313,8 +322,11 @@ class PathRenorm:
         """The network to evaluate at ``t``: ``model`` corrected in place (``repair``),
         a corrected copy (``repair-adv``) or ``model`` itself (``none``, t = 0, 1)."""
         t = float(t)
-        if not self.method.needs_data or t in (0.0, 1.0):
-            return model.eval()  # none; or an endpoint, whose statistics are the target
+        if not self.method.needs_data:
+            return model.eval()  # none
+        if t in (0.0, 1.0):  # an endpoint: its statistics are the target; only zero biases
+            # where a corrected point gains a bias, so that both stack (--t-batch)
+            return _zero_biases(model, self._units()).eval()
         ends = self._endpoints()
         raw = copy.deepcopy(model) if self.method.needs_attack else None
         x = [x for x, _ in self.batches]
@@ -347,6 +359,18 @@ class PathRenorm:
 
         cache.key = key  # instance attribute: evaluate_path calls point_cache.key(model)
         return cache
+
+
+def _zero_biases(model: nn.Module, units: Sequence[Unit]) -> nn.Module:
+    """``model`` with a zero bias on every bias-free Conv / Linear unit (in place): the
+    parameters a REPAIRed point has (:func:`_fuse` adds a bias), the same function."""
+    by_name = dict(model.named_modules())
+    for u in units:
+        m = by_name[u.name]
+        if isinstance(m, LAYER_TYPES) and m.bias is None:
+            m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype,
+                                              device=m.weight.device))
+    return model
 
 
 def _same_units(model: nn.Module, units: Sequence[Unit]) -> list[Unit]:

@@ -222,3 +222,29 @@ def test_repair_study_refuses_bad_input_before_any_arm(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
+
+
+def test_bias_free_units_stack_with_endpoints_under_t_batch(batches):
+    """A bias-free Conv unit gains a bias when corrected; the endpoints get a zero one (same
+    logits, bit for bit), so --t-batch stacks them with corrected points: before, a batch
+    holding t = 0 and t = 0.5 failed ("StackedModel needs models of one architecture")."""
+    from robustpath.evaluate import evaluate_path
+
+    def net():
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(),
+                             nn.AvgPool2d(7), nn.Flatten(), nn.Linear(64, 10))
+    ends = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ends.append(net().eval())
+    c = curves.build_curve("line", *ends)
+    x, y = batches[1][0][:40], batches[1][1][:40]
+    atk = build_attack(AttackConfig(eps=0.1, steps=1, seed=1), 10)
+    r = PathRenorm("repair", c.model_at, batches)
+    with torch.no_grad():
+        assert torch.equal(r(c.model_at(0.0), 0.0)(x), ends[0](x))
+    kw = dict(progress=False, renorm=r)
+    one = evaluate_path(c.model_at, [0.0, 0.5, 1.0], x, y, atk, t_batch=1, **kw)
+    three = evaluate_path(c.model_at, [0.0, 0.5, 1.0], x, y, atk, t_batch=3, **kw)
+    assert abs(one.clean_loss - three.clean_loss).max() < 1e-4
+    assert (one.robust_correct == three.robust_correct).all()
