@@ -12,11 +12,10 @@ model on the same device. Endpoints are saved as safetensors with a JSON sidecar
 (resolved config, versions, git revision, final clean / robust test accuracy).
 
 Resumable like curve training (:mod:`robustpath.curve_train`): with a ``work_dir``,
-the end of epoch e writes ``<work_dir>/epoch-000e.*`` (model, SGD momentum buffers,
-optimizer hyper-parameters, scheduler state, torch and rotation RNG states, history;
-JSON last), and a call with the same config resumes after the newest complete epoch
-and ends bit-for-bit where an uninterrupted run ends (same device and threads).
-:func:`train_endpoint` uses ``<path>.epochs/`` and removes it once the model is saved.
+the end of every epoch is checkpointed (:mod:`robustpath.train_state`), and a call with
+the same config resumes after the newest complete epoch and ends bit-for-bit where an
+uninterrupted run ends (same device and threads). :func:`train_endpoint` uses
+``<path>.epochs/`` and removes it once the model is saved.
 
 CLI: ``python -m robustpath.train --arch cnn-small --seed 0 --out runs/ep0`` writes
 ``runs/ep0.safetensors`` + ``runs/ep0.json`` (suffixes appended literally: ``--out
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,15 +45,12 @@ from .fuse import fast_view, nhwc_unsafe
 from .metrics import per_example
 from .numbers import parse_fraction
 from .registry import Registry
-from .store import (
-    CacheError,
-    checkpoint_exists,
-    checkpoint_files,
-    config_hash,
-    load_checkpoint,
-    save_checkpoint,
-    save_model,
-)
+from .store import config_hash, save_model
+from .train_state import Restart as _Restart
+from .train_state import epoch_files as _epoch_files  # noqa: F401  (old private name)
+from .train_state import epochs_dir
+from .train_state import resume as _resume
+from .train_state import save_epoch as _save_epoch
 
 SCHEDULES: Registry = Registry("schedule")
 
@@ -220,77 +215,6 @@ def check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
                         "corrupt data files?)")
 
 
-# ---------------------------------------------------------------- per-epoch state
-def _epoch_files(work_dir: Path) -> list[Path]:
-    if not work_dir.is_dir():
-        return []
-    return [p for p in sorted(q.with_suffix("") for q in work_dir.glob("epoch-*.json"))
-            if checkpoint_exists(p)]
-
-
-def _save_epoch(work_dir: Path, epoch: int, run_key: str, model, opt, sched, gens, history,
-                epoch_times) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, st in opt.state_dict()["state"].items():
-        if st.get("momentum_buffer") is not None:
-            tensors[f"opt.{i}"] = st["momentum_buffer"]
-    tensors["rng.cpu"] = torch.get_rng_state()
-    for name, g in gens.items():
-        tensors[f"rng.{name}"] = g.get_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, r in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = r
-    path = work_dir / f"epoch-{epoch:04d}"
-    save_checkpoint(path, tensors, {
-        "run_key": run_key, "epoch": epoch, "history": history, "epoch_times": epoch_times,
-        "opt_groups": opt.state_dict()["param_groups"], "sched": sched.state_dict()})
-    for f in work_dir.glob("epoch-*"):  # older epochs (and half-written ones) go
-        if f.name.split(".")[0] != path.name:
-            f.unlink(missing_ok=True)
-
-
-class _Restart(Exception):
-    """A resume failed half-way (model or optimizer partly overwritten): rebuild."""
-
-
-def _resume(work_dir: Path, run_key: str, model, opt, sched, gens, device):
-    """Restore the newest complete epoch in ``work_dir``; ``(epoch, history, times)``,
-    ``(0, [], [])`` when there is none. A damaged or foreign one is reported in one
-    line and removed, and training starts over (:class:`_Restart`)."""
-    done = _epoch_files(work_dir)
-    if not done:
-        return 0, [], []
-    last = done[-1]
-    try:
-        tensors, meta = load_checkpoint(last, "cpu", require_checksum=True)
-        if meta.get("run_key") != run_key:
-            raise CacheError(f"{last} belongs to another training run", checkpoint_files(last))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        state = {int(k[4:]): {"momentum_buffer": v} for k, v in tensors.items()
-                 if k.startswith("opt.")}
-        opt.load_state_dict({"state": state, "param_groups": meta["opt_groups"]})
-        for p in opt.param_groups[0]["params"]:  # keep each parameter's memory layout
-            st = opt.state.get(p, {})
-            if st.get("momentum_buffer") is not None:
-                st["momentum_buffer"] = torch.empty_like(p).copy_(st["momentum_buffer"])
-        sched.load_state_dict(meta["sched"])
-        torch.set_rng_state(tensors["rng.cpu"])
-        for name, g in gens.items():
-            g.set_state(tensors[f"rng.{name}"])
-        cuda = [v for k, v in sorted(tensors.items()) if k.startswith("rng.cuda.")]
-        if cuda and device.type == "cuda":
-            torch.cuda.set_rng_state_all(cuda)
-        return int(meta["epoch"]), list(meta["history"]), list(meta["epoch_times"])
-    except CacheError as e:
-        print(f"warning: {e}; training this endpoint from its first epoch", file=sys.stderr)
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        print(f"warning: {last} is unusable ({type(e).__name__}); training this endpoint from "
-              "its first epoch", file=sys.stderr)
-    for f in work_dir.glob("epoch-*"):
-        f.unlink(missing_ok=True)
-    raise _Restart
-
-
 def train_model(cfg: TrainConfig, *, device: str | torch.device = "cpu", progress: bool = True,
                 data: tuple | None = None, work_dir: str | Path | None = None,
                 on_epoch_end=None):
@@ -393,12 +317,6 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
                "seconds_per_epoch": sum(epoch_times) / len(epoch_times), "history": history,
                "device": str(device)}
     return model, metrics
-
-
-def epochs_dir(path: str | Path) -> Path:
-    """``<path>.epochs``: where :func:`train_endpoint` keeps per-epoch checkpoints."""
-    st, _ = checkpoint_files(path)
-    return st.parent / (st.name[: -len(".safetensors")] + ".epochs")
 
 
 def train_endpoint(cfg: TrainConfig, path: str | Path, *, device="cpu", progress=True, data=None,

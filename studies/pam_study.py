@@ -29,7 +29,6 @@ cached under ``studies/results/pam_study/ckpt/`` (a rerun reuses them). About 15
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -40,17 +39,25 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from benchmarks import machine
-from robustpath import stages
+from robustpath import keys, stages
 from robustpath.align import apply
 from robustpath.attacks import build_attack
 from robustpath.cli import ArgumentParser
-from robustpath.config import from_preset
+from robustpath.config import BenchConfig, from_preset
 from robustpath.curve_train import CurveTrainConfig, train_curve
 from robustpath.curves import build_curve
 from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
 from robustpath.pam import PAMConfig, pam
-from robustpath.store import atomic_write_json, atomic_write_text, load_model, provenance
+from robustpath.store import (
+    atomic_write_json,
+    atomic_write_text,
+    checkpoint_exists,
+    config_hash,
+    load_model,
+    provenance,
+    read_json,
+)
 
 EVAL_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 LABELS = {"none": "unaligned", "activation": "aligned (act.)",
@@ -86,33 +93,46 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run_config(run: Path) -> BenchConfig:
+    """The bench run's configuration (its ``config.json``): its stage keys name its
+    checkpoints."""
+    saved = read_json(run / "config.json")
+    if saved is None:
+        raise UserError(f"no bench run in {run} (no config.json); run `make bench` first")
+    fields = BenchConfig.__dataclass_fields__
+    return BenchConfig(**{k: v for k, v in saved.items() if k in fields}).validate()
+
+
 def _load_inputs(run: Path, device):
-    """Endpoints (seed 0 = A, seed 1 = B) and the activation-aligned B of a bench run."""
-    ck = run / "ckpt"
+    """Endpoints (seed 0 = A, seed 1 = B), the activation-aligned B and the alignment's
+    permutation (``{group: LongTensor}``) of a bench run, found by the run's stage keys
+    (:mod:`robustpath.keys`), each checkpoint's checksum verified. The permutation is the
+    one the alignment stage saved; a cache written before the stage saved it has none
+    (None: :func:`_activation_permutation` recomputes it)."""
+    cfg = _run_config(run)
 
-    def one(pattern: str):
-        found = sorted(p.with_suffix("") for p in ck.glob(pattern))
-        if not found:
-            raise UserError(f"no checkpoint {ck}/{pattern}; run `make bench` first")
-        return found
+    def path(stage: str, name: str) -> Path:
+        p = stages._ckpt(run, stage, name)
+        if not checkpoint_exists(p):
+            raise UserError(f"no checkpoint {p} (the run's stage keys); run `make bench` first")
+        return p
 
-    pa, pb = one("endpoints/*-seed0-*.json")[0], one("endpoints/*-seed1-*.json")[0]
-    key_a, key_b = pa.name.rsplit("-", 1)[1], pb.name.rsplit("-", 1)[1]
-    aligned = None
-    for path in one("align/activation-*.json"):
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("spec", {}).get("a") == key_a and meta.get("spec", {}).get("b") == key_b:
-            aligned = path
-    if aligned is None:
-        raise UserError(f"no activation alignment of {pb.name} onto {pa.name} in {ck}/align")
-    return (load_model(pa, device)[0].eval(), load_model(pb, device)[0].eval(),
-            load_model(aligned, device)[0].eval())
+    key_a, key_b = (config_hash(keys.endpoint_config(cfg, s).cache_key()) for s in (0, 1))
+    pa = path("endpoints", f"{cfg.arch}-seed0-{key_a}")
+    pb = path("endpoints", f"{cfg.arch}-seed1-{key_b}")
+    aligned, meta = load_model(
+        path("align", f"activation-{config_hash(keys.align_spec(cfg, 'activation', key_a, key_b))}"),
+        device, require_checksum=True)
+    perm = meta.get("perm")
+    perm = None if perm is None else {g: torch.tensor(p, dtype=torch.long) for g, p in perm.items()}
+    return (load_model(pa, device, require_checksum=True)[0].eval(),
+            load_model(pb, device, require_checksum=True)[0].eval(), aligned.eval(), perm)
 
 
 def _activation_permutation(model_a, model_b, aligned_b, data, device):
     """The activation alignment's permutation of B, recomputed as the bench's stage does
-    (clean, first 2,000 training images); None if it does not reproduce the cached
-    aligned model."""
+    (clean, first 2,000 training images), for caches written before the alignment stage
+    saved it; None if it does not reproduce the cached aligned model."""
     from robustpath.align import align
     from robustpath.data import Batches
 
@@ -162,7 +182,7 @@ def study(args) -> dict:
     out = Path(args.out)
     ck = out / "ckpt"
     data = stages.RunData.load(cfg)
-    model_a, model_b, aligned_b = _load_inputs(Path(args.run), device)
+    model_a, model_b, aligned_b, act_perm = _load_inputs(Path(args.run), device)
     attack_cfg = cfg.train_attack()
     g = torch.Generator().manual_seed(99)
     idx = torch.randperm(len(data.x_train), generator=g)[:args.eval_examples]
@@ -194,7 +214,8 @@ def study(args) -> dict:
     for k, v in (("perm_steps", args.perm_steps), ("lr", args.lr), ("prox", args.prox)):
         if v is not None:
             setattr(pcfg, k, v)
-    act_perm = _activation_permutation(model_a, model_b, aligned_b, data, device)
+    if act_perm is None:  # an alignment cached before the stage saved its permutation
+        act_perm = _activation_permutation(model_a, model_b, aligned_b, data, device)
     pam_results = {}
     for name, (base, overrides) in PAM_RUNS.items():
         init = curves[(base, seeds[0])][0].controls.detach()
