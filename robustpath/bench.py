@@ -123,9 +123,9 @@ def parser() -> argparse.ArgumentParser:
       help="test examples (a seeded subset) attacked by the strong stage at both endpoints "
       "and each path's worst t: standard AutoAttack and many-restart PGD "
       f"({preset_default('strong_examples')})")
-    a("--aa-version", default=None, help="AutoAttack version of the strong stage (--attack "
-      "autoattack always runs the standard version): standard (Croce & Hein's standard "
-      "version), plus, rand, custom (default standard)")
+    a("--aa-version", default=None, help="AutoAttack version of the strong stage and of "
+      "--attack autoattack: standard (Croce & Hein's standard version), plus, rand, custom "
+      "(default standard)")
     a("--aa-attacks", default=None, help="with --aa-version custom: comma-separated "
       "sub-attacks from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square")
     a("--strong-pgd-steps", type=int, default=None,

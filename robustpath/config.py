@@ -170,8 +170,14 @@ class BenchConfig:
 
     def eval_attack(self) -> AttackConfig:
         """The configured attack for evaluation along paths (seeded for repeatability)."""
+        # --aa-version / --aa-attacks also choose the version of `--attack autoattack`; the
+        # standard version stays None in the config so its cache keys are the ones of runs
+        # made before the option reached this attack.
+        aa = self.attack == "autoattack" and (self.aa_version != "standard" or self.aa_attacks)
         return AttackConfig(name=self.attack, norm=self.norm, eps=self.eps, steps=self.eval_steps,
-                            step_size=self.step_size, restarts=self.restarts, seed=0)
+                            step_size=self.step_size, restarts=self.restarts, seed=0,
+                            aa_version=self.aa_version if aa else None,
+                            aa_attacks=self.aa_attacks if aa else None)
 
     def strong_settings(self):
         """The strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
@@ -244,8 +250,11 @@ class BenchConfig:
                             f"got {self.refine_rounds}")
         if self.strong:
             self.strong_settings()  # checks --strong-examples, --aa-version, --aa-attacks
-        elif self.aa_attacks or self.aa_version != "standard":
-            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong)")
+        elif (self.aa_attacks or self.aa_version != "standard") and self.attack != "autoattack":
+            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong) "
+                            "or --attack autoattack")
+        if self.attack == "autoattack":
+            self.eval_attack().validate()  # checks --aa-version / --aa-attacks for the path attack
         if self.curvature_examples < 0 or self.curvature_iters < 1:
             raise UserError("--curvature must be >= 0 (0 = off) and --curvature-iters >= 1, "
                             f"got {self.curvature_examples} and {self.curvature_iters}")

@@ -87,8 +87,12 @@ class CompareConfig:
                             step_size=self.step_size, seed=seed)
 
     def eval_attack(self) -> AttackConfig:
+        # as bench: --aa-version / --aa-attacks choose `--attack autoattack`'s version too
+        aa = self.attack == "autoattack" and (self.aa_version != "standard" or self.aa_attacks)
         return AttackConfig(name=self.attack, norm=self.norm, eps=self.eps, steps=self.steps,
-                            step_size=self.step_size, restarts=self.restarts, seed=0)
+                            step_size=self.step_size, restarts=self.restarts, seed=0,
+                            aa_version=self.aa_version if aa else None,
+                            aa_attacks=self.aa_attacks if aa else None)
 
     def strong_settings(self):
         """The shared strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
@@ -136,8 +140,11 @@ class CompareConfig:
                 raise UserError(f"{flag} must be clean or adv, got {value!r}")
         if self.strong:
             self.strong_settings()
-        elif self.aa_attacks or self.aa_version != "standard":  # as bench: not ignored silently
-            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong)")
+        elif (self.aa_attacks or self.aa_version != "standard") and self.attack != "autoattack":
+            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong) "
+                            "or --attack autoattack")   # as bench: not ignored silently
+        if self.attack == "autoattack":
+            self.eval_attack().validate()
         ATTACKS.get(self.attack)
         if not 0 <= self.refine_rounds <= MAX_REFINE_ROUNDS:
             raise UserError(f"--refine-rounds must be in 0..{MAX_REFINE_ROUNDS}, "
@@ -211,8 +218,8 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--strong-examples", type=int, default=200, help="test examples (a seeded subset) attacked "
       "by the strong stage: standard AutoAttack and many-restart PGD at both endpoints and "
       "each path's worst t")
-    a("--aa-version", default="standard", help="AutoAttack version (Croce & Hein's code): "
-      "standard, plus, rand, custom")
+    a("--aa-version", default="standard", help="AutoAttack version (Croce & Hein's code) of "
+      "the strong stage and of --attack autoattack: standard, plus, rand, custom")
     a("--aa-attacks", default=None, help="with --aa-version custom: sub-attacks from apgd-ce, "
       "apgd-dlr, apgd-t, fab, fab-t, square")
     a("--strong-pgd-steps", type=int, default=50, help="steps of the strong stage's PGD")
