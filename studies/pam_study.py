@@ -2,8 +2,9 @@
 robust curve-finding problem? (Tatro et al. 2020's PAM check, on the embedded default.)
 
 Takes the default benchmark's two ``cnn-small`` Fashion-MNIST endpoints and their
-activation alignment from ``<run>/ckpt/`` (``make bench`` writes them; nothing is
-trained for them here) and the quick preset's 10,000-image training subset, then:
+activation alignment (model and saved permutation) from ``<run>/ckpt/``, found by the
+run's stage keys (``make bench`` writes them; nothing is trained for them here), and the
+quick preset's 10,000-image training subset, then:
 
 1. fits reference quadratic Bezier curves, unaligned and aligned, with the quick
    preset's curve training (4 epochs, PGD-5 eps 0.1 in the loop, SGD lr 0.02 cosine)
