@@ -60,7 +60,10 @@ def parser() -> argparse.ArgumentParser:
     a("--seeds", default=None, help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3) "
       "(default: the preset's: quick and paper 0-5 = three pairs, others 0,1)")
     a("--align", default="none,activation",
-      help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)}")
+      help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)} (pam-*: "
+      "robustpath's robust PAM; tatro-none, tatro-activation: Tatro et al.'s PAM with their "
+      "clean objective; tatro-robust-*: the same with PGD in the loop; *-none / *-activation: "
+      "started from the identity / from activation matching)")
     a("--align-inputs", default="clean", help="activation matching on clean or adv inputs")
     a("--align-samples", type=int, default=None,
       help="activation matching on the first N training examples (Tatro et al.: 10,000; "
@@ -114,8 +117,9 @@ def parser() -> argparse.ArgumentParser:
       help="t points evaluated at once by vmap over stacked parameters (same results; "
       "pays on a GPU with small models, slower on CPU; default 1)")
     a("--pam-iters", type=int, default=None,
-      help="outer iterations of PAM (alignments pam-none, pam-activation; each: permutation "
-      "step + 1 curve epoch; default 2)")
+      help="outer iterations of PAM (alignments pam-* and tatro-*; each: permutation step "
+      "(pam-*: 40 batches; tatro-*: 1 epoch, lr scaled to Tatro et al.'s budget) + 1 curve "
+      "epoch; default 2)")
     a("--refine-rounds", type=int, default=None,
       help="bisection rounds around each path's lowest robust accuracy after the grid "
       "(2 extra t per round; 0 = off; default 2)")

@@ -154,7 +154,7 @@ class BenchConfig:
     strong_pgd_restarts: int = 10  # ... and restarts
     strong_t: list[float] = field(default_factory=list)  # strong stage: extra t besides 0, 1, worst
     bn_endpoints: bool = True    # recompute BN at t = 0, 1 too (zoo: False keeps published stats)
-    pam_iters: int = 2           # PAM outer iterations (alignments pam-none / pam-activation)
+    pam_iters: int = 2           # PAM outer iterations (alignments pam-* / tatro-*)
     t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
     amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
     fuse: bool = True            # robustpath.fuse views (same function, other float rounding)

@@ -41,6 +41,32 @@ def pam_config(cfg: BenchConfig):
                      seed=0)
 
 
+#: Tatro et al.'s permutation budget: 20 epochs x 391 CIFAR-10 batches of 128 (their
+#: ``train_curve_pam.py`` defaults); :func:`tatro_config` scales the lr to it
+TATRO_REF_STEPS = 20 * 391
+TATRO_SELECT_EXAMPLES = 1000  # candidate scoring (theirs: the whole training set)
+
+
+def tatro_config(cfg: BenchConfig, method: str):
+    """The bench's settings for Tatro et al.'s PAM (alignments ``tatro-*``,
+    :func:`robustpath.pam.tatro_pam`): ``cfg.pam_iters`` outer iterations, each 1
+    permutation epoch and 1 curve epoch over the run's training subset (theirs: 1 outer
+    iteration of 20 + 250 epochs), the permutation lr scaled so that lr x steps equals
+    theirs (0.05 x ``TATRO_REF_STEPS``), candidates scored on the first 1,000 training
+    examples (theirs: all); everything else theirs (curve lr 0.1, Nesterov 0.9, wd 5e-4,
+    nu 1e3, 20 projection rounds, 32 Birkhoff-von Neumann samples). Objective: the
+    method's (``clean``; ``robust``: ``cfg.train_attack()`` in the loop); batch size
+    ``cfg.batch_size``."""
+    from .pam import TatroPAMConfig
+
+    robust = methods.ALIGN.get(method).objective == "robust"
+    return TatroPAMConfig(objective="robust" if robust else "clean",
+                          outer_iters=cfg.pam_iters, perm_epochs=1, curve_epochs=1,
+                          perm_lr_ref_steps=TATRO_REF_STEPS, batch_size=cfg.batch_size,
+                          select_examples=TATRO_SELECT_EXAMPLES,
+                          attack=cfg.train_attack() if robust else None, seed=0)
+
+
 # Every stage's cache key is the hash of the spec below: its own result-relevant settings
 # plus its inputs' keys. Settings that change how, not what (device, amp, t_batch,
 # progress, fuse) are never in a spec. Optional entries appear only when they differ
@@ -112,10 +138,13 @@ def plane_spec(cfg: BenchConfig, curve_key: str) -> dict:
 
 
 def pam_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
-    """The spec of PAM (``pam-none`` / ``pam-activation``) from its start method's
-    alignment of B onto A: that alignment's key, PAM's settings, the training subset."""
-    base_key = align_key(cfg, methods.ALIGN.get(method).pam_start, key_a, key_b)
-    return {"method": method, "a": key_a, "b": base_key, "pam": pam_config(cfg).to_dict(),
+    """The spec of PAM (``pam-*``: :func:`pam_config`; ``tatro-*``: :func:`tatro_config`)
+    from its start method's alignment of B onto A: that alignment's key, PAM's settings,
+    the training subset."""
+    m = methods.ALIGN.get(method)
+    base_key = align_key(cfg, m.pam_start, key_a, key_b)
+    settings = tatro_config(cfg, method) if m.pam == "tatro" else pam_config(cfg)
+    return {"method": method, "a": key_a, "b": base_key, "pam": settings.to_dict(),
             "train_subset": cfg.train_subset}
 
 

@@ -6,7 +6,9 @@ whether it reads data (activation matching and PAM do, weight matching and ``non
 not), which settings enter its cache key (``key_fields``: spec entry -> config field,
 read by :func:`robustpath.stages.align_spec` beside the two endpoint keys; PAM's key is
 its whole :class:`~robustpath.pam.PAMConfig`, :func:`robustpath.stages.pam_config`)
-and, for PAM, the one-shot method it starts from. Config validation, the bench / zoo ``--help``,
+and, for PAM, the one-shot method it starts from, which PAM (``pam``: robustpath's robust
+variant, :mod:`robustpath.pam.robust`; ``tatro``: Tatro et al.'s, :mod:`robustpath.pam.tatro`)
+and, for Tatro's, its objective (``clean``, theirs, or ``robust``: PGD in the loop). Config validation, the bench / zoo ``--help``,
 tables, figures and the stages all read this registry; nothing else lists methods.
 """
 
@@ -27,6 +29,8 @@ class AlignMethod:
     needs_data: bool
     key_fields: tuple[tuple[str, str], ...] = ()  # (spec entry, config field)
     pam_start: str | None = None  # PAM: the one-shot method whose permutation it refines
+    pam: str = "robust"           # PAM: robust (robustpath.pam.robust) | tatro (pam.tatro)
+    objective: str = "robust"     # PAM: clean | robust (the robust variant is always robust)
 
     @property
     def one_shot(self) -> bool:
@@ -44,11 +48,24 @@ for _m in (
                 pam_start="none"),
     AlignMethod("pam-activation", "PAM from aligned", OKABE_ITO["purple"], "D",
                 needs_data=True, pam_start="activation"),
+    # Tatro et al.'s PAM: clean objective (theirs) and robust; same colour per start,
+    # the robust objective told apart by its filled marker
+    AlignMethod("tatro-none", "Tatro PAM from unaligned", OKABE_ITO["sky"], "<",
+                needs_data=True, pam_start="none", pam="tatro", objective="clean"),
+    AlignMethod("tatro-activation", "Tatro PAM from aligned", OKABE_ITO["black"], ">",
+                needs_data=True, pam_start="activation", pam="tatro", objective="clean"),
+    AlignMethod("tatro-robust-none", "Tatro PAM (robust obj.) from unaligned", OKABE_ITO["sky"],
+                "P", needs_data=True, pam_start="none", pam="tatro", objective="robust"),
+    AlignMethod("tatro-robust-activation", "Tatro PAM (robust obj.) from aligned",
+                OKABE_ITO["black"], "X", needs_data=True, pam_start="activation", pam="tatro",
+                objective="robust"),
 ):
     ALIGN.register(_m.name)(_m)
 
 #: registration order = the order of rows in tables and of legend entries
-ORDER: tuple[str, ...] = ("none", "activation", "weight", "pam-none", "pam-activation")
+ORDER: tuple[str, ...] = ("none", "activation", "weight", "pam-none", "pam-activation",
+                          "tatro-none", "tatro-activation", "tatro-robust-none",
+                          "tatro-robust-activation")
 ONE_SHOT: tuple[str, ...] = tuple(n for n in ORDER if ALIGN.get(n).one_shot)
 PAM: dict[str, str] = {n: ALIGN.get(n).pam_start for n in ORDER if not ALIGN.get(n).one_shot}
 LABEL: dict[str, str] = {n: ALIGN.get(n).label for n in ORDER}

@@ -47,6 +47,7 @@ from .keys import (  # noqa: F401  (re-exported: stages.align_key etc.)
     pam_spec,
     plane_spec,
     strong_spec,
+    tatro_config,
 )
 from .lock import entry_lock
 from .plane import stage as plane  # noqa: F401  (the plane stage, re-exported)
@@ -167,13 +168,13 @@ def alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mod
 def _align_any(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
                key_a: str, key_b: str, run_dir: Path, data: RunData, device,
                progress: bool = True) -> tuple[nn.Module, dict, str]:
-    """Align model B onto A with ``method`` (none | activation | weight | pam-none |
-    pam-activation).
+    """Align model B onto A with ``method`` (none | activation | weight | pam-* | tatro-*:
+    :mod:`robustpath.methods`).
 
     Activation matching uses the first ``cfg.align_samples`` training examples (2,000;
     the paper presets 10,000, as Tatro et al.), clean or adversarial (``cfg.align_inputs``).
-    ``pam-*`` runs :func:`pam_alignment` from that method's permutation. Returns
-    ``(aligned_b, report, key)``.
+    ``pam-*`` and ``tatro-*`` run :func:`pam_alignment` from their start method's
+    permutation. Returns ``(aligned_b, report, key)``.
     """
     if method in PAM_METHODS:
         return pam_alignment(cfg, method, model_a, model_b, key_a, key_b, run_dir, data, device,
@@ -234,9 +235,12 @@ def _alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mo
 def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Module,
                   key_a: str, key_b: str, run_dir: Path, data: RunData, device,
                   progress: bool = True) -> tuple[nn.Module, dict, str]:
-    """PAM (:func:`robustpath.pam.pam`) from the permutation of the one-shot
-    method ``PAM_METHODS[method]`` (``pam-none``: identity; ``pam-activation``:
-    activation matching, itself cached as its own stage).
+    """PAM from the permutation of the one-shot method ``PAM_METHODS[method]``
+    (``*-none``: identity; ``*-activation``: activation matching, itself cached as its
+    own stage): ``pam-*`` robustpath's robust variant (:func:`robustpath.pam.pam`,
+    settings :func:`pam_config`), ``tatro-*`` Tatro et al.'s (:func:`robustpath.pam.tatro_pam`,
+    settings :func:`robustpath.keys.tatro_config`; the curve it fits along the way is
+    dropped like robustpath's PAM's, and it has no per-iteration resume).
 
     PAM runs on (A, B') with B' the start method's aligned B and the identity as
     start, which is the same as starting from that permutation of B; the returned model
@@ -251,7 +255,9 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
     base = PAM_METHODS[method]
     start_b, base_report, base_key = alignment(cfg, base, model_a, model_b, key_a, key_b, run_dir,
                                                data, device, progress)
-    pcfg = pam_config(cfg)
+    from .methods import ALIGN
+
+    pcfg = tatro_config(cfg, method) if ALIGN.get(method).pam == "tatro" else pam_config(cfg)
     spec = pam_spec(cfg, method, key_a, key_b)
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
@@ -266,10 +272,14 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
 def _pam(cfg, method, model_a, start_b, base, base_report, spec, key, path, pcfg, run_dir, data,
          device, progress):
     from .align import apply
-    from .pam import pam
+    from .pam import PAMConfig, pam, tatro_pam
 
-    res = pam(model_a, start_b, data.x_train, data.y_train, pcfg,
-              work_dir=_ckpt(run_dir, "pam", key), device=device, progress=progress)
+    if isinstance(pcfg, PAMConfig):
+        res = pam(model_a, start_b, data.x_train, data.y_train, pcfg,
+                  work_dir=_ckpt(run_dir, "pam", key), device=device, progress=progress)
+    else:  # Tatro et al.'s: one call, nothing to resume
+        res = tatro_pam(model_a, start_b, data.x_train, data.y_train, pcfg, device=device,
+                        progress=progress)
     report = {**res.report(), "method": method, "start": base,
               "start_report": base_report, "perm": res.perm.to_dict()}
     aligned = apply(start_b, res.perm)

@@ -103,3 +103,63 @@ def test_exported_curve_is_the_pam_curve_and_robust_objective_runs(planted):
                               atol=1e-5)
     with pytest.raises(UserError):
         TatroPAMConfig(objective="adv").validate()
+
+
+# ---------------------------------------------------------------- the bench's tatro-* methods
+def test_bench_runs_tatro_pam_labels_it_and_reuses_it(tmp_path, monkeypatch):
+    """``--align none,tatro-none`` on a tiny run: rows and labels exist, the report is
+    Tatro's PAM with the bench's settings, keys hold the objective and the start, and a
+    second identical run recomputes nothing (PAM, endpoints, curves, evaluations)."""
+    import json
+
+    import pandas as pd
+
+    import robustpath.pam as pam_pkg
+    from robustpath import bench, curve_train, stages
+    from robustpath.config import BenchConfig
+
+    out = tmp_path / "run"
+    args = ["--train-subset", "300", "--test-subset", "40", "--epochs", "1", "--curve-epochs", "1",
+            "--t-points", "3", "--bn-batches", "1", "--bootstrap", "20", "--seeds", "0,1",
+            "--align", "none,tatro-none", "--paths", "line",
+            "--steps", "1", "--train-steps", "1", "--pam-iters", "1", "--width", "0.25",
+            "--refine-rounds", "0", "--no-strong", "--no-progress", "--out", str(out),
+            # speed only (same function): fused views are retraced at every PAM forward
+            "--no-fuse"]
+    assert bench.main(args) == 0
+    rep = json.loads((out / "alignment.json").read_text())
+    clean = rep["tatro-none-s0-1"]
+    assert clean["start"] == "none" and clean["method"] == "tatro-none"
+    assert clean["config"]["objective"] == "clean" and clean["config"]["attack"] is None
+    assert len(clean["history"]) == 1 and clean["history"][0]["chosen"] in (
+        "projection", "previous", "sample")
+    # 300 examples, batch 128, drop_last: 2 batches -> lr 0.05 x 7820 / 2
+    assert clean["history"][0]["perm_lr"] == pytest.approx(0.05 * 7820 / 2)
+    assert 0.0 <= clean["fraction_changed_all"] <= 1.0
+    eq = clean["equivalence"]  # the aligned B computes B's function
+    assert eq["max_abs_logit_diff"] <= 1e-4 * max(1, eq["max_abs_logit"])
+    rec = pd.read_csv(out / "records.csv")
+    assert set(rec["align"]) == {"none", "tatro-none"}
+    md = (out / "tables" / "summary.md").read_text()
+    assert "Tatro PAM from unaligned" in md and "| unaligned" in md
+    # keys: the objective and the start are in them; the default methods' keys are not touched
+    cfg = BenchConfig(train_subset=300, pam_iters=1)
+    keys = {m: stages.align_key(cfg, m, "a", "b")
+            for m in ("tatro-none", "tatro-robust-none", "tatro-activation", "pam-none")}
+    assert len(set(keys.values())) == 4
+    assert "objective" not in json.dumps(stages.pam_spec(cfg, "pam-none", "a", "b"))
+    assert stages.align_key(BenchConfig(train_subset=300, pam_iters=2), "tatro-none", "a",
+                            "b") != keys["tatro-none"]
+    robust = stages.tatro_config(cfg, "tatro-robust-activation")
+    assert robust.objective == "robust" and robust.attack == cfg.train_attack()
+
+    def boom(*a, **k):
+        raise AssertionError("a cached stage was recomputed")
+
+    monkeypatch.setattr(pam_pkg, "tatro_pam", boom)
+    monkeypatch.setattr(stages, "train_endpoint", boom)
+    monkeypatch.setattr(stages, "evaluate_path", boom)
+    monkeypatch.setattr(curve_train, "train_curve", boom)
+    before = (out / "tables" / "summary.md").read_bytes()
+    assert bench.main(args) == 0
+    assert (out / "tables" / "summary.md").read_bytes() == before

@@ -25,6 +25,11 @@ so the control point moves with P (``curves_pam.py:56-62``), and ``phi = 0`` at 
    lr 0.1 with the same per-epoch decay, loss plus ``wd/2 ||theta(t)||^2`` (5e-4), and
    the proximal step towards phi at the start of the step.
 
+Budget scaling (not theirs; off by default): with ``perm_lr_ref_steps`` = N the permutation
+lr becomes ``perm_lr * N / (our permutation steps)``, so a short run moves as far as their
+20 epochs x 391 batches would (N = 7820: the bench's ``tatro-*`` alignments,
+:func:`robustpath.keys.tatro_config`; ``studies.pam_tatro`` sets its lr by the same rule).
+
 Objective: ``"clean"`` (theirs) or ``"robust"`` (PGD against theta(t) in the loop, as
 robustpath's curve training). BatchNorm normalises with batch statistics throughout.
 Warm start: pass B already permuted by an alignment (``start="activation"`` in
@@ -74,6 +79,9 @@ class TatroPAMConfig:
     bvn_top: int = 11
     batch_size: int = 128
     select_examples: int = 0        # 0: the whole training set
+    # 0: perm_lr as given. N > 0: perm_lr * N / (our permutation steps per outer iteration),
+    # so that lr x steps equals perm_lr x N (theirs: 20 epochs x 391 CIFAR-10 batches = 7820)
+    perm_lr_ref_steps: int = 0
     attack: AttackConfig | None = field(default_factory=AttackConfig)  # robust objective
     seed: int = 0
 
@@ -83,7 +91,8 @@ class TatroPAMConfig:
         for name in ("outer_iters", "batch_size", "lr_halve_every", "bvn_top"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"PAM {name} must be >= 1")
-        for name in ("perm_epochs", "curve_epochs", "ds_iters", "bvn_samples", "select_examples"):
+        for name in ("perm_epochs", "curve_epochs", "ds_iters", "bvn_samples", "select_examples",
+                     "perm_lr_ref_steps"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"PAM {name} must be >= 0")
         if self.nu <= 0 or self.perm_lr <= 0 or self.curve_lr <= 0:
@@ -94,6 +103,12 @@ class TatroPAMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def perm_lr_for(self, batches_per_epoch: int) -> float:
+        """The permutation step's base lr for an epoch of ``batches_per_epoch`` batches."""
+        if not self.perm_lr_ref_steps or not self.perm_epochs:
+            return self.perm_lr
+        return self.perm_lr * self.perm_lr_ref_steps / (self.perm_epochs * max(1, batches_per_epoch))
 
     def epoch_lr(self, base: float, epoch: int) -> float:
         """Their LambdaLR: ``base * 0.5^(epoch // 20) * 0.9996^epoch`` (epoch from 0)."""
@@ -158,6 +173,21 @@ class TatroPAMResult:
             c.controls.copy_(ctrl.unsqueeze(0))
         return c
 
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable summary: units changed vs the start (per group and all), the
+        candidate-selection loss after each outer iteration, the winning candidate per
+        iteration, seconds, and the full ``history``."""
+        sizes = self.perm.spec.groups
+        frac = {g: float((self.perm[g] != torch.arange(n)).float().mean())
+                for g, n in sizes.items()}
+        return {"method": "tatro-pam", "config": self.config.to_dict(),
+                "fraction_changed": frac, "fraction_changed_all": self.fraction_changed(),
+                "losses": [h["select_loss_after"] for h in self.history],
+                "chosen": [h["chosen"] for h in self.history],
+                "seconds_per_outer_iteration": (sum(h["seconds"] for h in self.history)
+                                                / max(1, len(self.history))),
+                "history": self.history}
+
     def fraction_changed(self, start: Permutation | None = None) -> float:
         """Fraction of all units whose partner differs from ``start`` (default identity)."""
         start = start or identity_permutation(self.perm.spec)
@@ -218,8 +248,10 @@ def tatro_pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor,
         rec: dict[str, Any] = {"iteration": it + 1, "perm_loss": [], "curve_loss": []}
         prev = _mats(perm, device)
         s = {g: m.clone() for g, m in prev.items()}
+        perm_lr = cfg.perm_lr_for(len(loader))
+        rec["perm_lr"] = perm_lr
         for e in range(cfg.perm_epochs):
-            lr = cfg.epoch_lr(cfg.perm_lr, e)
+            lr = cfg.epoch_lr(perm_lr, e)
             tot, n = 0.0, 0
             for xb, yb in tqdm(loader, desc=f"PAM perm epoch {e + 1}", disable=not progress,
                                leave=False):
@@ -232,7 +264,7 @@ def tatro_pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor,
                     s = {g: perm_update(m.detach(), gr if gr is not None else torch.zeros_like(m),
                                         lr, prev[g], cfg.nu, cfg.ds_iters)
                          for (g, m), gr in zip(s.items(), grads)}
-                tot += float(loss) * len(yb)
+                tot += float(loss.detach()) * len(yb)
                 n += len(yb)
             rec["perm_loss"].append(tot / max(n, 1))
         # ---- candidates: projection, previous, Birkhoff-von Neumann samples
@@ -276,7 +308,7 @@ def tatro_pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor,
                 opt.step()
                 with torch.no_grad():
                     phi.copy_((phi + (lr / cfg.nu) * phi_prev) / (1.0 + lr / cfg.nu))
-                tot += float(loss) * len(yb)
+                tot += float(loss.detach()) * len(yb)
                 n += len(yb)
             rec["curve_loss"].append(tot / max(n, 1))
         phi = phi.detach()
