@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from benchmarks import machine
-from robustpath import keys, stages
+from robustpath import keys, stages, store
 from robustpath.align import apply
 from robustpath.attacks import build_attack
 from robustpath.cli import ArgumentParser
@@ -50,15 +50,7 @@ from robustpath.curves import build_curve
 from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
 from robustpath.pam import PAMConfig, pam
-from robustpath.store import (
-    atomic_write_json,
-    atomic_write_text,
-    checkpoint_exists,
-    config_hash,
-    load_model,
-    provenance,
-    read_json,
-)
+from robustpath.store import atomic_write_json, atomic_write_text, load_model, provenance
 
 EVAL_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 LABELS = {"none": "unaligned", "activation": "aligned (act.)",
@@ -97,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run_config(run: Path) -> BenchConfig:
     """The bench run's configuration (its ``config.json``): its stage keys name its
     checkpoints."""
-    saved = read_json(run / "config.json")
+    saved = store.read_json(run / "config.json")
     if saved is None:
         raise UserError(f"no bench run in {run} (no config.json); run `make bench` first")
     fields = BenchConfig.__dataclass_fields__
@@ -114,16 +106,15 @@ def _load_inputs(run: Path, device):
 
     def path(stage: str, name: str) -> Path:
         p = stages._ckpt(run, stage, name)
-        if not checkpoint_exists(p):
+        if not store.checkpoint_exists(p):
             raise UserError(f"no checkpoint {p} (the run's stage keys); run `make bench` first")
         return p
 
-    key_a, key_b = (config_hash(keys.endpoint_config(cfg, s).cache_key()) for s in (0, 1))
+    key_a, key_b = (store.config_hash(keys.endpoint_config(cfg, s).cache_key()) for s in (0, 1))
     pa = path("endpoints", f"{cfg.arch}-seed0-{key_a}")
     pb = path("endpoints", f"{cfg.arch}-seed1-{key_b}")
-    aligned, meta = load_model(
-        path("align", f"activation-{config_hash(keys.align_spec(cfg, 'activation', key_a, key_b))}"),
-        device, require_checksum=True)
+    key_ab = store.config_hash(keys.align_spec(cfg, "activation", key_a, key_b))
+    aligned, meta = load_model(path("align", f"activation-{key_ab}"), device, require_checksum=True)
     perm = meta.get("perm")
     perm = None if perm is None else {g: torch.tensor(p, dtype=torch.long) for g, p in perm.items()}
     return (load_model(pa, device, require_checksum=True)[0].eval(),
