@@ -267,13 +267,13 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
 
                     with timer("curvature"):
                         curvature_paths[records[-1].path_id] = (
-                            {"align": method, "curve": kind, "seed_a": sa, "seed_b": sb},
+                            records[-1].identity,
                             curvature(cfg, c, ckey, run_dir, data, device, progress,
                                       desc=f"curvature {method}/{kind} s{sa}-{sb}"), res)
                 if cfg.strong:
                     with timer("strong"):
                         strong_paths[records[-1].path_id] = (
-                            {"align": method, "curve": kind, "seed_a": sa, "seed_b": sb},
+                            records[-1].identity,
                             stages.strong(cfg, c.model_at, res, run_dir, data, device,
                                           progress, desc=f"strong {method}/{kind} s{sa}-{sb}",
                                           endpoint_keys=(ka, kb)))

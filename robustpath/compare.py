@@ -75,7 +75,7 @@ def paired_differences(base: list[PathRecord], other: list[PathRecord], *, boots
     paired percentile bootstrap CI (the same resample of examples for both runs).
 
     Where an alignment x family has several seed pairs in both runs, one more row
-    (``seed_a = seed_b = "all"``, ``pairs`` = their number) gives the mean difference
+    (``endpoint_a = endpoint_b = "all"``, ``pairs`` = their number) gives the mean difference
     over pairs with a two-level bootstrap CI: seed pairs resampled with replacement,
     and within each bootstrap draw the same example resample as the per-pair rows (so
     the CI covers both the seed and the test-example variation)."""
@@ -92,8 +92,7 @@ def paired_differences(base: list[PathRecord], other: list[PathRecord], *, boots
             continue
         pa, pb = _point_metrics(p), _point_metrics(q)
         ba, bb = _boot_metrics(p, weights), _boot_metrics(q, weights)
-        row = {"align": q.align, "curve": q.curve, "seed_a": q.seed_a, "seed_b": q.seed_b,
-               "pairs": 1}
+        row = {**q.identity, "pairs": 1}
         point, boot = {}, {}
         for m, _, _ in DIFF_METRICS:
             point[m], boot[m] = float(pb[m] - pa[m]), np.asarray(bb[m] - ba[m])
@@ -107,7 +106,8 @@ def paired_differences(base: list[PathRecord], other: list[PathRecord], *, boots
         if k < 2:
             continue
         pick = pair_rng.integers(0, k, size=(bootstrap, k))  # seed pairs, per draw
-        row = {"align": align, "curve": curve, "seed_a": "all", "seed_b": "all", "pairs": k}
+        row = {"align": align, "curve": curve, "endpoint_a": "all", "endpoint_b": "all",
+               "pairs": k}
         for m, _, _ in DIFF_METRICS:
             d = np.stack([b[m] for _, b in members])  # [pairs, bootstrap]
             pooled = d[pick, np.arange(bootstrap)[:, None]].mean(1)
@@ -183,8 +183,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
             r = {"run": name, "baseline": names[0], **r}
             diff_rows.append(r)
             diff_md.append([f"{name} − {names[0]}", ALIGN_LABEL.get(r["align"], r["align"]),
-                            str(r["curve"]), f"all {r['pairs']} pairs" if r["seed_a"] == "all"
-                            else f"{r['seed_a']},{r['seed_b']}"]
+                            str(r["curve"]), f"all {r['pairs']} pairs" if r["endpoint_a"] == "all"
+                            else f"{r['endpoint_a']},{r['endpoint_b']}"]
                            + [_diff_cell(r, m, pct) for m, _, pct in DIFF_METRICS])
     dheader = ["Difference", "Alignment", "Path", "Seeds"] + [f"Δ {h}" for _, h, _ in DIFF_METRICS]
     diff_text = (_md(dheader, diff_md) if diff_md else "") + \

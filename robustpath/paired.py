@@ -85,9 +85,9 @@ def paired_differences(records: Sequence[PathRecord], metrics: Sequence[str] = M
     comps = comparisons(records)
     if not comps:
         return pd.DataFrame(columns=cols)
-    by_row: dict[tuple[str, str], dict[tuple[int, int], PathRecord]] = {}
+    by_row: dict[tuple[str, str], dict[tuple, PathRecord]] = {}
     for r in records:
-        by_row.setdefault((r.align, r.curve), {})[(r.seed_a, r.seed_b)] = r
+        by_row.setdefault((r.align, r.curve), {})[r.endpoints] = r
     n = {r.result.clean_correct.shape[1] for r in records}
     if len(n) != 1:
         raise ValueError(f"records differ in their number of test examples: {sorted(n)}")

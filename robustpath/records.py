@@ -4,6 +4,14 @@
 These two files are the source of truth for tables and plots:
 ``python -m robustpath.report RUN`` rebuilds everything from them. Both are written
 atomically; reading a truncated or corrupt file raises a one-line UserError.
+
+This module is the one place that knows the schema. A path's endpoints are named by
+id (columns ``endpoint_a``, ``endpoint_b``): a bench or sweep endpoint by its training
+seed (an int, so ``path_id`` reads ``none-line-s0-1``), a zoo endpoint by its
+RobustBench model name (a str; ``path_id`` ``none-line-<A>__<B>``). Folders written
+before this schema name the columns ``seed_a`` / ``seed_b``; :func:`read_frame` renames
+them on load (their values are kept: seeds, or in zoo folders of that time the indices
+into ``models.json``), so old run folders still rebuild.
 """
 
 from __future__ import annotations
@@ -20,26 +28,62 @@ from .errors import UserError
 from .evaluate import ARRAYS, PathResult
 from .store import atomic_write_bytes, atomic_write_text
 
-COLUMNS = ["path_id", "align", "curve", "seed_a", "seed_b", "t", "speed", "clean_acc",
+#: an endpoint's id: a trained seed (bench, sweep, soup) or a RobustBench model name (zoo)
+EndpointId = int | str
+
+ENDPOINTS = ["endpoint_a", "endpoint_b"]
+#: the endpoint columns' names in folders written before endpoints were named by id
+LEGACY_COLUMNS = {"seed_a": "endpoint_a", "seed_b": "endpoint_b"}
+COLUMNS = ["path_id", "align", "curve", *ENDPOINTS, "t", "speed", "clean_acc",
            "clean_loss", "robust_acc", "robust_loss", "n"]
 #: ``point``: ``grid`` or ``refine`` (a point added around the minimum by
 #: :func:`robustpath.evaluate.refine_minimum`); absent in runs made before refinement
 OPTIONAL = ["point"]
 
 
+def _is_seed(x) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool | np.bool_)
+
+
+def path_id(align: str, curve: str, endpoint_a: EndpointId, endpoint_b: EndpointId) -> str:
+    """A path's id (a key of ``examples.npz``, part of file names such as
+    ``cards/<path_id>-<role>.json``): ``{align}-{curve}-s{a}-{b}`` for two seeds (as
+    written since the first runs), ``{align}-{curve}-{a}__{b}`` otherwise (model names
+    may hold ``-``; ``__`` as in the zoo's ``pairs/<A>__<B>/`` folders)."""
+    if _is_seed(endpoint_a) and _is_seed(endpoint_b):
+        return f"{align}-{curve}-s{endpoint_a}-{endpoint_b}"
+    return f"{align}-{curve}-{endpoint_a}__{endpoint_b}"
+
+
+def identity(align: str, curve: str, endpoint_a: EndpointId, endpoint_b: EndpointId) -> dict:
+    """A path's identity columns, as other tables carry them (``strong_eval.csv``,
+    ``curvature.csv``, ``tables/per_path.csv``)."""
+    return {"align": align, "curve": curve, "endpoint_a": endpoint_a, "endpoint_b": endpoint_b}
+
+
 @dataclass
 class PathRecord:
-    """One evaluated path: identity (alignment method, curve family, seed pair) + result."""
+    """One evaluated path: identity (alignment method, curve family, the ids of its two
+    endpoints: seeds or zoo model names, see the module docstring) + result."""
 
     align: str
     curve: str
-    seed_a: int
-    seed_b: int
+    endpoint_a: EndpointId
+    endpoint_b: EndpointId
     result: PathResult
 
     @property
     def path_id(self) -> str:
-        return f"{self.align}-{self.curve}-s{self.seed_a}-{self.seed_b}"
+        return path_id(self.align, self.curve, self.endpoint_a, self.endpoint_b)
+
+    @property
+    def endpoints(self) -> tuple[EndpointId, EndpointId]:
+        return self.endpoint_a, self.endpoint_b
+
+    @property
+    def identity(self) -> dict:
+        """:func:`identity` of this path."""
+        return identity(self.align, self.curve, self.endpoint_a, self.endpoint_b)
 
 
 def to_frame(paths: list[PathRecord]) -> pd.DataFrame:
@@ -49,7 +93,8 @@ def to_frame(paths: list[PathRecord]) -> pd.DataFrame:
         refined = p.result.is_refined
         for i, t in enumerate(p.result.ts):
             rows.append({"path_id": p.path_id, "align": p.align, "curve": p.curve,
-                         "seed_a": p.seed_a, "seed_b": p.seed_b, "t": float(t),
+                         "endpoint_a": p.endpoint_a, "endpoint_b": p.endpoint_b,
+                         "t": float(t),
                          "speed": float(p.result.speed[i]),
                          "clean_acc": per_t["clean_acc"][i], "clean_loss": per_t["clean_loss"][i],
                          "robust_acc": per_t["robust_acc"][i],
@@ -76,20 +121,51 @@ def write(run_dir: str | Path, paths: list[PathRecord]) -> None:
     atomic_write_bytes(run_dir / "examples.npz", buf.getvalue())
 
 
+def endpoint_ids(values: pd.Series) -> list[EndpointId]:
+    """An endpoint column as ids: ints where the column is integer (seeds), else str."""
+    if pd.api.types.is_integer_dtype(values):
+        return [int(v) for v in values]
+    return [str(v) for v in values]
+
+
+def frame_path_ids(frame: pd.DataFrame) -> list[str]:
+    """:func:`path_id` of every row of a records frame (from its identity columns)."""
+    return [path_id(str(al), str(cu), a, b) for al, cu, a, b in zip(
+        frame["align"], frame["curve"], endpoint_ids(frame["endpoint_a"]),
+        endpoint_ids(frame["endpoint_b"]))]
+
+
+def read_frame(run_dir: str | Path, *, complete: bool = True) -> pd.DataFrame:
+    """``records.csv`` as a frame in the current schema: the legacy ``seed_a`` /
+    ``seed_b`` columns renamed (:data:`LEGACY_COLUMNS`); a file that cannot be read,
+    or lacks a column, or (``complete``) a value, raises a one-line UserError."""
+    csv = Path(run_dir) / "records.csv"
+    if not csv.is_file():
+        raise UserError(f"{csv} not found (is {Path(run_dir)} a robustpath run folder?)")
+    try:
+        frame = pd.read_csv(csv)
+    except Exception as e:
+        raise UserError(f"{csv} is unreadable ({type(e).__name__})") from None
+    old = {k: v for k, v in LEGACY_COLUMNS.items() if k in frame.columns}
+    if old and not any(v in frame.columns for v in old.values()):
+        frame = frame.rename(columns=old)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing or frame.empty or (complete and frame[COLUMNS].isna().any().any()):
+        raise UserError(f"{csv} is corrupt or truncated (missing columns or values)")
+    return frame
+
+
 def read(run_dir: str | Path) -> list[PathRecord]:
-    """Read a run's records; validates that the CSV and the per-example file agree."""
+    """Read a run's records (either schema, :func:`read_frame`); validates that the CSV
+    and the per-example file agree."""
     run_dir = Path(run_dir)
     csv, npz = run_dir / "records.csv", run_dir / "examples.npz"
     for f in (csv, npz):
         if not f.is_file():
             raise UserError(f"{f} not found (is {run_dir} a robustpath run folder?)")
-    try:
-        frame = pd.read_csv(csv)
-    except Exception as e:
-        raise UserError(f"{csv} is unreadable ({type(e).__name__})") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing or frame[COLUMNS].isna().any().any() or frame.empty:
-        raise UserError(f"{csv} is corrupt or truncated (missing columns or values)")
+    frame = read_frame(run_dir)
+    ends = dict(zip(frame.index, zip(endpoint_ids(frame["endpoint_a"]),
+                                     endpoint_ids(frame["endpoint_b"]))))
     try:
         with np.load(npz) as z:
             arrays = {k: z[k] for k in z.files}
@@ -109,6 +185,5 @@ def read(run_dir: str | Path) -> list[PathRecord]:
         if not np.allclose(per_t["robust_acc"], grp["robust_acc"].to_numpy(), atol=1e-5):
             raise UserError(f"{csv} and {npz} disagree on path {pid} (corrupt file?)")
         row = grp.iloc[0]
-        out.append(PathRecord(str(row["align"]), str(row["curve"]), int(row["seed_a"]),
-                              int(row["seed_b"]), res))
+        out.append(PathRecord(str(row["align"]), str(row["curve"]), *ends[grp.index[0]], res))
     return out

@@ -28,7 +28,9 @@ import pandas as pd
 from .cli import ArgumentParser
 from .errors import UserError, cli_main
 from .plots import plot_paths
+from .records import frame_path_ids
 from .records import read as read_records
+from .records import read_frame as read_records_frame
 from .store import atomic_write_text
 from .tables import ALIGN_LABEL, write_tables
 
@@ -69,8 +71,7 @@ def check_config(cfg, path: Path) -> dict:
 # records.csv columns: (name, lowest, highest) of the numeric ones
 _NUMERIC = {"t": (0.0, 1.0), "speed": (0.0, math.inf), "clean_acc": (0.0, 1.0),
             "robust_acc": (0.0, 1.0), "clean_loss": (0.0, math.inf),
-            "robust_loss": (0.0, math.inf), "n": (1, math.inf), "seed_a": (0, math.inf),
-            "seed_b": (0, math.inf)}
+            "robust_loss": (0.0, math.inf), "n": (1, math.inf)}
 
 
 def check_records(run_dir: Path, paths=None) -> list:
@@ -78,13 +79,8 @@ def check_records(run_dir: Path, paths=None) -> list:
     range, and equal to what ``examples.npz`` gives (not only ``robust_acc``, which
     :func:`robustpath.records.read` compares), so garbage in any column is refused."""
     csv = run_dir / "records.csv"
-    try:
-        frame = pd.read_csv(csv)
-    except Exception:  # noqa: BLE001  (missing or unparsable: records.read says which)
-        read_records(run_dir)
-        raise
-    if any(c not in frame.columns for c in _NUMERIC) or frame.empty:
-        read_records(run_dir)  # names the missing columns
+    # either schema (records.LEGACY_COLUMNS renamed); empty cells: named below
+    frame = read_records_frame(run_dir, complete=False)
     for col, (lo, hi) in _NUMERIC.items():
         vals = pd.to_numeric(frame[col], errors="coerce")
         bad = vals.isna() | ~np.isfinite(vals) | (vals < lo) | (vals > hi)
@@ -94,10 +90,8 @@ def check_records(run_dir: Path, paths=None) -> list:
             shown = "nothing" if pd.isna(value) else repr(str(value))
             raise UserError(f"{csv}: column {col} row {row + 2} holds {shown}, "
                             f"not a number in [{lo}, {hi}] (truncated or edited file?)")
-    ids = frame["align"].astype(str) + "-" + frame["curve"].astype(str) + "-s" + \
-        frame["seed_a"].astype(int).astype(str) + "-" + frame["seed_b"].astype(int).astype(str)
-    if (ids != frame["path_id"].astype(str)).any():
-        raise UserError(f"{csv}: path_id does not match align, curve and seeds")
+    if frame_path_ids(frame) != frame["path_id"].astype(str).tolist():
+        raise UserError(f"{csv}: path_id does not match align, curve and endpoints")
     if paths is None:
         paths = read_records(run_dir)
     for p in paths:

@@ -221,8 +221,9 @@ def line_weights(n: int, i: int, j: int, k: int) -> np.ndarray:
 def pair_lines(models: Sequence[nn.Module], k: int, point: PointEval, align: str,
                compute: Callable | None = None, *, progress: bool = True) -> list[PathRecord]:
     """The line between every pair ``i < j`` on ``t = s / k`` as
-    :class:`robustpath.records.PathRecord` (``seed_a``/``seed_b``: model indices,
-    ``curve`` ``line``). ``compute(i, j) -> arrays`` overrides the evaluation (the CLI
+    :class:`robustpath.records.PathRecord` (``endpoint_a``/``endpoint_b``: positions
+    in ``models``, which are the seeds: the soup trains seeds ``0..N-1``; ``curve``
+    ``line``). ``compute(i, j) -> arrays`` overrides the evaluation (the CLI
     wraps it in a cache)."""
     ts = np.arange(k + 1) / k
     out = []
@@ -231,7 +232,8 @@ def pair_lines(models: Sequence[nn.Module], k: int, point: PointEval, align: str
             models, line_weights(len(models), i, j, k), point, progress=progress,
             desc=f"line {i}-{j}")
         res = PathResult(ts=ts, speed=np.ones_like(ts), **{a: arrays[a] for a in ARRAYS})
-        out.append(PathRecord(align=align, curve="line", seed_a=i, seed_b=j, result=res))
+        out.append(PathRecord(align=align, curve="line", endpoint_a=i, endpoint_b=j,
+                              result=res))
     return out
 
 
@@ -248,8 +250,8 @@ def barrier_table(records: Sequence[PathRecord], names: Sequence[str],
     rows = []
     for r in records:
         m = path_metrics(r.result, bootstrap=bootstrap)
-        row = {"align": r.align, "index_a": r.seed_a, "index_b": r.seed_b,
-               "model_a": names[r.seed_a], "model_b": names[r.seed_b]}
+        row = {"align": r.align, "index_a": r.endpoint_a, "index_b": r.endpoint_b,
+               "model_a": names[r.endpoint_a], "model_b": names[r.endpoint_b]}
         for name in TABLE_METRICS:
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = (
                 m[name]["value"], m[name]["lo"], m[name]["hi"])

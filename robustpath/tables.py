@@ -54,8 +54,7 @@ def per_path_frame(paths: list[PathRecord], bootstrap: int = 1000,
         m = path_metrics(p.result, bootstrap=bootstrap, seed=0)
         if strong and p.path_id in strong:
             m.update(strong_metrics(strong[p.path_id], bootstrap=bootstrap, seed=0))
-        row = {"path_id": p.path_id, "align": p.align, "curve": p.curve, "seed_a": p.seed_a,
-               "seed_b": p.seed_b}
+        row = {"path_id": p.path_id, **p.identity}
         for name, v in m.items():
             row[name], row[f"{name}_lo"], row[f"{name}_hi"] = v["value"], v["lo"], v["hi"]
         rows.append(row)

@@ -132,10 +132,10 @@ def test_write_outputs(tmp_path):
                      robust_correct=np.ones((5, 3), bool), clean_loss=np.zeros((5, 3)),
                      robust_loss=np.repeat(rl[:, None], 3, 1))
     eig = np.repeat((rl * 2)[:, None], 6, 1) + np.linspace(0, 0.1, 6)
-    ident = {"align": "none", "curve": "line", "seed_a": 0, "seed_b": 1}
+    ident = {"align": "none", "curve": "line", "endpoint_a": 0, "endpoint_b": 1}
     cv.write(tmp_path, {"none-line-s0-1": (ident, {"ts": ts, "eig": eig}, res)}, bootstrap=200)
     table = pd.read_csv(tmp_path / "curvature.csv")
-    assert list(table.columns[:5]) == ["path_id", "align", "curve", "seed_a", "seed_b"]
+    assert list(table.columns[:5]) == ["path_id", "align", "curve", "endpoint_a", "endpoint_b"]
     np.testing.assert_allclose(table["robust_loss"], rl)
     np.testing.assert_allclose(table["mean"], eig.mean(1), rtol=1e-5)
     assert "| none-line-s0-1 | 6 | 5 | 1.000 |" in (tmp_path / "curvature.md").read_text()

@@ -119,7 +119,7 @@ def test_triangle_vertices_are_the_models_and_edges_the_lines(fmnist):
     for w in lw:
         assert any(np.array_equal(w, r) for r in tri["weights"])
     recs = pair_lines(models, k, point, "none", progress=False)
-    assert [(r.seed_a, r.seed_b) for r in recs] == [(0, 1), (0, 2), (1, 2)]
+    assert [r.endpoints for r in recs] == [(0, 1), (0, 2), (1, 2)]
     r01 = recs[0].result
     edge = [int(np.flatnonzero((tri["weights"] == w).all(1))[0]) for w in lw]
     assert np.array_equal(r01.robust_correct, tri["robust_correct"][edge])

@@ -6,6 +6,7 @@ synthetic per-example results (no training), so each test takes about a second.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -15,9 +16,11 @@ import pytest
 
 from robustpath.bench import RunOutputs, write_run
 from robustpath.config import BenchConfig
+from robustpath.errors import UserError
 from robustpath.evaluate import PathResult
 from robustpath.records import PathRecord
 from robustpath.report import main as report_main
+from robustpath.store import sha256_file
 
 N, T = 120, 5
 
@@ -103,6 +106,61 @@ def test_report_rebuilds_everything_byte_identical_without_ckpt(run, tmp_path):
     assert report_main([str(copy)]) == 0
     for n in DERIVED:
         assert (copy / n).read_bytes() == before[n], f"{n} differs after the rebuild"
+
+
+def test_report_rebuilds_a_folder_written_with_seed_columns(run, tmp_path):
+    """Folders written before endpoints were named by id have ``seed_a``/``seed_b``:
+    records.read renames them, the report rebuilds the same tables, and the folder's
+    records.csv is left as it was."""
+    from robustpath.records import read as read_records
+
+    before = {n: (run / n).read_bytes() for n in DERIVED}
+    copy = tmp_path / "old"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
+    text = (copy / "records.csv").read_text()
+    header, rest = text.split("\n", 1)
+    assert ",endpoint_a,endpoint_b," in header
+    old = header.replace("endpoint_a", "seed_a").replace("endpoint_b", "seed_b") + "\n" + rest
+    (copy / "records.csv").write_text(old)
+    manifest = json.loads((copy / "manifest.json").read_text())  # as such a run wrote it
+    manifest["files"]["records.csv"] = sha256_file(copy / "records.csv")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    for n in DERIVED:
+        (copy / n).unlink()
+    recs = read_records(copy)
+    assert [r.endpoints for r in recs] == [(0, 1)] * 4
+    assert all(type(e) is int for r in recs for e in r.endpoints)
+    assert [r.path_id for r in recs] == [r.path_id for r in read_records(run)]
+    assert report_main([str(copy)]) == 0
+    for n in DERIVED:
+        assert (copy / n).read_bytes() == before[n], f"{n} differs after the rebuild"
+    assert (copy / "records.csv").read_text() == old
+
+
+def test_records_name_zoo_endpoints_by_model_name(tmp_path):
+    """Zoo endpoints are model names (not indices): written, read back as str, and the
+    path id keeps them apart from seed pairs; report.check_records accepts them."""
+    from robustpath import records
+    from robustpath.report import check_records
+
+    a, b = "Wong2020Fast", "Singh2023Revisiting_ConvNeXt-T-ConvStem"
+    recs = [PathRecord("none", "line", a, b, _result(1, 1.0)),
+            PathRecord("weight", "bezier", a, b, _result(2, 0.3))]
+    assert recs[0].path_id == f"none-line-{a}__{b}"
+    assert PathRecord("none", "line", np.int64(0), 1, recs[0].result).path_id == "none-line-s0-1"
+    records.write(tmp_path, recs)
+    frame = pd.read_csv(tmp_path / "records.csv")
+    assert list(frame.columns[:5]) == ["path_id", "align", "curve", "endpoint_a", "endpoint_b"]
+    assert set(frame["endpoint_a"]) == {a} and set(frame["endpoint_b"]) == {b}
+    back = records.read(tmp_path)
+    assert [(r.align, r.curve, r.endpoints) for r in back] == [
+        ("none", "line", (a, b)), ("weight", "bezier", (a, b))]
+    assert [r.path_id for r in check_records(tmp_path)] == [r.path_id for r in recs]
+    # an edited endpoint no longer matches its path id: refused in one line
+    (tmp_path / "records.csv").write_text(
+        (tmp_path / "records.csv").read_text().replace(f",{b},", ",Other2020,", 1))
+    with pytest.raises(UserError, match="path_id does not match"):
+        check_records(tmp_path)
 
 
 def test_report_shows_strong_eval_and_transfer_files(run, tmp_path):
@@ -216,7 +274,7 @@ def test_paired_differences_pool_several_seed_pairs():
              for s in range(3)]
     rows = paired_differences(base, other, bootstrap=200)
     per_pair = [r for r in rows if r["pairs"] == 1]
-    pooled = [r for r in rows if r["seed_a"] == "all"]
+    pooled = [r for r in rows if r["endpoint_a"] == "all"]
     assert len(per_pair) == 3 and len(pooled) == 1 and pooled[0]["pairs"] == 3
     p = pooled[0]
     for m in ("robust_acc_min", "robust_loss_barrier"):

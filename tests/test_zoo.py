@@ -203,11 +203,18 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
         assert (out / f).is_file(), f
     records = pd.read_csv(out / "records.csv")
     assert set(records["align"]) == {"none", "weight", "activation"}
-    assert set(zip(records["seed_a"], records["seed_b"])) == {(0, 1)}  # C: other architecture
+    # endpoints named by model, not by index into models.json; C: other architecture
+    assert set(zip(records["endpoint_a"], records["endpoint_b"])) == {(NAME_A, NAME_B)}
+    assert set(records["path_id"]) == {f"{a}-{k}-{NAME_A}__{NAME_B}" for a in
+                                       ("none", "weight", "activation") for k in records["curve"]}
+    from robustpath.records import read as read_records
+
+    assert {r.endpoints for r in read_records(out)} == {(NAME_A, NAME_B)}
     matrix = pd.read_csv(out / "barrier_matrix.csv")
     assert len(matrix) == 3 and set(matrix["model_b"]) == {NAME_B}
     assert {"robust_loss_barrier", "robust_acc_min"} <= set(matrix.columns)
     strong = pd.read_csv(out / "strong_eval.csv")
+    assert set(zip(strong["endpoint_a"], strong["endpoint_b"])) == {(NAME_A, NAME_B)}
     assert {"robust_acc_pgd", "robust_acc_aa", "robust_acc_pgd_many", "gap_pgd_aa"} <= \
         set(strong.columns)
     assert set(strong["t"].round(3)) >= {0.0, 0.25, 1.0}

@@ -39,7 +39,7 @@ from .. import runfolder, stages
 from ..errors import UserError
 from ..lock import run_lock
 from ..outputs import RunOutputs, comparable, write_run
-from ..records import PathRecord
+from ..records import PathRecord, identity, path_id
 from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
 from .executors import EXECUTORS, executor_names
 from .nodes import Context, run_data
@@ -104,7 +104,7 @@ def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
                 if results[n]["metrics"]},
         records=[PathRecord(m, k, sa, sb, results[n]["result"]) for (m, k), n in cp.evals.items()],
         planes={m: results[n]["plane"] for m, n in cp.planes.items()},
-        strong={f"{m}-{k}-s{sa}-{sb}": ({"align": m, "curve": k, "seed_a": sa, "seed_b": sb},
+        strong={path_id(m, k, sa, sb): (identity(m, k, sa, sb),
                                         results[n]["strong"])
                 for (m, k), n in cp.evals.items() if "strong" in results[n]})
     # done.json of an earlier run goes first: a kill between the commit of the new run

@@ -121,8 +121,9 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
             # e.g. left by a killed sweep of another grid: never tabulated under this one
             raise UserError(f"{cdir} holds a cell of another sweep run than {sweep_dir}; "
                             "rerun the sweep to bring its cells and tables together")
-        states.append({"cell": cell["name"], "group": cell["group"], "seed_a": cell["seeds"][0],
-                       "seed_b": cell["seeds"][1], "state": "done" if done else "missing"})
+        states.append({"cell": cell["name"], "group": cell["group"],
+                       "endpoint_a": cell["seeds"][0], "endpoint_b": cell["seeds"][1],
+                       "state": "done" if done else "missing"})
         if not done:
             continue
         if rebuild or not (cdir / "tables" / "per_path.csv").is_file():

@@ -22,14 +22,18 @@ MATRIX_METRICS = ("robust_loss_barrier", "robust_acc_min", "robust_acc_ends", "c
 def barrier_matrix(records: list[PathRecord], models: list[str],
                    bootstrap: int = 1000) -> pd.DataFrame:
     """One row per evaluated path (model pair x alignment x path family) with the
-    barrier metrics and their 95% bootstrap CIs (``_lo``, ``_hi``)."""
+    barrier metrics and their 95% bootstrap CIs (``_lo``, ``_hi``); ``models``: the
+    comparison's models in order (the records name their endpoints by model name)."""
     from ..barrier import path_metrics
 
     rows = []
     for r in records:
         m = path_metrics(r.result, bootstrap=bootstrap)
-        row = {"model_a": models[r.seed_a], "model_b": models[r.seed_b], "index_a": r.seed_a,
-               "index_b": r.seed_b, "align": r.align, "curve": r.curve}
+        unknown = {str(e) for e in r.endpoints} - set(models)
+        if unknown:
+            raise ValueError(f"path {r.path_id}: endpoints {sorted(unknown)} not among the models")
+        row = {"model_a": r.endpoint_a, "model_b": r.endpoint_b, "align": r.align,
+               "curve": r.curve}
         for k in MATRIX_METRICS:
             row[k], row[f"{k}_lo"], row[f"{k}_hi"] = m[k]["value"], m[k]["lo"], m[k]["hi"]
         rows.append(row)
@@ -47,6 +51,7 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
 
     plt = _matplotlib()
     n, written = len(models), []
+    pos = {m: i for i, m in enumerate(models)}  # the cells' order: the models' order
     panels = (("robust_loss_barrier", "robust loss barrier", 1.0, "magma_r", "{:.2f}"),
               ("robust_acc_min", "robust acc. min (%)", 100.0, "viridis", "{:.1f}"))
     for curve, part in frame.groupby("curve", sort=True):
@@ -63,7 +68,7 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
             for col, align in enumerate(aligns):
                 mat = np.full((n, n), np.nan)
                 for _, r in part[part["align"] == align].iterrows():
-                    i, j = int(r["index_a"]), int(r["index_b"])
+                    i, j = pos[r["model_a"]], pos[r["model_b"]]
                     mat[i, j] = mat[j, i] = r[metric] * scale
                 ax = axes[row, col]
                 im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, norm=norm)

@@ -229,10 +229,10 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
                 checks[f"{method}-{kind}:{a}:{b}"] = check
                 res = stages.path_eval(scfg, curve, ckey, run.dir, run.data(), run.device,
                                        run.progress, desc=f"eval {desc}")
-                records.append(PathRecord(method, kind, index[a], index[b], res))
+                records.append(PathRecord(method, kind, a, b, res))  # endpoints by model name
                 if cfg.strong:
                     strong_paths[records[-1].path_id] = (
-                        {"align": method, "curve": kind, "model_a": a, "model_b": b},
+                        records[-1].identity,
                         stages.strong(scfg, lambda t, curve=curve: curve().model_at(t), res,
                                       run.dir, run.data(), run.device, run.progress,
                                       desc=f"strong {desc}", endpoint_keys=(ka, kb),
@@ -274,7 +274,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
     for a, b in pairs if len(pairs) > 1 else []:  # one pair: the run folder is its report
         pdir = sd / "pairs" / f"{a}__{b}"
         atomic_write_json(pdir / "config.json", dict(cfg_dict, arch=entries[a].arch, models=[a, b]))
-        write_records(pdir, [r for r in records if (r.seed_a, r.seed_b) == (index[a], index[b])])
+        write_records(pdir, [r for r in records if r.endpoints == (a, b)])
         build_report(pdir)
     matrix = barrier_matrix(records, cfg.models, cfg.bootstrap)
     atomic_write_text(sd / "barrier_matrix.csv", matrix.to_csv(index=False, float_format="%.6f"))
