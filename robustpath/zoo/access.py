@@ -4,14 +4,17 @@ verified checkpoint files and loading (see :mod:`robustpath.zoo`)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import hashlib
 import os
+import re
 import socket
 import sys
 import warnings
 from collections import OrderedDict
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from torch import nn
 from ..cli import split_list
 from ..errors import UserError
 from ..store import sha256_file
+from . import arch
 
 DEFAULT_MODEL_DIR = os.environ.get("ROBUSTPATH_MODEL_DIR", "models")
 THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
@@ -101,11 +105,14 @@ def input_normalisation(model: nn.Module) -> str:
 class ZooEntry:
     """One registry entry: ``name``, ``arch`` (class name), ``signature`` (see
     :func:`architecture_signature`), ``params``, ``normalisation``; ``note`` says why an
-    entry cannot be used (ensemble, timm hub model, not inspectable)."""
+    entry cannot be used (ensemble, timm hub model, not buildable offline);
+    ``alignment``: an :class:`.arch.Alignability` once :func:`list_entries` computed it."""
 
     def __init__(self, name, arch, signature, params, normalisation, note=""):
         self.name, self.arch, self.signature = name, arch, signature
         self.params, self.normalisation, self.note = params, normalisation, note
+        self.alignment = None  # an arch.Alignability once list_entries computed it
+        self.stand_in = ""  # the timm model read instead of an unregistered one
 
     @property
     def supported(self) -> bool:
@@ -118,47 +125,102 @@ class ZooEntry:
         return f"{self.arch} ({self.params / 1e6:.1f}M parameters, signature {self.signature})"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "arch": self.arch, "signature": self.signature,
-                "params": self.params, "normalisation": self.normalisation, "note": self.note}
+        out = {"name": self.name, "arch": self.arch, "signature": self.signature,
+               "params": self.params, "normalisation": self.normalisation, "note": self.note}
+        if self.alignment is not None:
+            out["alignment"] = asdict(self.alignment)
+        return out
 
 
 @functools.cache
-def _describe(name: str, dataset: str, threat: str, ctor_id: int) -> ZooEntry:
+def _build(name: str, dataset: str, threat: str, ctor_id: int):
+    """``(ZooEntry, model or None, build error)``; the model from :func:`.arch.build`
+    (offline, parameters on meta)."""
     entry = _entry(name, dataset, threat)
     gid = entry.get("gdrive_id")
-    if gid is None or "model" not in entry:
-        # the zoo's transformers are XCiT (cross-covariance attention, heads split inline):
-        # robustpath.align has no rule for it; partial=True aligns its MLPs and patch convs
-        xcit = "; XCiT attention not alignable (partial=True: MLP and patch-embedding units)" \
-            if "XCiT" in name else ""
-        return ZooEntry(name, "?", "", 0, "?", f"timm hub model (no checkpoint file){xcit}")
     if isinstance(gid, (list, tuple)):
-        return ZooEntry(name, "?", "", 0, "?", "ensemble of several networks")
+        return ZooEntry(name, "?", "", 0, "?", "ensemble of several networks"), None, \
+            "an ensemble of several networks, not one network to permute"
+    # timm hub entries (gdrive_id None) load through timm's own download: listed, not usable
+    note = "timm hub model (no checkpoint file)" if gid is None else ""
+    stand_in = ""
     try:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")
-            model = entry["model"]()
+        model = arch.build(entry["model"])
     except Exception as e:  # noqa: BLE001  (third-party constructors raise anything)
-        return ZooEntry(name, "?", "", 0, "?",
-                        f"architecture not inspectable without weights ({type(e).__name__})")
-    return ZooEntry(name, type(model).__name__, architecture_signature(model),
-                    sum(p.numel() for p in model.parameters()), input_normalisation(model))
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        why = f"{type(e).__name__}: {msg}"[:200]
+        model, stand_in = _registered_stand_in(msg)
+        if model is None:
+            return ZooEntry(name, "?", "", 0, "?", note or f"architecture not buildable "
+                            f"offline without weights ({why})"), None, \
+                f"RobustBench's constructor fails offline without weights ({why})"
+        note = f"{note or 'not loadable'}; RobustBench names an unregistered timm model " \
+            f"({msg}); architecture read from {stand_in}"
+    e = ZooEntry(name, type(model).__name__, architecture_signature(model),
+                 sum(p.numel() for p in model.parameters()), input_normalisation(model), note)
+    e.stand_in = stand_in
+    return e, model, None
+
+
+def _registered_stand_in(msg: str):
+    """robustbench 1.1.1's ImageNet XCiT entries call ``timm.create_model`` with
+    ``debenedetti2020light_xcit_s_imagenet_linf`` while its ``xcit`` module registers
+    ``debenedetti2022light_xcit_s12_imagenet_linf``: ``(model, name)`` of the one
+    registered timm model that closely matches the unknown name, else ``(None, "")``."""
+    found = re.fullmatch(r"Unknown model \((\S+)\)", msg)
+    if not found:
+        return None, ""
+    import timm
+
+    unknown = found.group(1)
+    close = difflib.get_close_matches(unknown, timm.list_models(unknown[:8] + "*"), n=2,
+                                      cutoff=0.85)
+    if len(close) != 1 and not (len(close) == 2 and difflib.SequenceMatcher(
+            None, unknown, close[0]).ratio() > difflib.SequenceMatcher(
+            None, unknown, close[1]).ratio()):
+        return None, ""
+    try:
+        return arch.build(lambda: timm.create_model(close[0])), close[0]
+    except Exception:  # noqa: BLE001
+        return None, ""
 
 
 def describe(name: str, dataset: str = "cifar10", threat: str = "Linf") -> ZooEntry:
-    """Architecture facts of zoo entry ``name``, from its constructor on the meta device."""
+    """Architecture facts of zoo entry ``name``, from its constructor run offline without
+    weights (parameters on the meta device, :func:`.arch.build`)."""
     dataset, threat = parse_dataset(dataset), parse_threat(threat)
     entry = _entry(name, dataset, threat)
-    return _describe(name, dataset, threat, id(entry.get("model")))
+    return _build(name, dataset, threat, id(entry.get("model")))[0]
+
+
+def alignability(name: str, dataset: str = "cifar10", threat: str = "Linf") -> arch.Alignability:
+    """Whether robustpath can align zoo entry ``name``: its permutation spec
+    (``partial=True``) derived from the architecture alone (:func:`.arch.alignability`;
+    cached per architecture signature and input size)."""
+    dataset, threat = parse_dataset(dataset), parse_threat(threat)
+    entry = _entry(name, dataset, threat)
+    e, model, error = _build(name, dataset, threat, id(entry.get("model")))
+    if model is None:
+        return arch.Alignability("refused", detail=error)
+    side = arch.input_size(dataset, entry.get("preprocessing"))
+    verdict = arch.alignability(model, e.signature, side)
+    if e.stand_in:  # a copy: the cached verdict belongs to the architecture
+        verdict = dataclasses.replace(verdict, detail=f"(architecture of timm's {e.stand_in}) "
+                                      + verdict.detail)
+    return verdict
 
 
 def list_entries(dataset: str = "cifar10", threat: str = "Linf",
-                 names: list[str] | None = None) -> dict[str, list[ZooEntry]]:
+                 names: list[str] | None = None,
+                 align: bool = False) -> dict[str, list[ZooEntry]]:
     """Zoo entries grouped by architecture: ``{group label: [entries]}``, largest groups
-    first; entries that cannot be loaded as one network last."""
+    first; entries that cannot be loaded as one network last. ``align``: also set each
+    entry's ``alignment`` (:func:`alignability`)."""
     groups: dict[str, list[ZooEntry]] = {}
     for name in names if names is not None else list(registry(dataset, threat)):
         e = describe(name, dataset, threat)
+        if align:
+            e.alignment = alignability(name, dataset, threat)
         groups.setdefault(e.group, []).append(e)
     return dict(sorted(groups.items(), key=lambda kv: (kv[0] == "not usable here", -len(kv[1]),
                                                        kv[0])))

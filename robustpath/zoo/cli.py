@@ -7,6 +7,8 @@ import contextlib
 import json
 import shlex
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 from ..cli import ArgumentParser, HelpFormatter
@@ -43,12 +45,18 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("list", formatter_class=fmt,
                        help="zoo entries grouped by architecture",
                        description="List zoo entries grouped by architecture (class name and "
-                       "parameter shapes, read from constructors on the meta device, no weights); "
+                       "parameter shapes, read from constructors run offline without weights, "
+                       "parameters on the meta device) and say per entry whether robustpath "
+                       "aligns it whole, partially (which units stay in place) or refuses it "
+                       "(why), from its permutation spec; verdicts are cached per architecture "
+                       "($ROBUSTPATH_ZOO_CACHE, default ~/.cache/robustpath/zoo_align). "
                        "'*' marks checkpoints present in --model-dir.")
     common(q)
     q.add_argument("--present", action="store_true",
                    help="only entries whose checkpoint file is in --model-dir")
     q.add_argument("--json", action="store_true", help="print the groups as JSON")
+    q.add_argument("--no-align-check", dest="align_check", action="store_false",
+                   help="skip the per-entry alignment verdict (architectures only)")
 
     q = sub.add_parser("compare", formatter_class=fmt, help="paths between same-architecture "
                        "models: align, evaluate, barrier matrix",
@@ -68,7 +76,9 @@ def cmdsplit_list(args) -> int:
     have = {n for n in names if checkpoint_path(args.model_dir, dataset, threat, n).is_file()}
     if args.present:
         names = [n for n in names if n in have]
-    groups = list_entries(dataset, threat, names)
+    t0 = time.perf_counter()
+    groups = list_entries(dataset, threat, names, align=args.align_check)
+    seconds = time.perf_counter() - t0
     if args.json:
         print(json.dumps({g: [dict(e.to_dict(), present=e.name in have) for e in es]
                           for g, es in groups.items()}, indent=2))
@@ -77,9 +87,19 @@ def cmdsplit_list(args) -> int:
           f"{args.model_dir} (*)")
     for g, es in groups.items():
         print(f"\n{g}: {len(es)}")
+        verdicts = {e.alignment.line() for e in es if e.alignment is not None}
+        once = len(verdicts) == 1 and len(es) > 1 and g != "not usable here"
+        if once:  # one architecture, one verdict
+            print(f"  alignment: {verdicts.pop()}")
         for e in es:
             extra = f"  [{e.note}]" if e.note else f"  normalisation: {e.normalisation}"
             print(f"  {'*' if e.name in have else ' '} {e.name}{extra}")
+            if e.alignment is not None and not once:
+                print(f"      alignment: {e.alignment.line()}")
+    if args.align_check:
+        counts = Counter(e.alignment.status for es in groups.values() for e in es)
+        print(f"\nalignment: {counts['whole']} whole, {counts['partial']} partial, "
+              f"{counts['refused']} refused ({seconds:.1f} s)")
     return 0
 
 

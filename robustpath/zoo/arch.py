@@ -1,0 +1,342 @@
+"""Zoo architectures without weights or a network, and whether robustpath can align them.
+
+``zoo list`` builds every entry's architecture from RobustBench's own constructor and
+runs :func:`robustpath.align.permutation_spec` (``partial=True``) on it:
+
+* :func:`build` calls the constructor with every download disabled - torchvision's
+  weight enums (``resnet50(pretrained=True)``) give no state dict, ``timm.create_model``
+  gets ``pretrained=False`` - and the network blocked (:func:`no_network`), so a listing
+  never touches it; parameters are created on the ``meta`` device as the constructor
+  registers them (no memory, no initialisation cost; Swin-L's 197M parameters build in
+  about a second), buffers keep their real values (index tables, normalisation).
+* :func:`alignability` derives the permutation spec on an example input of the entry's
+  preprocessing size (224 or 288 for ImageNet, 32 for CIFAR) on the meta device; rules
+  that check their invariance numerically (attention) need real tensors, so a model
+  that fails on meta is retried once on the CPU with random weights. The verdict is
+  ``whole`` (every hidden unit permutable), ``partial`` (``spec.fixed`` non-empty: which
+  layers' units stay in place and why) or ``refused`` (the spec cannot be derived: the
+  one-line reason). Verdicts are cached per (class name, parameter-shape signature,
+  input shape) in memory and in ``$ROBUSTPATH_ZOO_CACHE`` (default
+  ``~/.cache/robustpath/zoo_align``), keyed also by a hash of ``robustpath/align``'s
+  sources so a changed rule recomputes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import io
+import linecache
+import os
+import re
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..store import atomic_write_json
+
+#: ImageNet preprocessing names end with the crop size (RobustBench's ``preprocessing``)
+INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
+
+
+class NetworkBlocked(OSError):
+    """Raised by every socket connection or name lookup inside :func:`no_network`."""
+
+
+@contextlib.contextmanager
+def no_network():
+    """Block ``socket`` connections and DNS look-ups (a listing must stay offline)."""
+
+    def refuse(*_a, **_k):
+        raise NetworkBlocked("network access blocked while building a zoo architecture")
+
+    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,
+             socket.getaddrinfo)
+    socket.socket.connect = socket.socket.connect_ex = refuse
+    socket.create_connection = socket.getaddrinfo = refuse
+    try:
+        yield
+    finally:
+        (socket.socket.connect, socket.socket.connect_ex, socket.create_connection,
+         socket.getaddrinfo) = saved
+
+
+class _NoWeights(dict):
+    """An empty state dict that ``load_state_dict`` skips (inside :func:`no_weights`)."""
+
+
+@contextlib.contextmanager
+def no_weights():
+    """Constructors build architectures only: torchvision weight enums return
+    :class:`_NoWeights` (``load_state_dict`` ignores it) and ``timm.create_model``
+    is called with ``pretrained=False``."""
+    import timm
+    from torchvision.models._api import WeightsEnum
+
+    get_sd, load_sd, create = WeightsEnum.get_state_dict, nn.Module.load_state_dict, \
+        timm.create_model
+
+    def load_state_dict(self, state_dict, *a, **k):
+        if isinstance(state_dict, _NoWeights):
+            return torch.nn.modules.module._IncompatibleKeys([], [])
+        return load_sd(self, state_dict, *a, **k)
+
+    def create_model(*a, **k):
+        return create(*a, **dict(k, pretrained=False))
+
+    WeightsEnum.get_state_dict = lambda self, *a, **k: _NoWeights()
+    nn.Module.load_state_dict = load_state_dict
+    timm.create_model = create_model
+    try:
+        yield
+    finally:
+        WeightsEnum.get_state_dict, nn.Module.load_state_dict = get_sd, load_sd
+        timm.create_model = create
+
+
+@contextlib.contextmanager
+def params_on_meta():
+    """Every parameter a constructor registers moves to the meta device at once (its
+    initialisation then costs nothing); buffers and other tensors stay real."""
+    register = nn.Module.register_parameter
+
+    def register_parameter(self, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def build(constructor) -> nn.Module:
+    """``constructor()`` offline and without weights: parameters on meta, eval mode."""
+    # stdout swallowed: some constructors print parameter counts
+    with warnings.catch_warnings(), no_network(), no_weights(), params_on_meta(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return constructor().eval()
+
+
+def input_size(dataset: str, preprocessing: str | None) -> int:
+    """Image side of an entry: the crop of its ``preprocessing`` (``Crop288`` -> 288)."""
+    found = re.search(r"(\d+)$", preprocessing or "")
+    return int(found.group(1)) if found else INPUT_SIZE.get(dataset, 224)
+
+
+# ---------------------------------------------------------------- verdicts
+@dataclass
+class Alignability:
+    """``status``: ``whole``, ``partial`` or ``refused``; ``groups``: permutation groups
+    aligned; ``detail``: for ``partial`` which layers' units stay and why, for
+    ``refused`` the reason; ``left_in_place``: ``spec.fixed`` shortened (``op``,
+    ``where``, ``reason``, ``count``, ``units``); ``seconds``: spec derivation time."""
+
+    status: str
+    groups: int = 0
+    detail: str = ""
+    left_in_place: list | None = None
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        if self.status == "whole":
+            return f"aligns whole ({self.groups} groups)"
+        if self.status == "partial":
+            return f"aligns partially ({self.groups} groups); {self.detail}"
+        return f"refused: {self.detail}"
+
+
+def _pattern(name: str) -> str:
+    return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", name)
+
+
+def _enclosing_class(path: str, line: int) -> str:
+    """The class whose source holds ``path:line`` (names the module of a refused op)."""
+    for n in range(line, 0, -1):
+        found = re.match(r"class (\w+)", linecache.getline(path, n))
+        if found:
+            return found.group(1)
+    return ""
+
+
+def _short_reason(reason: str) -> str:
+    reason = re.sub(r" ?\((\d+, )*\d+,?\)", "", reason)  # tensor shapes
+    reason = reason.split(": register")[0].split("; ")[0][:110]
+    return reason + ")" * (reason.count("(") - reason.count(")"))
+
+
+def _summarise_fixed(fixed: list[dict]) -> list[dict]:
+    """``spec.fixed`` grouped by operation and source line (``op``, ``where``, ``cls``:
+    the class holding that line, ``reason``, ``count``, ``units``: name patterns of the
+    layers whose units stay), most frequent first."""
+    kinds: dict[tuple, dict] = {}
+    for f in fixed:
+        op = f["where"].split(" (node")[0]
+        loc = re.search(r"at (\S+), line (\d+)", f["where"])
+        cls = _enclosing_class(loc.group(1), int(loc.group(2))) if loc else ""
+        where = f"{Path(loc.group(1)).name}:{loc.group(2)}" if loc else ""
+        k = kinds.setdefault((op, where), {"op": op, "where": where, "cls": cls,
+                                           "reason": _short_reason(f["reason"]), "count": 0,
+                                           "units": []})
+        k["count"] += 1
+        k["units"] = list(dict.fromkeys(k["units"] + [_pattern(u) for u in f["units"]]))
+    return sorted(kinds.values(), key=lambda k: -k["count"])
+
+
+def _detail(kinds: list[dict], show: int = 2) -> str:
+    """One line: the most frequent kinds of refused operation and the units that stay."""
+    parts = []
+    for k in kinds[:show]:
+        units = ", ".join(k["units"][:2]) + (", ..." if len(k["units"]) > 2 else "")
+        cls = f" in {k['cls']}" if k["cls"] else ""
+        parts.append(f"{k['op']}{cls} ({k['where']}) x{k['count']}: {k['reason']}"
+                     + (f" [stays: {units}]" if units else ""))
+    more = f"; +{len(kinds) - show} more kinds (--json)" if len(kinds) > show else ""
+    return "left in place: " + "; ".join(parts) + more
+
+
+def _meta_problem(e: Exception) -> bool:
+    text = str(e)
+    return "meta" in text and ("device" in text or "Tensor.item()" in text
+                               or "copy out of meta" in text or "meta tensor" in text)
+
+
+def _on_cpu(model: nn.Module, buffers: dict[str, torch.Tensor]) -> nn.Module:
+    """Materialise ``model`` on the CPU: random parameters (N(0, 0.02)), real buffers."""
+    model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02, generator=gen)
+    _put_buffers(model, buffers, lambda b: True)
+    return model
+
+
+def _put_buffers(model: nn.Module, buffers: dict[str, torch.Tensor], which) -> None:
+    for name, buf in buffers.items():
+        if which(buf):
+            mod, _, leaf = name.rpartition(".")
+            model.get_submodule(mod)._buffers[leaf] = buf
+
+
+@contextlib.contextmanager
+def _attention_checks_on_cpu(buffers: dict[str, torch.Tensor]):
+    """The attention rule checks a random head permutation numerically on the module's
+    own weights; on a meta model it gets a CPU copy with random weights (and the real
+    buffers), so the rest of the spec derivation stays on meta."""
+    from ..align import attention
+
+    check = getattr(attention, "_check_invariant", None)
+    if check is None:  # renamed: the CPU retry in _derive still covers attention
+        yield
+        return
+
+    passed: set = set()  # the check runs on random weights: once per module config
+
+    def on_cpu(b, node, m, *a, **k):
+        if not any(p.is_meta for p in m.parameters()):
+            return check(b, node, m, *a, **k)
+        key = (type(m), tuple((n, tuple(p.shape)) for n, p in m.named_parameters()), a,
+               tuple(sorted(k.items())),
+               tuple(b.shape(node.args[0])) if node.args and hasattr(node.args[0], "meta") else ())
+        if key in passed:
+            return None
+        m = copy.deepcopy(m)
+        own = {n[len(node.target) + 1:]: t for n, t in buffers.items()
+               if n.startswith(f"{node.target}.")}
+        check(b, node, _on_cpu(m, own), *a, **k)  # raises (refuses) when it fails
+        passed.add(key)
+        return None
+
+    attention._check_invariant = on_cpu
+    try:
+        yield
+    finally:
+        attention._check_invariant = check
+
+
+def _derive(model: nn.Module, side: int) -> Alignability:
+    from ..align import permutation_spec
+    from ..errors import UserError
+
+    buffers = {n: b for n, b in model.named_buffers(remove_duplicate=False)}
+    shape = (2, 3, side, side)
+    model.to("meta")
+    _put_buffers(model, buffers, lambda b: b.dim() == 0)
+    for attempt in ("meta", "cpu"):
+        if attempt == "cpu":
+            _on_cpu(model, buffers)
+        x = torch.rand(shape, device=attempt)
+        try:
+            with warnings.catch_warnings(), no_network(), _attention_checks_on_cpu(buffers):
+                warnings.simplefilter("ignore")
+                spec = permutation_spec(model, x, partial=True)
+        except (UserError, Exception) as e:  # noqa: BLE001  (third-party forwards raise anything)
+            if attempt == "meta" and _meta_problem(e):
+                continue
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            msg = re.sub(r"/\S*/(site-packages|robustpath)/", "", msg)
+            text = msg if isinstance(e, UserError) else f"{type(e).__name__}: {msg}"
+            return Alignability("refused", detail=text[:400])
+        finally:
+            if attempt == "cpu":
+                model.to("meta")  # frees the random weights
+        if not spec.fixed:
+            return Alignability("whole", len(spec.groups))
+        kinds = _summarise_fixed(spec.fixed)
+        if not spec.groups:
+            return Alignability("refused", 0, "nothing permutable; " + _detail(kinds), kinds)
+        return Alignability("partial", len(spec.groups), _detail(kinds), kinds)
+    raise AssertionError("unreachable")
+
+
+@functools.cache
+def _code_hash() -> str:
+    root = Path(__file__).resolve().parents[1] / "align"
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for f in sorted(root.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ROBUSTPATH_ZOO_CACHE")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustpath" / \
+        "zoo_align"
+
+
+_MEMORY: dict[str, Alignability] = {}
+
+
+def alignability(model: nn.Module, signature: str, side: int) -> Alignability:
+    """The verdict for ``model`` (built by :func:`build`; its parameters end on meta),
+    cached per class name, ``signature`` (parameter shapes) and input side."""
+    import json
+
+    key = f"{type(model).__name__}-{signature}-{side}-{_code_hash()}"
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = cache_dir() / f"{key}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        found = Alignability(**json.loads(path.read_text()))
+        _MEMORY[key] = found
+        return found
+    t0 = time.perf_counter()
+    verdict = _derive(model, side)
+    verdict.seconds = round(time.perf_counter() - t0, 3)
+    _MEMORY[key] = verdict
+    with contextlib.suppress(OSError):
+        atomic_write_json(path, asdict(verdict))
+    return verdict
