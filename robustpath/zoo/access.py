@@ -4,6 +4,7 @@ verified checkpoint files and loading (see :mod:`robustpath.zoo`)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import difflib
 import functools
@@ -218,7 +219,7 @@ def list_entries(dataset: str = "cifar10", threat: str = "Linf",
     entry's ``alignment`` (:func:`alignability`)."""
     groups: dict[str, list[ZooEntry]] = {}
     for name in names if names is not None else list(registry(dataset, threat)):
-        e = describe(name, dataset, threat)
+        e = copy.copy(describe(name, dataset, threat))  # describe's entries are cached
         if align:
             e.alignment = alignability(name, dataset, threat)
         groups.setdefault(e.group, []).append(e)
