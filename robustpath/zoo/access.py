@@ -142,8 +142,10 @@ def _build(name: str, dataset: str, threat: str, ctor_id: int):
     if isinstance(gid, (list, tuple)):
         return ZooEntry(name, "?", "", 0, "?", "ensemble of several networks"), None, \
             "an ensemble of several networks, not one network to permute"
-    # timm hub entries (gdrive_id None) load through timm's own download: listed, not usable
-    note = "timm hub model (no checkpoint file)" if gid is None else ""
+    # timm hub entries (gdrive_id None) load through timm's own download, and ImageNet's
+    # Standard_R50 (gdrive_id "") through torchvision's: listed, not usable here
+    note = "timm hub model (no checkpoint file)" if gid is None else \
+        "torchvision's pretrained weights (no checkpoint file)" if gid == "" else ""
     stand_in = ""
     try:
         model = arch.build(entry["model"])
@@ -155,8 +157,8 @@ def _build(name: str, dataset: str, threat: str, ctor_id: int):
             return ZooEntry(name, "?", "", 0, "?", note or f"architecture not buildable "
                             f"offline without weights ({why})"), None, \
                 f"RobustBench's constructor fails offline without weights ({why})"
-        note = f"{note or 'not loadable'}; RobustBench names an unregistered timm model " \
-            f"({msg}); architecture read from {stand_in}"
+        note = f"{note or 'not loadable'}; its registry constructor fails ({msg}), " \
+            f"architecture read from timm's {stand_in}"
     e = ZooEntry(name, type(model).__name__, architecture_signature(model),
                  sum(p.numel() for p in model.parameters()), input_normalisation(model), note)
     e.stand_in = stand_in
@@ -164,10 +166,11 @@ def _build(name: str, dataset: str, threat: str, ctor_id: int):
 
 
 def _registered_stand_in(msg: str):
-    """robustbench 1.1.1's ImageNet XCiT entries call ``timm.create_model`` with
+    """robustbench 1.1.1's XCiT entries' constructors call ``timm.create_model`` with
     ``debenedetti2020light_xcit_s_imagenet_linf`` while its ``xcit`` module registers
-    ``debenedetti2022light_xcit_s12_imagenet_linf``: ``(model, name)`` of the one
-    registered timm model that closely matches the unknown name, else ``(None, "")``."""
+    ``debenedetti2022light_xcit_s12_imagenet_linf`` (the model its ``load_model``
+    builds from the entry name): ``(model, name)`` of the one registered timm model that
+    closely matches the unknown name, else ``(None, "")``."""
     found = re.fullmatch(r"Unknown model \((\S+)\)", msg)
     if not found:
         return None, ""
