@@ -8,11 +8,13 @@ runs :func:`robustpath.align.permutation_spec` (``partial=True``) on it:
   gets ``pretrained=False`` - and the network blocked (:func:`no_network`), so a listing
   never touches it; parameters are created on the ``meta`` device as the constructor
   registers them (no memory, no initialisation cost; Swin-L's 197M parameters build in
-  about a second), buffers keep their real values (index tables, normalisation).
+  1-2 s), buffers keep their real values (index tables, normalisation); a constructor
+  that reads parameter values (SODEF's geotorch) is built on the CPU uninitialised.
 * :func:`alignability` derives the permutation spec on an example input of the entry's
-  preprocessing size (224 or 288 for ImageNet, 32 for CIFAR) on the meta device; rules
-  that check their invariance numerically (attention) need real tensors, so a model
-  that fails on meta is retried once on the CPU with random weights. The verdict is
+  preprocessing size (224 or 288 for ImageNet, 32 for CIFAR) on the meta device; the
+  attention rule's numerical check of a head permutation runs on a CPU copy of the one
+  module with random weights (once per module configuration), and a model that still
+  fails on meta is retried once on the CPU with random weights. The verdict is
   ``whole`` (every hidden unit permutable), ``partial`` (``spec.fixed`` non-empty: which
   layers' units stay in place and why) or ``refused`` (the spec cannot be derived: the
   one-line reason). Verdicts are cached per (class name, parameter-shape signature,
