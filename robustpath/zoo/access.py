@@ -10,7 +10,6 @@ import difflib
 import functools
 import hashlib
 import os
-import re
 import socket
 import sys
 import warnings
@@ -152,7 +151,7 @@ def _build(name: str, dataset: str, threat: str, ctor_id: int):
     except Exception as e:  # noqa: BLE001  (third-party constructors raise anything)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         why = f"{type(e).__name__}: {msg}"[:200]
-        model, stand_in = _registered_stand_in(msg)
+        model, stand_in = arch.registered_stand_in(msg)
         if model is None:
             return ZooEntry(name, "?", "", 0, "?", note or f"architecture not buildable "
                             f"offline without weights ({why})"), None, \
@@ -163,30 +162,6 @@ def _build(name: str, dataset: str, threat: str, ctor_id: int):
                  sum(p.numel() for p in model.parameters()), input_normalisation(model), note)
     e.stand_in = stand_in
     return e, model, None
-
-
-def _registered_stand_in(msg: str):
-    """robustbench 1.1.1's XCiT entries' constructors call ``timm.create_model`` with
-    ``debenedetti2020light_xcit_s_imagenet_linf`` while its ``xcit`` module registers
-    ``debenedetti2022light_xcit_s12_imagenet_linf`` (the model its ``load_model``
-    builds from the entry name): ``(model, name)`` of the one registered timm model that
-    closely matches the unknown name, else ``(None, "")``."""
-    found = re.fullmatch(r"Unknown model \((\S+)\)", msg)
-    if not found:
-        return None, ""
-    import timm
-
-    unknown = found.group(1)
-    close = difflib.get_close_matches(unknown, timm.list_models(unknown[:8] + "*"), n=2,
-                                      cutoff=0.85)
-    if len(close) != 1 and not (len(close) == 2 and difflib.SequenceMatcher(
-            None, unknown, close[0]).ratio() > difflib.SequenceMatcher(
-            None, unknown, close[1]).ratio()):
-        return None, ""
-    try:
-        return arch.build(lambda: timm.create_model(close[0])), close[0]
-    except Exception:  # noqa: BLE001
-        return None, ""
 
 
 def describe(name: str, dataset: str = "cifar10", threat: str = "Linf") -> ZooEntry:
