@@ -141,11 +141,14 @@ def pam_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
     """The spec of PAM (``pam-*``: :func:`pam_config`; ``tatro-*``: :func:`tatro_config`)
     from its start method's alignment of B onto A: that alignment's key, PAM's settings,
     the training subset."""
-    m = methods.ALIGN.get(method)
-    base_key = align_key(cfg, m.pam_start, key_a, key_b)
-    settings = tatro_config(cfg, method) if m.pam == "tatro" else pam_config(cfg)
-    return {"method": method, "a": key_a, "b": base_key, "pam": settings.to_dict(),
-            "train_subset": cfg.train_subset}
+    base_key = align_key(cfg, methods.ALIGN.get(method).pam_start, key_a, key_b)
+    return {"method": method, "a": key_a, "b": base_key,
+            "pam": pam_settings(cfg, method).to_dict(), "train_subset": cfg.train_subset}
+
+
+def pam_settings(cfg: BenchConfig, method: str):
+    """The settings of PAM method ``method``: :func:`tatro_config` or :func:`pam_config`."""
+    return tatro_config(cfg, method) if methods.ALIGN.get(method).pam == "tatro" else pam_config(cfg)
 
 
 def align_key(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> str:

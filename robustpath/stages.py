@@ -44,6 +44,7 @@ from .keys import (  # noqa: F401  (re-exported: stages.align_key etc.)
     eval_key,
     eval_spec,
     pam_config,
+    pam_settings,
     pam_spec,
     plane_spec,
     strong_spec,
@@ -255,9 +256,7 @@ def pam_alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn
     base = PAM_METHODS[method]
     start_b, base_report, base_key = alignment(cfg, base, model_a, model_b, key_a, key_b, run_dir,
                                                data, device, progress)
-    from .methods import ALIGN
-
-    pcfg = tatro_config(cfg, method) if ALIGN.get(method).pam == "tatro" else pam_config(cfg)
+    pcfg = pam_settings(cfg, method)
     spec = pam_spec(cfg, method, key_a, key_b)
     key = config_hash(spec)
     path = _ckpt(run_dir, "align", f"{method}-{key}")
