@@ -15,6 +15,19 @@ from robustpath.train import TrainConfig, train_model
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _zoo_cache_in_tmp(tmp_path_factory):
+    """`zoo list` caches alignability verdicts under ~/.cache; tests keep theirs in tmp
+    (subprocesses inherit the variable)."""
+    import os
+
+    mp = pytest.MonkeyPatch()
+    if "ROBUSTPATH_ZOO_CACHE" not in os.environ:
+        mp.setenv("ROBUSTPATH_ZOO_CACHE", str(tmp_path_factory.mktemp("zoo_align")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """(x_train [3000], y_train, x_test [500], y_test) from real Fashion-MNIST."""

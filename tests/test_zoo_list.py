@@ -141,3 +141,12 @@ def test_real_imagenet_listing_offline(no_net, capsys, monkeypatch, tmp_path):
     assert status["Liu2023Comprehensive_Swin-B"] == "partial"
     assert "WindowAttention" in got["Liu2023Comprehensive_Swin-B"]["alignment"]["detail"]
     assert status["Xu2024MIMIR_Swin-B"] == "refused"
+
+
+def test_a_threat_model_robustbench_lacks_is_one_line():
+    """RobustBench has no ImageNet L2 models: one line naming the threat models it has."""
+    from robustpath.errors import UserError
+    from robustpath.zoo import access
+
+    with pytest.raises(UserError, match="no imagenet L2 models.*Linf"):
+        access.registry("imagenet", "L2")

@@ -67,7 +67,13 @@ def registry(dataset: str, threat: str) -> OrderedDict:
     """RobustBench's registry ``{name: {"model": constructor, "gdrive_id": ...}}`` for
     ``dataset`` / ``threat`` - the same dict its ``load_model`` reads."""
     model_dicts, BenchmarkDataset, ThreatModel, _ = _rb()
-    return model_dicts[BenchmarkDataset(parse_dataset(dataset))][ThreatModel(parse_threat(threat))]
+    by_threat = model_dicts[BenchmarkDataset(parse_dataset(dataset))]
+    threat_model = ThreatModel(parse_threat(threat))
+    if threat_model not in by_threat:  # e.g. RobustBench has no ImageNet L2 models
+        known = ", ".join(t.value for t in by_threat)
+        raise UserError(f"RobustBench has no {parse_dataset(dataset)} {threat_model.value} models "
+                        f"(threat models there: {known})")
+    return by_threat[threat_model]
 
 
 def _entry(name: str, dataset: str, threat: str) -> dict:
