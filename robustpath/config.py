@@ -8,10 +8,10 @@ Presets (``--preset``):
   training, PGD-10 in evaluation, BatchNorm recomputed on 2 batches of 128 at each t
   (``studies/results/bn_study.md``: 1-10 batches change robust accuracy by <= 0.6
   points), 13x13 loss planes of the first pair's Bezier curves, 2 refinement rounds around each
-  path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 25
-  test examples at the endpoints and each path's worst t (it adds about a third to the
-  run, and its AutoAttack CIs are about +-20 points wide: ``benchmarks/STRONG.md``; use
-  ``--strong-examples 1000`` for numbers to publish). About 12 min per seed pair on 2 cores.
+  path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 16
+  test examples at the endpoints and each path's worst t (16, not 25, so that it adds at
+  most about a quarter to the run; its AutoAttack CIs are about +-25 points wide:
+  ``benchmarks/STRONG.md``; use ``--strong-examples 1000`` for numbers to publish).
 * ``paper`` - Tatro et al. 2020's robust protocol from their code, for a GPU: CIFAR-10,
   TinyTen, full data, 3 seed pairs, 200 endpoint and 200 curve epochs at lr 0.1 with
   Garipov's schedule, rotation + crop + flip for endpoints and curves, attacks in train
@@ -50,7 +50,7 @@ PRESETS: Registry[dict] = Registry("preset")
 PRESETS.register("quick")({
     "dataset": "fashion-mnist", "arch": "cnn-small", "width": 1.0, "seeds": [0, 1, 2, 3, 4, 5],
     "train_subset": 10000, "test_subset": 1000, "endpoint_epochs": 4, "curve_epochs": 4,
-    "strong_examples": 25,
+    "strong_examples": 16,
     "t_points": 11, "train_steps": 5, "eval_steps": 10, "bn_batches": 2, "lr": 0.05,
     "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 13,
 })
