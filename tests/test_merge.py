@@ -210,15 +210,20 @@ def test_simplex_repair_hits_the_mixed_statistics_and_leaves_vertices():
         assert torch.equal(rep(mix(models, v), v)(x[0]), models[1](x[0]))
 
 
-def test_points_resume_from_their_cache(tmp_path, fmnist):
-    from robustpath.cache import BoundPointCache
-
-    _, _, x_te, y_te = fmnist
+def _three_mlps():
+    """Three narrow random MLPs (seeds 0-2) and a one-step PGD: a cheap triangle."""
     models = []
     for s in range(3):
         torch.manual_seed(s)
         models.append(create("mlp", "fashion-mnist", width=0.125).eval())
-    attack = build_attack(AttackConfig(eps=0.1, steps=1, seed=0), 10)
+    return models, build_attack(AttackConfig(eps=0.1, steps=1, seed=0), 10)
+
+
+def test_points_resume_from_their_cache(tmp_path, fmnist):
+    from robustpath.cache import BoundPointCache
+
+    _, _, x_te, y_te = fmnist
+    models, attack = _three_mlps()
     cache = BoundPointCache(tmp_path / "points")
     first = triangle(models, 2, PointEval(x_te[:50], y_te[:50], attack, cache=cache),
                      progress=False)
@@ -248,11 +253,7 @@ def test_triangle_killed_midway_resumes_at_the_next_point(tmp_path, fmnist):
     from robustpath.cache import BoundPointCache
 
     _, _, x_te, y_te = fmnist
-    models = []
-    for s in range(3):
-        torch.manual_seed(s)
-        models.append(create("mlp", "fashion-mnist", width=0.125).eval())
-    attack = build_attack(AttackConfig(eps=0.1, steps=1, seed=0), 10)
+    models, attack = _three_mlps()
     calls = []
 
     def counted(kill_at):
