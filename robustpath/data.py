@@ -232,6 +232,16 @@ DATASETS.register("cifar100")(DatasetInfo(
 TRAIN_SUBSET_SEED, TEST_SUBSET_SEED = 1234, 4321
 
 
+def load_subsets(name: str, root: str | Path | None, train_subset: int | None,
+                 test_subset: int | None) -> tuple[torch.Tensor, ...]:
+    """``(x_train, y_train, x_test, y_test)``: the seeded training and test subsets that
+    endpoint training and every stage read (:data:`TRAIN_SUBSET_SEED`,
+    :data:`TEST_SUBSET_SEED`), so their results are paired."""
+    x_tr, y_tr = load(name, train=True, root=root, subset=train_subset, seed=TRAIN_SUBSET_SEED)
+    x_te, y_te = load(name, train=False, root=root, subset=test_subset, seed=TEST_SUBSET_SEED)
+    return x_tr, y_tr, x_te, y_te
+
+
 def load(name: str, *, train: bool, root: str | Path | None = None, subset: int | None = None,
          seed: int = 0, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a split of dataset ``name`` as ``(x [N,C,H,W] float32 in [0,1], y [N] int64)``.

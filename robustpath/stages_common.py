@@ -33,12 +33,8 @@ class RunData:
 
     @classmethod
     def load(cls, cfg: BenchConfig) -> RunData:
-        x_tr, y_tr = data_mod.load(cfg.dataset, train=True, root=cfg.data_root,
-                                   subset=cfg.train_subset,
-                                   seed=data_mod.TRAIN_SUBSET_SEED)
-        x_te, y_te = data_mod.load(cfg.dataset, train=False, root=cfg.data_root,
-                                   subset=cfg.test_subset,
-                                   seed=data_mod.TEST_SUBSET_SEED)
+        x_tr, y_tr, x_te, y_te = data_mod.load_subsets(cfg.dataset, cfg.data_root,
+                                                       cfg.train_subset, cfg.test_subset)
         classes = data_mod.info(cfg.dataset).num_classes
         check_labels(y_tr, classes, f"{cfg.dataset} training data")  # before any work
         check_labels(y_te, classes, f"{cfg.dataset} test data")

@@ -235,12 +235,8 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
     cfg.validate()
     device = resolve(str(device)) if not isinstance(device, torch.device) else device
     if data is None:
-        x_tr, y_tr = data_mod.load(cfg.dataset, train=True, root=cfg.data_root,
-                                   subset=cfg.train_subset,
-                                   seed=data_mod.TRAIN_SUBSET_SEED)
-        x_te, y_te = data_mod.load(cfg.dataset, train=False, root=cfg.data_root,
-                                   subset=cfg.test_subset,
-                                   seed=data_mod.TEST_SUBSET_SEED)
+        x_tr, y_tr, x_te, y_te = data_mod.load_subsets(cfg.dataset, cfg.data_root,
+                                                       cfg.train_subset, cfg.test_subset)
     else:
         x_tr, y_tr, x_te, y_te = data
     num_classes = data_mod.info(cfg.dataset).num_classes
