@@ -57,7 +57,7 @@ def test_eval_view_is_the_same_function_with_the_same_input_gradient(arch, datas
 @pytest.mark.parametrize("arch,dataset,width", ARCHS[:2])
 def test_train_mode_view_trains_the_shared_model_like_the_model(arch, dataset, width):
     """In train mode BatchNorm is not folded: a training step through the view equals
-    one through the model up to the rounding of NHWC convolutions, and it updates the
+    one through the model up to float64 rounding of NHWC convolutions, and it updates the
     model's own parameters and running statistics."""
     torch.manual_seed(0)
     a = _randomise_bn(models.create(arch, dataset, width)).train()
@@ -68,8 +68,11 @@ def test_train_mode_view_trains_the_shared_model_like_the_model(arch, dataset, w
     for m in a.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.reset_parameters()
+    # float64: with one torch thread, float32 NHWC rounding flipped ReLU gates at this width
+    # and moved a weight's step by more than 1e-4 relative (the test failed at 1 thread)
+    a = a.double()
     b, before = copy.deepcopy(a), copy.deepcopy(a)
-    x, y = _input(dataset, 16), torch.arange(16) % 10
+    x, y = _input(dataset, 16, dtype=torch.float64), torch.arange(16) % 10
     for model, use_view in ((a, False), (b, True)):
         net = fuse.fast_view(model) if use_view else model
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -78,7 +81,7 @@ def test_train_mode_view_trains_the_shared_model_like_the_model(arch, dataset, w
         opt.step()
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         # parameters and running statistics alike
-        torch.testing.assert_close(pb, pa, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(pb, pa, rtol=1e-7, atol=1e-9, msg=name)
     assert not torch.equal(next(b.parameters()), next(before.parameters()))   # it did train
 
 
