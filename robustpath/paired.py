@@ -23,7 +23,6 @@ Metrics are those of :func:`robustpath.barrier.metrics_from_curves` on the grid 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .barrier import KINDS, metrics_from_curves
+from .errors import UserError, cli_main
 from .records import PathRecord
 from .records import read as read_records
 from .store import atomic_write_text
@@ -152,12 +152,19 @@ def write_paired(run_dir: str | Path, records: Sequence[PathRecord] | None = Non
     return frame
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m robustpath.paired",
-                                description="Paired differences of a run's rows.")
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m robustpath.paired",
+                       description="Paired differences of a run's rows (aligned vs unaligned, "
+                       "curve vs line), printed as Markdown.")
     p.add_argument("run", help="run folder (records.csv + examples.npz)")
-    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples of the two-level (seed pairs x examples) CI")
     args = p.parse_args(argv)
+    if not 1 <= args.bootstrap <= 100000:
+        raise UserError(f"--bootstrap must be in 1..100000, got {args.bootstrap}")
     print(to_markdown(paired_differences(read_records(args.run), bootstrap=args.bootstrap)))
     return 0
 

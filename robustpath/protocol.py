@@ -17,12 +17,13 @@ when the committed file is stale). ``tests/test_protocol.py`` checks that every
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .errors import cli_main
 
 REPO = "IBM/NeuronAlignment"
 COMMIT = "5b82b60"
@@ -258,10 +259,14 @@ def render(preset: str = "paper") -> str:
     return "\n".join(out)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m robustpath.protocol",
-                                description="Print docs/paper_protocol.md from the preset.")
-    p.add_argument("--preset", default="paper")
+    from .cli import ArgumentParser
+
+    p = ArgumentParser(prog="python -m robustpath.protocol",
+                       description="Print docs/paper_protocol.md from the preset.")
+    p.add_argument("--preset", default="paper", help="preset compared with Tatro et al.'s "
+                   "protocol (paper, paper-fmnist, modern, quick)")
     p.add_argument("--check", action="store_true", help="exit 1 if docs/paper_protocol.md is stale")
     p.add_argument("--write", action="store_true", help="write docs/paper_protocol.md")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from robustpath import bench, report, soup_cli, zoo
 
@@ -148,3 +149,16 @@ def test_huge_t_points_and_refine_rounds_fail_before_training(tmp_path, capsys):
                          str(tmp_path), "--out", str(tmp_path / "z")]) == 2
         _one_error(capsys, flag)
     assert not (tmp_path / "b").exists() and not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("mod,argv", [
+    ("paired", ["/nonexistent"]), ("paired", ["--bootstrap", "x", "run"]),
+    ("paired", ["--bootstrap", "0", "run"]), ("protocol", ["--preset", "nope"])])
+def test_small_clis_answer_bad_input_in_one_line(mod, argv, capsys):
+    """`python -m robustpath.paired` / `.protocol` used plain argparse: a bad value was a
+    usage block or a traceback."""
+    import importlib
+
+    rc = importlib.import_module(f"robustpath.{mod}").main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
