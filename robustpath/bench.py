@@ -216,6 +216,9 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
 
     if note := plane_note(cfg):  # loss planes ignore --renorm: say so before work
         print(note, file=sys.stderr)
+    if cfg.strong and cfg.strong_examples > len(data.x_test):  # all are attacked: say so
+        print(f"note: the strong stage attacks all {len(data.x_test)} test examples "
+              f"(--strong-examples {cfg.strong_examples} is more)", file=sys.stderr)
     stages.check_writable(run_dir)
     # one writer per run folder: a second run into it fails here, naming the holder
     with run_lock(run_dir):

@@ -162,3 +162,13 @@ def test_small_clis_answer_bad_input_in_one_line(mod, argv, capsys):
     rc = importlib.import_module(f"robustpath.{mod}").main(argv)
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_strong_examples_above_the_test_subset_is_said(tmp_path, capsys):
+    """The strong stage attacks min(--strong-examples, test examples): said, not silent
+    (the run stops right after, at the unwritable --out, before any work)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc = bench.main(TINY + ["--strong-examples", "50", "--out", str(blocker / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "strong stage attacks all 16 test examples" in err
