@@ -13,7 +13,7 @@ place (deleting it would race with a process that just opened it).
   cells sharing ``ckpt/``) waits until the first has written it, then loads it.
 
 flock also works on NFS (Linux emulates it with POSIX byte-range locks), the shared
-file system of the README's Ray set-up.
+file system of the Ray set-up in docs/sweeps.md.
 """
 
 from __future__ import annotations
