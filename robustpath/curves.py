@@ -222,7 +222,13 @@ class Curve(nn.Module):
         NHWC activations on CPU: the same function, faster)."""
         params = self.params_at(t) if params is None else params
         buffers = self.batch_buffers_at(t) if buffers is None else buffers
-        return functional_call(fast_view(self._batch_template), {**params, **buffers}, (x,))
+        # tie_weights=False: the view holds each fused conv / BatchNorm under two names
+        # (its own module and the folded pair's child); tying them made functional_call
+        # restore one name with θ(t) itself, which leaked into the template and changed
+        # its tensors' identity, so the cached view was rebuilt at every call. Both names
+        # are one module attribute, so setting one name reaches both.
+        return functional_call(fast_view(self._batch_template), {**params, **buffers}, (x,),
+                               tie_weights=False)
 
     def batch_buffers_at(self, t: float) -> dict[str, torch.Tensor]:
         """The buffers that :meth:`forward_batch_stats` needs (all but BatchNorm's)."""

@@ -236,3 +236,24 @@ def test_swap_leaves_relus_whose_input_is_read_elsewhere():
     model = _SharedInplaceRelu()
     x = torch.randn(4, 2, 8, 8)
     torch.testing.assert_close(fuse.fast_view(model)(x.clone()), model(x.clone()))
+
+
+def test_curve_batch_stats_forward_reuses_one_view_and_leaks_nothing(monkeypatch):
+    """`Curve.forward_batch_stats` runs `functional_call` on the fused view: the view must
+    be built once, and the template must keep its own tensors (with tied names the call
+    left θ(t) in the template, so the view was rebuilt at every call)."""
+    from robustpath.curves import build_curve
+
+    torch.manual_seed(0)
+    a, b = models.create("cnn-small", "fashion-mnist", 0.5), models.create("cnn-small", "fashion-mnist", 0.5)
+    curve = build_curve("bezier", a, b)
+    calls = []
+    real = fuse.rewrite
+    monkeypatch.setattr(fuse, "rewrite", lambda m: calls.append(1) or real(m))
+    x = _input("fashion-mnist", 4)
+    curve.forward_batch_stats(x, 0.5)
+    before = [id(t) for t in curve._batch_template.parameters()]
+    for t in (0.2, 0.7):
+        curve.forward_batch_stats(x, t).sum().backward()
+    assert len(calls) == 1
+    assert [id(t) for t in curve._batch_template.parameters()] == before
