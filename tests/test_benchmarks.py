@@ -41,6 +41,7 @@ def test_report_against_bad_folder_is_one_line_exit_2(tmp_path):
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # 25 s: the performance suite is not the product; the fast tier stays < 6 min
 def test_benchmarks_quick_smoke(tmp_path):
     """`python -m benchmarks --quick` (tiny sizes, about 20 s) writes every section."""
     out = tmp_path / "R.md"
