@@ -19,7 +19,10 @@ examples at every point and on every path, so differences are paired):
     (``<point>.aa-state.json`` beside the point's cache entry; pyautoattack 0.2.0's
     ``EvaluationState`` cannot resume), with its own checks' warnings recorded;
   - PGD with ``pgd_steps`` steps and ``pgd_restarts`` restarts (default PGD-50 x 10,
-    step 2.5 eps / steps, Madry et al.'s rule);
+    step 2.5 eps / steps, Madry et al.'s rule), in accuracy-only mode
+    (:class:`robustpath.attacks.PGD` ``early_stop``: an example stops being attacked
+    at the first iterate that breaks it, so robust examples get the whole budget and
+    the robust accuracy is the same as, or lower than, the full attack's);
 
 * a transfer check: adversarial examples made by the evaluation attack (same budget
   and restarts as the direct attack) against each endpoint are evaluated at the point,
@@ -27,6 +30,8 @@ examples at every point and on every path, so differences are paired):
   more than sampling error: a one-sided exact McNemar test on the same examples
   (discordant pairs), Bonferroni-corrected over the tests of the path, level 0.05.
   At t = 0 the source-A examples *are* the direct attack's, so nothing is flagged there.
+  A source is made once per endpoint *function* (``endpoint_ids``) and cached in the
+  stage's folder, so the aligned and unaligned paths of a pair share it.
 
 Results per path: :class:`StrongPath` (per-example arrays per point + metadata); written
 by :mod:`robustpath.strong_io` as ``strong_eval.{csv,md}``, ``strong_examples.npz``
@@ -101,9 +106,12 @@ class StrongSettings:
                             aa_version=self.aa_version, aa_attacks=self.aa_attacks)
 
     def pgd_config(self, norm: str, eps: float) -> AttackConfig:
+        """The many-restart PGD, accuracy-only (``early_stop``): the strong stage keeps
+        only whether each example survives, and freezing an example once broken can only
+        break as many or more than the full attack with the same seed."""
         return AttackConfig(name="pgd", norm=norm, eps=eps, steps=self.pgd_steps,
                             step_size=2.5 * float(eps) / self.pgd_steps,
-                            restarts=self.pgd_restarts, seed=self.seed)
+                            restarts=self.pgd_restarts, seed=self.seed, early_stop=True)
 
     @property
     def pgd_name(self) -> str:
@@ -223,6 +231,27 @@ def adversarial_examples(model: nn.Module, x, y, attack: Attack, batch_size: int
     return torch.cat(out) if out else x.clone()
 
 
+def _source_examples(path: Path | None, n: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A transfer source's adversarial examples on the subset: read from ``<path>.npz``
+    (verified, :func:`robustpath.cache.load_npz`) or made by ``make()`` and saved there.
+    ``path=None``: made, not cached."""
+    from .cache import load_npz, recompute_notice, save_npz
+    from .store import CacheError
+
+    if path is None:
+        return make()
+    spec = {"source": path.name}
+    try:
+        got = load_npz(path.with_suffix(".npz"), spec)
+        if got is not None and got.get("x_adv") is not None and len(got["x_adv"]) == n:
+            return torch.from_numpy(np.ascontiguousarray(got["x_adv"]))
+    except CacheError as e:
+        recompute_notice(e, "transfer source")
+    x_adv = make()
+    save_npz(path.with_suffix(".npz"), {"x_adv": x_adv.numpy()}, spec)
+    return x_adv
+
+
 def _save(path: Path, arrays: dict, meta: dict) -> None:
     """``<key>.meta.json``, then ``<key>.npz`` and its verified sidecar ``<key>.json``
     (:func:`robustpath.cache.save_npz`, written last: marks the point done)."""
@@ -290,17 +319,30 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     many = build_attack(settings.pgd_config(eval_attack.norm, eval_attack.eps), num_classes)
     direct_attack = build_attack(eval_attack, num_classes)
     skey = config_hash({"strong": settings.to_dict(), "attack": eval_attack.to_dict(),
-                        "n_test": len(y_test)})
+                        "n_test": len(y_test), "pgd_many": settings.pgd_config(
+                            eval_attack.norm, eval_attack.eps).to_dict()})
     pts = strong_ts(result, settings.extra_t)
     sources: dict[str, torch.Tensor] = {}
 
+    def bn_key(t: float):
+        return setup.recomputes(t) and config_hash({"b": setup.bn_batches, "i": setup.bn_inputs})
+
     def source(name: str, t: float) -> torch.Tensor:
         if name not in sources:  # made lazily: a fully cached path needs no attack at all
-            m = setup.prepare(model_at, t)
-            # made on every test example in the evaluation's batches, then subset: at the
-            # source's own endpoint these are exactly the direct attack's examples
-            sources[name] = adversarial_examples(m, x_test, y_test, direct_attack,
-                                                 setup.batch_size, device)[torch.as_tensor(idx)]
+            def make() -> torch.Tensor:
+                m = setup.prepare(model_at, t)
+                # made on every test example in the evaluation's batches, then subset: at
+                # the source's own endpoint these are exactly the direct attack's examples
+                return adversarial_examples(m, x_test, y_test, direct_attack,
+                                            setup.batch_size, device)[torch.as_tensor(idx)]
+
+            # keyed by the endpoint's function (shared by every path of the pair) or else
+            # by the path; with neither, made for this call only
+            fn = (endpoint_ids or {}).get(name) or (
+                path_key and config_hash({"path": path_key, "t": float(t)}))
+            spath = folder / config_hash({"s": skey, "source": fn, "bn": bn_key(t)}) \
+                if fn else None
+            sources[name] = _source_examples(spath, len(idx), make)
         return sources[name]
 
     out: list[StrongPoint] = []
@@ -312,9 +354,7 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
             net = config_hash({"path": path_key, "t": round(float(t), 10)})
         if net is None:
             raw = model_at(float(t)).to(device)
-        pkey = config_hash({"s": skey, "net": net or PointCache.key(raw),
-                            "bn": setup.recomputes(t) and config_hash(
-                                {"b": setup.bn_batches, "i": setup.bn_inputs})})
+        pkey = config_hash({"s": skey, "net": net or PointCache.key(raw), "bn": bn_key(t)})
         i = int(np.argmin(np.abs(result.ts - t)))
         pgd = np.asarray(result.robust_correct[i], dtype=bool)[idx]
         grid_clean = np.asarray(result.clean_correct[i], dtype=bool)[idx]

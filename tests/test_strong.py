@@ -347,3 +347,50 @@ def test_bench_bad_strong_flags_fail_before_any_work(flags, msg, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
     assert not out.exists()
+
+
+def test_transfer_sources_are_made_once_per_endpoint_function(trained_pair, fmnist, tmp_path):
+    """Two paths between the same endpoints (as the aligned and unaligned paths of a pair):
+    the second attacks neither endpoint, not even to make its transfer sources, and its
+    transfer outcome is the one fresh sources give."""
+    from robustpath.curves import build_curve
+
+    a, b = trained_pair[0], trained_pair[1]
+    x_tr, y_tr, x_te, y_te = fmnist
+    x, y = x_te[:60], y_te[:60]
+    pgd_cfg = AttackConfig(eps=0.1, steps=5, seed=0)
+    bn = [(x_tr[i:i + 64], y_tr[i:i + 64]) for i in range(0, 128, 64)]
+    s = StrongSettings(examples=24, aa_version="custom", aa_attacks=["apgd-ce"], pgd_steps=5,
+                       pgd_restarts=2)
+    setup = PointSetup(bn_loader=bn, bn_batches=2)
+    ids = {"a": "model-a", "b": "model-b"}
+
+    def run(kind, folder, key):
+        c = build_curve(kind, a, b)
+        calls = []
+
+        def model_at(t):
+            calls.append(float(t))
+            return c.model_at(t)
+
+        res = evaluate_path(c.model_at, [0.0, 0.5, 1.0], x, y, build_attack(pgd_cfg),
+                            bn_loader=bn, bn_batches=2, progress=False)
+        sp = strong_path(model_at, res, x, y, settings=s, eval_attack=pgd_cfg, setup=setup,
+                         folder=folder, num_classes=10, progress=False, endpoint_ids=ids,
+                         path_key=key)
+        return sp, calls
+
+    first, calls1 = run("line", tmp_path / "shared", "line")
+    assert 0.0 in calls1 and 1.0 in calls1
+    second, calls2 = run("bezier", tmp_path / "shared", "bezier")
+    assert calls2 and all(0.0 < t < 1.0 for t in calls2)   # only its own worst t
+    fresh, _ = run("bezier", tmp_path / "fresh", "bezier")
+    for k in ("transfer_a", "transfer_b", "aa", "pgd_many"):
+        assert np.array_equal(second.point("worst").arrays[k], fresh.point("worst").arrays[k])
+    # the many-restart PGD is accuracy-only: never more robust than the full attack
+    full = build_attack(AttackConfig(**{**s.pgd_config("linf", 0.1).to_dict(),
+                                        "early_stop": False}))
+    w = second.point("worst")
+    m = setup.prepare(build_curve("bezier", a, b).model_at, w.t)
+    sub = torch.as_tensor(second.indices)
+    assert w.acc("pgd_many") <= per_example(m, x[sub], y[sub], full).accuracy + 1e-9
