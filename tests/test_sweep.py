@@ -160,6 +160,8 @@ BAD = [
      "resources.eval.ram"),
     ('[grid]\nseeds = [0, 1]\nattack = ["fgsm"]\n[overrides]\nnorm = "l2"\n', 3, "grid.attack"),
     ('[grid\nseeds = [0, 1]\n', 1, "invalid TOML"),
+    ('[grid]\nseeds = [0, 1]\n[overrides]\ndata_root = "no/such/folder"\n', 4,
+     "overrides.data_root"),
 ]
 
 

@@ -32,6 +32,7 @@ values). Errors are :class:`robustpath.errors.UserError` lines of the form
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 from dataclasses import dataclass, field, fields
@@ -317,6 +318,14 @@ def load_sweep(path: str | Path, *, results_root: str | Path = "results") -> Swe
         why = _type_error(key, value)
         if why:
             raise loc.error(("overrides", key), why)
+        if key == "data_root":  # as --data-root: an existing folder, relative to the cwd
+            from ..cli import data_root
+
+            try:
+                data_root(str(value))
+            except argparse.ArgumentTypeError as e:
+                raise loc.error(("overrides", key), str(e).replace(
+                    "--data-root unset", "data_root unset")) from None
         if key not in ("aa_version", "aa_attacks"):  # valid only together: checked below
             _try_config(loc, ("overrides", key), preset, **{key: value})
     _try_config(loc, ("overrides",), preset, **overrides)
