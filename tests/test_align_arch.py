@@ -182,6 +182,19 @@ class _InlineNet(nn.Module):
         return self.head(F.relu(h + self.attn(h)).mean(1))
 
 
+def test_attention_spec_of_a_meta_model_is_the_cpu_models():
+    """The zoo derives specs on the meta device: the attention check runs on a CPU copy
+    (random weights, real buffers), so the spec is the one of the real model."""
+    model = _timm_vit().eval()
+    cpu = permutation_spec(model, torch.rand(2, 3, 32, 32))
+    buffers = dict(model.named_buffers())
+    meta = permutation_spec(model.to("meta"), torch.rand(2, 3, 32, 32, device="meta"),
+                            buffers=buffers)
+    assert meta.groups == cpu.groups and list(meta.blocks) == list(cpu.blocks)
+    assert [(a.key, a.axis) for a in meta.axes] == [(a.key, a.axis) for a in cpu.axes]
+    assert all(p.is_meta for p in model.parameters())   # the model itself stays on meta
+
+
 def test_inline_attention_is_refused_until_its_module_is_registered():
     torch.manual_seed(0)
     model, x = _InlineNet().eval(), torch.randn(16, 5, 3)
@@ -216,6 +229,9 @@ def test_qkv_rule_refuses_a_module_it_does_not_describe():
         model = nn.Sequential(nn.Linear(3, 8), Interleaved(), nn.Linear(8, 2))
         with pytest.raises(UserError, match="random head permutation changes its output"):
             permutation_spec(model, torch.randn(2, 5, 3))
+        # without weights (the zoo's meta-device models) the check runs on a CPU copy
+        with pytest.raises(UserError, match="random head permutation changes its output"):
+            permutation_spec(model.to("meta"), torch.randn(2, 5, 3, device="meta"))
     finally:
         _unregister(Interleaved)
 

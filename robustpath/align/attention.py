@@ -33,6 +33,7 @@ import torch
 from torch import fx, nn
 
 from .blocks import Blocks
+from .meta import buffers_under, is_meta, materialise
 from .registry import register_rule
 from .rules import FIXED_T, Perm, Seg, Tup, arg, main_input
 
@@ -113,7 +114,20 @@ def multihead_attention_rule(b, node: fx.Node):
 
 def _check_invariant(b, node: fx.Node, m: nn.Module, qkv: str, proj: str, heads: int,
                      dim: int) -> None:
-    """A random valid permutation of the module's attention units keeps its output."""
+    """A random valid permutation of the module's attention units keeps its output.
+
+    A module on the meta device (the zoo derives specs without weights) is checked on
+    a CPU copy with random weights and the model's real buffers
+    (:func:`.meta.materialise`), once per module configuration and input shape."""
+    if is_meta(m):
+        key = (type(m), tuple((n, tuple(p.shape)) for n, p in m.named_parameters()), qkv,
+               proj, heads, dim, tuple(b.shape(arg(node, 0, "x"))))
+        if key in b.meta_checked:
+            return
+        _check_invariant(b, node, materialise(m, buffers_under(b.real_buffers, node.target)),
+                         qkv, proj, heads, dim)  # refuses when it fails
+        b.meta_checked.add(key)
+        return
     gen = torch.Generator().manual_seed(0)
     p = Blocks(heads, (dim // heads, dim // heads)).random(gen)
     rows = torch.cat([p[:dim], p[:dim] + dim, p[dim:] + dim])  # q, k share; v after them

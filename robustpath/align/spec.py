@@ -137,9 +137,13 @@ class PermutationSpec:
 class _Builder:
     """Walks the graph once; union-find over unit variables (variable 0 = FIXED)."""
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module, partial: bool = False):
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, partial: bool = False,
+                 buffers: dict[str, torch.Tensor] | None = None):
         self.gm = gm
         self.partial = partial
+        # a meta model's real buffers, and the module configurations already checked on
+        # a CPU copy (.attention._check_invariant)
+        self.real_buffers, self.meta_checked = dict(buffers or {}), set()
         self.blocks: dict[int, Blocks] = {}
         # root variable -> the variables it is the concatenation of (grouped convolutions)
         self.split: dict[int, tuple[Seg, ...]] = {}
@@ -371,8 +375,8 @@ def _segments(b: _Builder, names: dict[int, str], segs) -> tuple[Segment, ...]:
     return tuple(out)
 
 
-def permutation_spec(model: nn.Module, example_input: torch.Tensor,
-                     partial: bool = False) -> PermutationSpec:
+def permutation_spec(model: nn.Module, example_input: torch.Tensor, partial: bool = False,
+                     buffers: dict[str, torch.Tensor] | None = None) -> PermutationSpec:
     """Derive the :class:`PermutationSpec` of ``model`` from its torch.fx graph.
 
     ``example_input``: a batch the model accepts, e.g. ``torch.rand(2, 3, 32, 32)``
@@ -380,9 +384,11 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor,
     ``UserError`` naming the module / node when the graph cannot be traced or contains
     an operation that would be mis-permuted; with ``partial=True`` such an operation's
     inputs and parameters are left in place instead (listed in ``spec.fixed``).
+    ``model`` may live on the meta device; ``buffers`` (full name -> tensor) are then its
+    real buffers, for rules that run a module (:mod:`.meta`).
     """
     gm = trace(model, example_input)
-    b = _Builder(gm, model, partial)
+    b = _Builder(gm, model, partial, buffers)
     b.run()
     names = _group_names(b)
     groups = {name: b.sizes[r] for r, name in names.items()}

@@ -13,7 +13,8 @@ runs :func:`robustpath.align.permutation_spec` (``partial=True``) on it:
 * :func:`alignability` derives the permutation spec on an example input of the entry's
   preprocessing size (224 or 288 for ImageNet, 32 for CIFAR) on the meta device; the
   attention rule's numerical check of a head permutation runs on a CPU copy of the one
-  module with random weights (once per module configuration), and a model that still
+  module with random weights and the real buffers (once per module configuration:
+  ``permutation_spec(buffers=)``, :mod:`robustpath.align.meta`), and a model that still
   fails on meta is retried once on the CPU with random weights. The verdict is
   ``whole`` (every hidden unit permutable), ``partial`` (``spec.fixed`` non-empty: which
   layers' units stay in place and why) or ``refused`` (the spec cannot be derived: the
@@ -26,7 +27,6 @@ runs :func:`robustpath.align.permutation_spec` (``partial=True``) on it:
 from __future__ import annotations
 
 import contextlib
-import copy
 import difflib
 import functools
 import hashlib
@@ -263,14 +263,10 @@ def _meta_problem(e: Exception) -> bool:
 
 
 def _on_cpu(model: nn.Module, buffers: dict[str, torch.Tensor]) -> nn.Module:
-    """Materialise ``model`` on the CPU: random parameters (N(0, 0.02)), real buffers."""
-    model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02, generator=gen)
-    _put_buffers(model, buffers, lambda b: True)
-    return model
+    """Materialise ``model`` on the CPU in place: random parameters, real buffers."""
+    from ..align.meta import materialise
+
+    return materialise(model, buffers, copy_first=False)
 
 
 def _put_buffers(model: nn.Module, buffers: dict[str, torch.Tensor], which) -> None:
@@ -278,42 +274,6 @@ def _put_buffers(model: nn.Module, buffers: dict[str, torch.Tensor], which) -> N
         if which(buf):
             mod, _, leaf = name.rpartition(".")
             model.get_submodule(mod)._buffers[leaf] = buf
-
-
-@contextlib.contextmanager
-def _attention_checks_on_cpu(buffers: dict[str, torch.Tensor]):
-    """The attention rule checks a random head permutation numerically on the module's
-    own weights; on a meta model it gets a CPU copy with random weights (and the real
-    buffers), so the rest of the spec derivation stays on meta."""
-    from ..align import attention
-
-    check = getattr(attention, "_check_invariant", None)
-    if check is None:  # renamed: the CPU retry in _derive still covers attention
-        yield
-        return
-
-    passed: set = set()  # the check runs on random weights: once per module config
-
-    def on_cpu(b, node, m, *a, **k):
-        if not any(p.is_meta for p in m.parameters()):
-            return check(b, node, m, *a, **k)
-        key = (type(m), tuple((n, tuple(p.shape)) for n, p in m.named_parameters()), a,
-               tuple(sorted(k.items())),
-               tuple(b.shape(node.args[0])) if node.args and hasattr(node.args[0], "meta") else ())
-        if key in passed:
-            return None
-        m = copy.deepcopy(m)
-        own = {n[len(node.target) + 1:]: t for n, t in buffers.items()
-               if n.startswith(f"{node.target}.")}
-        check(b, node, _on_cpu(m, own), *a, **k)  # raises (refuses) when it fails
-        passed.add(key)
-        return None
-
-    attention._check_invariant = on_cpu
-    try:
-        yield
-    finally:
-        attention._check_invariant = check
 
 
 def _derive(model: nn.Module, side: int) -> Alignability:
@@ -329,9 +289,9 @@ def _derive(model: nn.Module, side: int) -> Alignability:
             _on_cpu(model, buffers)
         x = torch.rand(shape, device=attempt)
         try:
-            with warnings.catch_warnings(), no_network(), _attention_checks_on_cpu(buffers):
+            with warnings.catch_warnings(), no_network():
                 warnings.simplefilter("ignore")
-                spec = permutation_spec(model, x, partial=True)
+                spec = permutation_spec(model, x, partial=True, buffers=buffers)
         except (UserError, Exception) as e:  # noqa: BLE001  (third-party forwards raise anything)
             if attempt == "meta" and _meta_problem(e):
                 continue
