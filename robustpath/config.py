@@ -9,10 +9,10 @@ Presets (``--preset``):
   (``studies/results/bn_study.md``: 1-10 batches change robust accuracy by <= 0.6
   points), 13x13 loss planes of the first pair's Bezier curves, 2 refinement rounds around each
   path's minimum, and the strong stage (standard AutoAttack and PGD-50 x 10) on 16
-  test examples at the endpoints and each path's worst t (it still adds about a third to
-  the rest of the run: its cost is mostly per attacked network; its AutoAttack CIs are
-  about +-25 points wide: ``benchmarks/STRONG.md``; use ``--strong-examples 1000`` for
-  numbers to publish). About 25 min from scratch with one torch thread on 2 idle cores.
+  test examples at the endpoints and each path's worst t (it adds 24 % to the rest of
+  the run; its AutoAttack CIs are about +-25 points wide: ``benchmarks/STRONG.md``; use
+  ``--strong-examples 1000`` for numbers to publish). About 20 min from scratch with one
+  torch thread on 2 idle cores.
 * ``paper`` - Tatro et al. 2020's robust protocol from their code, for a GPU: CIFAR-10,
   TinyTen, full data, 3 seed pairs, 200 endpoint and 200 curve epochs at lr 0.1 with
   Garipov's schedule, rotation + crop + flip for endpoints and curves, attacks in train
