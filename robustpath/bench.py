@@ -133,7 +133,8 @@ def parser() -> argparse.ArgumentParser:
     a("--aa-attacks", default=None, help="with --aa-version custom: comma-separated "
       "sub-attacks from apgd-ce, apgd-dlr, apgd-t, fab, fab-t, square")
     a("--strong-pgd-steps", type=int, default=None,
-      help="steps of the strong stage's many-restart PGD (default 50; step 2.5 eps/steps)")
+      help="steps of the strong stage's many-restart PGD (default 50; step 2.5 eps/steps; "
+           "accuracy-only: an example is no longer attacked once broken)")
     a("--strong-pgd-restarts", type=int, default=None,
       help="restarts of the strong stage's many-restart PGD (default 10)")
     a("--no-strong", action="store_true", help="skip the strong stage")

@@ -222,7 +222,8 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
       "the strong stage and of --attack autoattack: standard, plus, rand, custom")
     a("--aa-attacks", default=None, help="with --aa-version custom: sub-attacks from apgd-ce, "
       "apgd-dlr, apgd-t, fab, fab-t, square")
-    a("--strong-pgd-steps", type=int, default=50, help="steps of the strong stage's PGD")
+    a("--strong-pgd-steps", type=int, default=50, help="steps of the strong stage's PGD "
+      "(step 2.5 eps/steps; accuracy-only: an example is no longer attacked once broken)")
     a("--strong-pgd-restarts", type=int, default=10, help="restarts of the strong stage's PGD")
     a("--strong-t", default="", help="extra t for the strong stage, comma-separated (always: "
       "0, 1 and the t of the lowest PGD robust accuracy)")
