@@ -233,23 +233,26 @@ def adversarial_examples(model: nn.Module, x, y, attack: Attack, batch_size: int
 
 def _source_examples(path: Path | None, n: int, make: Callable[[], torch.Tensor]) -> torch.Tensor:
     """A transfer source's adversarial examples on the subset: read from ``<path>.npz``
-    (verified, :func:`robustpath.cache.load_npz`) or made by ``make()`` and saved there.
-    ``path=None``: made, not cached."""
+    (verified, :func:`robustpath.cache.load_npz`) or made by ``make()`` and saved there,
+    under the entry's lock (sweep tasks of one pair share it: one makes, the others
+    load). ``path=None``: made, not cached."""
     from .cache import load_npz, recompute_notice, save_npz
+    from .lock import entry_lock
     from .store import CacheError
 
     if path is None:
         return make()
     spec = {"source": path.name}
-    try:
-        got = load_npz(path.with_suffix(".npz"), spec)
-        if got is not None and got.get("x_adv") is not None and len(got["x_adv"]) == n:
-            return torch.from_numpy(np.ascontiguousarray(got["x_adv"]))
-    except CacheError as e:
-        recompute_notice(e, "transfer source")
-    x_adv = make()
-    save_npz(path.with_suffix(".npz"), {"x_adv": x_adv.numpy()}, spec)
-    return x_adv
+    with entry_lock(path.with_suffix(".npz")):
+        try:
+            got = load_npz(path.with_suffix(".npz"), spec)
+            if got is not None and got.get("x_adv") is not None and len(got["x_adv"]) == n:
+                return torch.from_numpy(np.ascontiguousarray(got["x_adv"]))
+        except CacheError as e:
+            recompute_notice(e, "transfer source")
+        x_adv = make()
+        save_npz(path.with_suffix(".npz"), {"x_adv": x_adv.numpy()}, spec)
+        return x_adv
 
 
 def _save(path: Path, arrays: dict, meta: dict) -> None:

@@ -387,6 +387,17 @@ def test_transfer_sources_are_made_once_per_endpoint_function(trained_pair, fmni
     fresh, _ = run("bezier", tmp_path / "fresh", "bezier")
     for k in ("transfer_a", "transfer_b", "aa", "pgd_many"):
         assert np.array_equal(second.point("worst").arrays[k], fresh.point("worst").arrays[k])
+    # a damaged source is said and made again, not used
+    srcs = [f for f in (tmp_path / "shared").glob("*.npz")
+            if not f.with_suffix(".meta.json").exists()]
+    assert len(srcs) == 2                                   # one per endpoint, not per path
+    srcs[0].write_bytes(b"garbage")
+    # another path key: its worst point is new, so it needs both sources; the intact one
+    # is loaded, the damaged one made again (one endpoint network built)
+    again, calls3 = run("bezier", tmp_path / "shared", "bezier-2")
+    assert len({0.0, 1.0} & set(calls3)) == 1
+    for k in ("transfer_a", "transfer_b"):
+        assert np.array_equal(again.point("worst").arrays[k], fresh.point("worst").arrays[k])
     # the many-restart PGD is accuracy-only: never more robust than the full attack
     full = build_attack(AttackConfig(**{**s.pgd_config("linf", 0.1).to_dict(),
                                         "early_stop": False}))
