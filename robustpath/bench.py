@@ -47,8 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--preset", default="quick", help=f"settings bundle: {', '.join(PRESETS.names())} "
-      "(quick: three seed pairs on CPU, about 35 min, 12 with --seeds 0,1; paper: Tatro et "
-      "al.'s robust setting, for a GPU)")
+      "(quick: three seed pairs on CPU, about 20 min from scratch with one torch thread, 10 "
+      "with --seeds 0,1; paper: Tatro et al.'s robust setting, for a GPU; paper-fmnist: "
+      "theirs scaled down to Fashion-MNIST, one pair, about 50 min on CPU)")
     a("--dataset", default=None, help=f"dataset: {', '.join(DATASETS.names())} "
       f"({preset_default('dataset')})")
     a("--data-root", default=None, type=data_root, help="an existing folder with dataset files (default ./data; "

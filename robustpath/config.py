@@ -23,10 +23,10 @@ Presets (``--preset``):
 * ``modern`` - the same data and model with robustpath's own choices (one-cycle /
   cosine schedules, curve lr 0.015, eval-mode attacks, BN from 40 batches).
 * ``paper-fmnist`` - the paper protocol scaled down for a CPU on Fashion-MNIST, one seed
-  pair by default (``--seeds 0,1,2,3,4,5`` for the paper's three). A reduced run of it
-  (1,000 training images, 4+4 epochs, 7 t) took 24 min on a loaded 2-core CPU
-  (``results/fashion-mnist-tinyten-paper-fmnist/timings.json``); the full preset, by
-  that run's per-image stage times, roughly 1-1.5 h (extrapolated, not measured).
+  pair by default (``--seeds 0,1,2,3,4,5`` for the paper's three). The preset as it is
+  took 48 min with one torch thread on a partly loaded 2-core CPU, 41 of them the strong
+  stage on 500 examples (``results/fashion-mnist-tinyten-paper-fmnist/timings.json``;
+  ``--no-strong``: about 7 min).
 
 Flags given on the command line override the preset. Default eps: 0.1 for the
 28x28 grey-scale datasets, 8/255 for CIFAR.
@@ -75,7 +75,7 @@ PRESETS.register("modern")({
     "t_points": 65, "train_steps": 5, "eval_steps": 5, "bn_batches": 40, "lr": 0.1,
     "curve_lr": 0.015, "batch_size": 128, "augment": True,
 })
-#: The paper protocol scaled down for a CPU (roughly 1-1.5 h, see above): Fashion-MNIST (eps 0.1,
+#: The paper protocol scaled down for a CPU (48 min, see above): Fashion-MNIST (eps 0.1,
 #: step eps/4 as theirs), 2,000 training and 500 test images, 6 endpoint and 6 curve
 #: epochs, 11 t points, BN statistics from the whole (2,000-image) training subset;
 #: alignment reads up to 10,000 training images as theirs (here all 2,000).
