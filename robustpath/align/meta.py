@@ -33,10 +33,16 @@ def materialise(module: nn.Module, buffers: dict[str, torch.Tensor] | None = Non
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0, 0.02, generator=gen)
-    for name, buf in (buffers or {}).items():
+    put_buffers(module, buffers or {})
+    return module
+
+
+def put_buffers(module: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Put each tensor of ``buffers`` (name relative to ``module``) in place as that
+    buffer, whatever device the module is on."""
+    for name, buf in buffers.items():
         owner, _, leaf = name.rpartition(".")
         module.get_submodule(owner)._buffers[leaf] = buf
-    return module
 
 
 def buffers_under(buffers: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

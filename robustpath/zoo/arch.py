@@ -262,22 +262,15 @@ def _meta_problem(e: Exception) -> bool:
                                or "copy out of meta" in text or "meta tensor" in text)
 
 
-def _on_cpu(model: nn.Module, buffers: dict[str, torch.Tensor]) -> nn.Module:
-    """Materialise ``model`` on the CPU in place: random parameters, real buffers."""
-    from ..align.meta import materialise
-
-    return materialise(model, buffers, copy_first=False)
-
-
 def _put_buffers(model: nn.Module, buffers: dict[str, torch.Tensor], which) -> None:
-    for name, buf in buffers.items():
-        if which(buf):
-            mod, _, leaf = name.rpartition(".")
-            model.get_submodule(mod)._buffers[leaf] = buf
+    from ..align.meta import put_buffers
+
+    put_buffers(model, {n: b for n, b in buffers.items() if which(b)})
 
 
 def _derive(model: nn.Module, side: int) -> Alignability:
     from ..align import permutation_spec
+    from ..align.meta import materialise
     from ..errors import UserError
 
     buffers = {n: b for n, b in model.named_buffers(remove_duplicate=False)}
@@ -286,7 +279,7 @@ def _derive(model: nn.Module, side: int) -> Alignability:
     _put_buffers(model, buffers, lambda b: b.dim() == 0)
     for attempt in ("meta", "cpu"):
         if attempt == "cpu":
-            _on_cpu(model, buffers)
+            materialise(model, buffers, copy_first=False)  # random weights, real buffers
         x = torch.rand(shape, device=attempt)
         try:
             with warnings.catch_warnings(), no_network():
