@@ -99,6 +99,7 @@ FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
 #: bootstrap resamples at most: the resample weights are one [resamples, examples] float64
 #: array, so 10^8 would fail for memory only after every stage had run
 MAX_BOOTSTRAP = 100_000
+MAX_LR = 100.0  # SGD step sizes beyond this diverge at once (issue 25)
 #: t points at most (step 1e-4; per-t arrays are [t, examples]) and refinement rounds at
 #: most (each halves the bracket: 2^-30 of a grid step is below any measurable change)
 MAX_T_POINTS, MAX_REFINE_ROUNDS = 10_001, 30
@@ -230,6 +231,9 @@ class BenchConfig:
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
         if not self.paths or not self.align:
             raise UserError("--paths and --align need at least one value each")
+        for flag, values in (("--paths", self.paths), ("--align", self.align)):
+            if len(set(values)) != len(values):  # the t-grid check would fail after all work
+                raise UserError(f"{flag} must be distinct, got {','.join(map(str, values))}")
         if not 2 <= self.t_points <= MAX_T_POINTS:
             raise UserError(f"--t-points must be in 2..{MAX_T_POINTS}, got {self.t_points}")
         for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
@@ -242,6 +246,11 @@ class BenchConfig:
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
                 and self.width > 0):
             raise UserError(f"--width must be a finite number > 0, got {self.width}")
+        for name in ("lr", "curve_lr"):  # 1e300 would only fail as NaN weights, much later
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= MAX_LR):
+                raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be a "
+                                f"number in (0, {MAX_LR}], got {v}")
         from .train import check_eps_range, check_seed
 
         for s in self.seeds:

@@ -52,7 +52,7 @@ from . import data as data_mod
 from .attacks import AttackConfig, build_attack
 from .curves import Curve, save_curve
 from .device import training_autocast
-from .errors import UserError
+from .errors import UserError, check_finite_loss
 from .numbers import parse_fraction
 from .registry import Registry
 from .store import checkpoint_exists, config_hash, load_checkpoint, save_checkpoint
@@ -288,6 +288,8 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 if progress and i % 20 == 0:
                     bar.set_postfix(loss=f"{float(tot_loss) / n:.3f}", acc=f"{int(correct) / n:.3f}")
         tot_loss, correct = float(tot_loss), int(correct)
+        check_finite_loss(tot_loss, stage="curve training", who=f"{curve.kind} path, seed "
+                          f"{cfg.seed}", epoch=epoch + 1, setting=f"--curve-lr (now {cfg.lr})")
         bar.close()
         times.append(time.perf_counter() - begin)
         record = {"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),

@@ -12,6 +12,14 @@ place (deleting it would race with a process that just opened it).
 * :func:`entry_lock` - a second process that needs the same cache entry (sweep
   cells sharing ``ckpt/``) waits until the first has written it, then loads it.
 
+A lock file is opened with ``O_NOFOLLOW`` and must be a regular file with one link: a
+symlinked (or hard-linked) lock file in a downloaded folder is refused in one line
+instead of having the holder record written into its target (issue 25). A run lock
+whose file is deleted or replaced while the run holds it (a second writer could then
+lock the new file) is noticed by :func:`check_held` before the commit, and the run stops.
+The ``filelock`` package was considered: it gives neither the holder record written
+into the locked file nor the inode check, so the few lines here stay.
+
 flock also works on NFS (Linux emulates it with POSIX byte-range locks), the shared
 file system of the Ray set-up in docs/sweeps.md.
 """
@@ -19,10 +27,12 @@ file system of the Ray set-up in docs/sweeps.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -38,13 +48,36 @@ def _holder() -> dict:
         "%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv)[:300]}
 
 
+def _open_nofollow(lock_file: Path, flags: int) -> int:
+    """``os.open`` that follows no link and accepts only a regular file with one name."""
+    try:
+        fd = os.open(lock_file, flags | os.O_NOFOLLOW, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{lock_file} is a symbolic link; a lock file must be a regular "
+                            "file (remove the link)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{lock_file} is not a plain file (a link or a device); a lock file "
+                        "must be a regular file with one name (remove it)")
+    return fd
+
+
 def holder_of(lock_file: str | Path) -> dict:
     """What the lock file says about its (last) holder; ``{}`` when unreadable."""
     try:
-        d = json.loads(Path(lock_file).read_text() or "{}")
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
+        fd = _open_nofollow(Path(lock_file), os.O_RDONLY)
+    except (OSError, UserError):
         return {}
+    try:
+        d = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return d if isinstance(d, dict) else {}
+    except ValueError:
+        return {}
+    finally:
+        os.close(fd)
 
 
 def describe_holder(h: dict) -> str:
@@ -54,24 +87,24 @@ def describe_holder(h: dict) -> str:
 
 
 @contextlib.contextmanager
-def _flock(lock_file: Path, *, wait: bool) -> Iterator[bool]:
-    """Hold an exclusive flock on ``lock_file``; yields False (not held) when ``wait``
-    is false and another process holds it."""
+def _flock(lock_file: Path, *, wait: bool) -> Iterator[int | None]:
+    """Hold an exclusive flock on ``lock_file``; yields its descriptor, or None (not
+    held) when ``wait`` is false and another process holds it."""
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_nofollow(lock_file, os.O_RDWR | os.O_CREAT)
     except OSError as e:
         raise UserError(f"cannot lock {lock_file.parent} ({e.strerror or e})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            yield False
+            yield None
             return
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder()).encode(), 0)
         try:
-            yield True
+            yield fd
         finally:
             # the holder record stays (readable by whoever is refused next); flock goes
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -81,7 +114,8 @@ def _flock(lock_file: Path, *, wait: bool) -> Iterator[bool]:
 
 # the run folders this process holds: a nested run() or report in the same process
 # (write_run -> build_report, sweeps writing several cells) must not lock itself out
-_HELD: dict[Path, int] = {}
+# (count, descriptor, lock file) per folder
+_HELD: dict[Path, list] = {}
 
 
 @contextlib.contextmanager
@@ -95,30 +129,49 @@ def run_lock(folder: str | Path, *, what: str = "written") -> Iterator[None]:
         raise UserError(f"output folder {folder} is not writable ({e.strerror or e})") from None
     key = folder.resolve()
     if key in _HELD:
-        _HELD[key] += 1
+        _HELD[key][0] += 1
         try:
             yield
         finally:
-            _HELD[key] -= 1
+            _HELD[key][0] -= 1
         return
     lock_file = folder / RUN_LOCK
-    with _flock(lock_file, wait=False) as got:
-        if not got:
+    with _flock(lock_file, wait=False) as fd:
+        if fd is None:
             raise UserError(f"{folder} is being {what} by {describe_holder(holder_of(lock_file))}"
                             f"; wait for it to finish or use another folder")
-        _HELD[key] = 1
+        _HELD[key] = [1, fd, lock_file]
         try:
             yield
         finally:
             del _HELD[key]
 
 
+def check_held(folder: str | Path) -> None:
+    """Before a commit: the run lock this process holds on ``folder`` is still the file
+    at ``<folder>/.robustpath.lock`` (not deleted or replaced, which would let a second
+    writer in); else a one-line UserError, and nothing is committed."""
+    entry = _HELD.get(Path(folder).resolve())
+    if entry is None:
+        return
+    _, fd, lock_file = entry
+    try:
+        now = os.stat(lock_file, follow_symlinks=False)
+    except OSError:
+        now = None
+    held = os.fstat(fd)
+    if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        raise UserError(f"the lock file {lock_file} was deleted or replaced during the run "
+                        "(another process may be writing this folder); nothing committed: "
+                        "make sure no other run uses the folder, then rerun")
+
+
 def is_locked(folder: str | Path) -> dict | None:
     """The holder of ``folder``'s run lock if a live process holds it, else None."""
     lock_file = Path(folder) / RUN_LOCK
-    if not lock_file.is_file():
+    if not lock_file.is_file() or lock_file.is_symlink():
         return None
-    fd = os.open(lock_file, os.O_RDONLY)
+    fd = os.open(lock_file, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -219,9 +219,14 @@ def parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run_dirs = [Path(r) for r in args.runs]
+    from .runfolder import is_run
+
     for rd in run_dirs:
         if not rd.is_dir():
             raise UserError(f"run folder {rd} not found")
+        if not is_run(rd):  # before any lock or clean-up: such a folder is left as it is
+            raise UserError(f"{rd} is not a run folder (no manifest.json, records.csv or "
+                            "sweep.json); nothing was touched")
     if args.against_out is not None:
         if args.against is None:
             raise UserError("--against-out needs --against OLD_RUN")

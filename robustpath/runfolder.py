@@ -39,6 +39,62 @@ LEGACY_PRIMARY = ("config.json", "provenance.json", "command.txt", "endpoints.js
                   "alignment.json", "curves.json", "records.csv", "examples.npz", "plane.json")
 
 
+def inside(root: Path, rel: object, source: Path) -> Path:
+    """``root / rel`` for a relative path ``rel`` read from ``source`` (a manifest, a
+    sweep file), refused in one line unless it stays inside ``root``: paths in a run
+    folder are data (a downloaded, tampered folder must not reach files outside it).
+    The parent is resolved (a symlinked subfolder pointing out is refused); the last
+    component is not, since it is only ever replaced or unlinked, never written
+    through."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise UserError(f"{source} lists {rel!r}, which is not a file name; refusing to "
+                        f"touch anything (a damaged or tampered folder: check {source})")
+    parts = Path(rel).parts
+    target = root / rel
+    if Path(rel).is_absolute() or ".." in parts or not _within(root, target.parent):
+        raise UserError(f"{source} lists {rel!r}, outside {root}; refusing to touch anything "
+                        f"(a damaged or tampered folder: check {source})")
+    return target
+
+
+def _within(root: Path, path: Path) -> bool:
+    r, p = root.resolve(), path.resolve()
+    return p == r or r in p.parents
+
+
+def _check_paths(run_dir: Path, folder: Path, m: dict) -> None:
+    """Every path of manifest ``m`` (of ``folder``: the run or its staging) stays inside
+    ``folder`` and inside ``run_dir``; else a one-line UserError before any file moves."""
+    derived = m.get("derived", [])
+    if not isinstance(derived, list):
+        raise UserError(f"{folder / MANIFEST}: 'derived' is not a list (tampered?)")
+    for rel in [*m["files"], *derived]:
+        inside(folder, rel, folder / MANIFEST)
+        inside(run_dir, rel, folder / MANIFEST)
+
+
+# subfolders of a run that its commands write into: a symlink there would redirect
+# every write (report rebuilds tables/ and plots/ in place)
+SUBFOLDERS = (STAGING, "tables", "plots", "cards", "aggregate", "cells")
+
+
+def check_links(run_dir: Path) -> None:
+    """Refuse, in one line, a run folder whose written subfolders are symbolic links."""
+    for name in SUBFOLDERS:
+        if (run_dir / name).is_symlink():
+            raise UserError(f"{run_dir / name} is a symbolic link; a run folder's subfolders "
+                            "must be real folders (remove the link)")
+
+
+def is_run(folder: str | Path) -> bool:
+    """Whether ``folder`` looks like a run (or sweep) folder that a command may lock,
+    recover and write: it holds a manifest (committed or staged) or a run's primary
+    files. ``report`` on anything else touches nothing."""
+    folder = Path(folder)
+    return any((folder / f).is_file() for f in
+               (MANIFEST, f"{STAGING}/{MANIFEST}", "records.csv", "config.json", "sweep.json"))
+
+
 def _read_manifest(folder: Path) -> dict | None:
     try:
         m = json.loads((folder / MANIFEST).read_text())
@@ -58,6 +114,8 @@ def outputs(folder: Path) -> list[str]:
 def begin(run_dir: str | Path) -> Path:
     """A fresh, empty staging folder inside ``run_dir`` (call under the run lock)."""
     stage = Path(run_dir) / STAGING
+    if stage.is_symlink():  # rmtree refuses links; the link itself goes, not its target
+        stage.unlink()
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     return stage
@@ -66,7 +124,10 @@ def begin(run_dir: str | Path) -> Path:
 def commit(run_dir: str | Path, primary: list[str]) -> None:
     """Commit the staged run (manifest last), then move it into place. ``primary``: the
     staged files that are the run's sources (hashed); the others are derived (listed)."""
+    from .lock import check_held
+
     run_dir = Path(run_dir)
+    check_held(run_dir)  # a lock deleted during the run: another writer may be in here
     stage = run_dir / STAGING
     files, derived = {}, []
     for rel in outputs(stage):
@@ -82,6 +143,9 @@ def _roll_forward(run_dir: Path) -> None:
     stage = run_dir / STAGING
     new = _read_manifest(stage)
     old = _read_manifest(run_dir) or {"files": dict.fromkeys(LEGACY_PRIMARY), "derived": []}
+    check_links(run_dir)
+    _check_paths(run_dir, stage, new)  # all paths first: nothing moves unless all are inside
+    _check_paths(run_dir, run_dir, old)
     keep = set(new["files"]) | set(new.get("derived", []))
     for rel in sorted(keep):
         src = stage / rel
@@ -100,12 +164,18 @@ def recover(run_dir: str | Path) -> str | None:
     ``"rolled forward"``, ``"discarded"`` or None (nothing to do)."""
     run_dir = Path(run_dir)
     stage = run_dir / STAGING
+    check_links(run_dir)
+    old, new = _read_manifest(run_dir), _read_manifest(stage)
+    if old is not None:  # checked before any work, so a run never starts into such a folder
+        _check_paths(run_dir, run_dir, old)
+    if new is not None:
+        _check_paths(run_dir, stage, new)
     for folder in (run_dir, run_dir / "tables", run_dir / "plots"):  # a killed report's
         for f in folder.glob(".*.tmp"):                                # temporaries
             f.unlink(missing_ok=True)
     if not stage.is_dir():
         return None
-    if _read_manifest(stage) is not None:
+    if new is not None:
         _roll_forward(run_dir)
         return "rolled forward"
     shutil.rmtree(stage, ignore_errors=True)
@@ -121,6 +191,7 @@ def verify(run_dir: str | Path) -> dict | None:
     m = _read_manifest(run_dir)
     if m is None:
         raise UserError(f"{run_dir / MANIFEST} is corrupt; rerun the benchmark into this folder")
+    _check_paths(run_dir, run_dir, m)
     for rel, digest in m["files"].items():
         f = run_dir / rel
         if not f.is_file():

@@ -40,7 +40,7 @@ from . import data as data_mod
 from . import models, runtime
 from .attacks import AttackConfig, build_attack
 from .device import resolve, training_autocast
-from .errors import UserError
+from .errors import UserError, check_finite_loss
 from .fuse import fast_view, nhwc_unsafe
 from .metrics import per_example
 from .numbers import parse_fraction
@@ -294,6 +294,8 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
             tot_correct += (logits.detach().argmax(1) == yb).sum()
             n += len(yb)
         tot_loss, tot_correct = float(tot_loss), int(tot_correct)
+        check_finite_loss(tot_loss, stage="endpoint training", who=f"seed {cfg.seed}",
+                          epoch=epoch + 1, setting=f"--lr (now {cfg.lr})")
         epoch_times.append(time.perf_counter() - start)
         history.append({"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                         "train_adv_acc": tot_correct / max(n, 1)})

@@ -130,9 +130,11 @@ def call_node(node: Node, ctx: Context, *upstream: dict) -> dict:
                                           ctx.progress)
     except UserError as e:
         return {"node": node.id, "stage": node.stage, "error": str(e)}
-    files = out.setdefault("files", [])
-    out.setdefault("computed", any((root / f).stat().st_mtime >= start - 1 for f in files)
-                   if files else None)
+    files, end = out.setdefault("files", []), time.time()
+    # written during this call: a file time in the future (a copied or touched cache) is
+    # not "computed now"
+    out.setdefault("computed", any(start - 1 <= (root / f).stat().st_mtime <= end + 1
+                                   for f in files) if files else None)
     out.update(node=node.id, stage=node.stage, seconds=time.time() - start,
                host=socket.gethostname(), pid=os.getpid(), threads=torch.get_num_threads())
     return out

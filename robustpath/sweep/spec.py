@@ -42,6 +42,8 @@ from typing import Any
 from ..config import PRESETS, BenchConfig, from_preset
 from ..errors import UserError
 
+# per-task requests beyond any one machine (cpus = 1e9 would become 1e9 torch threads)
+MAX_TASK_CPUS, MAX_TASK_GPUS = 1024, 64
 STAGE_NAMES = ("endpoint", "align", "curve", "eval", "plane")
 TOP_KEYS = {"name": str, "description": str, "preset": str, "grid": dict, "overrides": dict,
             "resources": dict}
@@ -235,8 +237,9 @@ def _seed_pairs(loc: _Locator, grid: dict) -> list[tuple[int, int]]:
     for a, b in pairs:
         if a == b or a < 0 or b < 0:
             raise loc.error(keys, f"seed pair ({a}, {b}) needs two distinct non-negative seeds")
-    if len(set(pairs)) != len(pairs):
-        raise loc.error(keys, "a seed pair is listed twice")
+    if len({frozenset(p) for p in pairs}) != len(pairs):  # (1, 0) trains the nets of (0, 1)
+        raise loc.error(keys, "a seed pair is listed twice (a mirrored pair like [1, 0] after "
+                        "[0, 1] is the same two networks)")
     return pairs
 
 
@@ -268,6 +271,11 @@ def _resources(loc: _Locator, raw: dict) -> Resources:
             raise loc.error(keys, f"unknown key (known: {known})")
     if res.cpus <= 0 or any(float(s.get("cpus", 1)) <= 0 for s in res.stages.values()):
         raise loc.error(("resources", "cpus"), "a task needs cpus > 0")
+    for key, limit in (("cpus", MAX_TASK_CPUS), ("gpus", MAX_TASK_GPUS)):
+        for where, table in ((("resources", key), vars(res)),
+                             *((("resources", st, key), t) for st, t in res.stages.items())):
+            if float(table.get(key, 0)) > limit:
+                raise loc.error(where, f"must be <= {limit} per task, got {table[key]}")
     return res
 
 

@@ -249,18 +249,33 @@ file_sha256 = sha256_file
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str | None):
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
+def _torch_load_policy(trust: bool):
+    """Make every ``torch.load`` inside (RobustBench's ``load_model`` calls it without
+    ``weights_only``) pass ``weights_only=not trust`` explicitly, and set torch's
+    environment overrides to agree: an explicit ``weights_only=True`` is the only form
+    that ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` in the user's environment cannot turn
+    into full unpickling (issue 25 S3). Restored on exit."""
+    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    old_env = {n: os.environ.get(n) for n in names}
+    original = torch.load
+
+    @functools.wraps(original)
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = not trust
+        return original(*args, **kwargs)
+
+    os.environ.pop(names[not trust], None)  # both set makes torch refuse any load
+    os.environ[names[trust]] = "1"
+    torch.load = load
     try:
         yield
     finally:
-        if value is not None:
-            if old is None:
-                os.environ.pop(name, None)
+        torch.load = original
+        for n, v in old_env.items():
+            if v is None:
+                os.environ.pop(n, None)
             else:
-                os.environ[name] = old
+                os.environ[n] = v
 
 
 def sniff_checkpoint(path: str | Path) -> None:
@@ -366,7 +381,7 @@ def load(name: str, model_dir: str | Path = DEFAULT_MODEL_DIR, dataset: str = "c
     error = None
     try:
         with warnings.catch_warnings(), \
-                _env("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1" if trust_checkpoint else None):
+                _torch_load_policy(trust_checkpoint):
             warnings.simplefilter("ignore")
             model = utils.load_model(name, model_dir=str(model_dir), dataset=dataset,
                                      threat_model=threat)
