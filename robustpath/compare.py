@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .barrier import KINDS, metrics_from_curves
+from .escape import csv_frame, latex, md_code, md_text
 from .records import PathRecord
 from .records import read as read_records
 from .store import atomic_write_text
@@ -118,9 +119,11 @@ def paired_differences(base: list[PathRecord], other: list[PathRecord], *, boots
     return rows
 
 
-def _md(header: list[str], rows: list[list[str]]) -> str:
+def _md(header: list[str], rows: list[list[str]], n_text: int) -> str:
+    """A Markdown table whose first ``n_text`` columns are free text (escaped)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join([*map(md_text, r[:n_text]), *r[n_text:]]) + " |"
+                              for r in rows]) + "\n"
 
 
 def _diff_cell(r, m: str, pct: bool) -> str:
@@ -156,14 +159,16 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
         [h for _, h, _ in COMPARE_COLUMNS]
     note = ("Accuracies in %, losses in nats; one seed pair: value [95% bootstrap CI over test "
             "examples]; several: mean ± std over seed pairs.\n")
-    table_md = _md(header, md_rows)
-    atomic_write_text(out_dir / "comparison.csv", long.to_csv(index=False, float_format="%.6f"))
+    table_md = _md(header, md_rows, 6)
+    atomic_write_text(out_dir / "comparison.csv",
+                      csv_frame(long).to_csv(index=False, float_format="%.6f"))
     atomic_write_text(out_dir / "comparison.md", table_md + "\n" + note)
     esc = lambda t: t.replace("_", r"\_").replace("%", r"\%").replace("∞", "inf") \
         .replace("ε", "eps")  # noqa: E731
     tex = [r"\begin{tabular}{" + "l" * 7 + "r" * len(COMPARE_COLUMNS) + "}", r"\toprule",
            " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    tex += [" & ".join(esc(c) for c in r) + r" \\" for r in tex_rows]
+    tex += [" & ".join([*(latex(c.replace("∞", "inf").replace("ε", "eps")) for c in r[:6]), *map(esc, r[6:])]) + r" \\"
+            for r in tex_rows]
     atomic_write_text(out_dir / "comparison.tex", "\n".join(tex + [r"\bottomrule",
                                                                     r"\end{tabular}"]) + "\n")
 
@@ -174,11 +179,11 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
         why = shared_examples(base_cfg, cfg, base_recs[0].result.clean_correct.shape[1],
                               recs[0].result.clean_correct.shape[1])
         if why:
-            notes.append(f"- {name} vs {names[0]}: no paired differences, {why}.")
+            notes.append(f"- {md_text(name)} vs {md_text(names[0])}: no paired differences, {why}.")
             continue
         rows = paired_differences(base_recs, recs, bootstrap=boot)
         if not rows:
-            notes.append(f"- {name} vs {names[0]}: no path (alignment, family, seed pair) in both.")
+            notes.append(f"- {md_text(name)} vs {md_text(names[0])}: no path (alignment, family, seed pair) in both.")
         for r in rows:
             r = {"run": name, "baseline": names[0], **r}
             diff_rows.append(r)
@@ -187,17 +192,17 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
                             else f"{r['endpoint_a']},{r['endpoint_b']}"]
                            + [_diff_cell(r, m, pct) for m, _, pct in DIFF_METRICS])
     dheader = ["Difference", "Alignment", "Path", "Seeds"] + [f"Δ {h}" for _, h, _ in DIFF_METRICS]
-    diff_text = (_md(dheader, diff_md) if diff_md else "") + \
+    diff_text = (_md(dheader, diff_md, 4) if diff_md else "") + \
         ("\nDifference [95% paired bootstrap CI over the shared test examples]; rows 'all N "
          "pairs': the mean over seed pairs, its CI a two-level bootstrap over seed pairs and "
          "test examples; accuracies in percentage points, losses in nats.\n"
          if diff_md else "") + \
         ("\n" + "\n".join(notes) + "\n" if notes else "")
     atomic_write_text(out_dir / "differences.csv",
-                      pd.DataFrame(diff_rows).to_csv(index=False, float_format="%.6f"))
+                      csv_frame(pd.DataFrame(diff_rows)).to_csv(index=False, float_format="%.6f"))
     atomic_write_text(out_dir / "differences.md", diff_text)
-    page = "\n".join(["# Comparison of runs", "", "Runs: " + ", ".join(f"`{n}`" for n in names)
-                      + f"; baseline for differences: `{names[0]}`.", "", "## All paths", "",
+    page = "\n".join(["# Comparison of runs", "", "Runs: " + ", ".join(map(md_code, names))
+                      + f"; baseline for differences: {md_code(names[0])}.", "", "## All paths", "",
                       table_md, note, "## Differences to the baseline", "", diff_text])
     atomic_write_text(out_dir / "comparison.html",
                       markdown_to_html(page, title="robustpath: comparison of runs"))

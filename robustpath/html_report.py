@@ -21,6 +21,7 @@ import json
 import re
 from pathlib import Path
 
+from .escape import md_code, md_fence, md_text, md_untrusted
 from .store import atomic_write_text
 from .style import attack_label, format_eps
 
@@ -42,33 +43,60 @@ ul.warn li{color:#9a6700}
 """
 
 
+#: the page loads nothing: images are inline data, styles inline, no script at all
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
 # ---------------------------------------------------------------- Markdown -> HTML
 def _inline(text: str) -> str:
-    parts = re.split(r"(`[^`]*`)", text)
-    out = []
-    for p in parts:
-        if p.startswith("`") and p.endswith("`") and len(p) >= 2:
-            out.append(f"<code>{html.escape(p[1:-1])}</code>")
-        else:
-            e = html.escape(p, quote=False)
-            e = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", e)
-            out.append(e)
-    return "".join(out)
+    out, pos = [], 0
+    for m in _CODE_SPAN.finditer(text):  # code spans of any fence length (escape.md_code)
+        code = m.group(2)
+        if len(code) > 2 and code.startswith(" ") and code.endswith(" "):
+            code = code[1:-1]
+        out += [_plain(text[pos:m.start()]), f"<code>{html.escape(code)}</code>"]
+        pos = m.end()
+    return "".join(out) + _plain(text[pos:])
+
+
+_CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)")
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # Markdown's backslash escapes (escape.md_text)
+
+
+def _plain(text: str) -> str:
+    kept: list[str] = []
+
+    def keep(m):
+        kept.append(m.group(1))
+        return f"\ue000{len(kept) - 1}\ue001"
+
+    e = html.escape(_ESCAPED.sub(keep, text), quote=False)
+    e = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", e)
+    return re.sub("\ue000(\\d+)\ue001", lambda m: html.escape(kept[int(m.group(1))]), e)
 
 
 def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
 
 
 def _image(caption: str, src: str, base: Path | None) -> str:
-    path = (base / src) if base is not None else Path(src)
-    if path.suffix.lower() == ".png" and path.is_file():
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        src_attr = f"data:image/png;base64,{data}"
-    else:
-        src_attr = html.escape(src)
+    """A figure embedding ``src`` as base64 PNG if it is a PNG file inside ``base`` (the
+    run's own files); anything else (a URL, an absolute path, ``..``) becomes its caption
+    alone, with no ``src``: the page never fetches or leaks a file (issue 25 S4)."""
+    path = None
+    if base is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", src) \
+            and not Path(src).is_absolute():
+        path = base / src
+        inside = base.resolve() in path.resolve().parents
+        if not (inside and path.suffix.lower() == ".png" and path.is_file()):
+            path = None
     cap = _inline(caption)
-    return (f'<figure><img src="{src_attr}" alt="{html.escape(caption)}">'
+    if path is None:
+        return f"<figure><figcaption>{cap} (image not embedded: only the run's own PNG " \
+               f"files are)</figcaption></figure>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    alt = html.escape(_ESCAPED.sub(r"\1", caption))
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
             f"<figcaption>{cap}</figcaption></figure>")
 
 
@@ -91,8 +119,9 @@ def markdown_to_html(md: str, *, title: str = "report", base: str | Path | None 
         s = line.strip()
         if s.startswith("```"):
             flush()
+            fence = re.match(r"`+", s).group(0)  # closed only by a fence as long (CommonMark)
             j = i + 1
-            while j < len(lines) and not lines[j].strip().startswith("```"):
+            while j < len(lines) and not re.fullmatch(fence + "`*", lines[j].strip()):
                 j += 1
             out.append("<pre><code>" + html.escape("\n".join(lines[i + 1:j])) + "</code></pre>")
             i = j + 1
@@ -139,6 +168,7 @@ def markdown_to_html(md: str, *, title: str = "report", base: str | Path | None 
     body = "\n".join(out)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
             f"<body>\n{body}\n</body></html>\n")
 
@@ -159,7 +189,7 @@ def _kv_table(d: dict, fmt=None) -> list[str]:
         if text is None:
             text = ", ".join(map(str, v)) if isinstance(v, list) else (
                 json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v))
-        lines.append(f"| {k} | {text.replace('|', '/')} |")
+        lines.append(f"| {md_text(k)} | {md_text(text)} |")
     return lines
 
 
@@ -173,7 +203,7 @@ def _embedded_md(path: Path, heading: str) -> list[str]:
     """A Markdown file of the run, under ``heading``, its own headings demoted."""
     if not path.is_file():
         return []
-    text = path.read_text().rstrip()
+    text = md_untrusted(path.read_text().rstrip())
     # the file's own title repeating the section heading would read "Strong evaluation"
     # twice in a row
     text = re.sub(rf"\A#+\s*{re.escape(heading)}\s*\n+", "", text, flags=re.I)
@@ -190,7 +220,7 @@ def _timings(d: dict | None) -> list[str]:
     if isinstance(stages, dict):  # {name: {calls, seconds}}
         stages = [{"stage": k, **v} for k, v in stages.items()]
     for s in stages:
-        lines.append(f"| {s['stage']} | {s['calls']} | {s['seconds']:.1f} |")
+        lines.append(f"| {md_text(s['stage'])} | {s['calls']} | {s['seconds']:.1f} |")
     if "total" in d:
         lines.append(f"| total (wall clock) |  | {d['total']:.1f} |")
     return lines + ["", "Cached stages take well under a second; a rerun shows only "
@@ -231,16 +261,17 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
     run_dir = Path(run_dir)
     atk = attack_label(cfg.get("attack"), cfg.get("norm"), cfg.get("eps"), cfg.get("eval_steps"))
     pairs = int(summary["pairs"].max()) if len(summary) else 0
-    md = [f"# {cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: robust loss barriers", "",
-          f"Run folder `{Path(cfg.get('out') or run_dir).name}`; evaluation attack {atk}; preset "
-          f"{cfg.get('preset', '?')}; {pairs} seed pair{'s' if pairs != 1 else ''}.", "",
+    md = [f"# {md_text(cfg.get('dataset', '?'))} / {md_text(cfg.get('arch', '?'))}: robust "
+          "loss barriers", "",
+          f"Run folder {md_code(Path(cfg.get('out') or run_dir).name)}; evaluation attack "
+          f"{md_text(atk)}; preset {md_text(cfg.get('preset', '?'))}; {pairs} seed pair{'s' if pairs != 1 else ''}.", "",
           "## Summary", "", to_markdown(summary).rstrip(), "",
           "Accuracies in %, losses in nats. "
           + ("Value [95% bootstrap CI over test examples]." if pairs <= 1 else
              "Mean ± std over seed pairs."), ""]
     paired = run_dir / "tables" / "paired.md"
     if paired.is_file():  # robustpath.paired: aligned - unaligned, curve - line
-        md += ["## Paired differences", "", paired.read_text().rstrip(), ""]
+        md += ["## Paired differences", "", md_untrusted(paired.read_text().rstrip()), ""]
     md += ["## Figures", "", "![Clean and robust accuracy and loss along each path. "
            + ("Shaded: 95% bootstrap CI over test examples." if pairs <= 1 else
               f"Shaded: ± 1 std over {pairs} seed pairs.") + "](plots/paths.png)", ""]
@@ -252,7 +283,7 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
     if plane:
         md += ["| Plane | Max distance from the plane (rel.) | Clean loss min | Robust loss min |",
                "|---|---|---|---|"]
-        md += [f"| {ALIGN_LABEL.get(m, m)} | {v['max_out_of_plane']:.2g} | "
+        md += [f"| {md_text(ALIGN_LABEL.get(m, m))} | {v['max_out_of_plane']:.2g} | "
                f"{v['clean_loss_min']:.3f} | "
                f"{v['robust_loss_min']:.3f} |" for m, v in plane.items()]
         md.append("")
@@ -260,13 +291,13 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
     md += _embedded_md(run_dir / "transfer.md", "Transfer attacks")
     warns = run_warnings(run_dir, summary, cfg)
     if warns:
-        md += ["## Warnings", ""] + [f"- {w}" for w in warns] + [""]
+        md += ["## Warnings", ""] + [f"- {md_untrusted(w)}" for w in warns] + [""]
     md += _timings(_json(run_dir / "timings.json"))
     md += ["## Configuration", ""] + _kv_table(cfg, _config_value) + [""]
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() \
         else ""
     if command:
-        md += ["## Command", "", "```", command, "```", ""]
+        md += ["## Command", "", *md_fence(command), ""]
     prov = _json(run_dir / "provenance.json")
     if prov:
         flat = {k: v for k, v in prov.items() if k != "versions"}
@@ -295,29 +326,29 @@ def write_sweep_report(sweep_dir: str | Path, meta: dict) -> list[Path]:
     states, every aggregate figure, the command and provenance."""
     sweep_dir = Path(sweep_dir)
     agg = sweep_dir / "aggregate"
-    md = [f"# Sweep {meta.get('name', sweep_dir.name)}", ""]
+    md = [f"# Sweep {md_text(meta.get('name', sweep_dir.name))}", ""]
     table = agg / "summary.md"
     if table.is_file():
-        md += ["## Summary across cells", "", table.read_text().rstrip(), ""]
+        md += ["## Summary across cells", "", md_untrusted(table.read_text().rstrip()), ""]
     cells = agg / "cells.csv"
     if cells.is_file():
         rows = [r.split(",") for r in cells.read_text().strip().splitlines()]
         if rows:
-            md += ["## Cells", "", "| " + " | ".join(rows[0]) + " |",
+            md += ["## Cells", "", "| " + " | ".join(map(md_text, rows[0])) + " |",
                    "|" + "|".join("---" for _ in rows[0]) + "|"]
-            md += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+            md += ["| " + " | ".join(map(md_text, r)) + " |" for r in rows[1:]] + [""]
     figs = sorted((agg / "plots").glob("*.png")) if (agg / "plots").is_dir() else []
     if figs:
         md += ["## Figures", ""]
-        md += [f"![{f.stem}: accuracy and loss along each path; the legend says what the "
+        md += [f"![{md_text(f.stem)}: accuracy and loss along each path; the legend says what the "
                f"bands are.](plots/{f.name})" for f in figs] + [""]
     command = (sweep_dir / "command.txt").read_text().strip() \
         if (sweep_dir / "command.txt").is_file() else ""
     if command:
-        md += ["## Command", "", "```", command, "```", ""]
+        md += ["## Command", "", *md_fence(command), ""]
     toml = sweep_dir / "sweep.toml"
-    if toml.is_file():
-        md += ["## Sweep file", "", "```", toml.read_text().rstrip(), "```", ""]
+    if toml.is_file():  # its description is free text: a code block it cannot close
+        md += ["## Sweep file", "", *md_fence(toml.read_text().rstrip()), ""]
     prov = _json(sweep_dir / "provenance.json")
     if prov:
         flat = {k: v for k, v in prov.items() if k != "versions"}

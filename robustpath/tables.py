@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import methods
 from .barrier import path_metrics
+from .escape import latex, md_text
 from .records import PathRecord
 from .store import atomic_write_text
 
@@ -108,8 +109,9 @@ def _cells(summary: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str
 
 def to_markdown(summary: pd.DataFrame) -> str:
     header, body = _cells(summary, latex=False)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in body]
+    lines = ["| " + " | ".join(map(md_text, header)) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join([*map(md_text, r[:2]), *r[2:]]) + " |" for r in body]
     return "\n".join(lines) + "\n"
 
 
@@ -118,11 +120,12 @@ def to_latex(summary: pd.DataFrame, caption: str = "") -> str:
     esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
-             " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in body]
+             " & ".join(latex(h) for h in header) + r" \\", r"\midrule"]
+    # the label and path name are free text (escape.latex); the numbers carry $\pm$
+    lines += [" & ".join([*map(latex, r[:2]), *map(esc, r[2:])]) + r" \\" for r in body]
     lines += [r"\bottomrule", r"\end{tabular}"]
     if caption:
-        lines.append(r"\caption{" + esc(caption) + "}")
+        lines.append(r"\caption{" + latex(caption) + "}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 

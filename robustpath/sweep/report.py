@@ -11,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
+from ..escape import csv_frame, md_text
+from ..escape import latex as latex_text
 from ..plots import plot_paths
 from ..records import read as read_records
 from ..report import _report_run, check_config, check_records  # noqa: F401
@@ -132,7 +134,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
         frames.setdefault(cell["group"], []).append(frame)
         records.setdefault(cell["group"], []).extend(read_records(cdir))
     out_dir = staging / "aggregate"
-    atomic_write_text(out_dir / "cells.csv", pd.DataFrame(states).to_csv(index=False))
+    atomic_write_text(out_dir / "cells.csv", csv_frame(pd.DataFrame(states)).to_csv(index=False))
     if not frames:
         return None
     axis_values = {c["group"]: c["axes"] for c in meta["cells"]}
@@ -146,17 +148,21 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
     long = pd.concat(rows, ignore_index=True)
     header, md_rows, tex_rows = sweep_tables(long, axes)
     attack = meta.get("attack_note", "")
-    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    md += ["| " + " | ".join(r) + " |" for r in md_rows]
-    note = (f"\nSweep {meta.get('name', sweep_dir.name)}: accuracies in %, losses in nats; "
+    n_text = len(axes) + 1  # axis values and path name: free text (robustpath.escape)
+    md = ["| " + " | ".join(map(md_text, header)) + " |",
+          "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join([*map(md_text, r[:n_text]), *r[n_text:]]) + " |" for r in md_rows]
+    note = (f"\nSweep {md_text(meta.get('name', sweep_dir.name))}: accuracies in %, losses in nats; "
             "mean ± std over seed pairs (a single value where one pair finished). "
             f"{attack}\n")
     esc = lambda t: t.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
     tex = [r"\begin{tabular}{" + "l" * (len(axes) + 2) + "r" * (len(header) - len(axes) - 2) + "}",
-           r"\toprule", " & ".join(esc(h) for h in header) + r" \\", r"\midrule"]
-    tex += [" & ".join(esc(c) for c in r) + r" \\" for r in tex_rows]
+           r"\toprule", " & ".join(latex_text(h) for h in header) + r" \\", r"\midrule"]
+    tex += [" & ".join([*map(latex_text, r[:n_text]), *map(esc, r[n_text:])]) + r" \\"
+            for r in tex_rows]
     tex += [r"\bottomrule", r"\end{tabular}"]
-    atomic_write_text(out_dir / "summary.csv", long.to_csv(index=False, float_format="%.6f"))
+    atomic_write_text(out_dir / "summary.csv",
+                      csv_frame(long).to_csv(index=False, float_format="%.6f"))
     atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n" + note)
     atomic_write_text(out_dir / "summary.tex", "\n".join(tex) + "\n")
     boot = int(meta.get("bootstrap", 1000))
