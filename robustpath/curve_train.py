@@ -288,9 +288,10 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 if progress and i % 20 == 0:
                     bar.set_postfix(loss=f"{float(tot_loss) / n:.3f}", acc=f"{int(correct) / n:.3f}")
         tot_loss, correct = float(tot_loss), int(correct)
-        check_finite_loss(tot_loss, stage="curve training", who=f"{curve.kind} path, seed "
-                          f"{cfg.seed}", epoch=epoch + 1, setting=f"--curve-lr (now {cfg.lr})")
         bar.close()
+        check_finite_loss(tot_loss, [curve.controls], stage="curve training",
+                          who=f"{curve.kind} path, seed {cfg.seed}", epoch=epoch + 1,
+                          setting=f"--curve-lr (now {cfg.lr})")
         times.append(time.perf_counter() - begin)
         record = {"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                   "train_acc": correct / max(n, 1), "seconds": times[-1]}

@@ -63,14 +63,19 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     return wrapper
 
 
-def check_finite_loss(loss: float, *, stage: str, who: str, epoch: int, setting: str) -> None:
-    """Stop a training stage whose epoch loss is NaN or infinite (diverged weights), in
-    one line naming the stage, the network, the epoch and the setting to lower, before
-    anything of that epoch is cached (a NaN checkpoint would poison every later stage
-    and fail far away, issue 25 D2). Called once per epoch: the loss sum is already
-    synchronised there, so the check costs nothing per step."""
+def check_finite_loss(loss: float, params, *, stage: str, who: str, epoch: int,
+                      setting: str) -> None:
+    """Stop a training stage whose epoch loss or weights (``params``, the tensors about
+    to be checkpointed) are NaN or infinite, in one line naming the stage, the network,
+    the epoch and the setting to lower, before anything of that epoch is cached (a NaN
+    checkpoint would poison every later stage and fail far away, issue 25 D2). Called
+    once per epoch: one host sync per epoch, nothing per step."""
     import math
 
-    if not math.isfinite(loss):
-        raise UserError(f"{stage} diverged ({who}, epoch {epoch}: training loss {loss}); "
-                        f"nothing of this epoch was saved; lower {setting} and rerun")
+    import torch
+
+    weights_ok = bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+    if not (math.isfinite(loss) and weights_ok):
+        what = f"training loss {loss}" if not math.isfinite(loss) else "non-finite weights"
+        raise UserError(f"{stage} diverged ({who}, epoch {epoch}: {what}); nothing of this "
+                        f"epoch was saved; lower {setting} and rerun")

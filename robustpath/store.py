@@ -2,7 +2,9 @@
 
 * :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_write_json`
   write to a temporary file in the same folder and ``os.replace`` it, so a reader
-  never sees a half-written file and a crash never destroys an earlier result.
+  never sees a half-written file and a crash never destroys an earlier result. The
+  temporary is created new (``O_EXCL``) and the rename replaces a link rather than
+  writing through it, so a symlink planted at the target never redirects a write.
 * :func:`save_checkpoint` writes ``<path>.safetensors`` (tensors only, no pickle) and
   ``<path>.json`` (config, versions, git revision, metrics, and ``content``: the
   sha256, size and tensor shapes of the ``.safetensors``). The JSON is written last
@@ -290,9 +292,10 @@ def check_writable(run_dir: Path) -> None:
     """Fail early, with one line, when the run folder cannot be written."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
+        # a fresh file (O_EXCL): a planted ".write-probe" link is never written through
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"output folder {run_dir} is not writable ({e.strerror or e})") from None
 

@@ -294,8 +294,8 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
             tot_correct += (logits.detach().argmax(1) == yb).sum()
             n += len(yb)
         tot_loss, tot_correct = float(tot_loss), int(tot_correct)
-        check_finite_loss(tot_loss, stage="endpoint training", who=f"seed {cfg.seed}",
-                          epoch=epoch + 1, setting=f"--lr (now {cfg.lr})")
+        check_finite_loss(tot_loss, list(model.parameters()), stage="endpoint training",
+                          who=f"seed {cfg.seed}", epoch=epoch + 1, setting=f"--lr (now {cfg.lr})")
         epoch_times.append(time.perf_counter() - start)
         history.append({"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                         "train_adv_acc": tot_correct / max(n, 1)})
