@@ -424,3 +424,16 @@ def test_d7_disk_full_during_a_run_is_one_line_and_leaves_nothing_half_written(t
     assert "TMP " not in p.stdout and "BAD" not in p.stdout, p.stdout
 
 
+
+
+def test_s1_sweep_cell_folder_outside_the_sweep_is_refused(tmp_path, capsys):
+    """``report SWEEP`` locks and rewrites every cell folder that sweep.json names."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text(json.dumps({"name": "s", "cells": [
+        {"name": "c", "group": "g", "dir": "../elsewhere", "seeds": [0, 1]}]}))
+    assert report_main([str(sweep)]) == 2
+    _one_error_line(capsys.readouterr().err, "outside", "sweep.json")
+    assert list(elsewhere.iterdir()) == []

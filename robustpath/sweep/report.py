@@ -44,6 +44,10 @@ def _sweep_meta(sweep_dir: Path) -> dict:
             and len(c["seeds"]) == 2 for c in meta["cells"])):
         raise UserError(f"{sweep_dir / 'sweep.json'} is missing or corrupt (not a sweep's "
                         "description); rerun the sweep into this folder")
+    from ..runfolder import inside
+
+    for c in meta["cells"]:  # report locks and rewrites each cell: never one outside
+        inside(sweep_dir, c["dir"], sweep_dir / "sweep.json")
     return meta
 
 
