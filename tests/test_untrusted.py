@@ -437,3 +437,26 @@ def test_s1_sweep_cell_folder_outside_the_sweep_is_refused(tmp_path, capsys):
     assert report_main([str(sweep)]) == 2
     _one_error_line(capsys.readouterr().err, "outside", "sweep.json")
     assert list(elsewhere.iterdir()) == []
+
+
+def test_cached_files_dated_in_the_future_are_not_computed_now(tmp_path, monkeypatch):
+    """tasks.json marked cached tasks as computed when their files' times were in the
+    future (``touch -d 2100``, a copy from a machine with a fast clock)."""
+    from robustpath.config import from_preset
+    from robustpath.sweep import nodes
+    from robustpath.sweep.plan import Node
+
+    (tmp_path / "cached.bin").write_text("x")
+    os.utime(tmp_path / "cached.bin", (4.1e9, 4.1e9))  # the year 2099
+    (tmp_path / "fresh.bin").write_text("x")
+    stage = "test-future-times"
+    if stage not in nodes.RUNNERS:
+        nodes.RUNNERS.register(stage)(
+            lambda node, *a: {"files": [node.params["file"]]})
+    cfg = from_preset("quick", train_subset=64, test_subset=16)
+    ctx = nodes.Context(str(tmp_path))
+    old = nodes.call_node(Node("a", stage, cfg, {"file": "cached.bin"}), ctx)
+    assert "error" not in old and old["computed"] is False
+    os.utime(tmp_path / "fresh.bin")  # written "now", by the task
+    new = nodes.call_node(Node("b", stage, cfg, {"file": "fresh.bin"}), ctx)
+    assert new["computed"] is True
