@@ -4,7 +4,7 @@ and resource faults end in one line. Each test reproduces a case of the issue (S
 D1-D4, D6, D7) and fails on the code before it; each checks that files outside the
 folder are untouched.
 
-All fast: hand-built run folders committed through :mod:`robustpath.runfolder` (the
+Fast except the real full disk (slow tier): hand-built run folders committed through :mod:`robustpath.runfolder` (the
 path every writer and ``report`` take), a few hundred Fashion-MNIST images where a
 stage must run.
 """
@@ -396,6 +396,7 @@ def test_d7_errors_in_cli_main_name_what_ran_out(capsys):
     _one_error_line(capsys.readouterr().err, "disk is full", "/x/records.csv")
 
 
+@pytest.mark.slow  # a bench run up to its first checkpoint write: ~35 s on 2 cores
 def test_d7_disk_full_during_a_run_is_one_line_and_leaves_nothing_half_written(tmp_path):
     """A real full disk: the run's folder on a 256 KB tmpfs (in a user+mount namespace)."""
     if shutil.which("unshare") is None or subprocess.run(
