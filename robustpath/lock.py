@@ -58,7 +58,7 @@ def _open_nofollow(lock_file: Path, flags: int) -> int:
                             "file (remove the link)") from None
         raise
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         os.close(fd)
         raise UserError(f"{lock_file} is not a plain file (a link or a device); a lock file "
                         "must be a regular file with one name (remove it)")
