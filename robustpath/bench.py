@@ -13,17 +13,27 @@ Example: ``python -m robustpath.bench --attack pgd --eps 8/255``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
+from dataclasses import MISSING, replace
 from pathlib import Path
 
 import torch
 
 from . import runfolder, runtime, stages
 from .attacks import ATTACKS
-from .cli import ArgumentParser, data_root, split_list
-from .config import ALIGN_METHODS, PRESETS, BenchConfig, from_preset
+from .cli import (
+    ArgumentParser,
+    add_deprecated,
+    add_run_options,
+    data_root,
+    parse_with_config,
+    split_list,
+    threat_model,
+)
+from .config import ALIGN_METHODS, PRESETS, BenchConfig, flag_of, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
 from .lock import run_lock
@@ -72,9 +82,12 @@ def parser() -> argparse.ArgumentParser:
     a("--paths", default="line,bezier", help=f"path families: {', '.join(CURVES.names())}")
     a("--bends", type=int, default=None, help="control points of bezier/polychain (default 1)")
     a("--attack", default="pgd", help=f"evaluation attack: {', '.join(ATTACKS.names())}")
-    a("--norm", default="linf", help="threat model: linf or l2")
+    a("--threat-model", dest="norm", type=threat_model, default=None,
+      help="RobustBench threat model: Linf or L2 (default Linf)")
+    add_deprecated(p, "--norm", "--threat-model", "norm", threat_model, "--threat-model Linf|L2")
     a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 or 0.1 "
-      "(default 0.1 for 28x28 datasets, 8/255 for CIFAR); also used in training")
+      "(default per dataset: 0.1 for 28x28 datasets, 8/255 for CIFAR, 0.5 for CIFAR L2); "
+      "also used in training")
     a("--step-size", default=None, help="PGD step size (default eps/4)")
     a("--steps", type=int, default=None, help=f"attack steps in evaluation ({preset_default('eval_steps')})")
     a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint and curve training ({preset_default('train_steps')})")
@@ -155,7 +168,32 @@ def parser() -> argparse.ArgumentParser:
       "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
     a("--wandb-offline", action="store_true",
       help="also log them to an offline Weights & Biases run in <out>/wandb/ (needs wandb)")
+    add_run_options(p)
     return p
+
+
+def file_defaults(values: dict) -> dict:
+    """What a bench run resolves for fields left out, for the preset in ``values``."""
+    from dataclasses import fields
+
+    base = {f.name: f.default for f in fields(BenchConfig) if f.default is not MISSING}
+    base.update({f.name: f.default_factory() for f in fields(BenchConfig)
+                 if f.default_factory is not MISSING})
+    preset = values.get("preset", "quick")
+    return {**base, **(PRESETS.get(preset) if preset in PRESETS else {})}
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, BenchConfig]:
+    """``argv`` -> the parsed flags and the resolved, validated configuration
+    (``--config FILE`` first, the typed flags over it)."""
+    args, rest = parse_with_config(parser(), argv, flag_of, defaults=file_defaults)
+    cfg = config_from_args(args)
+    if rest:  # fields of the file that no bench flag sets (e.g. lr, batch_size)
+        unknown = set(rest) - set(BenchConfig.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"--config: unknown config keys: {', '.join(sorted(unknown))}")
+        cfg = replace(cfg, **rest).validate()
+    return args, cfg
 
 
 def preset_default(key: str) -> str:
@@ -303,8 +341,10 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
-    cfg = config_from_args(args)
+    args, cfg = parse(argv)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     command = "python -m robustpath.bench " + " ".join(shlex.quote(a) for a in argv)
     if args.tensorboard or args.wandb_offline:  # fail before the run, not after it
         from . import tracking

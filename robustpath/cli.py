@@ -57,3 +57,162 @@ def data_root(text: str) -> str:
 def split_list(text: str) -> list[str]:
     """``"a,b c"`` -> ``["a", "b", "c"]``."""
     return [p for p in str(text).replace(",", " ").split() if p]
+
+
+# ---------------------------------------------------------------- shared vocabulary
+#: RobustBench's threat-model names -> the ``norm`` stored in configs and cache keys
+THREAT_MODELS = {"linf": "linf", "l2": "l2"}
+
+
+def threat_model(text: str) -> str:
+    """argparse ``type`` of ``--threat-model``: RobustBench's ``Linf`` or ``L2`` (any
+    case) -> the stored ``norm`` (``linf`` / ``l2``)."""
+    norm = THREAT_MODELS.get(str(text).strip().lower())
+    if norm is None:
+        raise argparse.ArgumentTypeError(f"must be Linf or L2, got {text!r}")
+    return norm
+
+
+class Deprecated(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's ``dest`` (through its
+    ``type``) and prints one ``note:`` line naming the new flag. Hidden from --help."""
+
+    def __init__(self, option_strings, dest, new: str = "", convert=None, **kwargs):
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new, self.convert = new, convert
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import sys
+
+        print(f"note: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        if self.convert is not None:
+            try:
+                values = self.convert(values)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise UserError(f"argument {option_string}: {e}") from None
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str,
+                   convert=None, hint: str | None = None) -> None:
+    """``old`` keeps working for now, as ``new`` (one notice line when used)."""
+    p.add_argument(old, dest=dest, action=Deprecated, new=hint or new, convert=convert,
+                   default=argparse.SUPPRESS)
+
+
+def add_run_options(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """The options every command has: ``--version``; with ``config``, ``--config FILE``
+    (a run folder's ``config.json``, the folder itself, or a YAML / TOML / JSON file of
+    config fields; flags given beside it win) and ``--print-config`` (the resolved
+    configuration as JSON, then exit, running nothing)."""
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"robustpath {__version__}",
+                   help="print robustpath's version and exit")
+    if config:
+        p.add_argument("--config", default=None, metavar="FILE",
+                       help="read settings from FILE: a run folder (its config.json) or a "
+                       ".json / .yaml / .toml file of config fields (as --print-config writes "
+                       "them); flags given on the command line override it")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved configuration as JSON and exit (runs nothing)")
+
+
+def load_config_file(path: str) -> dict:
+    """The config fields in ``path``: a run folder (its ``config.json``), or a JSON,
+    YAML or TOML file holding one mapping."""
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        elif p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parser's error becomes one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--config {path}: not readable as {p.suffix.lstrip('.') or 'json'}: "
+                        f"{first}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of config fields")
+    return data
+
+
+def _as_text(value) -> str:
+    """A config value as its flag's text: lists comma-joined, pairs ``A:B``, a mapping
+    ``NAME=VALUE``; floats by repr (exact round trip)."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ",".join(":".join(map(str, v)) if isinstance(v, (list, tuple)) else repr(v)
+                        if isinstance(v, float) else str(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def config_argv(p: argparse.ArgumentParser, values: dict, flag_of,
+                defaults: dict | None = None) -> tuple[list[str], dict]:
+    """``values`` (config fields) as command-line tokens of parser ``p``, to be put
+    before the user's own (argparse: the last occurrence wins, so typed flags override
+    the file). A bool field is a switch (``--x`` for True, ``--no-x`` for False where
+    the parser has it). Returns the tokens and the fields no flag of ``p`` sets (the
+    caller sets them on the resolved config). A field equal to its entry in
+    ``defaults`` (what the command resolves without the flag) gives no token, so that
+    settings of stages that are off (e.g. ``curvature_iters`` without ``--curvature``)
+    are not flags the command would refuse."""
+    known = p._option_string_actions  # noqa: SLF001 - argparse has no public lookup
+    argv, rest = [], {}
+    for name, value in values.items():
+        if defaults is not None and name in defaults and defaults[name] == value:
+            continue
+        flag = flag_of(name)
+        if isinstance(value, bool):
+            on, off = flag, "--no-" + flag[2:]
+            if value and on in known and known[on].nargs == 0:
+                argv.append(on)
+            elif not value and off in known:
+                argv.append(off)
+            elif not ((value and off in known) or (not value and on in known)):
+                rest[name] = value  # no switch: neither given nor the parser's default
+            continue
+        if flag in known and not isinstance(known[flag], Deprecated):
+            if value is None or value == [] or value == {}:
+                continue
+            argv += [flag, _as_text(value)]
+        else:
+            rest[name] = value
+    return argv, rest
+
+
+def parse_with_config(p: argparse.ArgumentParser, argv: list[str], flag_of,
+                      legacy: dict | None = None,
+                      defaults=None) -> tuple[argparse.Namespace, dict]:
+    """Parse ``argv``; with ``--config FILE`` the file's fields come first as flags
+    (:func:`config_argv`), the typed flags after them. ``legacy`` renames fields of old
+    config files; ``defaults(values) -> dict`` what the command resolves for fields
+    left out (:func:`config_argv`). Returns the namespace and the file's fields that no
+    flag sets."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return p.parse_args(argv), {}
+    values = load_config_file(known.config)
+    for old, new in (legacy or {}).items():
+        if old in values and new not in values:
+            values[new] = values.pop(old)
+    tokens, rest = config_argv(p, values, flag_of, defaults(values) if defaults else None)
+    return p.parse_args(tokens + list(argv)), rest
