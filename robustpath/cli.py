@@ -199,12 +199,14 @@ def config_argv(p: argparse.ArgumentParser, values: dict, flag_of,
 
 def parse_with_config(p: argparse.ArgumentParser, argv: list[str], flag_of,
                       legacy: dict | None = None,
-                      defaults=None) -> tuple[argparse.Namespace, dict]:
+                      defaults=None, sub: argparse.ArgumentParser | None = None
+                      ) -> tuple[argparse.Namespace, dict]:
     """Parse ``argv``; with ``--config FILE`` the file's fields come first as flags
     (:func:`config_argv`), the typed flags after them. ``legacy`` renames fields of old
     config files; ``defaults(values) -> dict`` what the command resolves for fields
     left out (:func:`config_argv`). Returns the namespace and the file's fields that no
-    flag sets."""
+    flag sets. ``sub``: the subcommand parser (``argv[0]`` its name) whose flags the
+    file sets."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -214,5 +216,8 @@ def parse_with_config(p: argparse.ArgumentParser, argv: list[str], flag_of,
     for old, new in (legacy or {}).items():
         if old in values and new not in values:
             values[new] = values.pop(old)
-    tokens, rest = config_argv(p, values, flag_of, defaults(values) if defaults else None)
-    return p.parse_args(tokens + list(argv)), rest
+    tokens, rest = config_argv(sub or p, values, flag_of,
+                               defaults(values) if defaults else None)
+    argv = list(argv)
+    head, argv = (argv[:1], argv[1:]) if sub is not None else ([], argv)
+    return p.parse_args(head + tokens + argv), rest

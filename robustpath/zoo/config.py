@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from ..cli import data_root, split_list
+from ..cli import add_run_options, data_root, split_list
 from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
 from ..config import StageConfig
 from ..errors import UserError
@@ -89,7 +89,8 @@ class CompareConfig(StageConfig):
 
 def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a = q.add_argument
-    a("--models", required=True, help="zoo names, comma-separated (at least two)")
+    a("--models", default=None, help="zoo names, comma-separated (at least two; required "
+      "unless --config gives them)")
     a("--pairs", default=None, help="explicit pairs A:B,C:D (default: every same-architecture "
       "pair of --models; a pair of different architectures is an error)")
     a("--data-root", default=None, type=data_root, help="an existing folder with cifar-10-batches-py / cifar-100-python "
@@ -103,9 +104,9 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
       "(bezier/polychain are fitted with PGD in the loop)")
     a("--bends", type=int, default=1, help="control points of bezier/polychain")
     a("--attack", default="pgd", help="attack evaluated along the paths (see robustpath.attacks)")
-    a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 (default 8/255 for Linf, "
-      "0.5 for L2)")
-    a("--steps", type=int, default=10, help="attack steps along the paths")
+    a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 (default per dataset: "
+      "8/255 for Linf, 0.5 for L2 on CIFAR)")
+    a("--steps", dest="eval_steps", type=int, default=10, help="attack steps along the paths")
     a("--step-size", default=None, help="PGD step size (default eps/4)")
     a("--restarts", type=int, default=1, help="attack restarts along the paths")
     a("--train-steps", type=int, default=5, help="PGD steps for BN recomputation on adv inputs, "
@@ -155,6 +156,16 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--overwrite", action="store_true",
       help="allow --out to hold a comparison with a different configuration")
     a("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(q)
+
+
+#: fields of comparisons' config.json written before the shared schema -> today's
+LEGACY_FIELDS = {"steps": "eval_steps", "threat": "norm"}
+
+
+def file_defaults(values: dict) -> dict:
+    """What a comparison resolves for fields left out."""
+    return CompareConfig().to_dict()
 
 
 def config_from_args(args) -> CompareConfig:
@@ -171,10 +182,10 @@ def config_from_args(args) -> CompareConfig:
     except ValueError:
         raise UserError(f"--strong-t must be numbers in [0, 1], got {args.strong_t!r}") from None
     cfg = CompareConfig(
-        models=split_list(args.models), model_dir=args.model_dir, dataset=args.dataset,
-        threat=args.threat, data_root=args.data_root, pairs=pairs, align=split_list(args.align),
+        models=split_list(args.models or ""), model_dir=args.model_dir, dataset=args.dataset,
+        norm=args.norm, data_root=args.data_root, pairs=pairs, align=split_list(args.align),
         align_inputs=args.align_inputs, align_samples=args.align_samples, paths=split_list(args.paths),
-        bends=args.bends, attack=args.attack, eps=args.eps, steps=args.steps,
+        bends=args.bends, attack=args.attack, eps=args.eps, eval_steps=args.eval_steps,
         step_size=args.step_size, restarts=args.restarts, train_steps=args.train_steps,
         t_points=args.t_points, test_subset=args.test_subset, train_subset=args.train_subset,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, batch_size=args.batch_size,
