@@ -199,20 +199,23 @@ def config_argv(p: argparse.ArgumentParser, values: dict, flag_of,
 
 def parse_with_config(p: argparse.ArgumentParser, argv: list[str], flag_of,
                       legacy: dict | None = None,
-                      defaults=None, sub: argparse.ArgumentParser | None = None
-                      ) -> tuple[argparse.Namespace, dict]:
+                      defaults=None, sub: argparse.ArgumentParser | None = None,
+                      transform=None) -> tuple[argparse.Namespace, dict]:
     """Parse ``argv``; with ``--config FILE`` the file's fields come first as flags
     (:func:`config_argv`), the typed flags after them. ``legacy`` renames fields of old
     config files; ``defaults(values) -> dict`` what the command resolves for fields
     left out (:func:`config_argv`). Returns the namespace and the file's fields that no
     flag sets. ``sub``: the subcommand parser (``argv[0]`` its name) whose flags the
-    file sets."""
+    file sets; ``transform(values) -> values`` reshapes a command's file (e.g. nested
+    attack settings to flat fields)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if not known.config:
         return p.parse_args(argv), {}
     values = load_config_file(known.config)
+    if transform is not None:
+        values = transform(values)
     for old, new in (legacy or {}).items():
         if old in values and new not in values:
             values[new] = values.pop(old)
