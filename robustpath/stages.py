@@ -204,9 +204,8 @@ def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool
     the strong stage: :class:`robustpath.strong.PointSetup`. With ``--renorm`` other than
     bn-reset, the points of the path ``model_at`` are prepared by
     :class:`robustpath.repair.PathRenorm` (:class:`robustpath.repair.RenormSetup`)."""
-    from .strong import PointSetup
-
     from .repair import RENORMS, RenormSetup, for_path
+    from .strong import PointSetup
 
     if not RENORMS.get(cfg.renorm).recomputes_bn:
         if model_at is None:

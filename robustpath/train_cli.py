@@ -11,8 +11,14 @@ from pathlib import Path
 
 from . import models
 from .attacks import AttackConfig
-from .cli import (ArgumentParser, add_deprecated, add_run_options, data_root,
-                  parse_with_config, threat_model)
+from .cli import (
+    ArgumentParser,
+    add_deprecated,
+    add_run_options,
+    data_root,
+    parse_with_config,
+    threat_model,
+)
 from .config import default_eps
 from .device import resolve
 from .errors import UserError, cli_main
