@@ -1,0 +1,167 @@
+"""One flag vocabulary (issue 26): every command spells and means the shared flags the
+same way, old spellings still work with one notice line, ``--config`` reproduces a
+run's configuration, and the zoo's stage settings are the shared groups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from robustpath import bench, report, soup_cli, train_cli
+from robustpath.config import BenchConfig, StageConfig, default_eps
+from robustpath.sweep import __main__ as sweep_main
+from robustpath.zoo import cli as zoo_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"
+
+
+def _actions(p):
+    """Option string -> argparse action of a parser (the zoo: its ``compare``)."""
+    p = getattr(p, "compare", p)
+    return p._option_string_actions
+
+
+PARSERS = {"bench": bench.parser(), "zoo": zoo_cli.parser(), "soup": soup_cli.parser(),
+           "train": train_cli._parser()}
+#: shared flag -> the config field it sets (its argparse dest) wherever it exists
+SHARED = {"--threat-model": "norm", "--eps": "eps", "--steps": "eval_steps",
+          "--train-steps": "train_steps", "--dataset": "dataset", "--device": "device",
+          "--data-root": "data_root", "--attack": "attack", "--step-size": "step_size",
+          "--config": "config", "--print-config": "print_config"}
+# soup's SoupConfig names the evaluation steps `steps` (its own dataclass field)
+SOUP_DEST = {"eval_steps": "steps"}
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_shared_flags_mean_the_same_everywhere(name):
+    acts = _actions(PARSERS[name])
+    for flag in ("--threat-model", "--eps", "--train-steps", "--dataset", "--device",
+                 "--data-root", "--config", "--print-config", "--version"):
+        assert flag in acts, (name, flag)
+    for flag, dest in SHARED.items():
+        if flag not in acts or type(acts[flag]).__name__ == "Deprecated":
+            continue
+        want = SOUP_DEST.get(dest, dest) if name == "soup" else dest
+        if name == "zoo" and flag == "--threat-model":
+            want = "threat"  # parsed to norm after (the zoo's list also knows corruptions)
+        assert acts[flag].dest == want, (name, flag, acts[flag].dest)
+    # --threat-model takes RobustBench's names in every command
+    if name != "zoo":
+        assert acts["--threat-model"].type("Linf") == "linf"
+        assert acts["--threat-model"].type("L2") == "l2"
+    # --steps is the evaluation attack wherever it is not an old spelling
+    if "--steps" in acts and type(acts["--steps"]).__name__ != "Deprecated":
+        assert acts["--steps"].dest in ("eval_steps", "steps"), name
+    # --attack is the evaluation attack: train's training attack is --train-attack
+    assert "--attack" not in acts or name != "train"
+
+
+def test_every_command_has_version(capsys):
+    for main in (bench.main, report.main, train_cli.main, zoo_cli.main, soup_cli.main,
+                 sweep_main.main):
+        with pytest.raises(SystemExit) as e:
+            main(["--version"])
+        assert e.value.code == 0
+    assert capsys.readouterr().out.count("robustpath ") == 6
+
+
+@pytest.mark.parametrize("main,argv,notice", [
+    (bench.main, ["--norm", "l2"], "--norm is deprecated; use --threat-model"),
+    (train_cli.main, ["--steps", "3"], "--steps is deprecated; use --train-steps"),
+    (train_cli.main, ["--method", "fgsm"], "--method is deprecated; use --train-attack"),
+    (zoo_cli.main, ["compare", "--models", "a,b", "--threat", "L2"],
+     "--threat is deprecated; use --threat-model"),
+])
+def test_old_spellings_work_with_one_notice(main, argv, notice, capsys):
+    assert main([*argv, "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [f"note: {notice}"]
+    cfg = json.loads(out)
+    flat = cfg.get("attack") if main is train_cli.main else cfg
+    if "--norm" in argv or "--threat" in argv:
+        assert flat["norm"] == "l2"
+    if "--steps" in argv:
+        assert flat["steps"] == 3
+    if "--method" in argv:
+        assert cfg["method"] == "fgsm"
+
+
+def test_eps_defaults_per_dataset_in_train_too(capsys):
+    assert train_cli.main(["--dataset", "cifar10", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["attack"]["eps"] == cfg["eval_attack"]["eps"] == 8 / 255
+    assert default_eps("fashion-mnist", "linf") == 0.1
+    assert default_eps("cifar10", "l2") == 0.5
+
+
+def test_bad_threat_model_is_one_line_exit_2(capsys):
+    assert bench.main(["--threat-model", "L3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threat-model" in err[0] and "Linf or L2" in err[0]
+
+
+def test_errors_name_the_typed_flag(capsys):
+    assert bench.main(["--epochs", "0", "--print-config"]) == 2
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_config_reproduces_the_committed_default_run(capsys):
+    """``--config <run>/config.json`` resolves to that run's configuration, field for
+    field (also fields no bench flag sets, e.g. lr); a typed flag wins over the file."""
+    stored = json.loads((DEFAULT_RUN / "config.json").read_text())
+    _, cfg = bench.parse(["--config", str(DEFAULT_RUN / "config.json")])
+    assert cfg.to_dict() == stored
+    _, cfg = bench.parse(["--config", str(DEFAULT_RUN), "--steps", "3"])
+    assert cfg.eval_steps == 3 and dict(cfg.to_dict(), eval_steps=10) == stored
+
+
+def test_config_reads_yaml_and_toml(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("eval_steps: 7\nnorm: l2\nlr: 0.03\n")
+    (tmp_path / "c.toml").write_text('eval_steps = 7\nnorm = "l2"\nlr = 0.03\n')
+    for f in ("c.yaml", "c.toml"):
+        _, cfg = bench.parse(["--config", str(tmp_path / f)])
+        assert (cfg.eval_steps, cfg.norm, cfg.lr) == (7, "l2", 0.03)
+    (tmp_path / "bad.json").write_text("{nope")
+    assert bench.main(["--config", str(tmp_path / "bad.json")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_zoo_config_round_trips_and_reads_old_names(tmp_path, capsys):
+    assert zoo_cli.main(["compare", "--models", "a,b", "--threat-model", "L2", "--steps", "3",
+                         "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    (tmp_path / "config.json").write_text(json.dumps(printed))
+    assert zoo_cli.main(["compare", "--config", str(tmp_path), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+    # a comparison's config.json from before the shared schema: threat / steps
+    old = {k: v for k, v in printed.items() if k not in ("norm", "eval_steps")}
+    (tmp_path / "config.json").write_text(json.dumps(dict(old, threat="L2", steps=3)))
+    assert zoo_cli.main(["compare", "--config", str(tmp_path), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+
+
+def test_zoo_stage_config_is_the_shared_groups():
+    """The zoo's stage settings are its own shared fields, nothing copied by hand."""
+    from dataclasses import fields
+
+    from robustpath.zoo.config import CompareConfig
+    from robustpath.zoo.run import stage_config
+
+    cfg = CompareConfig(models=["a", "b"], eval_steps=3, norm="l2").validate()
+    scfg = stage_config(cfg)
+    assert isinstance(scfg, BenchConfig)
+    for f in fields(StageConfig):
+        assert getattr(scfg, f.name) == getattr(cfg, f.name), f.name
+    assert scfg.eval_attack() == cfg.eval_attack() and scfg.eps == 0.5
+
+
+def test_renorm_and_alignment_registries_carry_the_metadata():
+    from robustpath import methods
+    from robustpath.repair import RENORMS
+
+    assert [n for n in RENORMS.names() if RENORMS.get(n).recomputes_bn] == ["bn-reset"]
+    assert [n for n in RENORMS.names() if not RENORMS.get(n).in_key] == ["bn-reset"]
+    assert methods.ORDER == methods.ALIGN.registered() and methods.ORDER[0] == "none"
