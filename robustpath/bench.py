@@ -105,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
     a("--train-subset", type=int, default=None, help=f"training examples (0 = all; {preset_default('train_subset')})")
     a("--test-subset", type=int, default=None, help=f"test examples (0 = all; {preset_default('test_subset')})")
     a("--t-points", type=int, default=None, help=f"evenly spaced t in [0,1] ({preset_default('t_points')})")
+    a("--batch-size", type=int, default=None, help="batch size of every pass over training data: endpoint, curve and PAM training, "
+      f"BN recomputation ({preset_default('batch_size')})")
     a("--bn-inputs", default=None, help=f"BN recomputed at each t on clean or adv inputs ({preset_default('bn_inputs')})")
     a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t "
       f"({preset_default('bn_batches')}; paper's 391 = the whole CIFAR-10 training set; "
@@ -221,6 +223,7 @@ def config_from_args(args) -> BenchConfig:
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
+        batch_size=args.batch_size,
         renorm=args.renorm,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
         curvature_examples=args.curvature, curvature_iters=args.curvature_iters,

@@ -78,6 +78,7 @@ class SoupConfig:
     width: float | None = None
     norm: str | None = None      # --threat-model (None: the preset's, L-inf)
     eps: str | None = None
+    step_size: str | None = None
     steps: int | None = None
     train_steps: int | None = None
     epochs: int | None = None
@@ -119,7 +120,8 @@ class SoupConfig:
     def bench(self) -> BenchConfig:
         """The BenchConfig whose endpoint, data and attack settings this run shares."""
         cfg = from_preset(self.preset, dataset=self.dataset, arch=self.arch, width=self.width,
-                          norm=self.norm, eps=self.eps, eval_steps=self.steps, train_steps=self.train_steps,
+                          norm=self.norm, eps=self.eps, step_size=self.step_size,
+                          eval_steps=self.steps, train_steps=self.train_steps,
                           endpoint_epochs=self.epochs, train_subset=self.train_subset,
                           test_subset=self.test_subset, bn_inputs=self.bn_inputs,
                           bn_batches=self.bn_batches, align_inputs=self.align_inputs,
@@ -154,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
       help="RobustBench threat model: Linf or L2 (default Linf)")
     a("--eps", default=None, help="attack radius, e.g. 8/255 or 0.1 (default per dataset: 0.1 "
       "for 28x28 datasets, 8/255 for CIFAR, 0.5 for CIFAR L2)")
+    a("--step-size", default=None, help="PGD step size (default eps/4)")
     a("--steps", type=int, default=None, help=f"PGD steps in evaluation ({preset_default('eval_steps')})")
     a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint training ({preset_default('train_steps')})")
     a("--epochs", type=int, default=None, help=f"endpoint training epochs ({preset_default('endpoint_epochs')})")

@@ -18,44 +18,65 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"
 
 
-def _actions(p):
-    """Option string -> argparse action of a parser (the zoo: its ``compare``)."""
-    p = getattr(p, "compare", p)
-    return p._option_string_actions
-
-
 PARSERS = {"bench": bench.parser(), "zoo": zoo_cli.parser(), "soup": soup_cli.parser(),
            "train": train_cli._parser()}
-#: shared flag -> the config field it sets (its argparse dest) wherever it exists
-SHARED = {"--threat-model": "norm", "--eps": "eps", "--steps": "eval_steps",
-          "--train-steps": "train_steps", "--dataset": "dataset", "--device": "device",
-          "--data-root": "data_root", "--attack": "attack", "--step-size": "step_size",
-          "--config": "config", "--print-config": "print_config"}
-# soup's SoupConfig names the evaluation steps `steps` (its own dataclass field)
-SOUP_DEST = {"eval_steps": "steps"}
+
+
+def _resolved(name: str, argv: list[str]) -> dict:
+    """The shared settings a command resolves from ``argv``, in one common view."""
+    if name == "bench":
+        c = bench.parse(argv)[1]
+    elif name == "zoo":
+        from robustpath.zoo.config import config_from_args
+
+        args = PARSERS["zoo"].parse_args(["compare", "--models", "a,b", *argv])
+        args.norm = zoo_cli.threat_norm(args.threat)
+        c = config_from_args(args)
+    elif name == "soup":
+        c = soup_cli.config_from_args(PARSERS["soup"].parse_args(argv)).bench()
+    else:
+        t = train_cli.config_from_args(PARSERS["train"].parse_args(argv))
+        return {"dataset": t.dataset, "norm": t.attack.norm, "eps": t.attack.eps,
+                "train_steps": t.attack.steps, "eval_steps": t.eval_attack.steps,
+                "step_size": t.attack.step_size, "eval_norm": t.eval_attack.norm,
+                "eval_eps": t.eval_attack.eps}
+    return {"dataset": c.dataset, "norm": c.norm, "eps": c.eps, "train_steps": c.train_steps,
+            "eval_steps": c.eval_steps, "step_size": c.step_size,
+            "eval_norm": c.eval_attack().norm, "eval_eps": c.eval_attack().eps}
+
+
+#: shared flag, value typed -> what every command must resolve it to
+SHARED = [(["--threat-model", "L2"], {"norm": "l2", "eval_norm": "l2"}),
+          (["--threat-model", "linf"], {"norm": "linf"}),
+          (["--eps", "4/255"], {"eps": 4 / 255, "eval_eps": 4 / 255}),
+          (["--train-steps", "3"], {"train_steps": 3}),
+          (["--steps", "7"], {"eval_steps": 7}),
+          (["--step-size", "1/255"], {"step_size": 1 / 255}),
+          (["--dataset", "cifar100"], {"dataset": "cifar100", "eps": 8 / 255}),
+          (["--threat-model", "L2", "--dataset", "cifar10"], {"eps": 0.5})]
 
 
 @pytest.mark.parametrize("name", sorted(PARSERS))
 def test_shared_flags_mean_the_same_everywhere(name):
-    acts = _actions(PARSERS[name])
-    for flag in ("--threat-model", "--eps", "--train-steps", "--dataset", "--device",
-                 "--data-root", "--config", "--print-config", "--version"):
+    """Each command's parser is parsed with each shared flag and the resolved settings
+    compared: the same spelling sets the same setting to the same value everywhere."""
+    acts = getattr(PARSERS[name], "compare", PARSERS[name])._option_string_actions
+    for flag in ("--threat-model", "--eps", "--train-steps", "--step-size", "--dataset",
+                 "--device", "--data-root", "--config", "--print-config", "--version"):
         assert flag in acts, (name, flag)
-    for flag, dest in SHARED.items():
-        if flag not in acts or type(acts[flag]).__name__ == "Deprecated":
+    dataset = [] if name == "zoo" else ["--dataset", "fashion-mnist"]
+    for argv, want in SHARED:
+        if name == "train" and argv[0] == "--steps":
+            # train's --steps was its training steps: an old spelling of --train-steps now
+            assert type(acts["--steps"]).__name__ == "Deprecated"
             continue
-        want = SOUP_DEST.get(dest, dest) if name == "soup" else dest
-        if name == "zoo" and flag == "--threat-model":
-            want = "threat"  # parsed to norm after (the zoo's list also knows corruptions)
-        assert acts[flag].dest == want, (name, flag, acts[flag].dest)
-    # --threat-model takes RobustBench's names in every command
-    if name != "zoo":
-        assert acts["--threat-model"].type("Linf") == "linf"
-        assert acts["--threat-model"].type("L2") == "l2"
-    # --steps is the evaluation attack wherever it is not an old spelling
-    if "--steps" in acts and type(acts["--steps"]).__name__ != "Deprecated":
-        assert acts["--steps"].dest in ("eval_steps", "steps"), name
-    # --attack is the evaluation attack: train's training attack is --train-attack
+        if name == "zoo" and "--dataset" not in argv:
+            argv = [*argv]  # the zoo's default dataset is cifar10 (RobustBench's)
+        got = _resolved(name, [*dataset, *argv] if "--dataset" not in argv else argv)
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v) if isinstance(v, float) else got[k] == v, \
+                (name, argv, k, got[k])
+    # --attack is the evaluation attack wherever it exists: train's is --train-attack
     assert "--attack" not in acts or name != "train"
 
 
@@ -78,7 +99,8 @@ def test_every_command_has_version(capsys):
 def test_old_spellings_work_with_one_notice(main, argv, notice, capsys):
     assert main([*argv, "--print-config"]) == 0
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == [f"note: {notice}"]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"note: {notice}"), lines
     cfg = json.loads(out)
     flat = cfg.get("attack") if main is train_cli.main else cfg
     if "--norm" in argv or "--threat" in argv:
