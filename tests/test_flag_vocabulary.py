@@ -187,3 +187,18 @@ def test_renorm_and_alignment_registries_carry_the_metadata():
     assert [n for n in RENORMS.names() if RENORMS.get(n).recomputes_bn] == ["bn-reset"]
     assert [n for n in RENORMS.names() if not RENORMS.get(n).in_key] == ["bn-reset"]
     assert methods.ORDER == methods.ALIGN.registered() and methods.ORDER[0] == "none"
+
+
+def test_sweep_files_take_the_flags_names(tmp_path):
+    """A sweep file may name settings as the flags do (threat_model, steps)."""
+    from robustpath.errors import UserError
+    from robustpath.sweep.spec import load_sweep
+
+    f = tmp_path / "tm.toml"
+    f.write_text('[grid]\nthreat_model = ["Linf", "L2"]\nseeds = [0, 1]\n'
+                 '[overrides]\nsteps = 3\n')
+    cells = load_sweep(f, results_root=tmp_path).cells
+    assert [(c.cfg.norm, c.cfg.eval_steps) for c in cells] == [("linf", 3), ("l2", 3)]
+    f.write_text('[grid]\nseeds = [0, 1]\n[overrides]\nsteps = 3\neval_steps = 4\n')
+    with pytest.raises(UserError, match="set it in one place"):
+        load_sweep(f, results_root=tmp_path)
