@@ -57,7 +57,7 @@ SCALAR_ONLY = {"data_root", "device"}      # where/how, never an axis
 ALIASES = {"threat_model": "norm", "steps": "eval_steps"}
 
 
-def _unalias(loc: "_Locator", table: str, values: dict) -> dict:
+def _unalias(loc: _Locator, table: str, values: dict) -> dict:
     out = {}
     for key, value in values.items():
         name = ALIASES.get(key, key)
