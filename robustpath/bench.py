@@ -26,14 +26,14 @@ from . import runfolder, runtime, stages
 from .attacks import ATTACKS
 from .cli import (
     ArgumentParser,
-    add_deprecated,
+    add_field_flags,
     add_run_options,
+    add_threat_flags,
     data_root,
     parse_with_config,
     split_list,
-    threat_model,
 )
-from .config import ALIGN_METHODS, PRESETS, BenchConfig, flag_of, from_preset
+from .config import ALIGN_METHODS, FIELD_HELP, PRESETS, BenchConfig, flag_of, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
 from .lock import run_lock
@@ -82,13 +82,7 @@ def parser() -> argparse.ArgumentParser:
     a("--paths", default="line,bezier", help=f"path families: {', '.join(CURVES.names())}")
     a("--bends", type=int, default=None, help="control points of bezier/polychain (default 1)")
     a("--attack", default="pgd", help=f"evaluation attack: {', '.join(ATTACKS.names())}")
-    a("--threat-model", dest="norm", type=threat_model, default=None,
-      help="RobustBench threat model: Linf or L2 (default Linf)")
-    add_deprecated(p, "--norm", "--threat-model", "norm", threat_model, "--threat-model Linf|L2")
-    a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 or 0.1 "
-      "(default per dataset: 0.1 for 28x28 datasets, 8/255 for CIFAR, 0.5 for CIFAR L2); "
-      "also used in training")
-    a("--step-size", default=None, help="PGD step size (default eps/4)")
+    add_threat_flags(p)
     a("--steps", type=int, default=None, help=f"attack steps in evaluation ({preset_default('eval_steps')})")
     a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint and curve training ({preset_default('train_steps')})")
     a("--restarts", type=int, default=None, help=f"attack restarts in evaluation ({preset_default('restarts')})")
@@ -170,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
       "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
     a("--wandb-offline", action="store_true",
       help="also log them to an offline Weights & Biases run in <out>/wandb/ (needs wandb)")
+    # every other field of the configuration (lr, curve_lr, strong_t, ...; a field added
+    # later) gets its flag from the dataclass
+    add_field_flags(p, BenchConfig, flag_of, FIELD_HELP, default_text=preset_default)
     add_run_options(p)
     return p
 
@@ -211,8 +208,7 @@ def preset_default(key: str) -> str:
 
 
 def config_from_args(args) -> BenchConfig:
-    cfg = from_preset(
-        args.preset, dataset=args.dataset, arch=args.arch, width=args.width,
+    given = dict( dataset=args.dataset, arch=args.arch, width=args.width,
         seeds=parse_int_list(args.seeds, name="--seeds") if args.seeds else None,
         align=split_list(args.align), schedule=args.schedule, curve_schedule=args.curve_schedule,
         attack_mode=args.attack_mode, affine_degrees=args.affine_degrees,
@@ -233,6 +229,11 @@ def config_from_args(args) -> BenchConfig:
         strong_pgd_steps=args.strong_pgd_steps, strong_pgd_restarts=args.strong_pgd_restarts,
         amp=False if args.no_amp else None, fuse=False if args.no_fuse else None,
         data_root=args.data_root, device=args.device)
+    # the flags derived from fields (robustpath.cli.add_field_flags) carry the field's name
+    given.update({f: v for f, v in vars(args).items()
+                  if f in BenchConfig.__dataclass_fields__ and v is not None
+                  and f not in given and f not in ("preset", "out")})
+    cfg = from_preset(args.preset, **given)
     # a setting of a stage that does not run would be ignored without a word (issue 17)
     if args.curvature_iters is not None and not cfg.curvature_examples:
         raise UserError("--curvature-iters needs --curvature N (N > 0)")

@@ -124,6 +124,71 @@ def add_deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str,
                    default=argparse.SUPPRESS)
 
 
+def add_threat_flags(p: argparse.ArgumentParser, also: str = "also used in training") -> None:
+    """``--threat-model`` (old ``--norm``), ``--eps`` and ``--step-size``, defined once for
+    every command that trains or attacks (bench, soup, train; the zoo's ``--threat-model``
+    also names the ``corruptions`` folder of its ``list``). None: the dataset's default
+    (:func:`robustpath.config.default_eps`), L-inf."""
+    p.add_argument("--threat-model", dest="norm", type=threat_model, default=None,
+                   metavar="{Linf,L2}",
+                   help="RobustBench threat model: Linf or L2 (default Linf)")
+    add_deprecated(p, "--norm", "--threat-model", "norm", threat_model, "--threat-model Linf|L2")
+    p.add_argument("--eps", default=None, help="attack radius in pixels, e.g. 8/255 or 0.1 "
+                   "(default per dataset: 0.1 for 28x28 datasets, 8/255 for CIFAR, 0.5 for "
+                   f"CIFAR L2); {also}")
+    p.add_argument("--step-size", default=None, help="PGD step size (default eps/4)")
+
+
+def add_field_flags(p: argparse.ArgumentParser, cls, flag_of, helps: dict,
+                    default_text=None, skip: tuple[str, ...] = ()) -> list[str]:
+    """A flag for every field of dataclass ``cls`` that ``p`` has none for yet (neither
+    ``flag_of(field)`` nor its ``--no-`` switch), typed from the annotation: bool ->
+    ``--x`` / ``--no-x``, list -> comma-separated, int, float (fractions like 1/255 too),
+    str. Default None: the preset's / the dataclass's (``default_text(field)`` says which
+    in --help). ``helps``: field -> help text; ``skip``: fields that are no flag. So a
+    field added to the configuration is a flag without editing the parser. Returns the
+    fields added."""
+    from dataclasses import MISSING, fields
+
+    from .numbers import parse_fraction
+
+    known = p._option_string_actions  # noqa: SLF001 - argparse has no public lookup
+    added = []
+    for f in fields(cls):
+        flag = flag_of(f.name)
+        if flag in known or "--no-" + flag[2:] in known or f.name in skip:
+            continue
+        typ = str(f.type)
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        text = helps.get(f.name) or f"setting {f.name} of {cls.__name__}"
+        if default_text is not None:
+            text += f" ({default_text(f.name)})"
+        elif "default" not in text:
+            text += f" (default: {default})"
+        kw: dict = {"dest": f.name, "default": None, "help": text}
+        if typ.startswith("bool"):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typ.startswith("list"):
+            item = int if "int" in typ else float if "float" in typ else str
+            kw["type"] = lambda t, item=item, flag=flag: _items(t, item, flag)
+        elif typ.startswith("int"):
+            kw["type"] = int
+        elif typ.startswith("float"):
+            kw["type"] = lambda t, flag=flag: parse_fraction(t, name=flag)
+        p.add_argument(flag, **kw)
+        added.append(f.name)
+    return added
+
+
+def _items(text: str, item, flag: str) -> list:
+    try:
+        return [item(v) for v in split_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag} takes comma-separated "
+                                         f"{item.__name__} values, got {text!r}") from None
+
+
 def add_run_options(p: argparse.ArgumentParser, config: bool = True) -> None:
     """The options every command has: ``--version``; with ``config``, ``--config FILE``
     (a run folder's ``config.json``, the folder itself, or a YAML / TOML / JSON file of

@@ -97,6 +97,17 @@ ALIGN_METHODS = methods.ORDER
 FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps", "norm": "--threat-model",
          "curvature_examples": "--curvature", "expect_sha256": "--expect-sha256"}
 THREAT_OF_NORM = {"linf": "Linf", "l2": "L2"}
+#: help of the flags derived from fields (robustpath.cli.add_field_flags): fields whose
+#: flag the parsers do not write out
+FIELD_HELP = {
+    "lr": "peak learning rate of endpoint training",
+    "curve_lr": "learning rate of curve fitting",
+    "augment": "endpoint and curve training on randomly cropped and flipped images",
+    "strong_t": "extra t for the strong stage, comma-separated (always: 0, 1 and the t "
+                "of the lowest PGD robust accuracy)",
+    "bn_endpoints": "recompute BatchNorm at t = 0 and t = 1 too (--no-bn-endpoints: the "
+                    "endpoints keep their own statistics)",
+}
 #: bootstrap resamples at most: the resample weights are one [resamples, examples] float64
 #: array, so 10^8 would fail for memory only after every stage had run
 MAX_BOOTSTRAP = 100_000

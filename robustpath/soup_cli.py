@@ -37,10 +37,10 @@ from .cache import BoundPointCache
 from .cli import (
     ArgumentParser,
     add_run_options,
+    add_threat_flags,
     data_root,
     parse_with_config,
     split_list,
-    threat_model,
 )
 from .config import MAX_BOOTSTRAP, BenchConfig, from_preset
 from .device import resolve
@@ -152,11 +152,7 @@ def parser() -> argparse.ArgumentParser:
       help="an existing folder with dataset files (default ./data)")
     a("--arch", default=None, help=f"architecture ({preset_default('arch')})")
     a("--width", type=float, default=None, help=f"width multiplier ({preset_default('width')})")
-    a("--threat-model", dest="norm", type=threat_model, default=None,
-      help="RobustBench threat model: Linf or L2 (default Linf)")
-    a("--eps", default=None, help="attack radius, e.g. 8/255 or 0.1 (default per dataset: 0.1 "
-      "for 28x28 datasets, 8/255 for CIFAR, 0.5 for CIFAR L2)")
-    a("--step-size", default=None, help="PGD step size (default eps/4)")
+    add_threat_flags(p, also="in training and evaluation")
     a("--steps", type=int, default=None, help=f"PGD steps in evaluation ({preset_default('eval_steps')})")
     a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint training ({preset_default('train_steps')})")
     a("--epochs", type=int, default=None, help=f"endpoint training epochs ({preset_default('endpoint_epochs')})")

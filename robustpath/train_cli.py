@@ -15,9 +15,9 @@ from .cli import (
     ArgumentParser,
     add_deprecated,
     add_run_options,
+    add_threat_flags,
     data_root,
     parse_with_config,
-    threat_model,
 )
 from .config import default_eps
 from .device import resolve
@@ -74,16 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", default=d.lr, help="peak learning rate (default %(default)s)")
     p.add_argument("--schedule", default=d.schedule,
                    help=f"learning-rate schedule: {', '.join(SCHEDULES.names())}")
-    p.add_argument("--eps", default=None, help="attack radius in pixels, e.g. 8/255 (default per "
-                   "dataset: 0.1 for 28x28 datasets, 8/255 for CIFAR, 0.5 for CIFAR L2), in "
-                   "training and in the final PGD-10 evaluation")
-    p.add_argument("--threat-model", dest="norm", type=threat_model, default="linf",
-                   help="RobustBench threat model: Linf or L2 (default Linf)")
-    add_deprecated(p, "--norm", "--threat-model", "norm", threat_model, "--threat-model Linf|L2")
+    add_threat_flags(p, also="in training and in the final PGD-10 evaluation")
     p.add_argument("--train-steps", type=int, default=5, help="PGD steps in training (default 5)")
     # --steps is the evaluation attack's in every other command; here it was training's
     add_deprecated(p, "--steps", "--train-steps", "train_steps", int)
-    p.add_argument("--step-size", default=None, help="PGD step size (default eps/4)")
     p.add_argument("--train-subset", type=int, default=d.train_subset, help="0 = all")
     p.add_argument("--test-subset", type=int, default=d.test_subset, help="0 = all")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -112,6 +106,7 @@ def flat_fields(d: dict) -> dict:
 
 
 def config_from_args(args, rest: dict | None = None) -> TrainConfig:
+    args.norm = args.norm or "linf"
     eps = default_eps(args.dataset, args.norm) if args.eps is None else args.eps
     eps = parse_fraction(eps, name="--eps")
     if args.step_size is not None:
