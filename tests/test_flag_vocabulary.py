@@ -202,3 +202,19 @@ def test_sweep_files_take_the_flags_names(tmp_path):
     f.write_text('[grid]\nseeds = [0, 1]\n[overrides]\nsteps = 3\neval_steps = 4\n')
     with pytest.raises(UserError, match="set it in one place"):
         load_sweep(f, results_root=tmp_path)
+
+
+def test_soup_and_train_config_round_trip(tmp_path, capsys):
+    """What --print-config writes, --config reads back to the same configuration (soup:
+    its run folder's config.json is that dict; train: a checkpoint's .json holds it)."""
+    assert soup_cli.main(["--models", "4", "--threat-model", "L2", "--steps", "3",
+                          "--print-config"]) == 0
+    (tmp_path / "soup").mkdir()
+    (tmp_path / "soup" / "config.json").write_text(printed := capsys.readouterr().out)
+    assert soup_cli.main(["--config", str(tmp_path / "soup"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(printed)
+    assert train_cli.main(["--dataset", "cifar10", "--train-steps", "2", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    (tmp_path / "ep.json").write_text(json.dumps({"config": json.loads(printed)}))
+    assert train_cli.main(["--config", str(tmp_path / "ep.json"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(printed)

@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     def common(q):
         q.add_argument("--dataset", default="cifar10",
                        help="RobustBench dataset: cifar10, cifar100 (list also: imagenet)")
-        q.add_argument("--threat-model", dest="threat", default="Linf",
+        q.add_argument("--threat-model", dest="threat", default="Linf", metavar="{Linf,L2}",
                        help="RobustBench threat model: Linf or L2 (list also: corruptions)")
         add_deprecated(q, "--threat", "--threat-model", "threat")
         q.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,

@@ -106,7 +106,8 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--attack", default="pgd", help="attack evaluated along the paths (see robustpath.attacks)")
     a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 (default per dataset: "
       "8/255 for Linf, 0.5 for L2 on CIFAR)")
-    a("--steps", dest="eval_steps", type=int, default=10, help="attack steps along the paths")
+    a("--steps", dest="eval_steps", metavar="STEPS", type=int, default=10,
+      help="attack steps along the paths")
     a("--step-size", default=None, help="PGD step size (default eps/4)")
     a("--restarts", type=int, default=1, help="attack restarts along the paths")
     a("--train-steps", type=int, default=5, help="PGD steps for BN recomputation on adv inputs, "
