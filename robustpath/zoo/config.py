@@ -12,10 +12,8 @@ from ..errors import UserError
 from ..numbers import parse_fraction
 from .access import (
     DEFAULT_MODEL_DIR,
-    NORM_OF_THREAT,
     parse_dataset,
     parse_expect_sha256,
-    parse_threat,
 )
 
 
@@ -57,18 +55,6 @@ class CompareConfig(StageConfig):
     def threat(self) -> str:
         """RobustBench's threat-model name (``Linf``/``L2``): the model folder's level."""
         return self.threat_model
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CompareConfig:
-        """A config.json of a comparison, also one written before the shared schema
-        (``threat`` Linf/L2 -> ``norm``, ``steps`` -> ``eval_steps``)."""
-        d = dict(d)
-        if "threat" in d:
-            d["norm"] = NORM_OF_THREAT.get(parse_threat(d.pop("threat")), "linf")
-        if "steps" in d:
-            d["eval_steps"] = d.pop("steps")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
 
     def validate(self) -> CompareConfig:
         from .. import data as data_mod
