@@ -218,3 +218,15 @@ def test_soup_and_train_config_round_trip(tmp_path, capsys):
     (tmp_path / "ep.json").write_text(json.dumps({"config": json.loads(printed)}))
     assert train_cli.main(["--config", str(tmp_path / "ep.json"), "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(printed)
+
+
+def test_alignment_registries_name_the_same_methods():
+    """Metadata (methods.ALIGN), pairwise matchers (align.MATCHERS) and N-model mergers
+    (merge.MERGERS) hold different callables, so they stay three registries; a one-shot
+    method registered in one must be in the others (PAM refines a one-shot start)."""
+    from robustpath import methods
+    from robustpath.align import MATCHERS
+    from robustpath.merge import MERGERS
+
+    assert set(methods.ONE_SHOT) == set(MATCHERS.names()) == set(MERGERS.names())
+    assert set(methods.PAM.values()) <= set(methods.ONE_SHOT)
