@@ -323,7 +323,7 @@ class FGSMRS:
 
     def __init__(self, cfg: AttackConfig, num_classes: int = 10):
         if parse_norm(cfg.norm) is not Norm.LINF:
-            raise UserError("fgsm supports only --norm linf")
+            raise UserError("fgsm supports only --threat-model Linf")
         self.eps = float(cfg.eps)
         self.step_size = float(cfg.step_size) if cfg.step_size is not None else 1.25 * self.eps
         self.random_start = bool(cfg.random_start)

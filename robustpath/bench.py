@@ -13,17 +13,27 @@ Example: ``python -m robustpath.bench --attack pgd --eps 8/255``.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
+from dataclasses import MISSING, replace
 from pathlib import Path
 
 import torch
 
 from . import runfolder, runtime, stages
 from .attacks import ATTACKS
-from .cli import ArgumentParser, data_root, split_list
-from .config import ALIGN_METHODS, PRESETS, BenchConfig, from_preset
+from .cli import (
+    ArgumentParser,
+    add_field_flags,
+    add_run_options,
+    add_threat_flags,
+    data_root,
+    parse_with_config,
+    split_list,
+)
+from .config import ALIGN_METHODS, FIELD_HELP, PRESETS, BenchConfig, flag_of, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
 from .lock import run_lock
@@ -72,10 +82,7 @@ def parser() -> argparse.ArgumentParser:
     a("--paths", default="line,bezier", help=f"path families: {', '.join(CURVES.names())}")
     a("--bends", type=int, default=None, help="control points of bezier/polychain (default 1)")
     a("--attack", default="pgd", help=f"evaluation attack: {', '.join(ATTACKS.names())}")
-    a("--norm", default="linf", help="threat model: linf or l2")
-    a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 or 0.1 "
-      "(default 0.1 for 28x28 datasets, 8/255 for CIFAR); also used in training")
-    a("--step-size", default=None, help="PGD step size (default eps/4)")
+    add_threat_flags(p)
     a("--steps", type=int, default=None, help=f"attack steps in evaluation ({preset_default('eval_steps')})")
     a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint and curve training ({preset_default('train_steps')})")
     a("--restarts", type=int, default=None, help=f"attack restarts in evaluation ({preset_default('restarts')})")
@@ -92,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
     a("--train-subset", type=int, default=None, help=f"training examples (0 = all; {preset_default('train_subset')})")
     a("--test-subset", type=int, default=None, help=f"test examples (0 = all; {preset_default('test_subset')})")
     a("--t-points", type=int, default=None, help=f"evenly spaced t in [0,1] ({preset_default('t_points')})")
+    a("--batch-size", type=int, default=None, help="batch size of every pass over training data: endpoint, curve and PAM training, "
+      f"BN recomputation ({preset_default('batch_size')})")
     a("--bn-inputs", default=None, help=f"BN recomputed at each t on clean or adv inputs ({preset_default('bn_inputs')})")
     a("--bn-batches", type=int, default=None, help="training batches (of 128) for BN recomputation at each t "
       f"({preset_default('bn_batches')}; paper's 391 = the whole CIFAR-10 training set; "
@@ -155,7 +164,35 @@ def parser() -> argparse.ArgumentParser:
       "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
     a("--wandb-offline", action="store_true",
       help="also log them to an offline Weights & Biases run in <out>/wandb/ (needs wandb)")
+    # every other field of the configuration (lr, curve_lr, strong_t, ...; a field added
+    # later) gets its flag from the dataclass
+    add_field_flags(p, BenchConfig, flag_of, FIELD_HELP, default_text=preset_default)
+    add_run_options(p)
     return p
+
+
+def file_defaults(values: dict) -> dict:
+    """What a bench run resolves for fields left out, for the preset in ``values``."""
+    from dataclasses import fields
+
+    base = {f.name: f.default for f in fields(BenchConfig) if f.default is not MISSING}
+    base.update({f.name: f.default_factory() for f in fields(BenchConfig)
+                 if f.default_factory is not MISSING})
+    preset = values.get("preset", "quick")
+    return {**base, **(PRESETS.get(preset) if preset in PRESETS else {})}
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, BenchConfig]:
+    """``argv`` -> the parsed flags and the resolved, validated configuration
+    (``--config FILE`` first, the typed flags over it)."""
+    args, rest = parse_with_config(parser(), argv, flag_of, defaults=file_defaults)
+    cfg = config_from_args(args)
+    if rest:  # fields of the file that no bench flag sets (e.g. lr, batch_size)
+        unknown = set(rest) - set(BenchConfig.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"--config: unknown config keys: {', '.join(sorted(unknown))}")
+        cfg = replace(cfg, **rest).validate()
+    return args, cfg
 
 
 def preset_default(key: str) -> str:
@@ -171,8 +208,7 @@ def preset_default(key: str) -> str:
 
 
 def config_from_args(args) -> BenchConfig:
-    cfg = from_preset(
-        args.preset, dataset=args.dataset, arch=args.arch, width=args.width,
+    given = dict( dataset=args.dataset, arch=args.arch, width=args.width,
         seeds=parse_int_list(args.seeds, name="--seeds") if args.seeds else None,
         align=split_list(args.align), schedule=args.schedule, curve_schedule=args.curve_schedule,
         attack_mode=args.attack_mode, affine_degrees=args.affine_degrees,
@@ -183,6 +219,7 @@ def config_from_args(args) -> BenchConfig:
         endpoint_epochs=args.epochs, curve_epochs=args.curve_epochs,
         train_subset=args.train_subset, test_subset=args.test_subset, t_points=args.t_points,
         bn_inputs=args.bn_inputs, bn_batches=args.bn_batches, bootstrap=args.bootstrap,
+        batch_size=args.batch_size,
         renorm=args.renorm,
         plane_grid=args.plane_grid, pam_iters=args.pam_iters, t_batch=args.t_batch,
         curvature_examples=args.curvature, curvature_iters=args.curvature_iters,
@@ -192,6 +229,11 @@ def config_from_args(args) -> BenchConfig:
         strong_pgd_steps=args.strong_pgd_steps, strong_pgd_restarts=args.strong_pgd_restarts,
         amp=False if args.no_amp else None, fuse=False if args.no_fuse else None,
         data_root=args.data_root, device=args.device)
+    # the flags derived from fields (robustpath.cli.add_field_flags) carry the field's name
+    given.update({f: v for f, v in vars(args).items()
+                  if f in BenchConfig.__dataclass_fields__ and v is not None
+                  and f not in given and f not in ("preset", "out")})
+    cfg = from_preset(args.preset, **given)
     # a setting of a stage that does not run would be ignored without a word (issue 17)
     if args.curvature_iters is not None and not cfg.curvature_examples:
         raise UserError("--curvature-iters needs --curvature N (N > 0)")
@@ -303,8 +345,10 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
-    cfg = config_from_args(args)
+    args, cfg = parse(argv)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     command = "python -m robustpath.bench " + " ".join(shlex.quote(a) for a in argv)
     if args.tensorboard or args.wandb_offline:  # fail before the run, not after it
         from . import tracking

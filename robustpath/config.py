@@ -92,10 +92,22 @@ PRESETS.register("paper-fmnist")({
 MATCH_METHODS = methods.ONE_SHOT   # one-shot matchers (robustpath.align)
 PAM_METHODS = methods.PAM          # PAM (robustpath.pam.robust) -> the method it starts from
 ALIGN_METHODS = methods.ORDER
-#: config fields whose command-line flag is not ``--<field-with-dashes>``
-FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps",
-         # no bench flag: named as the sweep / Python setting
-         "batch_size": "batch_size"}
+#: config fields whose command-line flag is not ``--<field-with-dashes>`` (errors name
+#: the flag the user typed, not the field)
+FLAGS = {"endpoint_epochs": "--epochs", "eval_steps": "--steps", "norm": "--threat-model",
+         "curvature_examples": "--curvature", "expect_sha256": "--expect-sha256"}
+THREAT_OF_NORM = {"linf": "Linf", "l2": "L2"}
+#: help of the flags derived from fields (robustpath.cli.add_field_flags): fields whose
+#: flag the parsers do not write out
+FIELD_HELP = {
+    "lr": "peak learning rate of endpoint training",
+    "curve_lr": "learning rate of curve fitting",
+    "augment": "endpoint and curve training on randomly cropped and flipped images",
+    "strong_t": "extra t for the strong stage, comma-separated (always: 0, 1 and the t "
+                "of the lowest PGD robust accuracy)",
+    "bn_endpoints": "recompute BatchNorm at t = 0 and t = 1 too (--no-bn-endpoints: the "
+                    "endpoints keep their own statistics)",
+}
 #: bootstrap resamples at most: the resample weights are one [resamples, examples] float64
 #: array, so 10^8 would fail for memory only after every stage had run
 MAX_BOOTSTRAP = 100_000
@@ -106,69 +118,76 @@ MAX_T_POINTS, MAX_REFINE_ROUNDS = 10_001, 30
 DEFAULT_EPS = {"fashion-mnist": 0.1, "mnist": 0.1, "cifar10": 8 / 255, "cifar100": 8 / 255}
 
 
-@dataclass
-class BenchConfig:
-    """The resolved configuration of one benchmark run (written into the run folder)."""
+def flag_of(name: str) -> str:
+    """The command-line flag of config field ``name``."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
-    preset: str = "quick"
+
+def default_eps(dataset: str, norm: str) -> float:
+    """The attack radius a run gets when ``--eps`` is left out: RobustBench's budgets
+    for CIFAR (L-inf 8/255, L2 0.5), 0.1 for the 28x28 grey-scale datasets (the
+    literature's Fashion-MNIST / MNIST L-inf radius; used for L2 as before)."""
+    if parse_norm(norm).value == "l2" and dataset in ("cifar10", "cifar100"):
+        return 0.5
+    return DEFAULT_EPS.get(dataset, 8 / 255)
+
+
+def _check_lr(cfg, name: str) -> None:
+    """1e300 would only fail as NaN weights, much later (issue 25)."""
+    v = getattr(cfg, name)
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= MAX_LR):
+        raise UserError(f"{flag_of(name)} must be a number in (0, {MAX_LR}], got {v}")
+
+
+def _check_at_least_one(cfg, names) -> None:
+    for name in names:
+        if int(getattr(cfg, name)) < 1:
+            raise UserError(f"{flag_of(name)} must be >= 1, got {getattr(cfg, name)}")
+
+
+# ---------------------------------------------------------------- setting groups
+# Each group is defined once and composed (dataclass inheritance keeps the flat field
+# names that config.json, cache keys and old run folders use). Field names are the
+# config.json names; ``flag_of`` gives the command-line flag where it differs.
+@dataclass
+class DataSettings:
+    """Which examples a run reads."""
+
     dataset: str = "fashion-mnist"
-    arch: str = "cnn-small"
-    width: float = 1.0
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    align: list[str] = field(default_factory=lambda: ["none", "activation"])
-    align_inputs: str = "clean"
-    align_samples: int = 2000    # first training examples activation matching reads (Tatro: 10,000)
-    paths: list[str] = field(default_factory=lambda: ["line", "bezier"])
-    bends: int = 1
+    train_subset: int = 10000    # 0: the whole training set
+    test_subset: int = 1000      # 0: the whole test set
+    batch_size: int = 128
+    data_root: str | None = None
+
+    def check_data(self) -> None:
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag_of(name)} must be >= 0 (0 = all)")
+
+
+@dataclass
+class ThreatSettings:
+    """The threat model (RobustBench's ``Linf`` / ``L2``, stored as ``norm`` linf/l2)
+    and its attacks: ``attack`` with ``eval_steps`` evaluates (``--steps``), PGD with
+    ``train_steps`` makes training / BatchNorm / adv-matching inputs."""
+
     attack: str = "pgd"
     norm: str = "linf"
-    eps: float = 0.1
+    eps: float | None = 0.1      # None: default_eps(dataset, norm), resolved by validate()
     step_size: float | None = None
     train_steps: int = 5
     eval_steps: int = 10
     restarts: int = 1
-    train_subset: int = 10000
-    test_subset: int = 1000
-    endpoint_epochs: int = 4
-    curve_epochs: int = 4
-    lr: float = 0.05
-    curve_lr: float = 0.02
-    batch_size: int = 128
-    augment: bool = False
-    affine_degrees: float = 0.0  # endpoint + curve training: random rotation (Tatro et al.: 15)
-    schedule: str = "onecycle"   # endpoint lr schedule (robustpath.train.SCHEDULES)
-    curve_schedule: str = "cosine"  # curve lr schedule (robustpath.curve_train.SCHEDULES)
-    attack_mode: str = "eval"    # endpoint training's attacks in eval or train mode
-    t_points: int = 11
-    bn_batches: int = 10
-    bn_inputs: str = "adv"
-    renorm: str = "bn-reset"     # per-t renormalisation: bn-reset | repair | repair-adv | none
-    bootstrap: int = 1000
-    plane_grid: int = 0          # 0: no loss-surface plane plots
-    curvature_examples: int = 0  # input-Hessian curvature per t on N test examples; 0: off
-    curvature_iters: int = 20    # its power iterations (robustpath.curvature)
-    refine_rounds: int = 2       # bisection rounds around each path's minimum (2 extra t each)
-    strong: bool = True          # the strong stage (robustpath.strong): AutoAttack + PGD-many
-    strong_examples: int = 1000  # test examples the strong stage attacks (RobustBench n_examples)
-    aa_version: str = "standard"  # AutoAttack version: standard | plus | rand | custom
-    aa_attacks: list[str] | None = None  # AutoAttack custom: its sub-attacks
-    strong_pgd_steps: int = 50   # the strong stage's many-restart PGD: steps ...
-    strong_pgd_restarts: int = 10  # ... and restarts
-    strong_t: list[float] = field(default_factory=list)  # strong stage: extra t besides 0, 1, worst
-    bn_endpoints: bool = True    # recompute BN at t = 0, 1 too (zoo: False keeps published stats)
-    pam_iters: int = 2           # PAM outer iterations (alignments pam-* / tatro-*)
-    t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
-    amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
-    fuse: bool = True            # robustpath.fuse views (same function, other float rounding)
-    data_root: str | None = None
-    device: str = "auto"
-    out: str = ""
 
-    # ------------------------------------------------------------------ derived
-    def train_attack(self) -> AttackConfig:
-        """PGD used to make training inputs (endpoints and curves)."""
+    @property
+    def threat_model(self) -> str:
+        """RobustBench's name of the threat model: ``Linf`` or ``L2``."""
+        return THREAT_OF_NORM[parse_norm(self.norm).value]
+
+    def train_attack(self, seed: int | None = None) -> AttackConfig:
+        """PGD used to make training inputs (endpoints, curves, BN and adv matching)."""
         return AttackConfig(name="pgd", norm=self.norm, eps=self.eps, steps=self.train_steps,
-                            step_size=self.step_size)
+                            step_size=self.step_size, seed=seed)
 
     def eval_attack(self) -> AttackConfig:
         """The configured attack for evaluation along paths (seeded for repeatability)."""
@@ -181,6 +200,106 @@ class BenchConfig:
                             aa_version=self.aa_version if aa else None,
                             aa_attacks=self.aa_attacks if aa else None)
 
+    def check_threat(self) -> None:
+        ATTACKS.get(self.attack)
+        self.norm = parse_norm(self.norm).value
+        if self.eps is None:
+            self.eps = default_eps(self.dataset, self.norm)
+        self.eps = parse_fraction(self.eps, name="--eps")
+        from .train import check_eps_range  # late: heavy import
+
+        check_eps_range(self.norm, self.eps)
+        if self.step_size is not None:
+            self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
+        _check_at_least_one(self, ("train_steps", "eval_steps", "restarts"))
+
+
+@dataclass
+class AlignSettings:
+    """Alignment of endpoint B to A (methods: :mod:`robustpath.methods`)."""
+
+    align: list[str] = field(default_factory=lambda: ["none", "activation"])
+    align_inputs: str = "clean"
+    align_samples: int = 2000    # first training examples activation matching reads (Tatro: 10,000)
+
+    #: the methods a command may name (the zoo: one-shot matchers only)
+    ALIGN_CHOICES = methods.ORDER
+
+    def check_align(self) -> None:
+        for a in self.align:
+            if a not in self.ALIGN_CHOICES:
+                raise UserError(f"unknown alignment method {a!r} "
+                                f"(known: {', '.join(self.ALIGN_CHOICES)})")
+        if self.align_inputs not in ("clean", "adv"):
+            raise UserError(f"--align-inputs must be clean or adv, got {self.align_inputs!r}")
+        _check_at_least_one(self, ("align_samples",))
+
+
+@dataclass
+class CurveSettings:
+    """Path families and curve fitting (PGD in the loop)."""
+
+    paths: list[str] = field(default_factory=lambda: ["line", "bezier"])
+    bends: int = 1
+    curve_epochs: int = 4
+    curve_lr: float = 0.02
+    augment: bool = False
+
+    def check_curves(self) -> None:
+        from . import curves  # late: curves imports torch.func machinery
+
+        for p in self.paths:
+            curves.CURVES.get(p)
+        if not self.paths or not self.align:
+            raise UserError("--paths and --align need at least one value each")
+        for flag, values in (("--paths", self.paths), ("--align", self.align)):
+            if len(set(values)) != len(values):  # the t-grid check would fail after all work
+                raise UserError(f"{flag} must be distinct, got {','.join(map(str, values))}")
+        _check_at_least_one(self, ("bends", "curve_epochs"))
+        _check_lr(self, "curve_lr")
+
+
+@dataclass
+class PathEvalSettings:
+    """Evaluation along a path: t grid, per-t renormalisation, refinement, intervals."""
+
+    t_points: int = 11
+    bn_batches: int = 10
+    bn_inputs: str = "adv"
+    renorm: str = "bn-reset"     # per-t renormalisation: robustpath.repair.RENORMS
+    bn_endpoints: bool = True    # recompute BN at t = 0, 1 too (zoo: False keeps published stats)
+    refine_rounds: int = 2       # bisection rounds around each path's minimum (2 extra t each)
+    bootstrap: int = 1000
+
+    def check_eval(self) -> None:
+        if self.bn_inputs not in ("clean", "adv"):
+            raise UserError(f"--bn-inputs must be clean or adv, got {self.bn_inputs!r}")
+        from .repair import RENORMS  # late: the registry lives with the algorithm
+
+        RENORMS.get(self.renorm)  # one-line UserError listing the choices
+        if not 2 <= self.t_points <= MAX_T_POINTS:
+            raise UserError(f"--t-points must be in 2..{MAX_T_POINTS}, got {self.t_points}")
+        if not 0 <= self.refine_rounds <= MAX_REFINE_ROUNDS:
+            raise UserError(f"--refine-rounds must be in 0..{MAX_REFINE_ROUNDS}, "
+                            f"got {self.refine_rounds}")
+        _check_at_least_one(self, ("bn_batches", "bootstrap"))
+        if self.bootstrap > MAX_BOOTSTRAP:
+            raise UserError(f"--bootstrap must be <= {MAX_BOOTSTRAP}, got {self.bootstrap}")
+
+
+@dataclass
+class StrongStageSettings:
+    """The strong stage (:mod:`robustpath.strong`): AutoAttack + many-restart PGD at the
+    endpoints, each path's worst t and ``strong_t``."""
+
+    strong: bool = True
+    strong_examples: int = 1000  # test examples the strong stage attacks (RobustBench n_examples)
+    aa_version: str = "standard"  # AutoAttack version: standard | plus | rand | custom
+    aa_attacks: list[str] | None = None  # AutoAttack custom: its sub-attacks
+    strong_pgd_steps: int = 50   # the strong stage's many-restart PGD: steps ...
+    strong_pgd_restarts: int = 10  # ... and restarts
+    strong_t: list[float] = field(default_factory=list)  # extra t besides 0, 1, worst
+
     def strong_settings(self):
         """The strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
         from .strong import StrongSettings
@@ -190,28 +309,82 @@ class BenchConfig:
                               pgd_restarts=self.strong_pgd_restarts, seed=0,
                               extra_t=[float(t) for t in self.strong_t]).validate()
 
+    def check_strong(self) -> None:
+        if self.strong:
+            self.strong_settings()  # checks --strong-examples, --aa-version, --aa-attacks
+        elif (self.aa_attacks or self.aa_version != "standard") and self.attack != "autoattack":
+            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong) "
+                            "or --attack autoattack")
+        if self.attack == "autoattack":
+            self.eval_attack().validate()  # checks --aa-version / --aa-attacks for the path attack
+        for t in self.strong_t:
+            if not 0.0 <= float(t) <= 1.0:
+                raise UserError(f"--strong-t values must lie in [0, 1], got {t}")
+
+
+@dataclass
+class RuntimeSettings:
+    """How a run executes; none of these enter a cache key."""
+
+    t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
+    amp: bool = True             # bfloat16 autocast in training stages on CUDA; no-op on CPU
+    device: str = "auto"
+    out: str = ""
+
+
+@dataclass
+class StageConfig(DataSettings, ThreatSettings, AlignSettings, CurveSettings,
+                  PathEvalSettings, StrongStageSettings, RuntimeSettings):
+    """The settings every path-measuring command shares (bench, sweep cells, zoo): the
+    groups above, with one :meth:`validate`."""
+
+    def validate(self):
+        self.check_data()
+        data_mod.info(self.dataset)
+        self.check_threat()
+        self.check_align()
+        self.check_curves()
+        self.check_eval()
+        self.check_strong()
+        _check_at_least_one(self, ("batch_size", "t_batch"))
+        self.eval_attack().validate()
+        self.train_attack().validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BenchConfig(StageConfig):
+    """The resolved configuration of one benchmark run (written into the run folder):
+    the shared groups plus the endpoints it trains (seed pairs) and its bench-only stages."""
+
+    preset: str = "quick"
+    arch: str = "cnn-small"
+    width: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    # endpoint training
+    endpoint_epochs: int = 4
+    lr: float = 0.05
+    affine_degrees: float = 0.0  # endpoint + curve training: random rotation (Tatro et al.: 15)
+    schedule: str = "onecycle"   # endpoint lr schedule (robustpath.train.SCHEDULES)
+    attack_mode: str = "eval"    # endpoint training's attacks in eval or train mode
+    curve_schedule: str = "cosine"  # curve lr schedule (robustpath.curve_train.SCHEDULES)
+    pam_iters: int = 2           # PAM outer iterations (alignments pam-* / tatro-*)
+    plane_grid: int = 0          # 0: no loss-surface plane plots
+    curvature_examples: int = 0  # input-Hessian curvature per t on N test examples; 0: off
+    curvature_iters: int = 20    # its power iterations (robustpath.curvature)
+    fuse: bool = True            # robustpath.fuse views (same function, other float rounding)
+
     def pairs(self) -> list[tuple[int, int]]:
         """Seed pairs: consecutive seeds (0,1), (2,3)... ; with 2 seeds one pair."""
         s = self.seeds
         return [(s[i], s[i + 1]) for i in range(0, len(s) - 1, 2)]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def validate(self) -> BenchConfig:
-        data_mod.info(self.dataset)
+        super().validate()
         models.MODELS.get(self.arch)
-        ATTACKS.get(self.attack)
-        parse_norm(self.norm)
-        from . import curves  # late: curves imports torch.func machinery
-
-        for p in self.paths:
-            curves.CURVES.get(p)
-        for a in self.align:
-            if a not in ALIGN_METHODS:
-                raise UserError(f"unknown alignment method {a!r} (known: {', '.join(ALIGN_METHODS)})")
-        if self.align_inputs not in ("clean", "adv"):
-            raise UserError(f"--align-inputs must be clean or adv, got {self.align_inputs!r}")
         from . import curve_train, train  # late: heavy imports
 
         train.SCHEDULES.get(self.schedule)
@@ -220,51 +393,17 @@ class BenchConfig:
             raise UserError(f"--attack-mode must be eval or train, got {self.attack_mode!r}")
         if not 0 <= self.affine_degrees <= 180:
             raise UserError(f"--affine-degrees must lie in [0, 180], got {self.affine_degrees}")
-        if self.bn_inputs not in ("clean", "adv"):
-            raise UserError(f"--bn-inputs must be clean or adv, got {self.bn_inputs!r}")
-        from .repair import RENORMS  # late: the registry lives with the algorithm
-
-        RENORMS.get(self.renorm)  # one-line UserError listing the choices
         if len(self.seeds) < 2 or len(self.seeds) % 2:
             raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
-        if not self.paths or not self.align:
-            raise UserError("--paths and --align need at least one value each")
-        for flag, values in (("--paths", self.paths), ("--align", self.align)):
-            if len(set(values)) != len(values):  # the t-grid check would fail after all work
-                raise UserError(f"{flag} must be distinct, got {','.join(map(str, values))}")
-        if not 2 <= self.t_points <= MAX_T_POINTS:
-            raise UserError(f"--t-points must be in 2..{MAX_T_POINTS}, got {self.t_points}")
-        for name in ("train_steps", "eval_steps", "endpoint_epochs", "curve_epochs", "batch_size",
-                     "bn_batches", "bootstrap", "bends", "pam_iters", "t_batch", "align_samples"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be >= 1, "
-                                f"got {getattr(self, name)}")
-        if self.bootstrap > MAX_BOOTSTRAP:
-            raise UserError(f"--bootstrap must be <= {MAX_BOOTSTRAP}, got {self.bootstrap}")
+        _check_at_least_one(self, ("endpoint_epochs", "pam_iters"))
+        _check_lr(self, "lr")
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
                 and self.width > 0):
             raise UserError(f"--width must be a finite number > 0, got {self.width}")
-        for name in ("lr", "curve_lr"):  # 1e300 would only fail as NaN weights, much later
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= MAX_LR):
-                raise UserError(f"{FLAGS.get(name, '--' + name.replace('_', '-'))} must be a "
-                                f"number in (0, {MAX_LR}], got {v}")
-        from .train import check_eps_range, check_seed
-
         for s in self.seeds:
-            check_seed(s)
-        if not 0 <= self.refine_rounds <= MAX_REFINE_ROUNDS:
-            raise UserError(f"--refine-rounds must be in 0..{MAX_REFINE_ROUNDS}, "
-                            f"got {self.refine_rounds}")
-        if self.strong:
-            self.strong_settings()  # checks --strong-examples, --aa-version, --aa-attacks
-        elif (self.aa_attacks or self.aa_version != "standard") and self.attack != "autoattack":
-            raise UserError("--aa-version / --aa-attacks need the strong stage (drop --no-strong) "
-                            "or --attack autoattack")
-        if self.attack == "autoattack":
-            self.eval_attack().validate()  # checks --aa-version / --aa-attacks for the path attack
+            train.check_seed(s)
         if self.curvature_examples < 0 or self.curvature_iters < 1:
             raise UserError("--curvature must be >= 0 (0 = off) and --curvature-iters >= 1, "
                             f"got {self.curvature_examples} and {self.curvature_iters}")
@@ -272,13 +411,6 @@ class BenchConfig:
             raise UserError(f"--curvature {self.curvature_examples} exceeds --test-subset {self.test_subset}")
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-        self.eps = parse_fraction(self.eps, name="--eps")
-        check_eps_range(self.norm, self.eps)
-        if self.step_size is not None:
-            self.step_size = parse_fraction(self.step_size, name="--step-size", allow_zero=False)
         from .attacks import build_attack
 
         # building the attacks checks combinations (e.g. fgsm is L-inf only) before any work
@@ -295,7 +427,7 @@ def from_preset(preset: str, **overrides) -> BenchConfig:
         if v is not None:
             base[k] = v
     if base.get("eps") is None:
-        base["eps"] = DEFAULT_EPS.get(base["dataset"], 8 / 255)
+        base["eps"] = default_eps(base["dataset"], base.get("norm", "linf"))
     known = set(BenchConfig.__dataclass_fields__)
     unknown = set(base) - known
     if unknown:

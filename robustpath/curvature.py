@@ -209,14 +209,12 @@ def stage_spec(cfg, curve_key: str) -> dict:
             "examples": cfg.curvature_examples, "iters": cfg.curvature_iters, "tol": TOL,
             "inputs": "clean", "seed": 0,
             # as path evaluation: published endpoints may keep their own statistics
-            **({} if getattr(cfg, "bn_endpoints", True) else {"bn_endpoints": False}),
+            **({} if cfg.bn_endpoints else {"bn_endpoints": False}),
             **_renorm_spec(cfg)}
 
 
 def _renorm_spec(cfg) -> dict:
-    """``--renorm`` in the key as in path evaluation's (absent at the default bn-reset)."""
-    if getattr(cfg, "renorm", "bn-reset") == "bn-reset":
-        return {}
+    """``--renorm`` in the key as in path evaluation's (absent for bn-reset)."""
     from .repair import renorm_spec
 
     return renorm_spec(cfg)
@@ -282,7 +280,7 @@ def curvature(cfg, c, curve_key: str, run_dir: Path, data, device, progress: boo
             c = c()
         # the network at t as path evaluation measured it (BN reset, or --renorm's)
         setup = point_setup(cfg, data, device, model_at=c.model_at,
-                            recompute_ends=bool(getattr(cfg, "bn_endpoints", True)))
+                            recompute_ends=bool(cfg.bn_endpoints))
         eig = compute_path(cfg, c, data.x_test[:n], data.y_test[:n], setup, spec, partial,
                            progress, desc)
         from .evaluate import t_grid

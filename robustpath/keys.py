@@ -122,9 +122,8 @@ def strong_spec(cfg: BenchConfig) -> dict:
 
 
 def _renorm_spec(cfg: BenchConfig) -> dict:
-    """``--renorm`` in a key: absent at the default (bn-reset), so its caches keep their keys."""
-    if cfg.renorm == "bn-reset":
-        return {}
+    """``--renorm`` in a key: absent for bn-reset (its registry entry's ``in_key``), so
+    its caches keep the keys they had before the option existed."""
     from .repair import renorm_spec
 
     return renorm_spec(cfg)

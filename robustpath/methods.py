@@ -63,9 +63,7 @@ for _m in (
     ALIGN.register(_m.name)(_m)
 
 #: registration order = the order of rows in tables and of legend entries
-ORDER: tuple[str, ...] = ("none", "activation", "weight", "pam-none", "pam-activation",
-                          "tatro-none", "tatro-activation", "tatro-robust-none",
-                          "tatro-robust-activation")
+ORDER: tuple[str, ...] = ALIGN.registered()
 ONE_SHOT: tuple[str, ...] = tuple(n for n in ORDER if ALIGN.get(n).one_shot)
 PAM: dict[str, str] = {n: ALIGN.get(n).pam_start for n in ORDER if not ALIGN.get(n).one_shot}
 LABEL: dict[str, str] = {n: ALIGN.get(n).label for n in ORDER}

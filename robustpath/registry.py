@@ -39,5 +39,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def registered(self) -> tuple[str, ...]:
+        """Names in registration order (e.g. the order of table rows and legends)."""
+        return tuple(self._items)
+
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -98,12 +98,18 @@ class Renorm:
     needs_data: bool     # measures statistics on training batches
     needs_attack: bool   # ... on PGD inputs (cfg.train_attack(), seed 1)
     help: str
+    #: BatchNorm statistics re-estimated by robustpath.bn inside path evaluation (the
+    #: evaluation's own BN pass, its bn_loader); otherwise a PathRenorm prepares each point
+    recomputes_bn: bool = False
+    #: the method enters cache keys; False only for bn-reset, whose keys predate --renorm
+    in_key: bool = True
 
 
 RENORMS: Registry[Renorm] = Registry("--renorm method")
 for _r in (
     Renorm("bn-reset", "BN reset", True, False,
-           "BatchNorm statistics re-estimated at each t (clean or adv per --bn-inputs)"),
+           "BatchNorm statistics re-estimated at each t (clean or adv per --bn-inputs)",
+           recomputes_bn=True, in_key=False),
     Renorm("repair", "REPAIR", True, False,
            "REPAIR: every unit's mean/std reset to the interpolated endpoint statistics"),
     Renorm("repair-adv", "REPAIR (adv)", True, True,
@@ -166,7 +172,7 @@ class PathRenorm:
     def __init__(self, method: str, model_at: Callable[[float], nn.Module],
                  batches: Sequence, attack: Attack | None = None):
         self.method = RENORMS.get(method)
-        if self.method.name == DEFAULT:
+        if self.method.recomputes_bn:
             raise UserError("PathRenorm is for REPAIR and none; bn-reset is robustpath.bn's")
         if self.method.needs_attack and attack is None:
             raise UserError(f"--renorm {method} needs an attack")
@@ -282,7 +288,7 @@ class RenormSetup:
 def renorm_spec(cfg) -> dict:
     """What ``cfg.renorm`` adds to the evaluation's cache key (nothing at the default,
     so bn-reset caches keep their keys)."""
-    if cfg.renorm == DEFAULT:
+    if not RENORMS.get(cfg.renorm).in_key:
         return {}
     spec = {"renorm": cfg.renorm}
     if RENORMS.get(cfg.renorm).needs_attack:
@@ -294,7 +300,7 @@ def plane_note(cfg) -> str | None:
     """The line ``robustpath.bench`` prints (stderr, before any work) when ``--renorm``
     is not the default and loss planes are on: the planes re-estimate BatchNorm at
     every grid point whatever ``--renorm`` says. None otherwise."""
-    if cfg.renorm == DEFAULT or not cfg.plane_grid:
+    if RENORMS.get(cfg.renorm).recomputes_bn or not cfg.plane_grid:
         return None
     return (f"note: --renorm {cfg.renorm} applies to path evaluation, strong and curvature "
             f"stages; the loss planes (--plane-grid {cfg.plane_grid}) re-estimate BatchNorm at "
@@ -304,10 +310,10 @@ def plane_note(cfg) -> str | None:
 
 def for_path(cfg, model_at: Callable[[float], nn.Module], data, device) -> PathRenorm | None:
     """The :class:`PathRenorm` of ``cfg.renorm`` for one path of a bench run (None for
-    the default, bn-reset): measuring batches = the first ``cfg.bn_batches`` training
+    the registry's BatchNorm recomputation, bn-reset): measuring batches = the first ``cfg.bn_batches`` training
     batches of the path evaluation (seed 0), attack = ``cfg.train_attack()`` with seed 1
     (the BatchNorm attack of bn-reset with ``--bn-inputs adv``)."""
-    if cfg.renorm == DEFAULT:
+    if RENORMS.get(cfg.renorm).recomputes_bn:
         return None
     from dataclasses import replace
     from itertools import islice

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import ArgumentParser
+from .cli import ArgumentParser, add_run_options
 from .errors import UserError, cli_main
 from .plots import plot_paths
 from .records import frame_path_ids
@@ -212,6 +212,7 @@ def parser() -> ArgumentParser:
                    "intervals (did a change move a result?); exit code 1 when one falls outside")
     p.add_argument("--against-out", default=None, metavar="FILE",
                    help="with --against: also write the table to this Markdown file")
+    add_run_options(p, config=False)
     return p
 
 

@@ -34,7 +34,14 @@ from . import data as data_mod
 from . import runtime, stages
 from .attacks import build_attack
 from .cache import BoundPointCache
-from .cli import ArgumentParser, data_root, split_list
+from .cli import (
+    ArgumentParser,
+    add_run_options,
+    add_threat_flags,
+    data_root,
+    parse_with_config,
+    split_list,
+)
 from .config import MAX_BOOTSTRAP, BenchConfig, from_preset
 from .device import resolve
 from .errors import UserError, cli_main
@@ -54,8 +61,6 @@ from .soup import (
 )
 from .store import atomic_write_json, atomic_write_text, config_hash
 
-RENORM_CHOICES = ("bn-reset", "repair", "repair-adv", "none")
-
 
 @dataclass
 class SoupConfig:
@@ -71,7 +76,9 @@ class SoupConfig:
     dataset: str | None = None
     arch: str | None = None
     width: float | None = None
+    norm: str | None = None      # --threat-model (None: the preset's, L-inf)
     eps: str | None = None
+    step_size: str | None = None
     steps: int | None = None
     train_steps: int | None = None
     epochs: int | None = None
@@ -97,8 +104,9 @@ class SoupConfig:
             raise UserError(f"--grid must be in 1..64 (points: (K+1)(K+2)/2), got {self.grid}")
         if self.align_inputs not in ("clean", "adv"):
             raise UserError(f"--align-inputs must be clean or adv, got {self.align_inputs!r}")
-        if self.renorm not in RENORM_CHOICES:
-            raise UserError(f"unknown --renorm {self.renorm!r} (known: {', '.join(RENORM_CHOICES)})")
+        from .repair import RENORMS
+
+        RENORMS.get(self.renorm)  # one-line UserError listing the choices
         if not 1 <= self.bootstrap <= MAX_BOOTSTRAP:
             raise UserError(f"--bootstrap must be in 1..{MAX_BOOTSTRAP}, got {self.bootstrap}")
         if not str(self.out).strip():  # Path("") is the current folder: outputs land there
@@ -112,7 +120,8 @@ class SoupConfig:
     def bench(self) -> BenchConfig:
         """The BenchConfig whose endpoint, data and attack settings this run shares."""
         cfg = from_preset(self.preset, dataset=self.dataset, arch=self.arch, width=self.width,
-                          eps=self.eps, eval_steps=self.steps, train_steps=self.train_steps,
+                          norm=self.norm, eps=self.eps, step_size=self.step_size,
+                          eval_steps=self.steps, train_steps=self.train_steps,
                           endpoint_epochs=self.epochs, train_subset=self.train_subset,
                           test_subset=self.test_subset, bn_inputs=self.bn_inputs,
                           bn_batches=self.bn_batches, align_inputs=self.align_inputs,
@@ -143,7 +152,7 @@ def parser() -> argparse.ArgumentParser:
       help="an existing folder with dataset files (default ./data)")
     a("--arch", default=None, help=f"architecture ({preset_default('arch')})")
     a("--width", type=float, default=None, help=f"width multiplier ({preset_default('width')})")
-    a("--eps", default=None, help="attack radius, e.g. 8/255 or 0.1 (default per dataset)")
+    add_threat_flags(p, also="in training and evaluation")
     a("--steps", type=int, default=None, help=f"PGD steps in evaluation ({preset_default('eval_steps')})")
     a("--train-steps", type=int, default=None, help=f"PGD steps in endpoint training ({preset_default('train_steps')})")
     a("--epochs", type=int, default=None, help=f"endpoint training epochs ({preset_default('endpoint_epochs')})")
@@ -163,12 +172,17 @@ def parser() -> argparse.ArgumentParser:
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
     a("--out", default="runs/soup", help="run folder (checkpoints in <out>/ckpt/)")
     a("--no-progress", action="store_true", help="hide progress bars")
+    add_run_options(p)
     return p
 
 
 def config_from_args(args) -> SoupConfig:
     keys = set(SoupConfig.__dataclass_fields__)
     return SoupConfig(**{k: v for k, v in vars(args).items() if k in keys}).validate()
+
+
+#: SoupConfig fields whose flag is not --<field-with-dashes>
+FLAGS = {"norm": "--threat-model"}
 
 
 def _point_eval(sc: SoupConfig, cfg: BenchConfig, data, device, run_dir: Path, aligned,
@@ -181,7 +195,9 @@ def _point_eval(sc: SoupConfig, cfg: BenchConfig, data, device, run_dir: Path, a
             "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
     renorm = None
     bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
-    if sc.renorm != "bn-reset":  # absent at the default: bn-reset caches keep their keys
+    from .repair import RENORMS
+
+    if RENORMS.get(sc.renorm).in_key:  # absent for bn-reset: its caches keep their keys
         spec.update(renorm=sc.renorm, merge=mkey)
         renorm = (lambda m, w: m.eval()) if sc.renorm == "none" else SimplexRepair(
             sc.renorm, aligned, bn_data, build_attack(bn_attack, data.num_classes))
@@ -355,11 +371,18 @@ def summary(sc: SoupConfig, frames: dict, reports: dict, seconds: float) -> str:
 
 @cli_main
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parse_with_config(parser(), argv,
+                                   lambda n: FLAGS.get(n, "--" + n.replace("_", "-")))
+    if rest:
+        raise UserError(f"--config: keys no soup flag sets: {', '.join(sorted(rest))}")
     sc = config_from_args(args)
+    if args.print_config:
+        print(json.dumps(asdict(sc), indent=2))
+        return 0
     if resolve(sc.device).type == "cpu":
         torch.set_num_threads(max(1, torch.get_num_threads()))
-    command = "python -m robustpath.soup " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m robustpath.soup " + shlex.join(argv)
     run(sc, progress=not args.no_progress, command=command)
     return 0
 

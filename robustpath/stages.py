@@ -170,9 +170,9 @@ def _path_eval(cfg, c, spec, path, run_dir, data, device, progress, desc) -> Pat
     point_spec = {k: v for k, v in spec.items() if k not in ("curve", "t_points", "refine_rounds")}
     points = BoundPointCache(_ckpt(run_dir, "points", config_hash(point_spec)))
     renorm = None
-    if cfg.renorm != "bn-reset":  # REPAIR or none instead of BN recomputation
-        from .repair import for_path
+    from .repair import RENORMS, for_path
 
+    if not RENORMS.get(cfg.renorm).recomputes_bn:  # REPAIR or none instead of BN recomputation
         renorm = for_path(cfg, c.model_at, data, device)
         points = renorm.point_cache(points)
 
@@ -204,11 +204,10 @@ def point_setup(cfg: BenchConfig, data: RunData, device, *, recompute_ends: bool
     the strong stage: :class:`robustpath.strong.PointSetup`. With ``--renorm`` other than
     bn-reset, the points of the path ``model_at`` are prepared by
     :class:`robustpath.repair.PathRenorm` (:class:`robustpath.repair.RenormSetup`)."""
+    from .repair import RENORMS, RenormSetup, for_path
     from .strong import PointSetup
 
-    if cfg.renorm != "bn-reset":
-        from .repair import RenormSetup, for_path
-
+    if not RENORMS.get(cfg.renorm).recomputes_bn:
         if model_at is None:
             raise UserError(f"--renorm {cfg.renorm} prepares a point from its path: "
                             "point_setup needs model_at")

@@ -154,7 +154,7 @@ class TrainConfig:
         if not 0 <= float(self.affine_degrees) <= 180:
             raise UserError(f"affine degrees must lie in [0, 180], got {self.affine_degrees}")
         if self.method not in METHODS:
-            raise UserError(f"unknown training method {self.method!r} (known: {', '.join(METHODS)})")
+            raise UserError(f"unknown --train-attack {self.method!r} (known: {', '.join(METHODS)})")
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("epochs and batch size must be >= 1")
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)

@@ -218,7 +218,7 @@ def _cli(*args, cwd=None):
     ["--dataset", "imagenet"], ["--arch", "resnet9000"], ["--attack", "banana"],
     ["--eps", "banana"], ["--eps", "-1"], ["--paths", "spiral"], ["--align", "magic"],
     ["--seeds", "0"], ["--bogus-flag"], ["--t-points", "1"], ["--device", "tpu"],
-    ["--attack", "fgsm", "--norm", "l2"], ["--width", "-1"], ["--preset", "foo"],
+    ["--attack", "fgsm", "--threat-model", "L2"], ["--width", "-1"], ["--preset", "foo"],
 ])
 def test_bad_input_one_line_exit_2(args, tmp_path):
     out = tmp_path / "run"

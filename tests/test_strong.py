@@ -335,7 +335,7 @@ def test_strong_ts_picks_endpoints_and_worst_t():
     (["--strong-examples", "0"], "--strong-examples must be >= 1"),
     (["--aa-attacks", "apgd-ce"], "needs --aa-version custom"),
     (["--aa-version", "custom", "--aa-attacks", "apgd-ce,nope"], "unknown AutoAttack sub-attack"),
-    (["--attack", "fgsm", "--norm", "l2"], "fgsm supports only"),
+    (["--attack", "fgsm", "--threat-model", "L2"], "fgsm supports only"),
     (["--refine-rounds", "-1"], "--refine-rounds"),
     (["--no-strong", "--aa-version", "plus"], "need the strong stage"),
 ])

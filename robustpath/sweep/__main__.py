@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import ArgumentParser, RawHelpFormatter
+from ..cli import ArgumentParser, RawHelpFormatter, add_run_options
 from ..errors import UserError, cli_main
 from .driver import run_sweep
 from .spec import load_sweep
@@ -48,6 +48,7 @@ def parser() -> argparse.ArgumentParser:
     a("--dry-run", action="store_true", help="print the output folder, the cells with their "
       "resolved settings and their tasks; run nothing")
     a("--no-progress", action="store_true", help="hide progress bars (cell lines still print)")
+    add_run_options(p, config=False)  # the sweep file is its configuration
     return p
 
 

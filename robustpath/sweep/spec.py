@@ -11,6 +11,7 @@ A sweep file (see ``sweeps/quick.toml``)::
     arch = ["cnn-small", "mlp"]
     seed_pairs = [[0, 1], [0, 2]]  # or: seeds = [0, 1, 2, 3] -> (0,1), (2,3)
     eps = ["8/255"]                # any BenchConfig field may be an axis
+    threat_model = ["Linf", "L2"]  # = norm; steps = eval_steps (the flags' names)
     align = ["none", "activation"] # align and paths are not axes: every cell
     paths = ["line", "bezier"]     # evaluates all of them (rows of its table)
 
@@ -53,6 +54,19 @@ NOT_SETTINGS = {"out", "seeds", "preset"}
 LIST_FIELDS = {"align", "paths", "aa_attacks"}  # lists inside one cell, not axes
 FRACTION_FIELDS = {"eps", "step_size"}     # "8/255" strings allowed
 SCALAR_ONLY = {"data_root", "device"}      # where/how, never an axis
+#: the command-line vocabulary's names of settings (``--threat-model``, ``--steps``) as
+#: sweep-file keys: the same setting as the config field
+ALIASES = {"threat_model": "norm", "steps": "eval_steps"}
+
+
+def _unalias(loc: _Locator, table: str, values: dict) -> dict:
+    out = {}
+    for key, value in values.items():
+        name = ALIASES.get(key, key)
+        if name in out:
+            raise loc.error((table, key), f"is also set as {name}; set it in one place")
+        out[name] = value
+    return out
 
 
 # ---------------------------------------------------------------- file lines of keys
@@ -318,7 +332,7 @@ def load_sweep(path: str | Path, *, results_root: str | Path = "results") -> Swe
         raise loc.error(("preset",), str(e)) from None
 
     settable = set(_FIELD_TYPES) - NOT_SETTINGS
-    overrides = dict(raw.get("overrides", {}))
+    overrides = _unalias(loc, "overrides", dict(raw.get("overrides", {})))
     for key, value in overrides.items():
         if key not in settable:
             raise loc.error(("overrides", key),
@@ -338,7 +352,7 @@ def load_sweep(path: str | Path, *, results_root: str | Path = "results") -> Swe
             _try_config(loc, ("overrides", key), preset, **{key: value})
     _try_config(loc, ("overrides",), preset, **overrides)
 
-    grid = dict(raw["grid"])
+    grid = _unalias(loc, "grid", dict(raw["grid"]))
     pairs = _seed_pairs(loc, grid)
     axes: dict[str, list] = {}
     inner: dict[str, list[str]] = {}

@@ -35,7 +35,6 @@ endpoint source), :mod:`~robustpath.zoo.run` (the comparison through the shared
 
 from .access import (  # noqa: F401
     DEFAULT_MODEL_DIR,
-    EPS_OF_THREAT,
     NORM_OF_THREAT,
     THREATS,
     ZooEntry,

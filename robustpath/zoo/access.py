@@ -28,8 +28,6 @@ from . import arch
 DEFAULT_MODEL_DIR = os.environ.get("ROBUSTPATH_MODEL_DIR", "models")
 THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
 NORM_OF_THREAT = {"Linf": "linf", "L2": "l2"}
-# per threat model (the bench's config.DEFAULT_EPS is per dataset): RobustBench's budgets
-EPS_OF_THREAT = {"Linf": 8 / 255, "L2": 0.5}
 
 
 # ---------------------------------------------------------------- robustbench access

@@ -9,35 +9,56 @@ import shlex
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
-from ..cli import ArgumentParser, HelpFormatter
+from ..cli import ArgumentParser, HelpFormatter, add_deprecated, add_run_options, parse_with_config
+from ..config import flag_of
 from ..errors import UserError, cli_main
 from ..lock import RUN_LOCK
 from .access import (
     DEFAULT_MODEL_DIR,
+    NORM_OF_THREAT,
     checkpoint_path,
     list_entries,
     parse_dataset,
     parse_threat,
     registry,
 )
-from .config import add_compare_arguments, config_from_args
+from .config import (
+    LEGACY_FIELDS,
+    CompareConfig,
+    add_compare_arguments,
+    config_from_args,
+    file_defaults,
+)
 from .run import run_compare
 
 
 # ---------------------------------------------------------------- CLI
+def threat_norm(name: str) -> str:
+    """``--threat-model`` of ``compare`` -> the stored ``norm``: Linf or L2 only (the zoo's
+    ``list`` also knows ``corruptions``)."""
+    threat = parse_threat(name)
+    if threat not in NORM_OF_THREAT:
+        raise UserError(f"compare supports the Linf and L2 threat models, not {threat}")
+    return NORM_OF_THREAT[threat]
+
+
 def parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     p = ArgumentParser(prog="python -m robustpath.zoo", description="Paths between published robust models of RobustBench.",
                 formatter_class=fmt)
+    add_run_options(p, config=False)
     sub = p.add_subparsers(dest="command", metavar="{list,compare}", parser_class=ArgumentParser)
     sub.required = True
 
     def common(q):
         q.add_argument("--dataset", default="cifar10",
                        help="RobustBench dataset: cifar10, cifar100 (list also: imagenet)")
-        q.add_argument("--threat", default="Linf", help="RobustBench threat model: Linf or L2")
+        q.add_argument("--threat-model", dest="threat", default="Linf", metavar="{Linf,L2}",
+                       help="RobustBench threat model: Linf or L2 (list also: corruptions)")
+        add_deprecated(q, "--threat", "--threat-model", "threat")
         q.add_argument("--model-dir", default=DEFAULT_MODEL_DIR,
                        help="RobustBench model folder, laid out <dir>/<dataset>/<threat>/<name>.pt "
                        "(env ROBUSTPATH_MODEL_DIR)")
@@ -52,6 +73,7 @@ def parser() -> argparse.ArgumentParser:
                        "($ROBUSTPATH_ZOO_CACHE, default ~/.cache/robustpath/zoo_align). "
                        "'*' marks checkpoints present in --model-dir.")
     common(q)
+    add_run_options(q, config=False)
     q.add_argument("--present", action="store_true",
                    help="only entries whose checkpoint file is in --model-dir")
     q.add_argument("--json", action="store_true", help="print the groups as JSON")
@@ -65,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
                        "barrier matrix; optionally AutoAttack at chosen t and a transfer check.")
     common(q)
     add_compare_arguments(q)
+    p.compare = q  # the subcommand whose flags a --config file sets
     return p
 
 
@@ -106,10 +129,23 @@ def cmdsplit_list(args) -> int:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
-    if args.command == "list":
-        return cmdsplit_list(args)
+    p = parser()
+    if argv[:1] != ["compare"]:
+        args = p.parse_args(argv)
+        if args.command == "list":
+            return cmdsplit_list(args)
+    args, rest = parse_with_config(p, argv, flag_of, legacy=LEGACY_FIELDS,
+                                   defaults=file_defaults, sub=p.compare)
+    args.norm = threat_norm(args.threat)
     cfg = config_from_args(args)
+    if rest:  # fields of the file that no flag sets
+        unknown = set(rest) - set(CompareConfig.__dataclass_fields__)
+        if unknown:
+            raise UserError(f"--config: unknown config keys: {', '.join(sorted(unknown))}")
+        cfg = replace(cfg, **rest).validate()
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     command = "python -m robustpath.zoo " + " ".join(shlex.quote(a) for a in argv)
     existed = Path(cfg.out).exists()
     try:

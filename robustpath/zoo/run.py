@@ -10,7 +10,9 @@ transfer check along the whole path, the pairwise barrier matrix, ``models.json`
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +20,7 @@ import torch
 
 from .. import stages
 from ..attacks import build_attack
-from ..config import BenchConfig
+from ..config import BenchConfig, StageConfig
 from ..device import resolve
 from ..errors import UserError
 from ..evaluate import PathResult
@@ -36,21 +38,10 @@ from .plan import ZooEndpoint, resolve_pairs
 
 def stage_config(cfg: CompareConfig) -> BenchConfig:
     """The shared stages' settings for a comparison: the same dataclass the bench runs,
-    with the zoo's values (``arch``/``seeds`` are unused: endpoints come from the zoo)."""
-    return BenchConfig(
-        preset="zoo", dataset=cfg.dataset, arch="zoo", seeds=[], align=list(cfg.align),
-        align_inputs=cfg.align_inputs, align_samples=cfg.align_samples, paths=list(cfg.paths),
-        bends=cfg.bends, attack=cfg.attack, norm=cfg.norm, eps=cfg.eps, step_size=cfg.step_size,
-        train_steps=cfg.train_steps, eval_steps=cfg.steps, restarts=cfg.restarts,
-        train_subset=cfg.train_subset, test_subset=cfg.test_subset, curve_epochs=cfg.curve_epochs,
-        curve_lr=cfg.curve_lr, batch_size=cfg.batch_size, augment=cfg.augment,
-        t_points=cfg.t_points, bn_batches=cfg.bn_batches, bn_inputs=cfg.bn_inputs,
-        bootstrap=cfg.bootstrap, refine_rounds=cfg.refine_rounds, strong=cfg.strong,
-        strong_examples=cfg.strong_examples, aa_version=cfg.aa_version,
-        aa_attacks=cfg.aa_attacks, strong_pgd_steps=cfg.strong_pgd_steps,
-        strong_pgd_restarts=cfg.strong_pgd_restarts, strong_t=list(cfg.strong_t),
-        bn_endpoints=cfg.bn_endpoints, t_batch=cfg.t_batch, amp=cfg.amp,
-        data_root=cfg.data_root, device=cfg.device, out=cfg.out)
+    every shared group (:class:`robustpath.config.StageConfig`) taken from the zoo's
+    config as it is (``arch``/``seeds`` are unused: endpoints come from the zoo)."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(StageConfig)}
+    return BenchConfig(preset="zoo", arch="zoo", seeds=[], **copy.deepcopy(shared))
 
 
 class CompareRun:
@@ -122,7 +113,11 @@ class CompareRun:
 def _comparable(d: dict) -> dict:
     """The bench's :func:`robustpath.outputs.comparable` (every ``Runtime`` field, where the
     run writes and reads data: dropped by construction), less where the zoo's checkpoints
-    live and whether they are trusted (``--trust-checkpoints``: how they are read)."""
+    live and whether they are trusted (``--trust-checkpoints``: how they are read). A
+    config.json written before the shared schema named ``eval_steps`` ``steps``."""
+    d = dict(d)
+    if "steps" in d:
+        d.setdefault("eval_steps", d.pop("steps"))
     return {k: v for k, v in comparable(d).items() if k not in ("model_dir", "trust_checkpoints")}
 
 
@@ -175,7 +170,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
 
     scfg = run.scfg
     entries = {m: describe(m, cfg.dataset, cfg.threat) for m in cfg.models}
-    cfg_dict = dict(cfg.to_dict(), norm=cfg.norm,
+    cfg_dict = dict(cfg.to_dict(), threat=cfg.threat,  # RobustBench's name, for readers
                     arch="+".join(sorted({entries[m].arch for p in pairs for m in p})))
     old = stages.read_json(run.dir / "config.json")
     if isinstance(old, dict) and _comparable(old) != _comparable(cfg_dict) and not overwrite:
@@ -252,7 +247,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
                                                   else run.align_report(method, akey))
             held_b.clear()
 
-    title = (f"{cfg.dataset} {cfg.threat} RobustBench zoo, {cfg.attack}-{cfg.steps} "
+    title = (f"{cfg.dataset} {cfg.threat} RobustBench zoo, {cfg.attack}-{cfg.eval_steps} "
              f"eps={format_eps(cfg.eps)}")
     sd = runfolder.begin(run.dir)  # every output staged, then committed together
     atomic_write_json(sd / "config.json", cfg_dict)
@@ -268,7 +263,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
     atomic_write_json(sd / "equivalence.json", checks)
     write_records(sd, records)
     if strong_paths:  # before build_report: the summary table reads strong_examples.npz
-        strong_io.write(sd, strong_paths, cfg=dict(cfg_dict, eval_steps=cfg.steps))
+        strong_io.write(sd, strong_paths, cfg=cfg_dict)
     primary = runfolder.outputs(sd)
     summary = build_report(sd)
     for a, b in pairs if len(pairs) > 1 else []:  # one pair: the run folder is its report
@@ -288,7 +283,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
         print(f"skipped {a} vs {b}: different architectures")
     if strong_paths:
         s = strong_io.frame(strong_paths)
-        print(f"\nAutoAttack ({cfg.aa_version}) vs {cfg.attack}-{cfg.steps} on "
+        print(f"\nAutoAttack ({cfg.aa_version}) vs {cfg.attack}-{cfg.eval_steps} on "
               f"{int(s['n'].iloc[0])} examples: largest gap {100 * s['gap_pgd_aa'].max():.1f} "
               f"points; see strong_eval.md and cards/")
     for f in flagged:
