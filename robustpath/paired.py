@@ -19,7 +19,8 @@ the minimum robust accuracy along the path) and rows X, Y, per seed pair p:
   pairs held fixed; one multinomial reweighting of the test examples per replicate,
   the same for every row and pair since they share the examples): the uncertainty of
   the mean difference *of these networks* from the finite test set only. It says
-  nothing about other seeds.
+  nothing about other seeds. NaN with fewer than 30 test examples or resamples
+  (:func:`robustpath.barrier.ci_note`).
 
 The former two-level bootstrap (seed pairs resampled with replacement, then examples)
 is gone: with three pairs its outer level has ten distinct resamples, never leaves the
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .barrier import KINDS, metrics_from_curves
+from .barrier import KINDS, ci_note, metrics_from_curves
 from .errors import UserError, cli_main
 from .records import PathRecord
 from .records import read as read_records
@@ -138,6 +139,7 @@ def paired_differences(records: Sequence[PathRecord], metrics: Sequence[str] = M
             point[row, pair] = _replicates(rec, None, metrics)
             boot[row, pair] = _replicates(rec, weights, metrics)
     alpha = (1 - level) / 2
+    no_ex = ci_note(n_ex, bootstrap) is not None   # too few examples / resamples
     out = []
     for label, x, y in comps:
         pairs = sorted(set(by_row[x]) & set(by_row[y]))
@@ -157,8 +159,9 @@ def paired_differences(records: Sequence[PathRecord], metrics: Sequence[str] = M
                         "diffs": ";".join(f"{v:.6f}" for v in d),
                         "diff_mean": float(d.mean()), "diff_std": sd(d),
                         "ci_lo": lo, "ci_hi": hi, "p_signflip": signflip_p(d),
-                        "ex_lo": float(np.quantile(d_boot, alpha)),
-                        "ex_hi": float(np.quantile(d_boot, 1 - alpha)), "level": level})
+                        "ex_lo": np.nan if no_ex else float(np.quantile(d_boot, alpha)),
+                        "ex_hi": np.nan if no_ex else float(np.quantile(d_boot, 1 - alpha)),
+                        "level": level})
     return pd.DataFrame(out, columns=COLUMNS)
 
 
@@ -182,7 +185,9 @@ def to_markdown(frame: pd.DataFrame) -> str:
             f"| {r.comparison} | {r.metric}{' (pp)' if pct else ''} | {r.pairs} "
             f"| {fmt(r.x_mean, pct)} ± {fmt(r.x_std, pct)} | {fmt(r.y_mean, pct)} ± "
             f"{fmt(r.y_std, pct)} | {per} | {fmt(r.diff_mean, pct)} ± {fmt(r.diff_std, pct)} "
-            f"| {tint} | {r.p_signflip:.3g} | [{fmt(r.ex_lo, pct)}, {fmt(r.ex_hi, pct)}] |")
+            f"| {tint} | {r.p_signflip:.3g} | "
+            + (f"[{fmt(r.ex_lo, pct)}, {fmt(r.ex_hi, pct)}] |" if np.isfinite(r.ex_lo)
+               else "n/a (< 30 examples or resamples) |"))
     one = bool(len(frame)) and int(frame["pairs"].max()) < 2
     note = ("\nX - Y per seed pair on the same test examples (pairs in seed order); ± is the "
             "std across seed pairs (n/a with one pair). The t-interval is over seed pairs "
