@@ -154,6 +154,7 @@ class BenchConfig:
     strong_pgd_steps: int = 50   # the strong stage's many-restart PGD: steps ...
     strong_pgd_restarts: int = 10  # ... and restarts
     strong_t: list[float] = field(default_factory=list)  # strong stage: extra t besides 0, 1, worst
+    strong_at: str = "ends-worst"  # strong stage points: ends-worst | grid (every grid t too)
     bn_endpoints: bool = True    # recompute BN at t = 0, 1 too (zoo: False keeps published stats)
     pam_iters: int = 2           # PAM outer iterations (alignments pam-* / tatro-*)
     t_batch: int = 1             # t evaluated at once with vmap (speed only; same results)
@@ -187,7 +188,8 @@ class BenchConfig:
         return StrongSettings(examples=self.strong_examples, aa_version=self.aa_version,
                               aa_attacks=self.aa_attacks, pgd_steps=self.strong_pgd_steps,
                               pgd_restarts=self.strong_pgd_restarts, seed=0,
-                              extra_t=[float(t) for t in self.strong_t]).validate()
+                              extra_t=[float(t) for t in self.strong_t],
+                              at=self.strong_at).validate()
 
     def pairs(self) -> list[tuple[int, int]]:
         """Seed pairs: consecutive seeds (0,1), (2,3)... ; with 2 seeds one pair."""

@@ -43,9 +43,12 @@ COLUMNS = [
     # the strong stage (robustpath.strong) on its example subset: AutoAttack at PGD's
     # worst t (a lower bound on the AA barrier over the path), or the maximum over every
     # attacked t with --strong-at grid (robustpath.strong_io.strong_metrics)
-    ("aa_robust_worst", "AA robust at worst t", True),
-    ("aa_acc_barrier", "AA acc barrier", True),
-    ("aa_pgd_gap", "PGD - AA gap", True),
+    ("aa_robust_worst", "AA robust at PGD's worst t", True),
+    ("aa_acc_barrier", "AA acc barrier at PGD's worst t (lower bound)", True),
+    ("aa_pgd_gap", "PGD - AA gap at PGD's worst t", True),
+    ("aa_robust_min", "AA robust min (attacked t)", True),
+    ("aa_acc_barrier_max", "AA acc barrier (max over attacked t)", True),
+    ("aa_pgd_gap_max", "PGD - AA gap (max over attacked t)", True),
 ]
 
 

@@ -66,3 +66,23 @@ def test_enough_examples_give_an_interval_around_the_value():
     assert ci_note(100, 100) is None
     v = m["robust_acc_min"]
     assert v["lo"] < v["value"] < v["hi"]
+
+
+def test_exact_intervals_are_scipys_and_never_zero_width():
+    from scipy.stats import binomtest
+
+    from robustpath.exact import (accuracy_interval, clopper_pearson, discordant,
+                                  paired_difference)
+
+    lo, hi = clopper_pearson(0, 16)
+    assert lo == 0.0 and hi == pytest.approx(0.2059, abs=1e-4)        # the issue's [0, 20.6 %]
+    ci = binomtest(5, 16).proportion_ci(method="exact")
+    assert clopper_pearson(5, 16) == pytest.approx((ci.low, ci.high))
+    assert accuracy_interval(np.ones(16, bool))[0] < 1.0
+    x = np.array([1, 1, 0, 0, 1, 0, 0, 0] * 2, bool)
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0] * 2, bool)
+    assert discordant(x, y) == (4, 2)
+    lo, hi = paired_difference(x, y)
+    assert lo < (4 - 2) / 16 < hi and lo > -1 and hi < 1
+    lo, hi = paired_difference(np.zeros(16, bool), np.zeros(16, bool))  # no discordance
+    assert lo < 0 < hi                                                   # not [0, 0]
