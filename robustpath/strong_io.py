@@ -49,6 +49,22 @@ ACC_COLUMNS = ("clean_acc", "robust_acc_pgd", "robust_acc_aa", "robust_acc_pgd_m
                "robust_acc_worst")
 
 
+def exact_columns(a: dict[str, np.ndarray]) -> dict[str, float | int]:
+    """The exact-interval and discordant-count columns of one point from its per-example
+    bool arrays ``a`` (``clean``, ``pgd``, ``aa``, ``pgd_many``, ``transfer_a/b``)."""
+    a = {k: np.asarray(v, dtype=bool) for k, v in a.items()}
+    worst = a["pgd"] & a["aa"] & a["pgd_many"]
+    out: dict[str, float | int] = {}
+    for col, arr in zip(ACC_COLUMNS, (a["clean"], a["pgd"], a["aa"], a["pgd_many"], worst)):
+        out[f"{col}_lo"], out[f"{col}_hi"] = accuracy_interval(arr)
+    out["gap_pgd_aa_lo"], out["gap_pgd_aa_hi"] = paired_difference(a["pgd"], a["aa"])
+    out["gap_b"], out["gap_c"] = discordant(a["pgd"], a["aa"])
+    for s_ in ("a", "b"):
+        out[f"transfer_b_{s_}"], out[f"transfer_c_{s_}"] = discordant(a["pgd"],
+                                                                       a[f"transfer_{s_}"])
+    return out
+
+
 def frame(paths: dict[str, tuple[dict, StrongPath]]) -> pd.DataFrame:
     """``paths``: path_id -> (identity columns, StrongPath); one row per point.
 
@@ -67,17 +83,10 @@ def frame(paths: dict[str, tuple[dict, StrongPath]]) -> pd.DataFrame:
                    "clean_acc": p.acc("clean"), "robust_acc_pgd": p.acc("pgd"),
                    "robust_acc_aa": p.acc("aa"), "robust_acc_pgd_many": p.acc("pgd_many"),
                    "robust_acc_worst": float(worst.mean()),
-                   "gap_pgd_aa": p.acc("pgd") - p.acc("aa")}
-            for col, arr in zip(ACC_COLUMNS, (a["clean"], a["pgd"], a["aa"], a["pgd_many"],
-                                              worst)):
-                row[f"{col}_lo"], row[f"{col}_hi"] = accuracy_interval(arr)
-            row["gap_pgd_aa_lo"], row["gap_pgd_aa_hi"] = paired_difference(a["pgd"], a["aa"])
-            row["gap_b"], row["gap_c"] = discordant(a["pgd"], a["aa"])
-            row.update({"transfer_acc_a": p.acc("transfer_a"), "transfer_acc_b": p.acc("transfer_b"),
-                        "transfer_p_a": p.meta["transfer_p_a"], "transfer_p_b": p.meta["transfer_p_b"]})
-            for s_ in ("a", "b"):
-                row[f"transfer_b_{s_}"], row[f"transfer_c_{s_}"] = discordant(
-                    a["pgd"], a[f"transfer_{s_}"])
+                   "gap_pgd_aa": p.acc("pgd") - p.acc("aa"),
+                   "transfer_acc_a": p.acc("transfer_a"), "transfer_acc_b": p.acc("transfer_b"),
+                   "transfer_p_a": p.meta["transfer_p_a"], "transfer_p_b": p.meta["transfer_p_b"],
+                   **exact_columns(a)}
             row.update({"masking": bool(p.meta["transfer_flag_a"] or p.meta["transfer_flag_b"]),
                         "aa_version": p.meta["aa"]["version"],
                         "aa_engine": p.meta["aa"].get("engine", ""),
@@ -146,8 +155,19 @@ def write(run_dir: str | Path, paths: dict[str, tuple[dict, StrongPath]], *, cfg
     atomic_write_bytes(run_dir / "strong_examples.npz", buf.getvalue())
     atomic_write_text(run_dir / "strong_eval.csv", f.to_csv(index=False, float_format="%.6f"))
     any_sp = next(iter(paths.values()))[1] if paths else None
-    s = any_sp.settings if any_sp else {}
-    note = (f"# Strong evaluation\n\nAccuracies in percent on {len(any_sp.indices) if any_sp else 0} "
+    note = _note(len(any_sp.indices) if any_sp else 0, cfg, any_sp.settings if any_sp else {})
+    atomic_write_text(run_dir / "strong_eval.md", _md(f, note))
+    rev = (provenance or {}).get("git_revision") or git_revision()
+    for pid, (ident, sp) in paths.items():
+        for p in sp.points:
+            atomic_write_json(run_dir / "cards" / f"{pid}-{p.role}.json",
+                              card(cfg, ident, sp, p, rev))
+    return f
+
+
+def _note(n: int, cfg: dict, s: dict) -> str:
+    """The heading and legend of ``strong_eval.md``; ``s``: the strong settings."""
+    return (f"# Strong evaluation\n\nAccuracies in percent on {n} "
             f"test examples (a seeded subset, the same at every point). robust_acc_pgd: the "
             f"evaluation attack ({cfg.get('attack', 'pgd')}, {cfg.get('eval_steps', '?')} steps); "
             f"robust_acc_aa: AutoAttack {s.get('aa_version', 'standard')} (Croce & Hein's code, "
@@ -165,12 +185,41 @@ def write(run_dir: str | Path, paths: dict[str, tuple[dict, StrongPath]], *, cfg
             "7 of 7 at 16 examples and 3 points). aa_grad_passes: AutoAttack's gradient passes "
             "per example. role worst: the path's lowest PGD robust accuracy over grid and "
             "refinement; roles grid<i>: every grid t (--strong-at grid).")
-    atomic_write_text(run_dir / "strong_eval.md", _md(f, note))
-    rev = (provenance or {}).get("git_revision") or git_revision()
-    for pid, (ident, sp) in paths.items():
-        for p in sp.points:
-            atomic_write_json(run_dir / "cards" / f"{pid}-{p.role}.json",
-                              card(cfg, ident, sp, p, rev))
+
+
+def refresh(run_dir: str | Path, cfg: dict) -> pd.DataFrame | None:
+    """``tables/strong_eval.{csv,md}``: the run's ``strong_eval.csv`` with the current
+    exact-interval and discordant-count columns computed from ``strong_examples.npz``
+    (``python -m robustpath.report`` writes it, so runs made before those columns get
+    them; the bench's own ``strong_eval.*`` are primary files of the run and stay as
+    written). None without a strong stage. Nothing is attacked again."""
+    run_dir = Path(run_dir)
+    path = run_dir / "strong_eval.csv"
+    arrays = read(run_dir)
+    if arrays is None or not path.is_file():
+        return None
+    try:
+        f = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (ValueError, pd.errors.ParserError) as e:
+        raise UserError(f"{path} is not a strong-evaluation table ({e})") from None
+    extra = []
+    for r in f.itertuples():
+        d = arrays.get(str(r.path_id), {})
+        try:
+            extra.append(exact_columns({k: d[f"{r.role}/{k}"] for k in NAMES}))
+        except KeyError:
+            raise UserError(f"{run_dir / 'strong_examples.npz'} lacks the arrays of "
+                            f"{r.path_id} / {r.role} named in {path}") from None
+    new = pd.DataFrame(extra, index=f.index)
+    f = pd.concat([f.drop(columns=[c for c in new.columns if c in f.columns]), new], axis=1)
+    f["aa_warnings"] = f["aa_warnings"].fillna("").astype(str)
+    s = {"aa_version": cfg.get("aa_version", "standard"),
+         "pgd_steps": cfg.get("strong_pgd_steps", 50),
+         "pgd_restarts": cfg.get("strong_pgd_restarts", 10)}
+    atomic_write_text(run_dir / "tables" / "strong_eval.csv", f.to_csv(index=False,
+                                                                      float_format="%.6f"))
+    atomic_write_text(run_dir / "tables" / "strong_eval.md",
+                      _md(f, _note(int(f["n"].iloc[0]) if len(f) else 0, cfg, s)))
     return f
 
 
