@@ -177,7 +177,7 @@ def format_summary(summary: pd.DataFrame, cfg: dict | None = None) -> str:
         lines.insert(0, f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {atk}")
     pairs = int(summary["pairs"].max()) if len(summary) else 0
     lines.append("accuracies in %, losses in nats; " + (
-        "value [95% CI over test examples: bootstrap; AA columns exact]" if pairs <= 1 else
+        "value [95% bootstrap CI over test examples; AA columns: exact CI]" if pairs <= 1 else
         f"mean ± std over {pairs} seed pairs"))
     return "\n".join(lines)
 

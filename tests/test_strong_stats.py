@@ -118,3 +118,21 @@ def test_strong_eval_has_exact_intervals_and_mcnemar_counts(line, tmp_path):
     assert "Clopper-Pearson" in md and "discordant" in md
     csv = (tmp_path / "strong_eval.csv").read_text().splitlines()[0]
     assert "transfer_b_a" in csv and "robust_acc_aa_lo" in csv
+
+
+def test_report_refresh_adds_the_exact_columns_to_an_old_strong_table(line, tmp_path):
+    sp = _run(line, tmp_path / "strong")
+    f = strong_io.write(tmp_path, {"p": ({"align": "none", "curve": "line"}, sp)},
+                        cfg={"eps": 0.1})
+    new_cols = [c for c in f.columns if c.endswith(("_lo", "_hi")) or c.startswith(
+        ("gap_b", "gap_c", "transfer_b_", "transfer_c_"))]
+    # a table written before those columns existed
+    old = f.drop(columns=new_cols)
+    (tmp_path / "strong_eval.csv").write_text(old.to_csv(index=False, float_format="%.6f"))
+    before = (tmp_path / "strong_eval.csv").read_bytes()
+    got = strong_io.refresh(tmp_path, {"eps": 0.1})
+    assert (tmp_path / "strong_eval.csv").read_bytes() == before     # primary file untouched
+    for c in new_cols:
+        assert np.allclose(got[c].to_numpy(float), f[c].to_numpy(float), atol=1e-6), c
+    assert "Clopper-Pearson" in (tmp_path / "tables" / "strong_eval.md").read_text()
+    assert strong_io.refresh(tmp_path / "nothing", {}) is None
