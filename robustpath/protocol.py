@@ -114,9 +114,9 @@ SETTINGS: list[Setting] = [
             lambda c: c["endpoint"].affine_degrees, 15.0, "the order differs: next row"),
     Setting(E, "augmentation order", "rotate, flip, crop", "utils/data.py:30-32",
             lambda c: "crop, flip, rotate", None,
-            "kept: robustpath.data applies crop and flip, then the rotation; rotating last "
-            "also rotates the crop's padding into the image. Matching it would change what "
-            "the committed paper-fmnist run (rotation on) computes"),
+            "kept: robustpath.data crops and flips, then rotates (the same transforms and "
+            "parameters in another order). Matching it would change what the committed "
+            "paper-fmnist run (rotation on) computes"),
     Setting(E, "PGD random start", "x + U(-eps, eps), not clamped to [0, 1] before the "
             "first step (clamped after each step)", "utils/attack.py:29-30,47",
             lambda c: "clamped to [0, 1]", None,
@@ -216,7 +216,7 @@ SETTINGS: list[Setting] = [
             lambda c: "fixed unaugmented selection batches, t = linspace(0, 1)", None,
             "kept: every candidate is scored on the same batches, so the choice does not "
             "depend on which random batches a candidate drew (robustpath.pam.tatro.select_loss)"),
-    Setting(P, "BvN tolerance", "entries with |S| < 5e-4 zeroed after every subtraction",
+    Setting(P, "BvN tolerance", "entries with abs(S) < 5e-4 zeroed after every subtraction",
             "utils/birkhoff.py:37,259", lambda c: "1e-9, negatives zeroed",
             None, "kept: robustpath.pam.birkhoff decomposes to 1e-9 (coefficients sum to 1 "
             "within rounding) and drops the projection's negative entries; only the 11 "

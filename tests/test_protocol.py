@@ -185,4 +185,5 @@ def test_issue_27_differences_are_declared_deviations_not_same():
         assert status[name] == "deviation", name
     rows = {s.name: s for s in protocol.SETTINGS}
     assert "5e-4" in rows["BvN tolerance"].theirs
+    assert all("|" not in s.theirs + s.note for s in protocol.SETTINGS)   # Markdown cells
     assert "every forward pass" in rows["BN attack mode"].theirs
