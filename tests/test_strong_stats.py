@@ -136,3 +136,17 @@ def test_report_refresh_adds_the_exact_columns_to_an_old_strong_table(line, tmp_
         assert np.allclose(got[c].to_numpy(float), f[c].to_numpy(float), atol=1e-6), c
     assert "Clopper-Pearson" in (tmp_path / "tables" / "strong_eval.md").read_text()
     assert strong_io.refresh(tmp_path / "nothing", {}) is None
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--strong-at", "everywhere"], "unknown --strong-at 'everywhere'"),
+    (["--no-strong", "--strong-at", "grid"], "--strong-at needs the strong stage"),
+])
+def test_bench_strong_at_refusals_are_one_line(flags, msg, tmp_path, capsys):
+    from robustpath import bench
+
+    out = tmp_path / "run"
+    assert bench.main(["--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+    assert not out.exists()
