@@ -126,7 +126,6 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
     title = f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {atk}"
     caption = title.replace("L∞", "Linf").replace("ε", "eps")  # LaTeX captions stay ASCII
     from .strong_io import read as read_strong
-
     from .strong_io import refresh as refresh_strong
 
     refresh_strong(run_dir, cfg)  # exact intervals + McNemar counts from the stored arrays

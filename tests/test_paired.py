@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from robustpath.evaluate import PathResult
-from robustpath.paired import (_replicates, comparisons, paired_differences, signflip_p,
-                               t_interval, to_markdown, write_paired)
+from robustpath.paired import (
+    _replicates,
+    comparisons,
+    paired_differences,
+    signflip_p,
+    t_interval,
+    to_markdown,
+    write_paired,
+)
 from robustpath.records import PathRecord, write
 
 T, N = 5, 400
