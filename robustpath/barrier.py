@@ -11,12 +11,20 @@ For per-t clean / robust accuracy A(t) and loss L(t) on a grid 0 = t_0 < ... < t
 * ``*_acc_barrier``: max_t [((1 - t) A(0) + t A(1)) - A(t)].
 
 With refinement points (:func:`robustpath.evaluate.refine_minimum`), every metric
-above is computed on the grid only, and ``robust_acc_min_refined`` /
-``robust_t_min_refined`` give the minimum over grid *and* refinement points (the
-closer bound on the path's true minimum).
+above is computed on the grid only (tables label them "grid"), and the ``*_refined``
+metrics use every evaluated point, grid *and* refinement: ``robust_acc_min_refined`` /
+``robust_t_min_refined`` (the closer bound on the path's true minimum; ties: the
+higher robust loss, then the first point, as :func:`robustpath.evaluate.min_point`
+picks the strong stage's worst t), ``robust_loss_barrier_refined`` and
+``robust_acc_barrier_refined`` (the maxima over all points; never below the grid's).
 
 Confidence intervals: 95% percentile bootstrap over test examples (the same resample
-of examples at every t, seeded), so they are reproducible bit for bit.
+of examples at every t, seeded), so they are reproducible bit for bit; a replicate's
+refined minimum is picked with the same tie-break as the reported one. With fewer than
+:data:`MIN_EXAMPLES` test examples or :data:`MIN_RESAMPLES` resamples no interval is
+given (``lo`` / ``hi`` NaN; :func:`ci_note` says why): a percentile interval from
+so few is not a 95 % interval (zero-width on one example, off its own point with one
+resample).
 """
 
 from __future__ import annotations
@@ -29,7 +37,29 @@ KINDS = ("clean", "robust")
 METRICS = [f"{k}_{m}" for k in KINDS for m in
            ("acc_ends", "acc_a", "acc_b", "acc_min", "t_min", "acc_avg", "acc_barrier",
             "loss_barrier")]
-REFINED = ["robust_acc_min_refined", "robust_t_min_refined"]
+REFINED = ["robust_acc_min_refined", "robust_t_min_refined", "robust_loss_barrier_refined",
+           "robust_acc_barrier_refined"]
+#: below these, no bootstrap interval is printed (issue 25 D5)
+MIN_EXAMPLES = 30
+MIN_RESAMPLES = 30
+
+
+def ci_note(n: int, bootstrap: int) -> str | None:
+    """Why there is no interval (``None`` when there is one): too few test examples or
+    bootstrap resamples."""
+    why = [f"{n} test examples" if n < MIN_EXAMPLES else "",
+           f"{bootstrap} bootstrap resamples" if bootstrap < MIN_RESAMPLES else ""]
+    why = [w for w in why if w]
+    return (f"no interval: {' and '.join(why)} (an interval needs >= {MIN_EXAMPLES} of each)"
+            if why else None)
+
+
+def refined_min_index(acc: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Index of the lowest accuracy along the last axis of ``acc`` [..., T]; ties (within
+    1e-12): the highest ``loss``, then the first. The rule of
+    :func:`robustpath.evaluate.min_point`, for a point estimate and its bootstrap alike."""
+    low = acc <= acc.min(-1, keepdims=True) + 1e-12
+    return np.where(low, loss, -np.inf).argmax(-1)
 
 
 def _trapz(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -73,19 +103,25 @@ def path_metrics(res: PathResult, *, bootstrap: int = 1000, seed: int = 0,
     b_acc = {k: weights @ getattr(res, f"{k}_correct").astype(np.float64).T for k in KINDS}
     b_loss = {k: weights @ getattr(res, f"{k}_loss").astype(np.float64).T for k in KINDS}
     boot = metrics_from_curves(res.ts, res.speed, b_acc, b_loss)
-    # refined minimum: all points, the same example resample
+    # every point (grid + refinement), the same example resample
     f_acc = full.robust_correct.astype(np.float64)
     f_loss = full.robust_loss.astype(np.float64)
-    b_full = weights @ f_acc.T                               # [B, T_all]
-    order = np.lexsort((-f_loss.mean(1), f_acc.mean(1)))     # lowest acc, then highest loss
-    point["robust_acc_min_refined"] = f_acc.mean(1)[order[0]]
-    point["robust_t_min_refined"] = full.ts[order[0]]
-    boot["robust_acc_min_refined"] = b_full.min(-1)
-    boot["robust_t_min_refined"] = full.ts[b_full.argmin(-1)]
+    for tag, a, l_ in (("point", f_acc.mean(1), f_loss.mean(1)),
+                       ("boot", weights @ f_acc.T, weights @ f_loss.T)):   # [T_all], [B, T_all]
+        into = point if tag == "point" else boot
+        i = refined_min_index(a, l_)
+        into["robust_acc_min_refined"] = np.take_along_axis(a, i[..., None], -1)[..., 0]
+        into["robust_t_min_refined"] = full.ts[i]
+        lin = full.ts
+        into["robust_loss_barrier_refined"] = (
+            l_ - ((1 - lin) * l_[..., :1] + lin * l_[..., -1:])).max(-1)
+        into["robust_acc_barrier_refined"] = (
+            (1 - lin) * a[..., :1] + lin * a[..., -1:] - a).max(-1)
     alpha = (1 - level) / 2
+    no_ci = ci_note(n, bootstrap) is not None
     out = {}
     for name in METRICS + REFINED:
-        lo, hi = np.quantile(boot[name], [alpha, 1 - alpha])
+        lo, hi = (np.nan, np.nan) if no_ci else np.quantile(boot[name], [alpha, 1 - alpha])
         out[name] = {"value": float(point[name]), "lo": float(lo), "hi": float(hi)}
     return out
 

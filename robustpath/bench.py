@@ -147,6 +147,10 @@ def parser() -> argparse.ArgumentParser:
            "accuracy-only: an example is no longer attacked once broken)")
     a("--strong-pgd-restarts", type=int, default=None,
       help="restarts of the strong stage's many-restart PGD (default 10)")
+    a("--strong-at", default=None,
+      help="points the strong stage attacks: ends-worst (t = 0, 1 and PGD's worst t; the "
+      "AA barrier is then a lower bound) or grid (every grid t as well: the AA barrier is "
+      "a maximum over the path; T - 2 more points per path) (default ends-worst)")
     a("--no-strong", action="store_true", help="skip the strong stage")
     a("--no-amp", action="store_true",
       help="train in float32 on CUDA too (default: bfloat16 autocast for endpoint and curve "
@@ -227,6 +231,7 @@ def config_from_args(args) -> BenchConfig:
         strong_examples=args.strong_examples, aa_version=args.aa_version,
         aa_attacks=split_list(args.aa_attacks) if args.aa_attacks else None,
         strong_pgd_steps=args.strong_pgd_steps, strong_pgd_restarts=args.strong_pgd_restarts,
+        strong_at=args.strong_at,
         amp=False if args.no_amp else None, fuse=False if args.no_fuse else None,
         data_root=args.data_root, device=args.device)
     # the flags derived from fields (robustpath.cli.add_field_flags) carry the field's name
@@ -238,7 +243,8 @@ def config_from_args(args) -> BenchConfig:
     if args.curvature_iters is not None and not cfg.curvature_examples:
         raise UserError("--curvature-iters needs --curvature N (N > 0)")
     off = [f for f, v in (("--strong-examples", args.strong_examples), ("--strong-pgd-steps",
-           args.strong_pgd_steps), ("--strong-pgd-restarts", args.strong_pgd_restarts))
+           args.strong_pgd_steps), ("--strong-pgd-restarts", args.strong_pgd_restarts),
+           ("--strong-at", args.strong_at))
            if v is not None]
     if off and not cfg.strong:
         raise UserError(f"{off[0]} needs the strong stage (drop --no-strong)")

@@ -299,6 +299,7 @@ class StrongStageSettings:
     strong_pgd_steps: int = 50   # the strong stage's many-restart PGD: steps ...
     strong_pgd_restarts: int = 10  # ... and restarts
     strong_t: list[float] = field(default_factory=list)  # extra t besides 0, 1, worst
+    strong_at: str = "ends-worst"  # strong stage points: ends-worst | grid (every grid t too)
 
     def strong_settings(self):
         """The strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
@@ -307,7 +308,8 @@ class StrongStageSettings:
         return StrongSettings(examples=self.strong_examples, aa_version=self.aa_version,
                               aa_attacks=self.aa_attacks, pgd_steps=self.strong_pgd_steps,
                               pgd_restarts=self.strong_pgd_restarts, seed=0,
-                              extra_t=[float(t) for t in self.strong_t]).validate()
+                              extra_t=[float(t) for t in self.strong_t],
+                              at=self.strong_at).validate()
 
     def check_strong(self) -> None:
         if self.strong:

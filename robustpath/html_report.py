@@ -287,7 +287,9 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
                f"{v['clean_loss_min']:.3f} | "
                f"{v['robust_loss_min']:.3f} |" for m, v in plane.items()]
         md.append("")
-    md += _embedded_md(run_dir / "strong_eval.md", "Strong evaluation")
+    exact = run_dir / "tables" / "strong_eval.md"  # with exact intervals (strong_io.refresh)
+    md += _embedded_md(exact if exact.is_file() else run_dir / "strong_eval.md",
+                       "Strong evaluation")
     md += _embedded_md(run_dir / "transfer.md", "Transfer attacks")
     warns = run_warnings(run_dir, summary, cfg)
     if warns:

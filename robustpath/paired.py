@@ -1,20 +1,30 @@
-"""Paired differences between rows of a run, with a two-level bootstrap.
+"""Paired differences between rows of a run: per seed pair, with inference over pairs.
 
 A reader compares rows: aligned vs unaligned (same curve family), curve vs line (same
 alignment). Every seed pair is evaluated on the *same* test examples, so both
 comparisons are paired twice over: by seed pair and by example. For a metric m (e.g.
-the minimum robust accuracy along the path) and rows X, Y:
+the minimum robust accuracy along the path) and rows X, Y, per seed pair p:
+``d_p = m(X_p) - m(Y_p)``. Reported:
 
-* per seed pair p: ``d_p = m(X_p) - m(Y_p)``; reported: the mean over pairs and its
+* ``diffs``: every ``d_p`` (the pairs in seed order), the mean over pairs and its
   standard deviation across pairs (``ddof=1``), and each row's mean +- std;
-* 95 % CI by a **two-level bootstrap**: each replicate draws the seed pairs with
-  replacement (outer level) and one multinomial reweighting of the test examples
-  (inner level, the same weights for every row and pair of the replicate, since they
-  share the examples), recomputes m for every drawn pair and row from the
-  per-example results (``examples.npz``) and averages ``d_p`` over the drawn pairs;
-  the CI is the percentile interval of those means. With one seed pair the outer
-  level is degenerate and the CI covers test examples only (column ``pairs`` says
-  how many there were).
+* ``ci_lo`` / ``ci_hi``: the 95 % **t-interval over seed pairs**,
+  ``mean +- t_{n-1} * sd / sqrt(n)`` (``scipy.stats.t``; n - 1 degrees of freedom, so
+  t = 4.30 with three pairs, not 1.96). It is the interval for a claim about new seed
+  pairs. With one pair there is none (NaN; the table says so);
+* ``p_signflip``: the two-sided exact sign-flip permutation test of mean d = 0
+  (``scipy.stats.permutation_test``, ``permutation_type="samples"``, every one of the
+  2^n sign vectors; with n pairs it cannot go below 2 / 2^n, 0.25 with three);
+* ``ex_lo`` / ``ex_hi``: a **within-pair bootstrap over test examples** (the seed
+  pairs held fixed; one multinomial reweighting of the test examples per replicate,
+  the same for every row and pair since they share the examples): the uncertainty of
+  the mean difference *of these networks* from the finite test set only. It says
+  nothing about other seeds. NaN with fewer than 30 test examples or resamples
+  (:func:`robustpath.barrier.ci_note`).
+
+The former two-level bootstrap (seed pairs resampled with replacement, then examples)
+is gone: with three pairs its outer level has ten distinct resamples, never leaves the
+range of the per-pair values and has no small-sample inflation.
 
 Metrics are those of :func:`robustpath.barrier.metrics_from_curves` on the grid points.
 ``python -m robustpath.paired RUN`` prints the table; :func:`write_paired` writes
@@ -28,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from .barrier import KINDS, metrics_from_curves
+from .barrier import KINDS, ci_note, metrics_from_curves
 from .errors import UserError, cli_main
 from .records import PathRecord
 from .records import read as read_records
@@ -39,6 +50,8 @@ METRICS = ("robust_acc_min", "robust_acc_avg", "robust_loss_barrier", "clean_acc
            "clean_acc_avg")
 #: accuracy-like metrics shown in percentage points in the Markdown table
 _PERCENT = ("acc_min", "acc_avg", "acc_barrier", "acc_ends")
+COLUMNS = ["comparison", "metric", "pairs", "x_mean", "x_std", "y_mean", "y_std", "diffs",
+           "diff_mean", "diff_std", "ci_lo", "ci_hi", "p_signflip", "ex_lo", "ex_hi", "level"]
 
 
 def comparisons(records: Sequence[PathRecord]) -> list[tuple[str, tuple[str, str], tuple[str, str]]]:
@@ -75,16 +88,42 @@ def _replicates(rec: PathRecord, weights: np.ndarray | None,
     return {name: np.asarray(m[name], dtype=np.float64) for name in metrics}
 
 
+def t_interval(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of ``d`` (n - 1 degrees of freedom); NaNs for n < 2."""
+    d = np.asarray(d, dtype=np.float64)
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    sem = float(d.std(ddof=1)) / np.sqrt(len(d))
+    if sem == 0.0:   # every pair the same: scipy returns NaN, the interval is the point
+        return float(d.mean()), float(d.mean())
+    lo, hi = stats.t.interval(level, len(d) - 1, loc=float(d.mean()), scale=sem)
+    return float(lo), float(hi)
+
+
+def signflip_p(d: np.ndarray) -> float:
+    """Two-sided exact sign-flip permutation p of mean(d) = 0 (every sign vector)."""
+    d = np.asarray(d, dtype=np.float64)
+    if len(d) == 0:
+        return float("nan")
+    if len(d) < 2 or not np.any(d):   # one pair: both signs are as extreme
+        return 1.0
+    res = stats.permutation_test((d, np.zeros_like(d)), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                 permutation_type="samples", alternative="two-sided",
+                                 n_resamples=np.inf if len(d) <= 20 else 100000,
+                                 vectorized=True, random_state=0)
+    return float(res.pvalue)
+
+
 def paired_differences(records: Sequence[PathRecord], metrics: Sequence[str] = METRICS, *,
                        bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """One row per (comparison, metric): ``comparison``, ``metric``, ``pairs``,
-    ``x_mean``, ``x_std``, ``y_mean``, ``y_std``, ``diff_mean``, ``diff_std`` (across
-    pairs; NaN with one pair), ``ci_lo``, ``ci_hi`` (two-level bootstrap), ``level``."""
-    cols = ["comparison", "metric", "pairs", "x_mean", "x_std", "y_mean", "y_std", "diff_mean",
-            "diff_std", "ci_lo", "ci_hi", "level"]
+    """One row per (comparison, metric) with :data:`COLUMNS`: ``pairs``, each row's
+    mean and std across pairs, ``diffs`` (the per-pair differences, ``;``-separated),
+    ``diff_mean``, ``diff_std`` (NaN with one pair), ``ci_lo`` / ``ci_hi`` (t-interval
+    over seed pairs; NaN with one pair), ``p_signflip`` (exact sign-flip test),
+    ``ex_lo`` / ``ex_hi`` (bootstrap over test examples, pairs fixed), ``level``."""
     comps = comparisons(records)
     if not comps:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=COLUMNS)
     by_row: dict[tuple[str, str], dict[tuple, PathRecord]] = {}
     for r in records:
         by_row.setdefault((r.align, r.curve), {})[r.endpoints] = r
@@ -100,44 +139,66 @@ def paired_differences(records: Sequence[PathRecord], metrics: Sequence[str] = M
             point[row, pair] = _replicates(rec, None, metrics)
             boot[row, pair] = _replicates(rec, weights, metrics)
     alpha = (1 - level) / 2
+    no_ex = ci_note(n_ex, bootstrap) is not None   # too few examples / resamples
     out = []
     for label, x, y in comps:
         pairs = sorted(set(by_row[x]) & set(by_row[y]))
         if not pairs:
             continue
-        draw = rng.integers(0, len(pairs), size=(bootstrap, len(pairs)))   # outer level
         for m in metrics:
             xv = np.array([point[x, p][m] for p in pairs])
             yv = np.array([point[y, p][m] for p in pairs])
-            d_boot = np.stack([boot[x, p][m] - boot[y, p][m] for p in pairs], 1)   # [B, P]
-            means = np.take_along_axis(d_boot, draw, 1).mean(1)
+            d = xv - yv
+            # within-pair: the examples resampled, the pairs held fixed
+            d_boot = np.stack([boot[x, p][m] - boot[y, p][m] for p in pairs], 1).mean(1)
             sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+            lo, hi = t_interval(d, level)
             out.append({"comparison": label, "metric": m, "pairs": len(pairs),
                         "x_mean": float(xv.mean()), "x_std": sd(xv),
                         "y_mean": float(yv.mean()), "y_std": sd(yv),
-                        "diff_mean": float((xv - yv).mean()), "diff_std": sd(xv - yv),
-                        "ci_lo": float(np.quantile(means, alpha)),
-                        "ci_hi": float(np.quantile(means, 1 - alpha)), "level": level})
-    return pd.DataFrame(out, columns=cols)
+                        "diffs": ";".join(f"{v:.6f}" for v in d),
+                        "diff_mean": float(d.mean()), "diff_std": sd(d),
+                        "ci_lo": lo, "ci_hi": hi, "p_signflip": signflip_p(d),
+                        "ex_lo": np.nan if no_ex else float(np.quantile(d_boot, alpha)),
+                        "ex_hi": np.nan if no_ex else float(np.quantile(d_boot, 1 - alpha)),
+                        "level": level})
+    return pd.DataFrame(out, columns=COLUMNS)
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    """Accuracies in percentage points, losses as they are; ``mean ± std`` over pairs."""
+    """Accuracies in percentage points, losses as they are; ``mean ± std`` over pairs,
+    the per-pair differences, the t-interval over pairs and the sign-flip p, then the
+    within-pair interval over examples."""
     def fmt(v: float, pct: bool) -> str:
         return "n/a" if not np.isfinite(v) else (f"{100 * v:.1f}" if pct else f"{v:.3f}")
 
-    lines = ["| comparison | metric | pairs | X mean ± std | Y mean ± std | X - Y mean ± std "
-             "| 95% CI (pairs x examples) |", "|---|---|---|---|---|---|---|"]
+    lev = f"{100 * float(frame['level'].iloc[0]):g}%" if len(frame) else "95%"
+    lines = [f"| comparison | metric | pairs | X mean ± std | Y mean ± std | X - Y per pair "
+             f"| X - Y mean ± std | {lev} t-interval (seed pairs) | sign-flip p "
+             f"| {lev} CI (examples, within pairs) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         pct = r.metric.endswith(_PERCENT)
+        per = ", ".join(fmt(float(v), pct) for v in str(r.diffs).split(";") if v)
+        tint = ("n/a (one pair)" if r.pairs < 2 else
+                f"[{fmt(r.ci_lo, pct)}, {fmt(r.ci_hi, pct)}]")
         lines.append(
             f"| {r.comparison} | {r.metric}{' (pp)' if pct else ''} | {r.pairs} "
             f"| {fmt(r.x_mean, pct)} ± {fmt(r.x_std, pct)} | {fmt(r.y_mean, pct)} ± "
-            f"{fmt(r.y_std, pct)} | {fmt(r.diff_mean, pct)} ± {fmt(r.diff_std, pct)} "
-            f"| [{fmt(r.ci_lo, pct)}, {fmt(r.ci_hi, pct)}] |")
-    note = ("\nX - Y per seed pair on the same test examples; ± is the std across seed pairs "
-            "(n/a with one pair); the CI is a two-level bootstrap over seed pairs and test "
-            "examples (robustpath.paired; with one pair it covers test examples only).\n")
+            f"{fmt(r.y_std, pct)} | {per} | {fmt(r.diff_mean, pct)} ± {fmt(r.diff_std, pct)} "
+            f"| {tint} | {r.p_signflip:.3g} | "
+            + (f"[{fmt(r.ex_lo, pct)}, {fmt(r.ex_hi, pct)}] |" if np.isfinite(r.ex_lo)
+               else "n/a (< 30 examples or resamples) |"))
+    one = bool(len(frame)) and int(frame["pairs"].max()) < 2
+    note = ("\nX - Y per seed pair on the same test examples (pairs in seed order); ± is the "
+            "std across seed pairs (n/a with one pair). The t-interval is over seed pairs "
+            "(t distribution, pairs - 1 degrees of freedom): what the differences support "
+            "for other seeds. Sign-flip p: two-sided exact permutation test over the 2^pairs "
+            "sign flips (it cannot go below 2 / 2^pairs: 0.25 with three pairs). The last "
+            "column resamples the test examples with the seed pairs held fixed: uncertainty "
+            "from the test set only, not across seeds (robustpath.paired).\n")
+    if one:
+        note += ("\nOne seed pair: no interval over seeds can be given; the examples interval "
+                 "covers these two networks only.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -158,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = ArgumentParser(prog="python -m robustpath.paired",
                        description="Paired differences of a run's rows (aligned vs unaligned, "
-                       "curve vs line), printed as Markdown.")
+                       "curve vs line) per seed pair, with a t-interval over pairs, an exact "
+                       "sign-flip p and a within-pair interval over examples, as Markdown.")
     p.add_argument("run", help="run folder (records.csv + examples.npz)")
     p.add_argument("--bootstrap", type=int, default=1000,
-                   help="bootstrap resamples of the two-level (seed pairs x examples) CI")
+                   help="bootstrap resamples of the within-pair interval over test examples")
     args = p.parse_args(argv)
     if not 1 <= args.bootstrap <= 100000:
         raise UserError(f"--bootstrap must be in 1..100000, got {args.bootstrap}")

@@ -110,9 +110,19 @@ SETTINGS: list[Setting] = [
             "utils/data.py:31-32", lambda c: c["endpoint"].augment, None,
             "crop + flip as theirs, but robustpath pads by reflection (robustpath.data), "
             "theirs with zeros"),
-    Setting(E, "rotation", "RandomAffine(degrees=15), before flip and crop", "utils/data.py:30",
-            lambda c: c["endpoint"].affine_degrees, 15.0,
-            "robustpath rotates after crop and flip (same distribution of angles)"),
+    Setting(E, "rotation angle", "RandomAffine(degrees=15)", "utils/data.py:30",
+            lambda c: c["endpoint"].affine_degrees, 15.0, "the order differs: next row"),
+    Setting(E, "augmentation order", "rotate, flip, crop", "utils/data.py:30-32",
+            lambda c: "crop, flip, rotate", None,
+            "kept: robustpath.data crops and flips, then rotates (the same transforms and "
+            "parameters in another order). Matching it would change what the committed "
+            "paper-fmnist run (rotation on) computes"),
+    Setting(E, "PGD random start", "x + U(-eps, eps), not clamped to [0, 1] before the "
+            "first step (clamped after each step)", "utils/attack.py:29-30,47",
+            lambda c: "clamped to [0, 1]", None,
+            "kept: every input the network sees is a valid image (pixels in [0, 1], "
+            "robustpath.attacks); the two differ only in the first gradient. Holds for the "
+            "curve and evaluation attacks too"),
     Setting(E, "input normalisation", "none ('Adversarial' transform: ToTensor only)",
             "utils/data.py:28-38", lambda c: "Normalize layer in the model",
             None, "robustpath models hold the dataset mean/std; the first BN absorbs it "
@@ -151,9 +161,9 @@ SETTINGS: list[Setting] = [
     Setting(C, "crop + flip", "as endpoints ('Adversarial' transform)", f"{TC}:33,105-113",
             lambda c: c["curve"].augment, None,
             "crop + flip as theirs, padded by reflection as the endpoints (see above)"),
-    Setting(C, "rotation", "RandomAffine(degrees=15), as endpoints",
+    Setting(C, "rotation angle", "RandomAffine(degrees=15), as endpoints",
             f"{TC}:33,105-113; utils/data.py:30", lambda c: c["curve"].affine_degrees, 15.0,
-            "robustpath rotates after crop and flip, as the endpoints"),
+            "order: crop, flip, rotate, as the endpoints (deviation above)"),
     # ------------------------------------------------------------ evaluation
     Setting(V, "t points", "65, evenly spaced in [0, 1]", f"{EV}:42-43,160",
             lambda c: c["cfg"].t_points, 65),
@@ -168,11 +178,21 @@ SETTINGS: list[Setting] = [
             f"{c['cfg'].train_subset or 'all'} training images",
             "391 x 128 of all training images",
             "theirs: 98 batches of 512, with training augmentation"),
+    Setting(V, "BN batches augmented", "yes: the training loader with the 'Adversarial' "
+            "transform (rotate, flip, crop), a new draw at every t", f"{EV}:175; utils/data.py:28-33",
+            lambda c: "no: the same unaugmented batches at every t", None,
+            "kept: fixed batches make the statistics at every t deterministic and comparable "
+            "across t (robustpath.bn, robustpath.evaluate); matching would change what the "
+            "committed paper-fmnist run computes"),
     Setting(V, "BN inputs", "adversarial (PGD-5 on the training batches)",
             f"{EV}:176; utils/utils.py:578-582", lambda c: c["cfg"].bn_inputs, "adv"),
-    Setting(V, "BN attack mode", "train mode (batch statistics) while statistics accumulate",
-            "utils/utils.py:564,578-582", lambda c: "eval mode, clean-statistics copy", None,
-            "robustpath.bn.recompute_bn attacks a frozen copy with clean statistics"),
+    Setting(V, "BN attack mode", "train mode: every forward pass inside the PGD call (its 5 "
+            "steps and the final one) runs on batch statistics and adds to the running "
+            "averages", "utils/utils.py:564-582; utils/attack_curve.py:30-50",
+            lambda c: "eval mode, clean-statistics copy", None,
+            "kept: robustpath.bn.recompute_bn attacks a frozen copy with clean statistics and "
+            "accumulates statistics from the final adversarial batches only; theirs also "
+            "average in the intermediate PGD iterates' statistics"),
     Setting(V, "average accuracy", "arc-length weighted along the curve", f"{EV}:202-207",
             lambda c: "arc length", "arc length", "robustpath.barrier: trapz(A speed)/trapz(speed)"),
     # ------------------------------------------------------------ PAM
@@ -191,6 +211,16 @@ SETTINGS: list[Setting] = [
     Setting(P, "candidates", "Hungarian projection, previous permutation, 32 BvN samples "
             "(11 largest coefficients)", f"utils/utils.py:198-259; {PM}:267",
             lambda c: (c["pam"].bvn_samples, c["pam"].bvn_top), (32, 11)),
+    Setting(P, "candidates scored on", "the training loader (shuffled, with the script's "
+            "training transform)", f"{PM}:267; utils/utils.py:198-259",
+            lambda c: "fixed unaugmented selection batches, t = linspace(0, 1)", None,
+            "kept: every candidate is scored on the same batches, so the choice does not "
+            "depend on which random batches a candidate drew (robustpath.pam.tatro.select_loss)"),
+    Setting(P, "BvN tolerance", "entries with abs(S) < 5e-4 zeroed after every subtraction",
+            "utils/birkhoff.py:37,259", lambda c: "1e-9, negatives zeroed",
+            None, "kept: robustpath.pam.birkhoff decomposes to 1e-9 (coefficients sum to 1 "
+            "within rounding) and drops the projection's negative entries; only the 11 "
+            "largest coefficients are sampled, far above either tolerance"),
     Setting(P, "curve step", "lr 0.1, Nesterov 0.9, L2 5e-4 on theta(t), proximal nu 1e3",
             f"{PM}:173-178,297-298", lambda c: (c["pam"].curve_lr, c["pam"].weight_decay),
             (0.1, 5e-4)),

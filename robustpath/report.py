@@ -126,7 +126,9 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
     title = f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {atk}"
     caption = title.replace("L∞", "Linf").replace("ε", "eps")  # LaTeX captions stay ASCII
     from .strong_io import read as read_strong
+    from .strong_io import refresh as refresh_strong
 
+    refresh_strong(run_dir, cfg)  # exact intervals + McNemar counts from the stored arrays
     summary = write_tables(run_dir / "tables", paths, bootstrap=boot, caption=caption,
                            strong=read_strong(run_dir))
     from .paired import write_paired  # tables/paired.{md,csv}: aligned vs unaligned, curve vs line
@@ -174,7 +176,7 @@ def format_summary(summary: pd.DataFrame, cfg: dict | None = None) -> str:
         lines.insert(0, f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}, {atk}")
     pairs = int(summary["pairs"].max()) if len(summary) else 0
     lines.append("accuracies in %, losses in nats; " + (
-        "value [95% bootstrap CI over test examples]" if pairs <= 1 else
+        "value [95% bootstrap CI over test examples; AA columns: exact CI]" if pairs <= 1 else
         f"mean ± std over {pairs} seed pairs"))
     return "\n".join(lines)
 

@@ -8,7 +8,9 @@ nobody trained to be smooth. For every evaluated path, on a fixed, seeded subset
 examples at every point and on every path, so differences are paired):
 
 * at t = 0, t = 1 and the path's worst t (the lowest PGD robust accuracy over the
-  grid *and* its refinement, :func:`robustpath.evaluate.refine_minimum`), the network
+  grid *and* its refinement, :func:`robustpath.evaluate.refine_minimum`) - and with
+  ``StrongSettings.at = "grid"`` (``--strong-at grid``) at every grid t too, roles
+  ``grid1`` ... (:data:`STRONG_AT`) - the network
   is prepared exactly as the path evaluation prepared it (:class:`PointSetup`: the same
   BatchNorm batches) and attacked by
 
@@ -33,6 +35,10 @@ examples at every point and on every path, so differences are paired):
   A source is made once per endpoint *function* (``endpoint_ids``) and cached in the
   stage's folder, so the aligned and unaligned paths of a pair share it.
 
+A point's cache key holds the AutoAttack engine's version (``pyautoattack X.Y.Z``, from
+:meth:`robustpath.autoattack.StandardAutoAttack.describe`), and a cached point whose
+recorded engine differs from the installed one is recomputed, said in one line.
+
 Results per path: :class:`StrongPath` (per-example arrays per point + metadata); written
 by :mod:`robustpath.strong_io` as ``strong_eval.{csv,md}``, ``strong_examples.npz``
 and one RobustBench-style card per point in ``cards/``.
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +64,7 @@ from .bn import recompute_bn
 from .errors import UserError
 from .evaluate import PathResult, PointCache, min_point
 from .metrics import per_example
+from .registry import Registry
 from .store import atomic_write_json, config_hash
 
 ModelAt = Callable[[float], nn.Module]
@@ -72,7 +80,9 @@ class StrongSettings:
     standard | plus | rand | custom; ``aa_attacks`` [--aa-attacks]: custom's list;
     ``pgd_steps`` / ``pgd_restarts`` [--strong-pgd-steps / --strong-pgd-restarts]:
     the many-restart PGD; ``extra_t``: more t to attack besides the endpoints and the
-    worst t.
+    worst t; ``at`` [--strong-at]: which points (:data:`STRONG_AT`: ``ends-worst``, the
+    default, or ``grid``, every grid t as well). ``at`` is not in a point's key: a
+    point's numbers do not depend on which other points are attacked.
     """
 
     examples: int = 200
@@ -82,9 +92,12 @@ class StrongSettings:
     pgd_restarts: int = 10
     seed: int = 0
     extra_t: list[float] = field(default_factory=list)
+    at: str = "ends-worst"
 
     def validate(self) -> StrongSettings:
         from .autoattack import check_version
+
+        STRONG_AT.get(self.at)  # an unknown --strong-at: one line listing the known ones
 
         if int(self.examples) < 1:
             raise UserError(f"--strong-examples must be >= 1, got {self.examples} "
@@ -163,14 +176,30 @@ class PointSetup:
         return self.prepare_model(model_at(float(t)), t)
 
 
+#: which points of a path the strong stage attacks besides the endpoints, the worst t and
+#: ``extra_t``: name -> ``result -> [(role, t)]`` (``--strong-at``)
+STRONG_AT: Registry[Callable[[PathResult], list[tuple[str, float]]]] = Registry("--strong-at")
+STRONG_AT.register("ends-worst")(lambda result: [])
+
+
+@STRONG_AT.register("grid")
+def _grid_points(result: PathResult) -> list[tuple[str, float]]:
+    """Every interior grid t of ``result`` (not its refinement points): roles ``grid<i>``
+    with i the grid index, so the AA barrier can be a maximum over the path."""
+    ts = result.grid().ts if hasattr(result, "grid") else result.ts
+    return [(f"grid{i}", round(float(t), 10)) for i, t in enumerate(ts) if 0.0 < t < 1.0]
+
+
 def strong_ts(result: PathResult | None = None, extra: Sequence[float] = (),
-              endpoints: bool = True) -> list[tuple[str, float]]:
+              endpoints: bool = True, at: str = "ends-worst") -> list[tuple[str, float]]:
     """The points to attack: ``("a", 0)``, ``("b", 1)``, ``("worst", t*)`` with t* the
     lowest robust accuracy of ``result`` over grid and refinement
-    (:func:`robustpath.evaluate.min_point`), and ``("extra", t)`` for ``extra``."""
+    (:func:`robustpath.evaluate.min_point`), the points of ``at`` (:data:`STRONG_AT`)
+    and ``("extra", t)`` for ``extra``."""
     pts: list[tuple[str, float]] = [("a", 0.0), ("b", 1.0)] if endpoints else []
     if result is not None and len(result.ts):
         pts.append(("worst", round(min_point(result)[0], 10)))
+        pts += STRONG_AT.get(at)(result)
     for t in extra:
         t = float(t)
         if not 0.0 <= t <= 1.0:
@@ -264,9 +293,10 @@ def _save(path: Path, arrays: dict, meta: dict) -> None:
     save_npz(path.with_suffix(".npz"), arrays, {"point": path.name})
 
 
-def _load(path: Path, n: int) -> tuple[dict, dict] | None:
+def _load(path: Path, n: int, engine: str | None = None) -> tuple[dict, dict] | None:
     """A verified cached point (sidecar bound to this point's key, checksum, shapes);
-    None when absent, or damaged (said in one line, then recomputed)."""
+    None when absent, or damaged (said in one line, then recomputed), or made by another
+    AutoAttack ``engine`` than this one (``"pyautoattack 0.2.0"``; said in one line)."""
     from .cache import load_npz, recompute_notice
     from .store import CacheError
 
@@ -279,6 +309,12 @@ def _load(path: Path, n: int) -> tuple[dict, dict] | None:
                 or not isinstance(meta, dict):
             raise CacheError(f"{path.with_suffix('.npz')} holds another subset",
                              (path.with_suffix(".npz"), path.with_suffix(".json")))
+        got = (meta.get("aa") or {}).get("engine")
+        if engine is not None and got != engine:
+            made = got or "an unrecorded AutoAttack version"
+            print(f"note: strong point {path.name} was made with {made}, this is {engine}: "
+                  "recomputed", file=sys.stderr)
+            return None
         return arrays, meta
     except (OSError, ValueError) as e:
         recompute_notice(CacheError(f"{path.with_suffix('.meta.json')} is unreadable "
@@ -321,10 +357,12 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     aa = build_attack(settings.aa_config(eval_attack.norm, eval_attack.eps), num_classes)
     many = build_attack(settings.pgd_config(eval_attack.norm, eval_attack.eps), num_classes)
     direct_attack = build_attack(eval_attack, num_classes)
-    skey = config_hash({"strong": settings.to_dict(), "attack": eval_attack.to_dict(),
+    engine = aa.describe()["engine"]   # "pyautoattack 0.2.0": the version is in the key
+    strong = {k: v for k, v in settings.to_dict().items() if k != "at"}
+    skey = config_hash({"strong": strong, "attack": eval_attack.to_dict(),
                         "n_test": len(y_test), "pgd_many": settings.pgd_config(
-                            eval_attack.norm, eval_attack.eps).to_dict()})
-    pts = strong_ts(result, settings.extra_t)
+                            eval_attack.norm, eval_attack.eps).to_dict(), "engine": engine})
+    pts = strong_ts(result, settings.extra_t, at=settings.at)
     sources: dict[str, torch.Tensor] = {}
 
     def bn_key(t: float):
@@ -361,7 +399,7 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
         i = int(np.argmin(np.abs(result.ts - t)))
         pgd = np.asarray(result.robust_correct[i], dtype=bool)[idx]
         grid_clean = np.asarray(result.clean_correct[i], dtype=bool)[idx]
-        got = _load(folder / pkey, len(idx))
+        got = _load(folder / pkey, len(idx), engine)
         if got is None:
             model = setup.prepare_model(raw if raw is not None else model_at(float(t)), t)
             res = aa.run(model, x.to(device), y.to(device),

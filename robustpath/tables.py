@@ -3,8 +3,10 @@ path family; columns endpoint / min / average clean and robust accuracy along th
 path and the loss and accuracy barriers. CSV (full precision, CIs as columns),
 Markdown and LaTeX.
 
-One seed pair: value [95% bootstrap CI]. Several pairs: mean ± std over pairs.
-Accuracies in percent, losses in nats.
+One seed pair: value [95% bootstrap CI] ("[no CI]" with fewer than 30 test examples or
+bootstrap resamples, :func:`robustpath.barrier.ci_note`). Several pairs: mean ± std over
+pairs. Accuracies in percent, losses in nats. Min / barrier columns marked "(grid)" use
+the grid points only; "(refined)" ones every evaluated point, grid and refinement.
 """
 
 from __future__ import annotations
@@ -28,19 +30,26 @@ COLUMNS = [
     ("clean_acc_min", "Clean min", True),
     ("clean_acc_avg", "Clean avg", True),
     ("robust_acc_ends", "Robust ends", True),
-    ("robust_acc_min", "Robust min", True),
-    ("robust_t_min", "t at robust min", False),
+    ("robust_acc_min", "Robust min (grid)", True),
+    ("robust_t_min", "t at robust min (grid)", False),
     ("robust_acc_avg", "Robust avg", True),
-    ("clean_loss_barrier", "Clean loss barrier", False),
-    ("robust_loss_barrier", "Robust loss barrier", False),
-    ("robust_acc_barrier", "Robust acc barrier", True),
-    # the minimum over grid + refinement points (robustpath.evaluate.refine_minimum)
+    ("clean_loss_barrier", "Clean loss barrier (grid)", False),
+    ("robust_loss_barrier", "Robust loss barrier (grid)", False),
+    ("robust_acc_barrier", "Robust acc barrier (grid)", True),
+    # over grid + refinement points (robustpath.evaluate.refine_minimum)
     ("robust_acc_min_refined", "Robust min (refined)", True),
     ("robust_t_min_refined", "t at refined min", False),
-    # the strong stage (robustpath.strong) on its example subset: AutoAttack at the worst t
-    ("aa_robust_worst", "AA robust at worst t", True),
-    ("aa_acc_barrier", "AA acc barrier", True),
-    ("aa_pgd_gap", "PGD - AA gap", True),
+    ("robust_loss_barrier_refined", "Robust loss barrier (refined)", False),
+    ("robust_acc_barrier_refined", "Robust acc barrier (refined)", True),
+    # the strong stage (robustpath.strong) on its example subset: AutoAttack at PGD's
+    # worst t (a lower bound on the AA barrier over the path), or the maximum over every
+    # attacked t with --strong-at grid (robustpath.strong_io.strong_metrics)
+    ("aa_robust_worst", "AA robust at PGD's worst t", True),
+    ("aa_acc_barrier", "AA acc barrier at PGD's worst t (lower bound)", True),
+    ("aa_pgd_gap", "PGD - AA gap at PGD's worst t", True),
+    ("aa_robust_min", "AA robust min (attacked t)", True),
+    ("aa_acc_barrier_max", "AA acc barrier (max over attacked t)", True),
+    ("aa_pgd_gap_max", "PGD - AA gap (max over attacked t)", True),
 ]
 
 
@@ -94,6 +103,8 @@ def _fmt(row, name: str, pct: bool, latex: bool) -> str:
         pm = r" $\pm$ " if latex else " ± "
         return f"{v:.{digits}f}{pm}{row[f'{name}_std'] * scale:.{digits}f}"
     lo, hi = row[f"{name}_lo"] * scale, row[f"{name}_hi"] * scale
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # too few examples / resamples for one
+        return f"{v:.{digits}f} [no CI]"
     return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
@@ -112,6 +123,9 @@ def to_markdown(summary: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(md_text, header)) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join([*map(md_text, r[:2]), *r[2:]]) + " |" for r in body]
+    if any("[no CI]" in c for r in body for c in r):
+        lines += ["", "[no CI]: fewer than 30 test examples or bootstrap resamples, too few "
+                  "for a 95% interval (robustpath.barrier.ci_note)."]
     return "\n".join(lines) + "\n"
 
 
