@@ -184,7 +184,7 @@ def evaluate_path(curve: PlainBezier, x_tr, y_tr, x_te, y_te, s: Sizes) -> list[
     for t in torch.linspace(0, 1, s.t_points).tolist():
         net = curve.net
         with torch.no_grad():
-            for (name, p), v in zip(net.named_parameters(), curve.params(curve.theta(t)).values()):
+            for p, v in zip(net.parameters(), curve.params(curve.theta(t)).values()):
                 p.copy_(v)
             for name, buf in net.named_buffers():
                 if buf.is_floating_point():
@@ -230,7 +230,8 @@ def robustpath_pipeline(data, s: Sizes) -> dict[str, float]:
     from robustpath.curves import build_curve
     from robustpath.evaluate import evaluate_path as rp_evaluate_path
     from robustpath.evaluate import t_grid
-    from robustpath.train import TrainConfig, train_endpoint as rp_train_endpoint
+    from robustpath.train import TrainConfig
+    from robustpath.train import train_endpoint as rp_train_endpoint
 
     x_tr, y_tr, x_te, y_te = data
     train_attack = AttackConfig(name="pgd", eps=s.eps, steps=s.train_steps)
