@@ -202,29 +202,29 @@ def evaluate_path(curve: PlainBezier, x_tr, y_tr, x_te, y_te, s: Sizes) -> list[
     return rows
 
 
-def plain_pipeline(data, s: Sizes) -> dict[str, float]:
-    """Seconds per stage of the plain loop: two endpoints, one Bezier curve, its path."""
+def plain_pipeline(data, s: Sizes):
+    """The plain loop's stages: two endpoints, one Bezier curve, its path; yields the
+    seconds of each stage as it ends (so that a caller can interleave stages)."""
     x_tr, y_tr, x_te, y_te = data
-    sec = {}
     start = time.perf_counter()
     a = train_endpoint(0, x_tr, y_tr, x_te, y_te, s)
     b = train_endpoint(1, x_tr, y_tr, x_te, y_te, s)
-    sec["endpoint training"] = time.perf_counter() - start
+    yield time.perf_counter() - start
     start = time.perf_counter()
     curve = PlainBezier(a, b)
     fit_curve(curve, x_tr, y_tr, s)
-    sec["curve fitting"] = time.perf_counter() - start
+    yield time.perf_counter() - start
     start = time.perf_counter()
     evaluate_path(curve, x_tr, y_tr, x_te, y_te, s)
-    sec["path evaluation"] = time.perf_counter() - start
-    return sec
+    yield time.perf_counter() - start
 
 
 # ------------------------------------------------------------------ robustpath
-def robustpath_pipeline(data, s: Sizes) -> dict[str, float]:
+def robustpath_pipeline(data, s: Sizes):
     """The same work through robustpath's functions, as its stages call them (endpoint
     checkpoints per epoch and the curve's in a temporary folder; the path on the t grid
-    without the point cache or refinement, which the plain loop does not have)."""
+    without the point cache or refinement, which the plain loop does not have); yields
+    the seconds of each stage as it ends."""
     from robustpath.attacks import AttackConfig, build_attack
     from robustpath.curve_train import CurveTrainConfig, train_curve
     from robustpath.curves import build_curve
@@ -236,7 +236,6 @@ def robustpath_pipeline(data, s: Sizes) -> dict[str, float]:
     x_tr, y_tr, x_te, y_te = data
     train_attack = AttackConfig(name="pgd", eps=s.eps, steps=s.train_steps)
     eval_attack = AttackConfig(name="pgd", eps=s.eps, steps=s.eval_steps, seed=0)
-    sec = {}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         ends = []
@@ -247,13 +246,13 @@ def robustpath_pipeline(data, s: Sizes) -> dict[str, float]:
             model, _ = rp_train_endpoint(tc, f"{tmp}/ep{seed}", progress=False,
                                          data=(x_tr, y_tr, x_te, y_te))
             ends.append(model.eval())
-        sec["endpoint training"] = time.perf_counter() - start
+        yield time.perf_counter() - start
         start = time.perf_counter()
         curve = build_curve("bezier", ends[0], ends[1], bends=1)
         cc = CurveTrainConfig(epochs=s.curve_epochs, batch_size=s.batch, lr=s.curve_lr, seed=0,
                               attack=train_attack)
         train_curve(curve, x_tr, y_tr, cc, f"{tmp}/curve", progress=False)
-        sec["curve fitting"] = time.perf_counter() - start
+        yield time.perf_counter() - start
         start = time.perf_counter()
         rp_evaluate_path(curve, t_grid(s.t_points), x_te, y_te, build_attack(eval_attack),
                          bn_loader=data_mod.Batches(x_tr, y_tr, s.batch, shuffle=True, seed=0),
@@ -261,8 +260,7 @@ def robustpath_pipeline(data, s: Sizes) -> dict[str, float]:
                          bn_attack=build_attack(AttackConfig(name="pgd", eps=s.eps,
                                                              steps=s.train_steps, seed=1)),
                          progress=False)
-        sec["path evaluation"] = time.perf_counter() - start
-    return sec
+        yield time.perf_counter() - start
 
 
 @dataclass
@@ -285,17 +283,23 @@ class Comparison:
 
 
 def compare(s: Sizes, rounds: int = 2, root=None, log=None) -> Comparison:
-    """Alternate the two pipelines for ``rounds`` rounds (order swapped each round)."""
+    """Run both pipelines ``rounds`` times, alternating stage by stage (robustpath's
+    endpoints, the plain endpoints, robustpath's curve, ...; the order swapped each
+    round), so that the load of a shared machine hits both alike."""
     data = data_mod.load_subsets("fashion-mnist", root, s.train, s.test)
     out = Comparison(s, rounds)
     for r in range(rounds):
         order = [("robustpath", robustpath_pipeline), ("plain", plain_pipeline)]
-        for who, fn in (order if r % 2 == 0 else order[::-1]):
-            sec = fn(data, s)
-            getattr(out, who).append(sec)
-            if log:
-                log(f"round {r + 1}/{rounds} {who}: " + ", ".join(f"{k} {v:.1f} s"
-                                                                  for k, v in sec.items()))
+        order = order if r % 2 == 0 else order[::-1]
+        runs = {who: fn(data, s) for who, fn in order}
+        secs = {who: {} for who, _ in order}
+        for stage in STAGES:
+            for who, _ in order:
+                secs[who][stage] = next(runs[who])
+                if log:
+                    log(f"round {r + 1}/{rounds} {who}: {stage} {secs[who][stage]:.1f} s")
+        for who, _ in order:
+            getattr(out, who).append(secs[who])
     return out
 
 
