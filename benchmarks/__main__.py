@@ -1,5 +1,7 @@
 """``python -m benchmarks``: PGD speed against torchattacks, the cheap optimisations
-before/after, and one PGD-training epoch against this machine's matmul peak.
+before/after, one PGD-training epoch against this machine's matmul peak, and the quick
+preset's curve pipeline against a plain-PyTorch loop of the same work (section
+``plain``, :mod:`benchmarks.plain_torch`; ``--only plain`` runs it alone).
 
 Prints the tables and writes them, with the machine and the command, to
 ``benchmarks/RESULTS.md``. Every figure is a ratio of quantities measured in this
@@ -21,11 +23,11 @@ from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
 from robustpath.store import atomic_write_text
 
-from . import efficiency, machine, optimisations, path_cost, pgd_speed, subjects
+from . import efficiency, machine, optimisations, path_cost, pgd_speed, plain_torch, subjects
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GOAL_ES, GOAL_FULL = 1.3, 1.0
-SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align"}
+SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align", "plain"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                   "pgd,opt,epoch,path,compile,align")
+                   "pgd,opt,epoch,path,compile,align,plain")
+    p.add_argument("--only", default="", help="comma-separated sections to run (the rest skipped)")
+    p.add_argument("--plain-train", type=int, default=10000,
+                   help="training images, plain section (default: the quick preset's 10000)")
+    p.add_argument("--plain-test", type=int, default=1000, help="test images, plain section")
+    p.add_argument("--plain-epochs", type=int, default=4,
+                   help="endpoint and curve epochs, plain section (default 4 as quick)")
+    p.add_argument("--plain-rounds", type=int, default=2, help="alternated rounds, plain section")
     p.add_argument("--t-batch", type=int, default=4, help="t per vmap batch in the path section")
     p.add_argument("--path-images", type=int, default=1000, help="test images per t, path section")
     p.add_argument("--bn-batches", type=int, default=10,
@@ -197,13 +206,21 @@ def main(argv=None) -> int:
         args.cnn_batch, args.resnet_batch, args.epoch_images, args.matmul_n = 50, 10, 384, 512
         args.rounds, args.steps = 1, 3
         args.path_images, args.bn_batches, args.t_batch, args.widths = 50, 1, 2, "0.5,1"
+        args.plain_train, args.plain_test, args.plain_epochs, args.plain_rounds = 256, 100, 1, 1
     for flag in ("steps", "rounds", "cnn_images", "resnet_images", "cnn_batch", "resnet_batch",
                  "cnn_train", "resnet_train", "epoch_images", "matmul_n"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - SECTIONS:
-        raise UserError(f"--skip takes {', '.join(sorted(SECTIONS))}; got {args.skip!r}")
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if (skip | only) - SECTIONS:
+        raise UserError(f"--skip and --only take {', '.join(sorted(SECTIONS))}; "
+                        f"got {args.skip or args.only!r}")
+    if only:
+        skip |= SECTIONS - only
+    for flag in ("plain_train", "plain_test", "plain_epochs", "plain_rounds"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
     from robustpath.numbers import parse_float_list
 
     widths = parse_float_list(args.widths, name="--widths")
@@ -214,9 +231,11 @@ def main(argv=None) -> int:
     load_before = machine.load_average()
     info = machine.info(device)
 
-    _log("training the benchmark subjects ...")
-    cnn = subjects.cnn_small(args.cnn_train, args.cnn_images, device, args.data_root)
-    res = subjects.resnet20(args.resnet_train, args.resnet_images, device, args.data_root)
+    cnn = res = None
+    if {"pgd", "opt", "path", "compile"} - skip:
+        _log("training the benchmark subjects ...")
+        cnn = subjects.cnn_small(args.cnn_train, args.cnn_images, device, args.data_root)
+        res = subjects.resnet20(args.resnet_train, args.resnet_images, device, args.data_root)
 
     pgd_results, opt_results, epoch_result, attack_eff = [], [], None, {}
     if "pgd" not in skip:
@@ -258,6 +277,12 @@ def main(argv=None) -> int:
         _log("alignment time against width ...")
         align_res = path_cost.align_vs_width(widths, n_images=2000 if not args.quick else 250,
                                              device=device, log=_log, root=args.data_root)
+    plain = None
+    if "plain" not in skip:
+        _log("the quick pipeline: robustpath against a plain-PyTorch loop ...")
+        sizes = plain_torch.Sizes(train=args.plain_train, test=args.plain_test,
+                                  epochs=args.plain_epochs, curve_epochs=args.plain_epochs)
+        plain = plain_torch.compare(sizes, rounds=args.plain_rounds, root=args.data_root, log=_log)
     if peak is None and path_res is not None:
         peak = efficiency.matmul_peak(args.matmul_n, device)
     for r, subj in zip(pgd_results, (cnn, res)):
@@ -279,8 +304,8 @@ def main(argv=None) -> int:
     md += [f"- {k}: {v}" for k, v in info.items()]
     md += [f"- load average (1, 5, 15 min) at start: {load_before}; at end: {machine.load_average()}",
            f"- total run time: {elapsed:.0f} s", ""]
-    md += ["## Subjects", ""]
-    for s in (cnn, res):
+    md += ["## Subjects", ""] if cnn is not None else []
+    for s in (cnn, res) if cnn is not None else ():
         md.append(f"- {s.name}: {s.train_note}; attacked: {s.data_note}; clean acc {_fmt_acc(s.clean_acc)}")
     md.append("")
     out_lines = []
@@ -327,6 +352,11 @@ def main(argv=None) -> int:
         sec += ["", ("Activation matching is dominated by the forward passes that collect "
                      "statistics (linear in width for these layers) and one assignment per "
                      "group (cubic in the group's units); weight matching needs no data."), ""]
+        md += sec
+        out_lines += sec
+    if plain is not None:
+        sec = plain_torch.section(plain, command, f"torch threads: {torch.get_num_threads()}; "
+                                  f"load average at start: {load_before}")
         md += sec
         out_lines += sec
     notes = Path(__file__).resolve().parent / "NOTES.md"

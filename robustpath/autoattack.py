@@ -44,12 +44,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import progress as progress_mod
 from .attacks import eval_mode
 from .errors import UserError
 
@@ -96,13 +98,56 @@ class _Counter(nn.Module):
         self.model = model
         self.grad_passes = 0
         self.queries = 0
+        self.on_pass = None  # a progress bar's update, while one is shown
 
     def forward(self, x):
         if torch.is_grad_enabled() and x.requires_grad:
             self.grad_passes += x.shape[0]
         else:
             self.queries += x.shape[0]
+        if self.on_pass is not None:
+            self.on_pass(x.shape[0])
         return self.model(x)
+
+
+#: pyautoattack's sub-attack objects, whose ``perturb`` runs one batch
+_ENGINES = ("apgd", "apgd_targeted", "fab", "square")
+
+
+@contextlib.contextmanager
+def _bar(aa, counter: _Counter, desc: str, batches: int, progress: bool):
+    """A bar over the example-passes of one sub-attack, named by its batch
+    (``<desc> batch i/n``): ``run_standard_evaluation`` loops over the batches itself,
+    so the bar counts the model's passes and each engine's ``perturb`` (one batch)
+    moves the batch number. Shown only when :func:`robustpath.progress.enabled`."""
+    if not progress_mod.enabled(progress):
+        yield
+        return
+    bar = progress_mod.bar(desc=f"{desc} batch 1/{batches}", unit="pass", progress=progress)
+    done = [0]
+    wrapped = []
+    for name in _ENGINES:
+        engine = getattr(aa, name, None)
+        if engine is None or not hasattr(engine, "perturb"):
+            continue
+
+        def perturb(*args, _inner=engine.perturb, **kwargs):
+            out = _inner(*args, **kwargs)
+            done[0] += 1
+            if done[0] < batches:
+                bar.set_description(f"{desc} batch {done[0] + 1}/{batches}", refresh=False)
+            return out
+
+        engine.perturb = perturb  # an instance attribute: removed again below
+        wrapped.append(engine)
+    counter.on_pass = bar.update
+    try:
+        yield
+    finally:
+        counter.on_pass = None
+        for engine in wrapped:
+            del engine.perturb
+        bar.close()
 
 
 class _Capture(logging.Handler):
@@ -202,7 +247,8 @@ class StandardAutoAttack:
                 "eps": self.eps, "seed": self.seed}
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
-            state_path: str | Path | None = None, batch_size: int | None = None) -> AAOutcome:
+            state_path: str | Path | None = None, batch_size: int | None = None,
+            progress: bool = False, desc: str = "AA") -> AAOutcome:
         """Run AutoAttack on ``x`` [N, C, H, W] in [0, 1], ``y`` [N]; see :class:`AAOutcome`.
 
         The version's sub-attacks run one after the other on the examples still robust,
@@ -214,12 +260,15 @@ class StandardAutoAttack:
         reads back unchanged, so the resumed run fails its own "different set of attacks"
         check, and a resumed ``run_standard_evaluation`` reads ``y_adv`` before assigning
         it. A damaged or foreign state file is discarded and the evaluation starts over.
+
+        ``progress``: a bar per sub-attack (``<desc> apgd-ce batch 1/1``) counting the
+        model's example-passes (:mod:`robustpath.progress`).
         """
         bs = int(batch_size or self.batch_size)
         state = Path(state_path) if state_path is not None else None
         forks = [x.device.index or 0] if x.device.type == "cuda" else []
         with eval_mode(model), torch.random.fork_rng(devices=forks), _captured() as cap:
-            return self._run(model, x.detach(), y, state, bs, cap)
+            return self._run(model, x.detach(), y, state, bs, cap, progress, desc)
 
     def _load_state(self, state: Path | None, n: int, attacks: list[str]):
         if state is None or not state.exists():
@@ -234,7 +283,7 @@ class StandardAutoAttack:
             state.unlink(missing_ok=True)  # cut off by a kill, or another evaluation's
             return None
 
-    def _run(self, model, x, y, state, bs, cap) -> AAOutcome:
+    def _run(self, model, x, y, state, bs, cap, progress=False, desc="AA") -> AAOutcome:
         from .fuse import fast_view
         from .store import atomic_write_json
 
@@ -260,7 +309,8 @@ class StandardAutoAttack:
             if len(idx):
                 aa.attacks_to_run = [name]  # the version's settings of this sub-attack
                 xs, ys = x[idx.to(x.device)], y[idx.to(y.device)]
-                adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=bs)
+                with _bar(aa, counter, f"{desc} {name}", math.ceil(len(idx) / bs), progress):
+                    adv, _ = aa.run_standard_evaluation(xs, ys, batch_size=bs)
                 with torch.no_grad():
                     broken = torch.cat([counter(adv[i:i + bs]).argmax(1) != ys[i:i + bs]
                                         for i in range(0, len(idx), bs)]).cpu()

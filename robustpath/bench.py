@@ -308,7 +308,8 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
             for kind in cfg.paths:
                 with timer("curve"):
                     c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data,
-                                               device, progress)
+                                               device, progress,
+                                               desc=f"curve {method}/{kind} s{sa}-{sb}")
                 if cm:
                     curve_metrics[f"{method}-{kind}-s{sa}-{sb}"] = cm
                 with timer("path eval"):
@@ -333,7 +334,8 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
                 if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
                     with timer("plane"):
                         planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,
-                                                      progress)
+                                                      progress, desc=f"plane {method}/{kind} "
+                                                      f"s{sa}-{sb}")
 
     summary = write_run(run_dir, cfg, RunOutputs(
         endpoints={s: m for s, (_, m, _) in endpoints.items()}, alignment=align_reports,

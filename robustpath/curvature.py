@@ -43,8 +43,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress as progress_mod
 from .cache import load_npz, recompute_notice, save_npz
 from .errors import UserError
 from .store import CacheError, atomic_write_bytes, atomic_write_text, config_hash
@@ -148,7 +148,7 @@ def path_curvature(model_at: Callable[[float], nn.Module], ts: Sequence[float], 
     """
     done = dict(done or {})
     rows = []
-    for i, t in enumerate(tqdm(list(ts), desc=desc, disable=not progress, unit="t", leave=False)):
+    for i, t in enumerate(progress_mod.bar(list(ts), desc=desc, unit="t", progress=progress)):
         if i not in done:
             model = setup.prepare(model_at, float(t))
             done[i] = input_hessian_top_eig(model, x, y, iters, tol, seed=seed)

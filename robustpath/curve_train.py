@@ -46,9 +46,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import progress as progress_mod
 from .attacks import AttackConfig, build_attack
 from .curves import Curve, save_curve
 from .device import training_autocast
@@ -177,7 +177,8 @@ def _check_run(meta: dict, key: str, path: Path) -> None:
 
 def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg: CurveTrainConfig,
                 out_dir: str | Path | None, device: str | torch.device = "cpu", progress: bool = True,
-                on_epoch_end: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+                on_epoch_end: Callable[[int, dict], None] | None = None,
+                desc: str | None = None) -> dict[str, Any]:
     """Fit ``curve``'s control points in place; checkpoints go to ``out_dir``.
 
     Args:
@@ -190,9 +191,12 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
             without training (both must come from the same config and endpoints).
             ``None``: fit in memory only (no checkpoints, no resuming, nothing written).
         device: where to train; ``curve`` is moved there.
-        progress: tqdm bar per epoch with loss / accuracy on the training batches.
+        progress: a bar per epoch (:mod:`robustpath.progress`), moving per batch, with
+            loss / accuracy on the training batches.
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch's
             checkpoint is written (``epoch`` counts from 1).
+        desc: what the bars and epoch lines call the curve (default its kind), e.g.
+            ``"curve none/bezier s0-1"``.
 
     Returns metrics: ``history`` (per epoch: loss, accuracy on the (adversarial)
     training batches, seconds), ``train_loss``, ``train_acc``, ``seconds_per_epoch``
@@ -220,7 +224,8 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         return meta["metrics"]
 
     opt = torch.optim.SGD([curve.controls], lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=0.0)
+                          nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=0.0,
+                          fused=True)
     start, history = 0, []
     last = latest_epoch_checkpoint(out_dir) if out_dir is not None else None
     if last is not None:
@@ -247,19 +252,22 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
     epochs_to_run = range(start, cfg.epochs) if curve.bends > 0 else range(0)
     curve.train()
     times = []
+    label = desc or curve.kind
+    shown = progress_mod.enabled(progress)
     for epoch in epochs_to_run:
         begin = time.perf_counter()
         loader.set_epoch(epoch)
         t_gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 1))
         # its own generator: with rotation off, t draws and attack starts are unchanged
         rot_gen = torch.Generator().manual_seed(_seed(cfg.seed, epoch, 3))
-        # running sums stay on the device; the bar reads them every 20 batches, so a GPU
-        # is not made to wait for the host at every step
+        # running sums stay on the device; the bar reads them at most every half second,
+        # so a GPU is not made to wait for the host at every step
         tot_loss = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         n = 0
-        bar = tqdm(loader, desc=f"{curve.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, leave=False)
+        bar = progress_mod.bar(loader, desc=f"{label} epoch {epoch + 1}/{cfg.epochs}",
+                               unit="batch", progress=progress)
+        due = progress_mod.throttle()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(_seed(cfg.seed, epoch, 2))
             for i, (xb, yb) in enumerate(bar):
@@ -285,8 +293,9 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
                 tot_loss += loss.detach().double() * len(yb)
                 correct += (logits.detach().argmax(1) == yb).sum()
                 n += len(yb)
-                if progress and i % 20 == 0:
-                    bar.set_postfix(loss=f"{float(tot_loss) / n:.3f}", acc=f"{int(correct) / n:.3f}")
+                if shown and due():
+                    bar.set_postfix(loss=f"{float(tot_loss) / n:.3f}", acc=f"{int(correct) / n:.3f}",
+                                    refresh=False)
         tot_loss, correct = float(tot_loss), int(correct)
         bar.close()
         check_finite_loss(tot_loss, [curve.controls], stage="curve training",
@@ -296,10 +305,10 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         record = {"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                   "train_acc": correct / max(n, 1), "seconds": times[-1]}
         history.append(record)
-        if progress:
-            tqdm.write(f"{curve.kind} epoch {epoch + 1}/{cfg.epochs}: "
-                       f"loss {record['train_loss']:.4f} "
-                       f"acc {record['train_acc']:.4f} ({record['seconds']:.1f} s)")
+        if shown:
+            progress_mod.write(f"{label} epoch {epoch + 1}/{cfg.epochs}: "
+                               f"loss {record['train_loss']:.4f} "
+                               f"acc {record['train_acc']:.4f} ({record['seconds']:.1f} s)")
         if cfg.checkpoint_every_epoch and not in_memory:
             state = {"controls": curve.controls.detach()}
             buf = opt.state.get(curve.controls, {}).get("momentum_buffer")

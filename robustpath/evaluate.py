@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from . import progress as progress_mod
 from .attacks import Attack
 from .bn import has_batchnorm
 from .bn import recompute_bn as _recompute_bn
@@ -193,7 +193,7 @@ def evaluate_path(model_at: Callable[[float], nn.Module], ts: Sequence[float], x
     bn_data = list(itertools.islice(iter(bn_loader), bn_batches)) if bn_loader is not None else None
     if bn_data is not None and not bn_data:
         raise UserError("bn_loader yielded no batches (BatchNorm needs training data)")
-    bar = tqdm(total=len(ts), desc=desc, disable=not progress, unit="t", leave=False)
+    bar = progress_mod.bar(total=len(ts), desc=desc, unit="t", progress=progress)
     pending: list[tuple[int, nn.Module, str | None]] = []
 
     def flush():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from . import progress as progress_mod
 from .attacks import Attack
 from .bn import recompute_bn
 from .metrics import per_example
@@ -85,7 +85,7 @@ def _model_at_flat(curve, flat: torch.Tensor):
 
 def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
                margin: float = 0.25, bn_inputs: str = "clean", bn_attack: Attack | None = None,
-               device="cpu", progress: bool = True) -> dict[str, np.ndarray]:
+               device="cpu", progress: bool = True, desc: str = "plane") -> dict[str, np.ndarray]:
     """Clean and robust loss on a ``grid`` x ``grid`` lattice of the curve's plane.
 
     The lattice spans the extent of the curve, the line and the control point plus
@@ -107,7 +107,7 @@ def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
     ys = np.linspace(mid_y - (0.5 + margin) * span[1], mid_y + (0.5 + margin) * span[1], grid)
     clean = np.zeros((grid, grid))
     robust = np.zeros((grid, grid))
-    bar = tqdm(total=grid * grid, desc="plane", disable=not progress, leave=False)
+    bar = progress_mod.bar(total=grid * grid, desc=desc, unit="pt", progress=progress)
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             flat = (a + x * e1 + y * e2).to(curve.theta_a.device)
@@ -318,7 +318,8 @@ if __name__ == "__main__":  # a library module: say so rather than exit 0 having
 
 
 # ---------------------------------------------------------------- plane of a curve
-def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True) -> dict:
+def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True,
+          desc: str = "plane") -> dict:
     """The plane stage (``robustpath.stages.plane``): loss surface on the plane of curve
     ``c`` (``cfg.plane_grid`` squared points, on the first ``PLANE_EXAMPLES`` test
     examples); cached as ``ckpt/plane/<key>.npz``.
@@ -348,7 +349,7 @@ def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = 
     bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
     res = plane_grid(c, data.x_test[:PLANE_EXAMPLES], data.y_test[:PLANE_EXAMPLES], attack,
                      bn_data, grid=cfg.plane_grid, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
-                     device=device, progress=progress)
+                     device=device, progress=progress, desc=desc)
     res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
     save_npz(path, res, spec)
     return res

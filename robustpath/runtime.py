@@ -33,7 +33,7 @@ class Runtime:
     on CUDA (no-op on CPU); ``fuse``: :func:`robustpath.fuse.fast_view` in attacks,
     evaluation and training; ``channels_last_cpu``: NHWC convolution weights on CPU
     (attacks and endpoint training); ``threads``: torch intra-op threads (None: leave
-    as is); ``t_batch``: t evaluated at once with vmap; ``progress``: tqdm bars."""
+    as is); ``t_batch``: t evaluated at once with vmap; ``progress``: progress bars (:mod:`robustpath.progress`)."""
 
     device: str = "auto"
     amp: bool = True

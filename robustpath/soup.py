@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress as progress_mod
 from .attacks import Attack
 from .bn import has_batchnorm, recompute_bn
 from .cache import BoundPointCache, load_npz, recompute_notice, save_npz
@@ -184,7 +184,7 @@ def evaluate_mixtures(models: Sequence[nn.Module], weights: np.ndarray, point: P
     if weights.ndim != 2 or weights.shape[1] != len(models):
         raise UserError(f"weights must be [points, {len(models)}], got {weights.shape}")
     rows = []
-    for w in tqdm(weights, desc=desc, disable=not progress, unit="pt", leave=False):
+    for w in progress_mod.bar(weights, desc=desc, unit="pt", progress=progress):
         rows.append(point(mix(models, w), w))
     return {k: np.stack([r[k] for r in rows]) for k in ARRAYS}
 

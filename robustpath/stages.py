@@ -103,9 +103,11 @@ def _arch(cfg: BenchConfig) -> dict:
 
 # ---------------------------------------------------------------- curves
 def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, key_a: str,
-          key_b: str, run_dir: Path, data: RunData, device, progress: bool = True):
+          key_b: str, run_dir: Path, data: RunData, device, progress: bool = True,
+          desc: str | None = None):
     """Build the curve ``kind`` between A and (aligned) B and fit it with PGD in the
-    loop unless it is a ``line``. Returns ``(curve, metrics, key)``."""
+    loop unless it is a ``line``. Returns ``(curve, metrics, key)``. ``desc`` names
+    the fit's progress bars (default ``curve <kind>``)."""
     from .curve_train import train_curve
 
     c = curves_mod.build_curve(kind, model_a, model_b, bends=cfg.bends).to(device)
@@ -117,12 +119,12 @@ def curve(cfg: BenchConfig, kind: str, model_a: nn.Module, model_b: nn.Module, k
     with entry_lock(folder):
         try:
             metrics = train_curve(c, data.x_train, data.y_train, tcfg, folder, device=device,
-                                  progress=progress)
+                                  progress=progress, desc=desc or f"curve {kind}")
         except CacheError as e:  # a damaged final or epoch checkpoint: refit without it
             recompute_notice(e, f"{kind} curve")
             c = curves_mod.build_curve(kind, model_a, model_b, bends=cfg.bends).to(device)
             metrics = train_curve(c, data.x_train, data.y_train, tcfg, folder, device=device,
-                                  progress=progress)
+                                  progress=progress, desc=desc or f"curve {kind}")
     return c, metrics, key
 
 

@@ -57,8 +57,8 @@ import numpy as np
 import torch
 from scipy.stats import binomtest
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress as progress_mod
 from .attacks import Attack, AttackConfig, build_attack, eval_mode
 from .bn import recompute_bn
 from .errors import UserError
@@ -388,7 +388,7 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
 
     out: list[StrongPoint] = []
     n_tests = 2 * len(pts)
-    for role, t in tqdm(pts, desc=desc, disable=not progress, unit="pt", leave=False):
+    for role, t in progress_mod.bar(pts, desc=desc, unit="pt", progress=progress):
         raw = None
         net = (endpoint_ids or {}).get(role) if role in ("a", "b") else None
         if net is None and path_key is not None:
@@ -404,7 +404,8 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
             model = setup.prepare_model(raw if raw is not None else model_at(float(t)), t)
             res = aa.run(model, x.to(device), y.to(device),
                          state_path=folder / f"{pkey}.aa-state.json",
-                         batch_size=setup.batch_size)
+                         batch_size=setup.batch_size, progress=progress,
+                         desc=f"{desc} t={float(t):.3g} AA")
             m = per_example(model, x, y, many, batch_size=setup.batch_size, device=device)
             arrays = {"clean": res.clean.numpy(), "aa": res.robust.numpy(),
                       "pgd_many": m.correct.numpy()}

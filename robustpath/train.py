@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import models, runtime
+from . import progress as progress_mod
 from .attacks import AttackConfig, build_attack
 from .device import resolve, training_autocast
 from .errors import UserError, check_finite_loss
@@ -258,7 +258,7 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
                               augment=cfg.augment, drop_last=len(x_tr) > cfg.batch_size,
                               device=device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                          weight_decay=cfg.weight_decay)
+                          weight_decay=cfg.weight_decay, fused=True)
     sched = SCHEDULES.get(cfg.schedule)(opt, cfg.epochs * len(loader), cfg.lr)
     target = _TrainModeTarget(model) if cfg.attack_mode == "train" else model
     rot_gen = torch.Generator().manual_seed(cfg.seed + 7919)
@@ -269,17 +269,22 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
         work_dir = Path(work_dir)
         start_epoch, history, epoch_times = _resume(work_dir, run_key, model, opt, sched, gens,
                                                     device)
-    bar = tqdm(range(start_epoch, cfg.epochs), desc=f"train {cfg.arch} seed {cfg.seed}", disable=not progress,
-               unit="epoch")
-    for epoch in bar:
+    shown = progress_mod.enabled(progress)
+    for epoch in range(start_epoch, cfg.epochs):
         start = time.perf_counter()
         loader.set_epoch(epoch)
         model.train()
-        # running sums stay on the device: one host-device sync per epoch, not per batch
+        # running sums stay on the device: one host-device sync per epoch (and one per
+        # half second while a bar is shown), not per batch
         tot_loss = torch.zeros((), dtype=torch.float64, device=device)
         tot_correct = torch.zeros((), dtype=torch.int64, device=device)
         n = 0
-        for xb, yb in loader:
+        # a bar per epoch that moves per batch; its running loss / accuracy are read
+        # from the device at most every half second
+        bar = progress_mod.bar(loader, desc=f"train {cfg.arch} seed {cfg.seed} epoch "
+                               f"{epoch + 1}/{cfg.epochs}", unit="batch", progress=progress)
+        due = progress_mod.throttle()
+        for xb, yb in bar:
             if cfg.affine_degrees:
                 xb = random_rotation(xb, float(cfg.affine_degrees), rot_gen)
             with training_autocast(device, cfg.amp):
@@ -293,13 +298,16 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
             tot_loss += loss.detach().double() * len(yb)
             tot_correct += (logits.detach().argmax(1) == yb).sum()
             n += len(yb)
+            if shown and due():
+                bar.set_postfix(loss=f"{float(tot_loss) / n:.3f}", acc=f"{int(tot_correct) / n:.3f}",
+                                refresh=False)
+        bar.close()
         tot_loss, tot_correct = float(tot_loss), int(tot_correct)
         check_finite_loss(tot_loss, list(model.parameters()), stage="endpoint training",
                           who=f"seed {cfg.seed}", epoch=epoch + 1, setting=f"--lr (now {cfg.lr})")
         epoch_times.append(time.perf_counter() - start)
         history.append({"epoch": epoch + 1, "train_loss": tot_loss / max(n, 1),
                         "train_adv_acc": tot_correct / max(n, 1)})
-        bar.set_postfix(loss=f"{tot_loss / max(n, 1):.3f}", acc=f"{tot_correct / max(n, 1):.3f}")
         if work_dir is not None:
             _save_epoch(work_dir, epoch + 1, run_key, model, opt, sched, gens, history,
                         epoch_times)

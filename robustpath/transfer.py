@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress as progress_mod
 from .attacks import Attack
 from .errors import UserError
 from .evaluate import PathResult
@@ -53,7 +53,7 @@ def transfer_check(model_at: ModelAt, result: PathResult, x: torch.Tensor, y: to
                                       setup.device) for name, m in sources.items()}
     level = alpha / (len(result.ts) * len(adv))
     rows, flagged = [], False
-    for i, t in enumerate(tqdm(result.ts, desc=desc, disable=not progress, unit="t", leave=False)):
+    for i, t in enumerate(progress_mod.bar(result.ts, desc=desc, unit="t", progress=progress)):
         model = setup.prepare(model_at, float(t))
         direct = np.asarray(result.robust_correct[i], dtype=bool)
         row = {"t": float(t), "direct_acc": float(direct.mean())}

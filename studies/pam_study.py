@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from benchmarks import machine
 from robustpath import keys, stages, store
+from robustpath import progress as progress_mod
 from robustpath.align import apply
 from robustpath.attacks import build_attack
 from robustpath.cli import ArgumentParser
@@ -222,7 +222,8 @@ def study(args) -> dict:
             else:
                 curves[(name, s)] = fit(name, bs[name], s)
 
-    for (name, s), (c, m) in tqdm(curves.items(), desc="robust training loss", disable=not progress):
+    for (name, s), (c, m) in progress_mod.bar(curves.items(), desc="robust training loss",
+                                              total=len(curves), progress=progress, leave=True):
         per_t = robust_curve_loss(c, x_ev, y_ev, eval_attack)
         rows[(name, s)] = {"per_t": per_t, "loss": sum(per_t.values()) / len(per_t),
                            "train_loss_last_epoch": m["train_loss"],

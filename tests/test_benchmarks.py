@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from robustpath import report
 
@@ -49,8 +50,30 @@ def test_benchmarks_quick_smoke(tmp_path):
                         "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
-    for section in ("PGD: ours vs torchattacks", "Path evaluation per t", "Alignment time"):
+    for section in ("PGD: ours vs torchattacks", "Path evaluation per t", "Alignment time",
+                    "Like-for-like: robustpath against a plain-PyTorch loop"):
         assert section in text
+
+
+@pytest.mark.slow  # 20 s on the shared 2-core machine
+def test_plain_torch_loop_does_the_pipelines_work(fmnist):
+    """The plain reference trains real networks: its endpoint beats chance under attack
+    after one epoch, and its path evaluation measures every t on every test example."""
+    from benchmarks import plain_torch
+
+    x_tr, y_tr, x_te, y_te = (t[:n] for t, n in zip(fmnist, (1024, 1024, 100, 100)))
+    s = plain_torch.Sizes(train=1024, test=100, epochs=1, curve_epochs=1, t_points=3)
+    a = plain_torch.train_endpoint(0, x_tr, y_tr, x_te, y_te, s)
+    b = plain_torch.train_endpoint(1, x_tr, y_tr, x_te, y_te, s)
+    clean = plain_torch.evaluate(a, x_te, y_te, s)
+    assert clean["clean_correct"].float().mean() > 0.3
+    assert (clean["robust_loss"] >= clean["clean_loss"] - 1e-4).float().mean() > 0.9
+    curve = plain_torch.PlainBezier(a, b)
+    before = curve.control.detach().clone()
+    plain_torch.fit_curve(curve, x_tr, y_tr, s)
+    assert not torch.equal(before, curve.control.detach())
+    rows = plain_torch.evaluate_path(curve, x_tr, y_tr, x_te, y_te, s)
+    assert len(rows) == 3 and all(len(r["robust_correct"]) == 100 for r in rows)
 
 
 def test_kernel_bound_reports_fractions_no_larger_than_its_bound():

@@ -71,8 +71,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from .. import progress as progress_mod
 from ..align.permute import Permutation, apply, identity_permutation
 from ..align.spec import PermutationSpec, permutation_spec
 from ..attacks import AttackConfig, build_attack
@@ -109,8 +109,8 @@ def _perm_step(rc: _RelaxedCurve, perm: Permutation, controls: torch.Tensor, x, 
     g_data = torch.Generator().manual_seed(_seed(cfg.seed, iteration, 3))
     t_gen = torch.Generator().manual_seed(_seed(cfg.seed, iteration, 4))
     losses = []
-    bar = tqdm(range(cfg.perm_steps), desc=f"PAM {iteration} permutation step", unit="step",
-               disable=not progress, leave=False)
+    bar = progress_mod.bar(range(cfg.perm_steps), desc=f"PAM {iteration} permutation step",
+                           unit="step", progress=progress)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(_seed(cfg.seed, iteration, 5))
         for step in bar:
@@ -181,7 +181,7 @@ def pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor, y_train: 
         work_dir: folder for per-iteration checkpoints; a run killed there resumes at
             its last finished outer iteration (same config, endpoints and start).
             Default: a temporary folder, removed at the end.
-        device: where to compute. progress: tqdm bars.
+        device: where to compute. progress: bars (:mod:`robustpath.progress`).
 
     Returns a :class:`PAMResult`; ``apply(model_b, result.perm)`` computes B's function.
     """
@@ -268,8 +268,8 @@ def pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor, y_train: 
             history.append(record)
             save(0)
 
-        bar = tqdm(range(len(history), cfg.outer_iters + 1), desc="PAM", unit="iter",
-                   disable=not progress, leave=False)
+        bar = progress_mod.bar(range(len(history), cfg.outer_iters + 1), desc="PAM", unit="iter",
+                               progress=progress)
         for k in bar:
             begin = time.perf_counter()
             mats, step_loss = _perm_step(rc, perm, controls, x_train, y_train, cfg, train_attack,
@@ -304,7 +304,7 @@ def pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor, y_train: 
             bar.set_postfix(loss=f"{record['loss']:.4f}", accepted=accepted)
             if progress:
                 frac = record["changed_vs_previous"]
-                tqdm.write(f"PAM {k}/{cfg.outer_iters}: loss {record['loss']:.4f} "
+                progress_mod.write(f"PAM {k}/{cfg.outer_iters}: loss {record['loss']:.4f} "
                            f"(candidate {candidate_loss:.4f} vs {previous_loss:.4f}, "
                            f"{'accepted' if accepted else 'kept'}), changed "
                            + ", ".join(f"{g} {v:.2f}" for g, v in frac.items())

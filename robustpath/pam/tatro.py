@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from .. import progress as progress_mod
 from ..align.permute import Permutation, apply, identity_permutation
 from ..align.spec import permutation_spec
 from ..attacks import AttackConfig, build_attack
@@ -253,8 +253,8 @@ def tatro_pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor,
         for e in range(cfg.perm_epochs):
             lr = cfg.epoch_lr(perm_lr, e)
             tot, n = 0.0, 0
-            for xb, yb in tqdm(loader, desc=f"PAM perm epoch {e + 1}", disable=not progress,
-                               leave=False):
+            for xb, yb in progress_mod.bar(loader, desc=f"PAM perm epoch {e + 1}", unit="batch",
+                                           progress=progress):
                 t = float(torch.rand((), generator=gen))
                 for m in s.values():
                     m.requires_grad_(True)
@@ -298,8 +298,8 @@ def tatro_pam(model_a: nn.Module, model_b: nn.Module, x_train: torch.Tensor,
             for group in opt.param_groups:
                 group["lr"] = lr
             tot, n = 0.0, 0
-            for xb, yb in tqdm(loader, desc=f"PAM curve epoch {e + 1}", disable=not progress,
-                               leave=False):
+            for xb, yb in progress_mod.bar(loader, desc=f"PAM curve epoch {e + 1}", unit="batch",
+                                           progress=progress):
                 t = float(torch.rand((), generator=gen))
                 loss, theta = path.loss(xb, yb, t, mats, phi, attack)
                 obj = loss + 0.5 * cfg.weight_decay * theta.pow(2).sum()

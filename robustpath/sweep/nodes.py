@@ -157,8 +157,10 @@ def _aligned(node: Node, cfg, root, data, device, progress):
 
 def _curve(node: Node, cfg, root, data, device, progress):
     ma, ka, aligned, _, akey = _aligned(node, cfg, root, data, device, progress)
+    sa, sb = node.params["pair"]
     return stages.curve(cfg, node.params["kind"], ma, aligned, ka, akey, root, data, device,
-                        progress)
+                        progress, desc=f"curve {node.params['method']}/{node.params['kind']} "
+                        f"s{sa}-{sb}")
 
 
 @RUNNERS.register("endpoint")

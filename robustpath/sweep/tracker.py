@@ -3,7 +3,7 @@
 Executors report each node as started and finished (a result dict, or one with an
 ``"error"``). When the last node of a cell is in, the :class:`Tracker` hands the cell
 to ``on_cell`` (which writes its run folder); a cell whose node failed is marked
-failed at once, and the other cells go on. Progress is one tqdm bar over tasks whose
+failed at once, and the other cells go on. Progress is one bar (robustpath.progress) over tasks whose
 postfix counts cells done / running / failed and estimates the time left from the
 mean duration of finished tasks of each stage; every finished or failed cell also
 prints a line. ``<sweep>/status.json`` (atomic) holds each cell's state for
@@ -13,13 +13,11 @@ written outside the sweep's atomic publication (:mod:`robustpath.sweep.driver`).
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from .. import progress as progress_mod
 from ..store import atomic_write_json
 from .nodes import describe
 from .plan import Plan
@@ -47,9 +45,10 @@ class Tracker:
         self.errors: dict[str, str] = {}
         self.start = self._last_tick = time.time()
         # in a log file (no terminal) a progress line every 10 s, not every event
-        self.bar = tqdm(total=len(plan.nodes), unit="task", disable=not progress,
-                        mininterval=0.1 if sys.stderr.isatty() else 10.0,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} tasks [{elapsed}{postfix}]")
+        self.bar = progress_mod.bar(total=len(plan.nodes), desc="sweep", unit="task",
+                                    progress=progress, leave=True,
+                                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} tasks "
+                                    "[{elapsed}{postfix}]")
         self._write_status()
         self._refresh()
 
