@@ -162,6 +162,10 @@ class BenchConfig:
     data_root: str | None = None
     device: str = "auto"
     out: str = ""
+    # endpoints read from two files instead of trained from seeds (--endpoints A,B; then
+    # seeds is [], bn_endpoints False, one pair; robustpath.endpoint_files): robustpath.train
+    # checkpoints, or with arch "pkg.module:Factory" .pt / .safetensors state dicts
+    endpoints: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ derived
     def train_attack(self) -> AttackConfig:
@@ -199,7 +203,15 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         data_mod.info(self.dataset)
-        models.MODELS.get(self.arch)
+        from .endpoint_files import check_files, is_factory
+
+        if is_factory(self.arch) and not self.endpoints:
+            raise UserError(f"--arch {self.arch} (a module:Factory) needs --endpoints A,B "
+                            "(its weights come from your files)")
+        if not is_factory(self.arch):
+            models.MODELS.get(self.arch)
+        if self.endpoints:
+            check_files(list(self.endpoints), self.arch)
         ATTACKS.get(self.attack)
         parse_norm(self.norm)
         from . import curves  # late: curves imports torch.func machinery
@@ -224,7 +236,12 @@ class BenchConfig:
         from .repair import RENORMS  # late: the registry lives with the algorithm
 
         RENORMS.get(self.renorm)  # one-line UserError listing the choices
-        if len(self.seeds) < 2 or len(self.seeds) % 2:
+        if self.endpoints and self.seeds:
+            raise UserError("--seeds and --endpoints exclude each other (the endpoints come "
+                            "from the files)")
+        if self.endpoints:
+            pass  # no seeds: the pair is the two files
+        elif len(self.seeds) < 2 or len(self.seeds) % 2:
             raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
@@ -287,6 +304,11 @@ def from_preset(preset: str, **overrides) -> BenchConfig:
             base[k] = v
     if base.get("eps") is None:
         base["eps"] = DEFAULT_EPS.get(base["dataset"], 8 / 255)
+    if base.get("endpoints"):  # endpoints from files: no seeds; the files' own BN statistics
+        if overrides.get("seeds") is None:  # at t = 0, 1, so the ends are the loaded models
+            base["seeds"] = []
+        if overrides.get("bn_endpoints") is None:
+            base["bn_endpoints"] = False
     known = set(BenchConfig.__dataclass_fields__)
     unknown = set(base) - known
     if unknown:
