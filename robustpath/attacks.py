@@ -81,10 +81,16 @@ class AttackConfig:
     aa_version: str | None = None       # autoattack: standard (default) | plus | rand | custom
     aa_attacks: list[str] | None = None  # autoattack custom: its sub-attacks
 
+    def __post_init__(self):
+        # checked when made, with the CLI's rules (AttackConfig(eps=8) is refused as
+        # --eps 8 is), not first when an attack is built from it
+        self.validate()
+
     def validate(self) -> AttackConfig:
         ATTACKS.get(self.name)
         parse_norm(self.norm)
         self.eps = parse_fraction(self.eps, name="eps")
+        check_eps_range(self.norm, self.eps)
         if self.step_size is not None:
             self.step_size = parse_fraction(self.step_size, name="step size", allow_zero=False)
         if int(self.steps) < 1:
@@ -108,6 +114,14 @@ class AttackConfig:
             if d[k] is None:
                 d.pop(k)
         return d
+
+
+def check_eps_range(norm: str, eps: float) -> None:
+    """Under L-inf, a radius above 1 exceeds the pixel range [0, 1]: every image is
+    reachable, so the threat model is meaningless (L2 radii may exceed 1)."""
+    if str(norm).lower() == "linf" and eps > 1:
+        raise UserError(f"--eps {eps:g} under linf exceeds the pixel range [0, 1]; "
+                        "give it in pixel units, e.g. 8/255")
 
 
 class Attack(Protocol):

@@ -259,7 +259,8 @@ class BenchConfig:
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
                 and self.width > 0):
             raise UserError(f"--width must be a finite number > 0, got {self.width}")
-        from .train import check_eps_range, check_seed
+        from .attacks import check_eps_range
+        from .train import check_seed
 
         for s in self.seeds:
             check_seed(s)

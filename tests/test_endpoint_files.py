@@ -65,7 +65,6 @@ def test_bench_endpoints_from_train_outputs(train_outputs, tmp_path):
 
 def test_bench_endpoints_user_architecture(tmp_path):
     from safetensors.torch import save_file
-
     from user_arch import TinyNet
 
     models = []

@@ -116,7 +116,7 @@ class CompareConfig:
         if self.eps is None:
             self.eps = EPS_OF_THREAT[self.threat]
         self.eps = parse_fraction(self.eps, name="--eps")
-        from ..train import check_eps_range
+        from ..attacks import check_eps_range
 
         check_eps_range(self.norm, self.eps)  # Linf eps > 1: every image reachable (as bench)
         if self.step_size is not None:
