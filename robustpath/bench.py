@@ -233,9 +233,10 @@ def default_out(cfg: BenchConfig) -> str:
 def file_settings(endpoints: list[str], arch: str | None) -> dict:
     """``--endpoints`` without ``--arch``: the architecture, dataset and width their
     ``robustpath.train`` sidecars name (a state dict without one needs ``--arch``)."""
-    from .endpoint_files import is_factory, sidecar_settings
+    from .endpoint_files import import_factory, is_factory, sidecar_settings
 
     if arch is not None and is_factory(arch):
+        import_factory(arch)  # an import error or a missing name, before any work
         return {}
     found = sidecar_settings(endpoints)
     if not found and arch is None:

@@ -81,8 +81,6 @@ def check_files(paths: list[str], arch: str) -> None:
     ``robustpath.train`` checkpoint or (with ``--arch module:Factory``) a state dict."""
     if len(paths) != 2:
         raise UserError(f"--endpoints needs two files (one pair), got {len(paths)}")
-    if is_factory(arch):
-        import_factory(arch)  # an import error or a missing name, before any work
     ids = [endpoint_id(p) for p in paths]
     if ids[0] == ids[1]:
         raise UserError(f"--endpoints: both files have the stem {ids[0]!r}; records name "
