@@ -134,7 +134,10 @@ def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model:
     if names is not None:
         if len(names) != 2 or len({_name(n, "") for n in names}) != 2:
             raise UserError(f"names must be two distinct names, got {names!r}")
-        ends = [(_name(n, w), m, f) for n, (_, m, f) in zip(names, ends)]
+        if any(f is not None for _, _, f in ends):
+            raise UserError("names apply to modules and RobustBench names; files are named "
+                            "by their stem")
+        ends = [(_name(n, f"model_{ab}"), m, f) for ab, n, (_, m, f) in zip("ab", names, ends)]
     elif ends[0][0] == ends[1][0]:
         ends = [(f"{n}_{ab}", m, f) for ab, (n, m, f) in zip("ab", ends)]
     modules = [m for _, m, _ in ends if m is not None]
