@@ -20,7 +20,9 @@ uninterrupted run ends (same device and threads). :func:`train_endpoint` uses
 CLI: ``python -m robustpath.train --arch cnn-small --seed 0 --out runs/ep0`` writes
 ``runs/ep0.safetensors`` + ``runs/ep0.json`` (suffixes appended literally: ``--out
 runs/eps0.1`` gives ``runs/eps0.1.*``); an ``--out`` that is a folder (existing, or
-ending in ``/``) gets ``model.*`` inside it. Writability is checked before training.
+ending in ``/``) gets ``model.*`` inside it; without ``--out``,
+``runs/train-<dataset>-<arch>-s<seed>.*`` (git-ignored). Writability is checked before
+training.
 """
 
 from __future__ import annotations

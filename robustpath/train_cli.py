@@ -68,8 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--train-subset", type=int, default=d.train_subset, help="0 = all")
     p.add_argument("--test-subset", type=int, default=d.test_subset, help="0 = all")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--out", required=True, help="checkpoint stem (X -> X.safetensors + X.json, "
-                   "taken literally) or folder (dir/ -> dir/model.*)")
+    p.add_argument("--out", default=None, help="checkpoint stem (X -> X.safetensors + X.json, "
+                   "taken literally) or folder (dir/ -> dir/model.*); default "
+                   "runs/train-<dataset>-<arch>-s<seed> (git-ignored; the stem names the "
+                   "endpoint in bench --endpoints)")
     return p
 
 
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
                       test_subset=args.test_subset, attack=atk,
                       eval_attack=AttackConfig(norm=args.norm, eps=eps, steps=10, seed=0),
                       data_root=args.data_root).validate()
-    stem = resolve_out(args.out)
+    stem = resolve_out(args.out or f"runs/train-{cfg.dataset}-{cfg.arch}-s{cfg.seed}")
     check_out_writable(stem)
     _, m = train_endpoint(cfg, stem, device=resolve(args.device))
     st, js = checkpoint_files(stem)

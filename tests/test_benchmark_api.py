@@ -74,16 +74,24 @@ def test_align_report_repr_is_short(fmnist):
     assert "<table" in report._repr_html_()
 
 
-def test_load_model_and_defaults(tmp_path):
+def test_load_model_and_defaults(tmp_path, monkeypatch):
     import inspect
+    import subprocess
 
     from robustpath import train_cli
 
     assert inspect.signature(rp.evaluate_path).parameters["device"].default == "auto"
     assert inspect.signature(rp.fit_curve).parameters["device"].default == "auto"
+    monkeypatch.chdir(tmp_path)  # train without --out: runs/train-<dataset>-<arch>-s<seed>
     assert train_cli.main(["--train-subset", "200", "--test-subset", "40", "--epochs", "1",
-                           "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "m")]) == 0
-    m = rp.load_model(tmp_path / "m", device="cpu")
+                           "--steps", "1", "--device", "cpu", "--seed", "3"]) == 0
+    stem = tmp_path / "runs" / "train-fashion-mnist-cnn-small-s3"
+    assert stem.with_suffix(".safetensors").is_file()
+    m = rp.load_model(stem, device="cpu")
     assert not m.training and m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(rp.UserError):
         rp.load_model(tmp_path / "nothing.pt")
+    # every command's default folder is under runs/, which git ignores
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["git", "check-ignore", "-q", "runs/x/records.csv"], cwd=root)
+    assert r.returncode == 0
