@@ -95,3 +95,18 @@ def test_load_model_and_defaults(tmp_path, monkeypatch):
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run(["git", "check-ignore", "-q", "runs/x/records.csv"], cwd=root)
     assert r.returncode == 0
+
+
+def test_provenance_records_no_machine_path(example_run):
+    import json
+
+    from robustpath.store import portable_argv
+
+    root = Path(__file__).resolve().parents[1]
+    assert portable_argv(["/tmp/regen/robustpath/bench.py", "--no-progress"]) == [
+        "robustpath/bench.py", "--no-progress"]
+    assert portable_argv([str(root / "robustpath" / "zoo" / "__main__.py"),
+                          str(root / "results" / "x")]) == ["robustpath/zoo/__main__.py",
+                                                            "results/x"]
+    argv = json.loads((example_run[2] / "provenance.json").read_text())["argv"]
+    assert not argv[0].startswith("/") and str(root) not in " ".join(argv)
