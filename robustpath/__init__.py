@@ -60,7 +60,7 @@ _LAZY = {
     "CurveTrainConfig": ("curve_train", "CurveTrainConfig"),
     "PathResult": ("evaluate", "PathResult"),
     "t_grid": ("evaluate", "t_grid"),
-    "BenchmarkResult": ("benchmark", "BenchmarkResult"),
+    "BenchmarkResult": ("bench_api", "BenchmarkResult"),
     "load_curve": ("curves", "load_curve"),
     "save_curve": ("curves", "save_curve"),
 }
@@ -162,7 +162,7 @@ def load_model(name_or_path: str | Path, *, dataset: str = "cifar10", threat_mod
     ``X.safetensors`` beside its ``X.json``) or a RobustBench model name (``dataset``,
     ``threat_model`` ``Linf``/``L2``; read from ``model_dir``, default RobustBench's
     ``./models``, downloaded when missing and online). Inputs: pixels in [0, 1]."""
-    from .benchmark import load_model as _load
+    from .bench_api import load_model as _load
 
     return _load(name_or_path, dataset=dataset, threat_model=threat_model, model_dir=model_dir,
                  device=device)
@@ -192,10 +192,10 @@ def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model:
     The ends of every path keep the models' own BatchNorm statistics, so t = 0 and t = 1
     are the given models.
 
-    Returns a :class:`robustpath.benchmark.BenchmarkResult`: ``run_dir``, ``summary``
+    Returns a :class:`robustpath.bench_api.BenchmarkResult`: ``run_dir``, ``summary``
     (a DataFrame), ``report`` (the HTML page).
     """
-    from .benchmark import benchmark as _benchmark
+    from .bench_api import benchmark as _benchmark
 
     return _benchmark(model_a, model_b, dataset=dataset, threat_model=threat_model, eps=eps,
                       out=out, preset=preset, names=names, arch=arch, model_dir=model_dir,

@@ -148,3 +148,19 @@ def test_endpoint_input_errors(train_outputs, tmp_path):
             if argv[-1] == "mnist":
                 stages.endpoint_from_file(c, a, "cpu")
         assert msg is None or msg in str(e.value), (argv, str(e.value))
+
+
+def test_rp_benchmark_on_two_checkpoint_files(train_outputs, tmp_path):
+    import robustpath as rp
+
+    a, b = train_outputs
+    result = rp.benchmark(a, b, dataset="fashion-mnist", eps=0.1, out=tmp_path / "run",
+                          progress=False, train_subset=300, test_subset=60, t_points=3,
+                          bn_batches=1, bootstrap=20, eval_steps=1, train_steps=1,
+                          refine_rounds=0, plane_grid=0, strong=False, align=["none"],
+                          paths=["line"])
+    assert list(result.summary["curve"]) == ["line"]
+    frame = records.read_frame(result.run_dir)
+    assert set(zip(frame["endpoint_a"], frame["endpoint_b"])) == {("ep0", "ep1")}
+    with pytest.raises(UserError, match="names apply"):
+        rp.benchmark(a, b, names=("x", "y"))
