@@ -211,7 +211,7 @@ class BenchConfig:
         if not is_factory(self.arch):
             models.MODELS.get(self.arch)
         if self.endpoints:
-            check_files(list(self.endpoints), self.arch)
+            check_files(list(self.endpoints), self.arch, self.dataset, self.width)
         ATTACKS.get(self.attack)
         parse_norm(self.norm)
         from . import curves  # late: curves imports torch.func machinery

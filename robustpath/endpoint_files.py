@@ -76,9 +76,11 @@ def sidecar_settings(paths: list[str]) -> dict:
     return settings[0] if settings else {}
 
 
-def check_files(paths: list[str], arch: str) -> None:
+def check_files(paths: list[str], arch: str, dataset: str | None = None,
+                width: float | None = None) -> None:
     """Before any work: two existing files with distinct stems, each either a
-    ``robustpath.train`` checkpoint or (with ``--arch module:Factory``) a state dict."""
+    ``robustpath.train`` checkpoint (of ``arch``, ``dataset`` and ``width`` when given)
+    or (with ``--arch module:Factory``) a state dict."""
     if len(paths) != 2:
         raise UserError(f"--endpoints needs two files (one pair), got {len(paths)}")
     ids = [endpoint_id(p) for p in paths]
@@ -95,11 +97,26 @@ def check_files(paths: list[str], arch: str) -> None:
             if f.suffix not in STATE_DICT_SUFFIXES:
                 raise UserError(f"--endpoints: {p} is not a state dict "
                                 f"({', '.join(STATE_DICT_SUFFIXES)})")
-        elif robustpath_sidecar(p) is None:
-            st = checkpoint_files(p)[0]
+            continue
+        info = robustpath_sidecar(p)
+        st = checkpoint_files(p)[0]
+        if info is None:
             raise UserError(f"--endpoints: {p} is not a robustpath.train checkpoint ({st} + "
                             "its .json sidecar); for your own architecture's state dicts "
                             "pass --arch pkg.module:Factory")
+        check_sidecar(info, st, arch, dataset, width)
+
+
+def check_sidecar(info: dict, st: Path, arch: str, dataset: str | None,
+                  width: float | None) -> None:
+    """A ``robustpath.train`` checkpoint must hold the run's architecture and dataset."""
+    if dataset is not None and info.get("dataset", dataset) != dataset:
+        raise UserError(f"--endpoints: {st} was trained on {info.get('dataset')}, the run "
+                        f"uses --dataset {dataset}")
+    w = float(info.get("width", 1.0))
+    if info.get("arch") != arch or (width is not None and w != float(width)):
+        raise UserError(f"--endpoints: {st} holds a {info.get('arch')} x{w:g} model, the run "
+                        f"uses --arch {arch} --width {float(width or 1.0):g}")
 
 
 def import_factory(spec: str):
@@ -205,12 +222,7 @@ def load_endpoint(path: str | Path, arch: str, dataset: str, num_classes: int,
     except CacheError as e:
         raise UserError(f"--endpoints: {e}") from None
     info = meta["model"]
-    if info.get("dataset", dataset) != dataset:
-        raise UserError(f"--endpoints: {st} was trained on {info.get('dataset')}, the run "
-                        f"uses --dataset {dataset}")
-    if info.get("arch") != arch or float(info.get("width", 1.0)) != float(width):
-        raise UserError(f"--endpoints: {st} holds a {info.get('arch')} x{info.get('width', 1.0)}"
-                        f" model, the run uses --arch {arch} --width {width:g}")
+    check_sidecar(info, st, arch, dataset, width)
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     key = config_hash({"sha256": sha256_file(st), "arch": info})
     return model.eval(), metrics, key
