@@ -37,6 +37,7 @@ comparison only).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -83,8 +84,10 @@ class AttackConfig:
 
     def __post_init__(self):
         # checked when made, with the CLI's rules (AttackConfig(eps=8) is refused as
-        # --eps 8 is), not first when an attack is built from it
-        self.validate()
+        # --eps 8 is), not first when an attack is built from it; on a copy, so the fields
+        # stay as given (validate() normalises, e.g. aa_version None -> "standard", and
+        # to_dict() of the given values is in cache keys)
+        copy.copy(self).validate()
 
     def validate(self) -> AttackConfig:
         ATTACKS.get(self.name)
