@@ -4,7 +4,14 @@ Pipeline: data -> adversarial endpoints -> neuron alignment -> curves fitted wit
 PGD in the loop -> path evaluation (clean + robust) -> barrier tables and plots.
 Pixels are in [0, 1] everywhere; normalisation lives inside the models.
 
-The front door, for a notebook (``import robustpath as rp``)::
+The front door, for a notebook (``import robustpath as rp``). One call from two models
+to a run folder with its report (``runs/benchmark-<dataset>-<A>__<B>/report.html``)::
+
+    result = rp.benchmark(model_a, model_b, dataset="fashion-mnist", threat_model="Linf",
+                          eps=0.1)                # nn.Modules, checkpoints or RobustBench names
+    result.summary                                # a DataFrame: one row per alignment x curve
+
+Or stage by stage::
 
     x_tr, y_tr = rp.load_data("fashion-mnist", train=True, subset=2000)
     x_te, y_te = rp.load_data("fashion-mnist", train=False, subset=500)
@@ -53,14 +60,16 @@ _LAZY = {
     "CurveTrainConfig": ("curve_train", "CurveTrainConfig"),
     "PathResult": ("evaluate", "PathResult"),
     "t_grid": ("evaluate", "t_grid"),
+    "BenchmarkResult": ("bench_api", "BenchmarkResult"),
     "load_curve": ("curves", "load_curve"),
     "save_curve": ("curves", "save_curve"),
 }
 _SUBMODULES = {"align", "attacks", "autoattack", "barrier", "bn", "curve_train", "curves", "data",
                "evaluate", "models", "plots", "records", "stages", "store", "strong", "tables"}
 
-__all__ = ["UserError", "align_models", "build_curve", "create_model", "evaluate_path",
-           "fit_curve", "load_data", "path_metrics", "plot_path", *_LAZY]
+__all__ = ["UserError", "align_models", "benchmark", "build_curve", "create_model",
+           "evaluate_path", "fit_curve", "load_data", "load_model", "path_metrics", "plot_path",
+           *_LAZY]
 
 
 def __getattr__(name: str):
@@ -147,6 +156,52 @@ def create_model(name: str, dataset: str = "fashion-mnist", width: float = 1.0):
     return models.create(name, dataset, width)
 
 
+def load_model(name_or_path: str | Path, *, dataset: str = "cifar10", threat_model: str = "Linf",
+               model_dir: str | Path | None = None, device: str = "auto"):
+    """A model in eval mode from a ``python -m robustpath.train`` checkpoint (``X`` or
+    ``X.safetensors`` beside its ``X.json``) or a RobustBench model name (``dataset``,
+    ``threat_model`` ``Linf``/``L2``; read from ``model_dir``, default RobustBench's
+    ``./models``, downloaded when missing and online). Inputs: pixels in [0, 1]."""
+    from .bench_api import load_model as _load
+
+    return _load(name_or_path, dataset=dataset, threat_model=threat_model, model_dir=model_dir,
+                 device=device)
+
+
+# ---------------------------------------------------------------- one call
+def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model: str = "Linf",
+              eps: float | str | None = None, out: str | Path | None = None,
+              preset: str = "quick", names: tuple[str, str] | None = None,
+              arch: str | None = None, model_dir: str | Path | None = None,
+              device: str = "auto", progress: bool = True, overwrite: bool = False, **settings):
+    """Benchmark the paths between two models: align them, fit curves with PGD in the
+    loop, evaluate clean and robust accuracy and loss along every path, run the strong
+    stage, and write a run folder with tables, plots and ``report.html`` (the pipeline of
+    ``python -m robustpath.bench``; RobustBench's ``benchmark()`` in spirit).
+
+    ``model_a``, ``model_b``: two ``nn.Module`` s of one architecture (inputs pixels in
+    [0, 1], normalisation inside; e.g. torchvision-style classes), two checkpoint files
+    (``robustpath.train`` outputs, or ``.pt`` / ``.safetensors`` state dicts with
+    ``arch="pkg.module:Factory"``) or two RobustBench names (``model_dir``).
+    ``threat_model``: ``Linf`` or ``L2``; ``eps``: its radius in pixels (default per
+    dataset: 0.1 for 28x28 grey-scale, 8/255 for CIFAR). ``out``: the run folder (default
+    ``runs/benchmark-<dataset>-<A>__<B>``); ``names``: the endpoints' ids in the records
+    (default ``model_a``/``model_b``, a file's stem, or the RobustBench name).
+    ``preset`` and ``settings``: any :class:`robustpath.config.BenchConfig` field, e.g.
+    ``train_subset=2000, test_subset=200, curve_epochs=2, paths=["line", "bezier"]``.
+    The ends of every path keep the models' own BatchNorm statistics, so t = 0 and t = 1
+    are the given models.
+
+    Returns a :class:`robustpath.bench_api.BenchmarkResult`: ``run_dir``, ``summary``
+    (a DataFrame), ``report`` (the HTML page).
+    """
+    from .bench_api import benchmark as _benchmark
+
+    return _benchmark(model_a, model_b, dataset=dataset, threat_model=threat_model, eps=eps,
+                      out=out, preset=preset, names=names, arch=arch, model_dir=model_dir,
+                      device=device, progress=progress, overwrite=overwrite, **settings)
+
+
 # ---------------------------------------------------------------- the pipeline
 def align_models(model_a, model_b, method: str = "weight", *, data: Iterable | None = None,
                  example_input=None, **kwargs):
@@ -190,7 +245,7 @@ def build_curve(kind: str, model_a, model_b, bends: int = 1) -> Curve:
 
 
 def fit_curve(curve: Curve, x_train, y_train, cfg=None, *, out_dir: str | Path | None = None,
-              device: str = "cpu", progress: bool = True, **settings) -> dict[str, Any]:
+              device: str = "auto", progress: bool = True, **settings) -> dict[str, Any]:
     """Fit ``curve``'s control points in place with PGD in the loop (Tatro et al. 2020).
 
     ``x_train`` [N, C, H, W] pixels in [0, 1], ``y_train`` [N] labels. ``cfg``: a
@@ -198,7 +253,8 @@ def fit_curve(curve: Curve, x_train, y_train, cfg=None, *, out_dir: str | Path |
     SGD lr 0.015 Nesterov 0.9, cosine schedule, PGD L-inf 8/255, 5 steps;
     ``attack=None`` trains on clean inputs); keywords override its fields, e.g.
     ``epochs=2, attack=rp.AttackConfig(eps=0.1)``. ``out_dir``: checkpoint folder
-    (resumable); ``None`` fits in memory. Returns the training metrics (``history``,
+    (resumable); ``None`` fits in memory. ``device``: ``auto`` (CUDA when present, as
+    the CLI), ``cpu``, ``cuda``, ``cuda:N``; the curve is moved there. Returns the training metrics (``history``,
     ``train_loss``, ``train_acc``, ``seconds_per_epoch``, ...).
     """
     from dataclasses import fields, replace
@@ -218,12 +274,15 @@ def fit_curve(curve: Curve, x_train, y_train, cfg=None, *, out_dir: str | Path |
         raise UserError(f"fit_curve got unknown setting(s) {', '.join(unknown)} "
                         f"(CurveTrainConfig fields: {', '.join(sorted(known))})")
     cfg = replace(cfg, **settings)
-    return train_curve(curve, x_train, y_train, cfg, out_dir, device=device, progress=progress)
+    from .device import resolve
+
+    return train_curve(curve, x_train, y_train, cfg, out_dir, device=resolve(device),
+                       progress=progress)
 
 
 def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
                   ts: int | Sequence[float] = 11, bn_data=None, recompute_bn: bool = True,
-                  bn_batches: int = 10, num_classes: int | None = None, device: str = "cpu",
+                  bn_batches: int = 10, num_classes: int | None = None, device: str = "auto",
                   progress: bool = True, **kwargs) -> PathResult:
     """Clean and robust accuracy / loss of every test example at every t of a path.
 
@@ -236,6 +295,7 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
     a network with BatchNorm refuses to run without it unless ``recompute_bn=False``.
     ``bn_batches``: how many batches (of 128 for a tuple) estimate the statistics.
     ``num_classes`` (for attacks that need it): default ``max(y_test) + 1``.
+    ``device``: ``auto`` (CUDA when present, as the CLI), ``cpu``, ``cuda``, ``cuda:N``.
     Further keywords go to :func:`robustpath.evaluate.evaluate_path` (``bn_inputs``,
     ``bn_attack``, ``batch_size``, ``t_batch``, ``recompute_ends``, ...).
 
@@ -276,9 +336,12 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
                             "bn_data: interpolated running statistics are meaningless; pass "
                             "bn_data=(x_train, y_train), or recompute_bn=False to evaluate the "
                             "statistics as they are")
+    from .device import resolve
+
     return evaluate.evaluate_path(path, grid, x_test, y_test, attack,
                                   bn_loader=bn_data, bn_batches=bn_batches,
-                                  recompute_bn=recompute_bn, device=device, progress=progress,
+                                  recompute_bn=recompute_bn, device=resolve(device),
+                                  progress=progress,
                                   **kwargs)
 
 

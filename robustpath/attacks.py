@@ -37,6 +37,7 @@ comparison only).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -81,10 +82,18 @@ class AttackConfig:
     aa_version: str | None = None       # autoattack: standard (default) | plus | rand | custom
     aa_attacks: list[str] | None = None  # autoattack custom: its sub-attacks
 
+    def __post_init__(self):
+        # checked when made, with the CLI's rules (AttackConfig(eps=8) is refused as
+        # --eps 8 is), not first when an attack is built from it; on a copy, so the fields
+        # stay as given (validate() normalises, e.g. aa_version None -> "standard", and
+        # to_dict() of the given values is in cache keys)
+        copy.copy(self).validate()
+
     def validate(self) -> AttackConfig:
         ATTACKS.get(self.name)
         parse_norm(self.norm)
         self.eps = parse_fraction(self.eps, name="eps")
+        check_eps_range(self.norm, self.eps)
         if self.step_size is not None:
             self.step_size = parse_fraction(self.step_size, name="step size", allow_zero=False)
         if int(self.steps) < 1:
@@ -108,6 +117,14 @@ class AttackConfig:
             if d[k] is None:
                 d.pop(k)
         return d
+
+
+def check_eps_range(norm: str, eps: float) -> None:
+    """Under L-inf, a radius above 1 exceeds the pixel range [0, 1]: every image is
+    reachable, so the threat model is meaningless (L2 radii may exceed 1)."""
+    if str(norm).lower() == "linf" and eps > 1:
+        raise UserError(f"--eps {eps:g} under linf exceeds the pixel range [0, 1]; "
+                        "give it in pixel units, e.g. 8/255")
 
 
 class Attack(Protocol):

@@ -3,7 +3,8 @@
 Trains (or reuses) adversarially robust endpoint pairs, aligns them, fits the
 curves with PGD in the loop, evaluates clean and robust accuracy and loss along
 every path on a t grid, and writes records, barrier tables and plots to the run
-folder (default ``results/<dataset>-<arch>-<preset>``). Every stage is cached by a
+folder (default ``runs/<dataset>-<arch>-<preset>``, git-ignored; the committed
+``results/`` runs are made with an explicit ``--out results/...``). Every stage is cached by a
 hash of its configuration: a second identical run does no training, a killed run
 resumes where it stopped.
 
@@ -64,12 +65,18 @@ def parser() -> argparse.ArgumentParser:
       f"({preset_default('dataset')})")
     a("--data-root", default=None, type=data_root, help="an existing folder with dataset files (default ./data; "
       "Fashion-MNIST is also read from /usr/share/datasets/fashion-mnist)")
-    a("--arch", default=None, help=f"architecture: {', '.join(available())} "
-      f"({preset_default('arch')})")
+    a("--arch", default=None, help=f"architecture: {', '.join(available())}, or with "
+      f"--endpoints your own as pkg.module:Factory ({preset_default('arch')})")
     a("--width", type=float, default=None,
       help=f"width multiplier of the architecture ({preset_default('width')})")
     a("--seeds", default=None, help="endpoint seeds, paired consecutively: 0,1,2,3 -> (0,1),(2,3) "
       "(default: the preset's: quick and paper 0-5 = three pairs, others 0,1)")
+    a("--endpoints", default=None, metavar="A,B",
+      help="two endpoint files instead of trained seeds (one pair; records name them by file "
+      "stem; t = 0 and 1 keep their own BatchNorm statistics): checkpoints written by python "
+      "-m robustpath.train (architecture from their .json), or with --arch pkg.module:Factory "
+      "(your class or function, called with no arguments or num_classes=) .pt / .safetensors "
+      "state dicts; .pt is read with torch.load(weights_only=True), never running a pickle")
     a("--align", default="none,activation",
       help=f"alignment methods, comma-separated: {', '.join(ALIGN_METHODS)} (pam-*: "
       "robustpath's robust PAM; tatro-none, tatro-activation: Tatro et al.'s PAM with their "
@@ -160,7 +167,9 @@ def parser() -> argparse.ArgumentParser:
       "rewrite (folded BatchNorm, ReLU after pooling, NHWC on CPU): slower, but "
       "bit-identical to runs made before the rewrite existed")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
+    a("--out", default=None, help="run folder (default runs/<dataset>-<arch>-<preset>, or "
+      "runs/<dataset>-<A>__<B> with --endpoints; runs/ is git-ignored: the committed results/ "
+      "folders are regenerated with an explicit --out results/...)")
     a("--overwrite", action="store_true",
       help="allow --out to hold a run with a different configuration (its records are replaced)")
     a("--no-progress", action="store_true", help="hide progress bars")
@@ -212,7 +221,14 @@ def preset_default(key: str) -> str:
 
 
 def config_from_args(args) -> BenchConfig:
-    given = dict( dataset=args.dataset, arch=args.arch, width=args.width,
+    endpoints = split_list(args.endpoints) if args.endpoints else None
+    # robustpath.train checkpoints name their architecture, dataset and width
+    found = file_settings(endpoints, args.arch) if endpoints else {}
+    given = dict(
+        dataset=args.dataset or found.get("dataset"),
+        arch=args.arch or found.get("arch"),
+        width=args.width if args.width is not None else found.get("width"),
+        endpoints=endpoints,
         seeds=parse_int_list(args.seeds, name="--seeds") if args.seeds else None,
         align=split_list(args.align), schedule=args.schedule, curve_schedule=args.curve_schedule,
         attack_mode=args.attack_mode, affine_degrees=args.affine_degrees,
@@ -248,13 +264,66 @@ def config_from_args(args) -> BenchConfig:
            if v is not None]
     if off and not cfg.strong:
         raise UserError(f"{off[0]} needs the strong stage (drop --no-strong)")
-    cfg.out = args.out or f"results/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
+    cfg.out = args.out or default_out(cfg)
     return cfg
 
 
+def default_out(cfg: BenchConfig) -> str:
+    """Where a run goes without ``--out``: ``runs/<dataset>-<arch>-<preset>`` (git-ignored;
+    the committed ``results/`` folders are regenerated with an explicit ``--out``); with
+    ``--endpoints``, ``runs/<dataset>-<stem A>__<stem B>``."""
+    if cfg.endpoints:
+        from .endpoint_files import endpoint_id
+
+        return f"runs/{cfg.dataset}-{'__'.join(endpoint_id(p) for p in cfg.endpoints)}"
+    return f"runs/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
+
+
+def file_settings(endpoints: list[str], arch: str | None) -> dict:
+    """``--endpoints`` without ``--arch``: the architecture, dataset and width their
+    ``robustpath.train`` sidecars name (a state dict without one needs ``--arch``)."""
+    from .endpoint_files import import_factory, is_factory, sidecar_settings
+
+    if arch is not None and is_factory(arch):
+        import_factory(arch)  # an import error or a missing name, before any work
+        return {}
+    found = sidecar_settings(endpoints)
+    if not found and arch is None:
+        raise UserError(f"--endpoints {','.join(endpoints)}: no robustpath.train sidecar "
+                        "(.json) names the architecture; pass --arch pkg.module:Factory")
+    return found
+
+
+def endpoint_pairs(cfg: BenchConfig, run_dir: Path, data, device, progress: bool, timer,
+                   templates: dict | None = None) -> tuple[dict, list[tuple]]:
+    """The run's endpoints ``{id: (model, metrics, key)}`` and its pairs of ids: trained
+    seeds (:func:`robustpath.stages.endpoint`; ids are ints) or, with ``--endpoints``,
+    two files (:func:`robustpath.stages.endpoint_from_file`; ids are their stems;
+    ``templates``: file -> module copied instead of the factory, from ``rp.benchmark``)."""
+    endpoints = {}
+    if cfg.endpoints:
+        from .endpoint_files import endpoint_id
+
+        for path in cfg.endpoints:
+            with timer("endpoint"):
+                endpoints[endpoint_id(path)] = stages.endpoint_from_file(
+                    cfg, path, device, data, (templates or {}).get(path))
+        return endpoints, [tuple(endpoints)]
+    for seed in cfg.seeds:
+        with timer("endpoint"):
+            endpoints[seed] = stages.endpoint(cfg, seed, run_dir, data, device, progress)
+    return endpoints, cfg.pairs()
+
+
+def pair_label(a, b) -> str:
+    """``s0-1`` for two seeds (as run folders always wrote it), ``A__B`` for named ones."""
+    return f"s{a}-{b}" if isinstance(a, int) and isinstance(b, int) else f"{a}__{b}"
+
+
 def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
-        command: str | None = None) -> Path:
-    """Run every stage of the benchmark for ``cfg``; returns the run folder."""
+        command: str | None = None, templates: dict | None = None) -> Path:
+    """Run every stage of the benchmark for ``cfg``; returns the run folder.
+    ``templates``: see :func:`endpoint_pairs`."""
     device = resolve(cfg.device)
     start = time.perf_counter()
     run_dir = Path(cfg.out)
@@ -269,6 +338,10 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     if cfg.strong and cfg.strong_examples > len(data.x_test):  # all are attacked: say so
         print(f"note: the strong stage attacks all {len(data.x_test)} test examples "
               f"(--strong-examples {cfg.strong_examples} is more)", file=sys.stderr)
+    if cfg.endpoints:  # a file holding a pickle is refused before anything is written
+        from .endpoint_files import precheck
+
+        precheck(cfg.endpoints, cfg.arch)
     stages.check_writable(run_dir)
     # one writer per run folder: a second run into it fails here, naming the holder
     with run_lock(run_dir):
@@ -281,40 +354,38 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
         if device.type == "cpu":
             torch.set_num_threads(max(1, torch.get_num_threads()))
         with runtime.use(runtime.Runtime.of(cfg, progress=progress)):
-            return _run_stages(cfg, run_dir, data, device, start, progress, command)
+            return _run_stages(cfg, run_dir, data, device, start, progress, command,
+                               templates)
 
 
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,
-                command: str | None) -> Path:
+                command: str | None, templates: dict | None = None) -> Path:
 
     timer = StageTimer()
-    endpoints = {}
-    for seed in cfg.seeds:
-        with timer("endpoint"):
-            model, metrics, key = stages.endpoint(cfg, seed, run_dir, data, device, progress)
-        endpoints[seed] = (model, metrics, key)
+    endpoints, pairs = endpoint_pairs(cfg, run_dir, data, device, progress, timer, templates)
 
     records: list[PathRecord] = []
     strong_paths: dict = {}
     curvature_paths: dict = {}
     align_reports, curve_metrics, planes = {}, {}, {}
-    for sa, sb in cfg.pairs():
+    for sa, sb in pairs:
         (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
+        pl = pair_label(sa, sb)
         for method in cfg.align:
             with timer("alignment"):
                 aligned, report, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run_dir,
                                                          data, device, progress)
-            align_reports[f"{method}-s{sa}-{sb}"] = report
+            align_reports[f"{method}-{pl}"] = report
             for kind in cfg.paths:
                 with timer("curve"):
                     c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data,
                                                device, progress,
                                                desc=f"curve {method}/{kind} s{sa}-{sb}")
                 if cm:
-                    curve_metrics[f"{method}-{kind}-s{sa}-{sb}"] = cm
+                    curve_metrics[f"{method}-{kind}-{pl}"] = cm
                 with timer("path eval"):
                     res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
-                                           desc=f"eval {method}/{kind} s{sa}-{sb}")
+                                           desc=f"eval {method}/{kind} {pl}")
                 records.append(PathRecord(method, kind, sa, sb, res))
                 if cfg.curvature_examples:
                     from .curvature import curvature
@@ -323,15 +394,15 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
                         curvature_paths[records[-1].path_id] = (
                             records[-1].identity,
                             curvature(cfg, c, ckey, run_dir, data, device, progress,
-                                      desc=f"curvature {method}/{kind} s{sa}-{sb}"), res)
+                                      desc=f"curvature {method}/{kind} {pl}"), res)
                 if cfg.strong:
                     with timer("strong"):
                         strong_paths[records[-1].path_id] = (
                             records[-1].identity,
                             stages.strong(cfg, c.model_at, res, run_dir, data, device,
-                                          progress, desc=f"strong {method}/{kind} s{sa}-{sb}",
+                                          progress, desc=f"strong {method}/{kind} {pl}",
                                           endpoint_keys=(ka, kb)))
-                if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
+                if cfg.plane_grid and kind == "bezier" and (sa, sb) == pairs[0]:
                     with timer("plane"):
                         planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,
                                                       progress, desc=f"plane {method}/{kind} "

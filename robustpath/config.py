@@ -206,7 +206,7 @@ class ThreatSettings:
         if self.eps is None:
             self.eps = default_eps(self.dataset, self.norm)
         self.eps = parse_fraction(self.eps, name="--eps")
-        from .train import check_eps_range  # late: heavy import
+        from .attacks import check_eps_range
 
         check_eps_range(self.norm, self.eps)
         if self.step_size is not None:
@@ -378,6 +378,10 @@ class BenchConfig(StageConfig):
     curvature_examples: int = 0  # input-Hessian curvature per t on N test examples; 0: off
     curvature_iters: int = 20    # its power iterations (robustpath.curvature)
     fuse: bool = True            # robustpath.fuse views (same function, other float rounding)
+    # endpoints read from two files instead of trained from seeds (--endpoints A,B; then
+    # seeds is [], bn_endpoints False, one pair; robustpath.endpoint_files): robustpath.train
+    # checkpoints, or with arch "pkg.module:Factory" .pt / .safetensors state dicts
+    endpoints: list[str] = field(default_factory=list)
 
     def pairs(self) -> list[tuple[int, int]]:
         """Seed pairs: consecutive seeds (0,1), (2,3)... ; with 2 seeds one pair."""
@@ -386,7 +390,15 @@ class BenchConfig(StageConfig):
 
     def validate(self) -> BenchConfig:
         super().validate()
-        models.MODELS.get(self.arch)
+        from .endpoint_files import check_files, is_factory
+
+        if is_factory(self.arch) and not self.endpoints:
+            raise UserError(f"--arch {self.arch} (a module:Factory) needs --endpoints A,B "
+                            "(its weights come from your files)")
+        if not is_factory(self.arch):
+            models.MODELS.get(self.arch)
+        if self.endpoints:
+            check_files(list(self.endpoints), self.arch, self.dataset, self.width)
         from . import curve_train, train  # late: heavy imports
 
         train.SCHEDULES.get(self.schedule)
@@ -395,7 +407,12 @@ class BenchConfig(StageConfig):
             raise UserError(f"--attack-mode must be eval or train, got {self.attack_mode!r}")
         if not 0 <= self.affine_degrees <= 180:
             raise UserError(f"--affine-degrees must lie in [0, 180], got {self.affine_degrees}")
-        if len(self.seeds) < 2 or len(self.seeds) % 2:
+        if self.endpoints and self.seeds:
+            raise UserError("--seeds and --endpoints exclude each other (the endpoints come "
+                            "from the files)")
+        if self.endpoints:
+            pass  # no seeds: the pair is the two files
+        elif len(self.seeds) < 2 or len(self.seeds) % 2:
             raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
@@ -430,6 +447,11 @@ def from_preset(preset: str, **overrides) -> BenchConfig:
             base[k] = v
     if base.get("eps") is None:
         base["eps"] = default_eps(base["dataset"], base.get("norm", "linf"))
+    if base.get("endpoints"):  # endpoints from files: no seeds; the files' own BN statistics
+        if overrides.get("seeds") is None:  # at t = 0, 1, so the ends are the loaded models
+            base["seeds"] = []
+        if overrides.get("bn_endpoints") is None:
+            base["bn_endpoints"] = False
     known = set(BenchConfig.__dataclass_fields__)
     unknown = set(base) - known
     if unknown:

@@ -100,6 +100,33 @@ class PathResult:
         return {k.replace("_correct", "_acc"): getattr(self, k).astype(np.float64).mean(1)
                 for k in ARRAYS}
 
+    def to_dataframe(self):
+        """One row per t: ``t``, ``speed``, ``clean_acc``, ``clean_loss``, ``robust_acc``,
+        ``robust_loss`` (means over the N examples; accuracies are fractions) and
+        ``point`` (``grid`` or ``refine``), as ``records.csv`` holds them."""
+        import pandas as pd
+
+        per_t = self.per_t()
+        return pd.DataFrame({"t": self.ts, "speed": self.speed,
+                             **{k: per_t[k] for k in ("clean_acc", "clean_loss", "robust_acc",
+                                                      "robust_loss")},
+                             "point": np.where(self.is_refined, "refine", "grid")})
+
+    def _summary(self) -> str:
+        r = self.per_t()["robust_acc"]
+        i = int(np.argmin(r))
+        return (f"{len(self.ts)} t x {self.clean_correct.shape[1]} examples; robust acc "
+                f"{100 * r[0]:.1f}% at t=0, {100 * r[-1]:.1f}% at t=1, "
+                f"min {100 * r[i]:.1f}% at t={self.ts[i]:.3g}")
+
+    def __repr__(self) -> str:  # not the [T, N] arrays (dataclass repr printed them all)
+        return f"PathResult({self._summary()})"
+
+    def _repr_html_(self) -> str:
+        frame = self.to_dataframe()
+        return (f"<p><b>PathResult</b>: {self._summary()}</p>"
+                + frame.to_html(index=False, float_format=lambda v: f"{v:.4g}"))
+
 
 def _check_ts(ts) -> np.ndarray:
     """``ts`` as a 1-d float64 array of values in [0, 1]; UserError otherwise."""

@@ -45,7 +45,8 @@ def comparable(d: dict) -> dict:
                        ("curve_schedule", "cosine"), ("attack_mode", "eval"),
                        ("curvature_examples", 0), ("curvature_iters", 20),
                        ("renorm", "bn-reset"), ("align_samples", 2000),
-                       ("bn_endpoints", True), ("strong_t", []), ("strong_at", "ends-worst")):
+                       ("bn_endpoints", True), ("strong_t", []), ("strong_at", "ends-worst"),
+                       ("endpoints", [])):
         if out.get(k, default) == default:
             out.pop(k, None)
     return out

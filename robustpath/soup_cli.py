@@ -170,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
     a("--merge-seed", type=int, default=0, help="visiting order of MergeMany's sweeps")
     a("--bootstrap", type=int, default=1000, help="bootstrap resamples for the barrier CIs")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    a("--out", default="runs/soup", help="run folder (checkpoints in <out>/ckpt/)")
+    a("--out", default="runs/soup", help="run folder (default runs/soup, git-ignored; "
+      "checkpoints in <out>/ckpt/)")
     a("--no-progress", action="store_true", help="hide progress bars")
     add_run_options(p)
     return p

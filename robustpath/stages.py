@@ -7,7 +7,8 @@ a run killed inside any stage resumes there (curve training also resumes inside
 the stage, from its last epoch checkpoint). A cluster executor can run these
 functions as separate jobs: they only share files.
 
-Stages: :func:`endpoint` (adversarial training), :func:`alignment` (PAM:
+Stages: :func:`endpoint` (adversarial training; :func:`endpoint_from_file` reads a
+user's checkpoint instead), :func:`alignment` (PAM:
 :func:`pam_alignment`; both re-exported from :mod:`robustpath.stages_align`),
 :func:`curve` (fit with PGD in the loop; ``line`` needs no fitting), :func:`path_eval`
 (per-example results along t), :func:`strong` (AutoAttack, many-restart PGD and the
@@ -95,6 +96,23 @@ def endpoint(cfg: BenchConfig, seed: int, run_dir: Path, data: RunData, device,
                                         data=(data.x_train, data.y_train, data.x_test,
                                               data.y_test))
     return model.eval(), metrics, key
+
+
+def endpoint_from_file(cfg: BenchConfig, path: str | Path, device, data: RunData | None = None,
+                       template: nn.Module | None = None) -> tuple[nn.Module, dict, str]:
+    """An endpoint read from a user's file instead of trained (``--endpoints``): a
+    ``robustpath.train`` checkpoint, or with ``cfg.arch = "pkg.module:Factory"`` a
+    ``.pt`` / ``.safetensors`` state dict (:mod:`robustpath.endpoint_files`; a pickle is
+    never executed). Returns ``(model, metrics, key)`` like :func:`endpoint`; ``key``
+    hashes the file's sha256 with the architecture. Nothing is cached: the file is the
+    cache. ``template``: a module copied instead of calling the factory (in-memory models
+    of ``rp.benchmark``)."""
+    from . import data as data_mod
+    from .endpoint_files import load_endpoint
+
+    classes = data.num_classes if data is not None else data_mod.info(cfg.dataset).num_classes
+    return load_endpoint(path, cfg.arch, cfg.dataset, classes, cfg.width, device,
+                         template=template)
 
 
 def _arch(cfg: BenchConfig) -> dict:

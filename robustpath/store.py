@@ -162,8 +162,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+def portable_argv(argv: list[str]) -> list[str]:
+    """``argv`` without the machine's own paths: an absolute path inside the repository
+    made relative to it (``/home/me/robustpath/robustpath/bench.py`` ->
+    ``robustpath/bench.py``), the script of a copy elsewhere named from its package
+    (``/tmp/regen/robustpath/bench.py`` -> ``robustpath/bench.py``) or by its file name;
+    other arguments as given."""
+    root = Path(__file__).resolve().parent.parent
+    out = []
+    for i, arg in enumerate(argv):
+        p = Path(arg)
+        if p.is_absolute():
+            try:
+                arg = p.resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                if i == 0:  # the script: from its package folder on, or its name
+                    parts = p.parts
+                    k = max((j for j, part in enumerate(parts) if part == "robustpath"),
+                            default=len(parts) - 1)
+                    arg = Path(*parts[k:]).as_posix()
+        out.append(arg)
+    return out
+
+
 def provenance() -> dict[str, Any]:
-    return {"versions": versions(), "git": git_revision(), "argv": list(sys.argv)}
+    """Versions, git revision and the command line (:func:`portable_argv`: no absolute
+    path of the machine that ran it)."""
+    return {"versions": versions(), "git": git_revision(), "argv": portable_argv(sys.argv)}
 
 
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:

@@ -20,7 +20,9 @@ uninterrupted run ends (same device and threads). :func:`train_endpoint` uses
 CLI: ``python -m robustpath.train --arch cnn-small --seed 0 --out runs/ep0`` writes
 ``runs/ep0.safetensors`` + ``runs/ep0.json`` (suffixes appended literally: ``--out
 runs/eps0.1`` gives ``runs/eps0.1.*``); an ``--out`` that is a folder (existing, or
-ending in ``/``) gets ``model.*`` inside it. Writability is checked before training.
+ending in ``/``) gets ``model.*`` inside it; without ``--out``,
+``runs/train-<dataset>-<arch>-s<seed>.*`` (git-ignored). Writability is checked before
+training.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from . import data as data_mod
 from . import models, runtime
 from . import progress as progress_mod
-from .attacks import AttackConfig, build_attack
+from .attacks import AttackConfig, build_attack, check_eps_range
 from .device import resolve, training_autocast
 from .errors import UserError, check_finite_loss
 from .fuse import fast_view, nhwc_unsafe
@@ -197,14 +199,6 @@ def check_seed(seed, name: str = "--seeds") -> None:
     """Seeds are integers in [0, 2^32 - 1] (every RNG in use accepts them, plus epochs)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"{name} must be integers in [0, {MAX_SEED}], got {seed!r}")
-
-
-def check_eps_range(norm: str, eps: float) -> None:
-    """Under L-inf, a radius above 1 exceeds the pixel range [0, 1]: every image is
-    reachable, so the threat model is meaningless (L2 radii may exceed 1)."""
-    if str(norm).lower() == "linf" and eps > 1:
-        raise UserError(f"--eps {eps:g} under linf exceeds the pixel range [0, 1]; "
-                        "give it in pixel units, e.g. 8/255")
 
 
 def check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:

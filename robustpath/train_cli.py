@@ -82,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, default=d.test_subset, help="0 = all")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--out", default=None, help="checkpoint stem (X -> X.safetensors + X.json, "
-                   "taken literally) or folder (dir/ -> dir/model.*); required unless "
-                   "--print-config")
+                   "taken literally) or folder (dir/ -> dir/model.*); default "
+                   "runs/train-<dataset>-<arch>-s<seed> (git-ignored; the stem names the "
+                   "endpoint in bench --endpoints)")
     add_run_options(p)
     return p
 
@@ -133,9 +134,7 @@ def main(argv=None) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if not args.out:
-        raise UserError("the following arguments are required: --out (see --help)")
-    stem = resolve_out(args.out)
+    stem = resolve_out(args.out or f"runs/train-{cfg.dataset}-{cfg.arch}-s{cfg.seed}")
     check_out_writable(stem)
     _, m = train_endpoint(cfg, stem, device=resolve(args.device))
     st, js = checkpoint_files(stem)

@@ -262,9 +262,10 @@ def test_help_documents_every_flag():
 
 
 def test_committed_default_run_matches_the_default_configuration():
-    """`make bench` on a fresh clone writes into the committed run folder: its config
-    must be today's default, or the bench would refuse (different configuration) and
-    the committed numbers would no longer come from the committed code's settings."""
+    """The committed run folder is regenerated with `--out results/...`: its config must
+    be today's default, or the committed numbers would no longer come from the committed
+    code's settings. Without --out a run goes to the git-ignored runs/ (a fresh clone's
+    `make bench` leaves `git status` clean)."""
     import json
     from pathlib import Path
 
@@ -272,7 +273,10 @@ def test_committed_default_run_matches_the_default_configuration():
     old = json.loads((committed / "config.json").read_text())
     cfg = bench.config_from_args(bench.parser().parse_args([]))
     assert bench.comparable(old) == bench.comparable(cfg.to_dict())
-    assert cfg.out == "results/fashion-mnist-cnn-small-quick"
+    assert cfg.out == "runs/fashion-mnist-cnn-small-quick"
+    for argv, out in ((["--preset", "paper-fmnist"], "runs/fashion-mnist-tinyten-paper-fmnist"),
+                      (["--dataset", "mnist", "--arch", "mlp"], "runs/mnist-mlp-quick")):
+        assert bench.config_from_args(bench.parser().parse_args(argv)).out == out
 
 
 @pytest.mark.slow  # a whole bench run without fuse (~40 s); fuse on/off is unit-tested in test_fuse

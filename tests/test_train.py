@@ -105,10 +105,11 @@ def test_train_endpoint_writes_a_complete_checkpoint(tmp_path, tiny_data):
 def test_train_config_validation():
     for bad, match in [({"method": "banana"}, "method"), ({"arch": "nope"}, "architecture"),
                        ({"dataset": "nope"}, "dataset"), ({"epochs": 0}, "epochs"),
-                       ({"lr": "x"}, "lr"), ({"schedule": "step"}, "schedule"),
-                       ({"attack": AttackConfig(eps=-1)}, "eps")]:
+                       ({"lr": "x"}, "lr"), ({"schedule": "step"}, "schedule")]:
         with pytest.raises(UserError, match=match):
             _tiny_cfg(**bad).validate()
+    with pytest.raises(UserError, match="eps"):  # an AttackConfig is checked when made
+        _tiny_cfg(attack=AttackConfig(eps=-1)).validate()
 
 
 # ---------------------------------------------------------------- the CLI

@@ -60,6 +60,31 @@ class AlignReport:
         """JSON-serialisable dict."""
         return asdict(self)
 
+    def _summary(self) -> str:
+        def num(v):
+            return "n/a" if v is None else f"{v:.3f}"
+
+        kept = f", {len(self.kept)} kept" if self.kept else ""
+        fixed = f", {len(self.left_in_place)} left in place" if self.left_in_place else ""
+        return (f"method={self.method}, {self.measure} {num(self.mean_before)} -> "
+                f"{num(self.mean_after)} over {len(self.groups)} groups{kept}{fixed}, "
+                f"{self.seconds:.2f} s")
+
+    def __repr__(self) -> str:  # one short line, not the 2,000-character field dump
+        return f"AlignReport({self._summary()})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td>{html.escape(str(name))}</td><td>{g.size}</td>"
+            f"<td>{'' if g.before is None else f'{g.before:.3f}'}</td>"
+            f"<td>{'' if g.after is None else f'{g.after:.3f}'}</td></tr>"
+            for name, g in self.groups.items())
+        return (f"<p><b>AlignReport</b>: {html.escape(self._summary())}</p><table><thead><tr>"
+                f"<th>group</th><th>units</th><th>{self.measure} before</th><th>after</th>"
+                f"</tr></thead><tbody>{rows}</tbody></table>")
+
 
 def _example_input(model_a: nn.Module, data, example_input):
     if example_input is not None:

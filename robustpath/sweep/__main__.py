@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
     a("--max-parallel", type=int, default=0, metavar="N",
       help="at most N cells submitted at a time with --executor ray (0: all at once; Ray "
       "then runs as many tasks as the cluster's CPUs/GPUs allow)")
-    a("--out", default=None, help="sweep folder (default results/<name from the sweep file>); "
+    a("--out", default=None, help="sweep folder (default runs/<name from the sweep file>, git-ignored; "
+      "committed sweeps use an explicit --out results/...); "
       "on a cluster, a path every node shares")
     a("--overwrite", action="store_true",
       help="allow cells of --out to hold a different configuration (they are redone)")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.address and args.executor != "ray":
         raise UserError("--address needs --executor ray")
     sweep = load_sweep(args.sweep)
-    out = Path(args.out) if args.out else Path("results") / sweep.name
+    out = Path(args.out) if args.out else Path("runs") / sweep.name
     command = "python -m robustpath.sweep " + " ".join(shlex.quote(a) for a in argv)
     res = run_sweep(sweep, out, executor=args.executor, address=args.address,
                     max_parallel=args.max_parallel, progress=not args.no_progress,

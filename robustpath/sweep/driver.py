@@ -1,6 +1,6 @@
 """Running a sweep: prepare the folder, plan, execute, write cells, aggregate.
 
-Sweep folder (``--out``, default ``results/<name>``)::
+Sweep folder (``--out``, default ``runs/<name>``)::
 
     sweep.json  sweep.toml  command.txt  provenance.json   what was asked, resolved
     ckpt/<stage>/...       the stage cache shared by all cells (robustpath.stages)

@@ -2,7 +2,7 @@
 
 A sweep file (see ``sweeps/quick.toml``)::
 
-    name = "quick"                 # default results folder: results/<name>
+    name = "quick"                 # default sweep folder: runs/<name>
     description = "..."            # free text
     preset = "quick"               # robustpath.config.PRESETS; every cell starts from it
 

@@ -139,7 +139,8 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--expect-sha256", default=None, help="pin checkpoints: NAME=SHA256[,NAME=SHA256...] or "
       "a sha256sum-style file (SHA256  NAME.pt per line); a mismatch stops the run")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
-    a("--out", default=None, help="run folder (default results/zoo-<dataset>-<threat>)")
+    a("--out", default=None, help="run folder (default runs/zoo-<dataset>-<threat>; runs/ is "
+      "git-ignored: committed results/ folders are made with an explicit --out results/...)")
     a("--overwrite", action="store_true",
       help="allow --out to hold a comparison with a different configuration")
     a("--no-progress", action="store_true", help="hide progress bars")
@@ -189,7 +190,7 @@ def config_from_args(args) -> CompareConfig:
         expect_sha256=parse_expect_sha256(args.expect_sha256), device=args.device,
         out=args.out or "")
     cfg.validate()
-    cfg.out = cfg.out or f"results/zoo-{cfg.dataset}-{cfg.threat}"
+    cfg.out = cfg.out or f"runs/zoo-{cfg.dataset}-{cfg.threat}"
     return cfg
 
 
