@@ -138,7 +138,8 @@ def test_config_reproduces_the_committed_default_run(capsys):
     _, cfg = bench.parse(["--config", str(DEFAULT_RUN / "config.json")])
     got = cfg.to_dict()
     # a field added after the run was made is absent from its file: it must be at its default
-    defaults = {f.name: f.default for f in dataclasses.fields(type(cfg))}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(type(cfg))}
     assert {k: got[k] for k in stored} == stored
     assert all(got[k] == defaults[k] for k in set(got) - set(stored))
     _, cfg = bench.parse(["--config", str(DEFAULT_RUN), "--steps", "3"])

@@ -103,7 +103,7 @@ def test_train_endpoint_writes_a_complete_checkpoint(tmp_path, tiny_data):
 
 
 def test_train_config_validation():
-    for bad, match in [({"method": "banana"}, "method"), ({"arch": "nope"}, "architecture"),
+    for bad, match in [({"method": "banana"}, "train-attack"), ({"arch": "nope"}, "architecture"),
                        ({"dataset": "nope"}, "dataset"), ({"epochs": 0}, "epochs"),
                        ({"lr": "x"}, "lr"), ({"schedule": "step"}, "schedule")]:
         with pytest.raises(UserError, match=match):
