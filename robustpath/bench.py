@@ -16,9 +16,8 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from . import runfolder, runtime, stages
 from .attacks import ATTACKS
@@ -34,7 +33,6 @@ from .outputs import (  # noqa: F401  (bench.write_run etc. kept importable)
     config_changes,
     write_run,
 )
-from .records import PathRecord
 from .report import format_summary
 from .timing import StageTimer
 
@@ -150,7 +148,10 @@ def parser() -> argparse.ArgumentParser:
     a("--out", default=None, help="run folder (default results/<dataset>-<arch>-<preset>)")
     a("--overwrite", action="store_true",
       help="allow --out to hold a run with a different configuration (its records are replaced)")
-    a("--no-progress", action="store_true", help="hide progress bars")
+    a("--no-progress", action="store_true", help="hide progress bars (the stage log stays)")
+    a("--workers", type=int, default=None, help="processes running independent stages at "
+      "once, one torch thread each (default: the usable cores; 1: serial in process); "
+      "results are the same for any value")
     a("--tensorboard", action="store_true", help="also log the run's metrics to TensorBoard "
       "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
     a("--wandb-offline", action="store_true",
@@ -205,8 +206,16 @@ def config_from_args(args) -> BenchConfig:
 
 
 def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
-        command: str | None = None) -> Path:
-    """Run every stage of the benchmark for ``cfg``; returns the run folder."""
+        command: str | None = None, workers: int | None = None) -> Path:
+    """Run every stage of the benchmark for ``cfg``; returns the run folder. ``workers``:
+    processes running independent stage nodes at once, each with one torch thread on
+    CPU (default: the usable cores; 1: one after the other in this process); the
+    results do not depend on it."""
+    from .engine.executors import default_workers
+
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
     device = resolve(cfg.device)
     start = time.perf_counter()
     run_dir = Path(cfg.out)
@@ -230,74 +239,42 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
             raise UserError(f"{run_dir} holds a run with a different configuration "
                             f"({config_changes(old, cfg.to_dict())}); use another --out or pass "
                             "--overwrite")
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-        with runtime.use(runtime.Runtime.of(cfg, progress=progress)):
-            return _run_stages(cfg, run_dir, data, device, start, progress, command)
+        with runtime.use(runtime.Runtime.of(cfg, progress=progress, workers=workers)):
+            return _run_stages(cfg, run_dir, data, device, start, progress, command, workers)
 
 
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,
-                command: str | None) -> Path:
+                command: str | None, workers: int) -> Path:
+    """The run's plan (:mod:`robustpath.engine.plan`, one cell) executed by the engine's
+    local executor, then the run folder written from the nodes' results."""
+    from .engine import nodes
+    from .engine.assemble import cell_outputs, stage_timings
+    from .engine.plan import build_plan
+    from .engine.run import execute
 
-    timer = StageTimer()
-    endpoints = {}
-    for seed in cfg.seeds:
-        with timer("endpoint"):
-            model, metrics, key = stages.endpoint(cfg, seed, run_dir, data, device, progress)
-        endpoints[seed] = (model, metrics, key)
-
-    records: list[PathRecord] = []
-    strong_paths: dict = {}
-    curvature_paths: dict = {}
-    align_reports, curve_metrics, planes = {}, {}, {}
-    for sa, sb in cfg.pairs():
-        (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
-        for method in cfg.align:
-            with timer("alignment"):
-                aligned, report, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run_dir,
-                                                         data, device, progress)
-            align_reports[f"{method}-s{sa}-{sb}"] = report
-            for kind in cfg.paths:
-                with timer("curve"):
-                    c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data,
-                                               device, progress)
-                if cm:
-                    curve_metrics[f"{method}-{kind}-s{sa}-{sb}"] = cm
-                with timer("path eval"):
-                    res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
-                                           desc=f"eval {method}/{kind} s{sa}-{sb}")
-                records.append(PathRecord(method, kind, sa, sb, res))
-                if cfg.curvature_examples:
-                    from .curvature import curvature
-
-                    with timer("curvature"):
-                        curvature_paths[records[-1].path_id] = (
-                            records[-1].identity,
-                            curvature(cfg, c, ckey, run_dir, data, device, progress,
-                                      desc=f"curvature {method}/{kind} s{sa}-{sb}"), res)
-                if cfg.strong:
-                    with timer("strong"):
-                        strong_paths[records[-1].path_id] = (
-                            records[-1].identity,
-                            stages.strong(cfg, c.model_at, res, run_dir, data, device,
-                                          progress, desc=f"strong {method}/{kind} s{sa}-{sb}",
-                                          endpoint_keys=(ka, kb)))
-                if cfg.plane_grid and kind == "bezier" and (sa, sb) == cfg.pairs()[0]:
-                    with timer("plane"):
-                        planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,
-                                                      progress)
-
-    summary = write_run(run_dir, cfg, RunOutputs(
-        endpoints={s: m for s, (_, m, _) in endpoints.items()}, alignment=align_reports,
-        curves=curve_metrics, records=records, planes=planes, timings=timer.to_dict(),
-        strong=strong_paths, curvature=curvature_paths),
-        command=command)
+    nodes.keep_data(cfg, data)  # in process: the data loaded above, not a second copy
+    plan = build_plan([_Cell(run_dir.name, cfg)])
+    results = execute(plan, run_dir, workers=workers, progress=progress,
+                      threads=1 if device.type == "cpu" else None)
+    cp = plan.cells[run_dir.name]
+    out = cell_outputs(cp, results)
+    out.timings = stage_timings(plan, results, time.perf_counter() - start)
+    summary = write_run(run_dir, cfg, out, command=command)
     elapsed = time.perf_counter() - start
     print(format_summary(summary, cfg.to_dict()))
-    print(f"\nstage timings (s):\n{timer.table()}")
-    print(f"\n{len(records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "
+    print(f"\nstage timings (s, summed over {workers} worker{'s' if workers != 1 else ''}):\n"
+          f"{StageTimer.from_dict(out.timings).table()}")
+    print(f"\n{len(out.records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "
           f"(report.html, tables/summary.md, plots/, records.csv)")
     return run_dir
+
+
+@dataclass
+class _Cell:
+    """The bench's one cell: the run folder's name and its configuration."""
+
+    name: str
+    cfg: BenchConfig
 
 
 @cli_main
@@ -311,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tracking.check_available(tensorboard=args.tensorboard, wandb=args.wandb_offline)
     run_dir = run(cfg, progress=not args.no_progress, overwrite=args.overwrite,
-                  command=command.strip())
+                  command=command.strip(), workers=args.workers)
     if args.tensorboard:
         print(f"TensorBoard events: {tracking.log_tensorboard(run_dir)}")
     if args.wandb_offline:

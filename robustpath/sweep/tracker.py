@@ -20,9 +20,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..engine.nodes import describe
+from ..engine.plan import Plan
 from ..store import atomic_write_json
-from .nodes import describe
-from .plan import Plan
 
 
 def _fmt_seconds(s: float) -> str:

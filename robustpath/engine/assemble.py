@@ -1,0 +1,45 @@
+"""From a cell's node results to what its run folder holds
+(:class:`robustpath.outputs.RunOutputs`), in the order the bench always wrote them:
+per seed pair, per alignment method, per path family."""
+
+from __future__ import annotations
+
+from ..outputs import RunOutputs
+from ..records import PathRecord, identity, path_id
+from .plan import STAGE_LABELS, CellPlan
+
+
+def cell_outputs(cp: CellPlan, results: dict[str, dict]) -> RunOutputs:
+    """The run folder's contents of cell ``cp`` from its nodes' ``results``."""
+    records, strong, curvature = [], {}, {}
+    curves = {}
+    for (method, kind, (sa, sb)), pn in cp.paths.items():
+        res = results[pn.eval]["result"]
+        records.append(PathRecord(method, kind, sa, sb, res))
+        pid, ident = path_id(method, kind, sa, sb), identity(method, kind, sa, sb)
+        if results[pn.curve]["metrics"]:
+            curves[f"{method}-{kind}-s{sa}-{sb}"] = results[pn.curve]["metrics"]
+        if pn.curvature:
+            curvature[pid] = (ident, results[pn.curvature]["curvature"], res)
+        if pn.strong:
+            strong[pid] = (ident, results[pn.strong]["strong"])
+    return RunOutputs(
+        endpoints={s: results[n]["metrics"] for s, n in cp.endpoints.items()},
+        alignment={f"{m}-s{sa}-{sb}": results[n]["report"]
+                   for (m, (sa, sb)), n in cp.aligns.items()},
+        curves=curves, records=records,
+        planes={m: results[n]["plane"] for m, n in cp.planes.items()},
+        strong=strong, curvature=curvature)
+
+
+def stage_timings(plan, results: dict[str, dict], total: float) -> dict:
+    """``timings.json``: seconds and nodes per stage (summed over nodes, so with several
+    workers the stages add up to more than the wall time ``total``)."""
+    seconds: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for nid, node in plan.nodes.items():
+        label = STAGE_LABELS[node.stage]
+        seconds[label] = seconds.get(label, 0.0) + float(results.get(nid, {}).get("seconds", 0))
+        calls[label] = calls.get(label, 0) + 1
+    return {"stages": [{"stage": k, "calls": calls[k], "seconds": round(v, 3)}
+                       for k, v in seconds.items()], "total": round(total, 3)}
