@@ -33,8 +33,14 @@ EXECUTORS: Registry[type] = Registry("executor")
 
 
 def default_workers() -> int:
-    """The cores this process may use (``os.sched_getaffinity``; ``os.cpu_count``
-    where the platform lacks it)."""
+    """``$ROBUSTPATH_WORKERS`` if set, else the cores this process may use
+    (``os.sched_getaffinity``; ``os.cpu_count`` where the platform lacks it)."""
+    if os.environ.get("ROBUSTPATH_WORKERS"):
+        try:
+            return max(1, int(os.environ["ROBUSTPATH_WORKERS"]))
+        except ValueError:
+            raise UserError("ROBUSTPATH_WORKERS must be a whole number, got "
+                            f"{os.environ['ROBUSTPATH_WORKERS']!r}") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
