@@ -110,7 +110,7 @@ class StageLog:
         if "error" in result and not result.get("upstream"):
             self._line(f"{node.label}: FAILED: {result['error']}")
         if self.ended[st] == self.total[st]:
-            took = time.time() - self.stage_start.get(st, time.time())
+            took = time.time() - self.stage_start.get(st, self.start)  # Ray: no start events
             failed = " (some failed)" if "error" in result else ""
             self._line(f"{STAGE_LABELS[st]}: done{failed}, {self.total[st]} node"
                        f"{'s' if self.total[st] != 1 else ''} in {fmt_seconds(took)}; "
