@@ -150,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
       help="allow --out to hold a run with a different configuration (its records are replaced)")
     a("--no-progress", action="store_true", help="hide progress bars (the stage log stays)")
     a("--workers", type=int, default=None, help="processes running independent stages at "
-      "once, one torch thread each (default: the usable cores; 1: serial in process); "
+      "once, one torch thread each (default: $ROBUSTPATH_WORKERS or the usable cores; 1 "
+      "on a GPU; 1: serial in process); "
       "results are the same for any value")
     a("--tensorboard", action="store_true", help="also log the run's metrics to TensorBoard "
       "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
@@ -209,14 +210,16 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
         command: str | None = None, workers: int | None = None) -> Path:
     """Run every stage of the benchmark for ``cfg``; returns the run folder. ``workers``:
     processes running independent stage nodes at once, each with one torch thread on
-    CPU (default: the usable cores; 1: one after the other in this process); the
-    results do not depend on it."""
+    CPU (default: ``$ROBUSTPATH_WORKERS`` or the usable cores on CPU, 1 on a GPU; 1: one
+    after the other in this process); the results do not depend on it."""
     from .engine.executors import default_workers
 
-    workers = default_workers() if workers is None else int(workers)
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
     device = resolve(cfg.device)
+    if workers is None:  # one GPU is shared by nothing: its run stays in one process
+        workers = default_workers() if device.type == "cpu" else 1
+    if int(workers) < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    workers = int(workers)
     start = time.perf_counter()
     run_dir = Path(cfg.out)
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
