@@ -18,10 +18,8 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import MISSING, replace
+from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
-
-import torch
 
 from . import runfolder, runtime, stages
 from .attacks import ATTACKS
@@ -45,7 +43,6 @@ from .outputs import (  # noqa: F401  (bench.write_run etc. kept importable)
     config_changes,
     write_run,
 )
-from .records import PathRecord
 from .report import format_summary
 from .timing import StageTimer
 
@@ -172,7 +169,11 @@ def parser() -> argparse.ArgumentParser:
       "folders are regenerated with an explicit --out results/...)")
     a("--overwrite", action="store_true",
       help="allow --out to hold a run with a different configuration (its records are replaced)")
-    a("--no-progress", action="store_true", help="hide progress bars")
+    a("--no-progress", action="store_true", help="hide progress bars (the stage log stays)")
+    a("--workers", type=int, default=None, help="processes running independent stages at "
+      "once, one torch thread each (default: $ROBUSTPATH_WORKERS or the usable cores; 1 "
+      "on a GPU; 1: serial in process); "
+      "results are the same for any value")
     a("--tensorboard", action="store_true", help="also log the run's metrics to TensorBoard "
       "events in <out>/tensorboard/ (needs the tensorboard package; the CSVs stay the source)")
     a("--wandb-offline", action="store_true",
@@ -294,37 +295,24 @@ def file_settings(endpoints: list[str], arch: str | None) -> dict:
     return found
 
 
-def endpoint_pairs(cfg: BenchConfig, run_dir: Path, data, device, progress: bool, timer,
-                   templates: dict | None = None) -> tuple[dict, list[tuple]]:
-    """The run's endpoints ``{id: (model, metrics, key)}`` and its pairs of ids: trained
-    seeds (:func:`robustpath.stages.endpoint`; ids are ints) or, with ``--endpoints``,
-    two files (:func:`robustpath.stages.endpoint_from_file`; ids are their stems;
-    ``templates``: file -> module copied instead of the factory, from ``rp.benchmark``)."""
-    endpoints = {}
-    if cfg.endpoints:
-        from .endpoint_files import endpoint_id
-
-        for path in cfg.endpoints:
-            with timer("endpoint"):
-                endpoints[endpoint_id(path)] = stages.endpoint_from_file(
-                    cfg, path, device, data, (templates or {}).get(path))
-        return endpoints, [tuple(endpoints)]
-    for seed in cfg.seeds:
-        with timer("endpoint"):
-            endpoints[seed] = stages.endpoint(cfg, seed, run_dir, data, device, progress)
-    return endpoints, cfg.pairs()
-
-
-def pair_label(a, b) -> str:
-    """``s0-1`` for two seeds (as run folders always wrote it), ``A__B`` for named ones."""
-    return f"s{a}-{b}" if isinstance(a, int) and isinstance(b, int) else f"{a}__{b}"
-
-
 def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
-        command: str | None = None, templates: dict | None = None) -> Path:
-    """Run every stage of the benchmark for ``cfg``; returns the run folder.
-    ``templates``: see :func:`endpoint_pairs`."""
+        command: str | None = None, workers: int | None = None,
+        templates: dict | None = None) -> Path:
+    """Run every stage of the benchmark for ``cfg``; returns the run folder. ``workers``:
+    processes running independent stage nodes at once, each with one torch thread on
+    CPU (default: ``$ROBUSTPATH_WORKERS`` or the usable cores on CPU, 1 on a GPU; 1: one
+    after the other in this process); the results do not depend on it. ``templates``:
+    endpoint file -> in-memory module (``rp.benchmark``), which keeps the run in process."""
+    from .engine.executors import default_workers
+
+    if templates:
+        workers = 1  # modules in memory do not travel to worker processes
     device = resolve(cfg.device)
+    if workers is None:  # one GPU is shared by nothing: its run stays in one process
+        workers = default_workers() if device.type == "cpu" else 1
+    if int(workers) < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    workers = int(workers)
     start = time.perf_counter()
     run_dir = Path(cfg.out)
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
@@ -351,74 +339,49 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
             raise UserError(f"{run_dir} holds a run with a different configuration "
                             f"({config_changes(old, cfg.to_dict())}); use another --out or pass "
                             "--overwrite")
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
-        with runtime.use(runtime.Runtime.of(cfg, progress=progress)):
-            return _run_stages(cfg, run_dir, data, device, start, progress, command,
-                               templates)
+        from .engine.sources import FileSource
+
+        FileSource.templates = dict(templates or {})
+        try:
+            with runtime.use(runtime.Runtime.of(cfg, progress=progress, workers=workers)):
+                return _run_stages(cfg, run_dir, data, device, start, progress, command,
+                                   workers)
+        finally:
+            FileSource.templates = {}
 
 
 def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, progress: bool,
-                command: str | None, templates: dict | None = None) -> Path:
+                command: str | None, workers: int) -> Path:
+    """The run's plan (:mod:`robustpath.engine.plan`, one cell) executed by the engine's
+    local executor, then the run folder written from the nodes' results."""
+    from .engine import nodes
+    from .engine.assemble import cell_outputs, stage_timings
+    from .engine.plan import build_plan
+    from .engine.run import execute
 
-    timer = StageTimer()
-    endpoints, pairs = endpoint_pairs(cfg, run_dir, data, device, progress, timer, templates)
-
-    records: list[PathRecord] = []
-    strong_paths: dict = {}
-    curvature_paths: dict = {}
-    align_reports, curve_metrics, planes = {}, {}, {}
-    for sa, sb in pairs:
-        (ma, _, ka), (mb, _, kb) = endpoints[sa], endpoints[sb]
-        pl = pair_label(sa, sb)
-        for method in cfg.align:
-            with timer("alignment"):
-                aligned, report, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run_dir,
-                                                         data, device, progress)
-            align_reports[f"{method}-{pl}"] = report
-            for kind in cfg.paths:
-                with timer("curve"):
-                    c, cm, ckey = stages.curve(cfg, kind, ma, aligned, ka, akey, run_dir, data,
-                                               device, progress,
-                                               desc=f"curve {method}/{kind} s{sa}-{sb}")
-                if cm:
-                    curve_metrics[f"{method}-{kind}-{pl}"] = cm
-                with timer("path eval"):
-                    res = stages.path_eval(cfg, c, ckey, run_dir, data, device, progress,
-                                           desc=f"eval {method}/{kind} {pl}")
-                records.append(PathRecord(method, kind, sa, sb, res))
-                if cfg.curvature_examples:
-                    from .curvature import curvature
-
-                    with timer("curvature"):
-                        curvature_paths[records[-1].path_id] = (
-                            records[-1].identity,
-                            curvature(cfg, c, ckey, run_dir, data, device, progress,
-                                      desc=f"curvature {method}/{kind} {pl}"), res)
-                if cfg.strong:
-                    with timer("strong"):
-                        strong_paths[records[-1].path_id] = (
-                            records[-1].identity,
-                            stages.strong(cfg, c.model_at, res, run_dir, data, device,
-                                          progress, desc=f"strong {method}/{kind} {pl}",
-                                          endpoint_keys=(ka, kb)))
-                if cfg.plane_grid and kind == "bezier" and (sa, sb) == pairs[0]:
-                    with timer("plane"):
-                        planes[method] = stages.plane(cfg, c, ckey, run_dir, data, device,
-                                                      progress, desc=f"plane {method}/{kind} "
-                                                      f"s{sa}-{sb}")
-
-    summary = write_run(run_dir, cfg, RunOutputs(
-        endpoints={s: m for s, (_, m, _) in endpoints.items()}, alignment=align_reports,
-        curves=curve_metrics, records=records, planes=planes, timings=timer.to_dict(),
-        strong=strong_paths, curvature=curvature_paths),
-        command=command)
+    nodes.keep_data(cfg, data)  # in process: the data loaded above, not a second copy
+    plan = build_plan([_Cell(run_dir.name, cfg)])
+    results = execute(plan, run_dir, workers=workers, progress=progress,
+                      threads=1 if device.type == "cpu" else None)
+    cp = plan.cells[run_dir.name]
+    out = cell_outputs(cp, results)
+    out.timings = stage_timings(plan, results, time.perf_counter() - start)
+    summary = write_run(run_dir, cfg, out, command=command)
     elapsed = time.perf_counter() - start
     print(format_summary(summary, cfg.to_dict()))
-    print(f"\nstage timings (s):\n{timer.table()}")
-    print(f"\n{len(records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "
+    print(f"\nstage timings (s, summed over {workers} worker{'s' if workers != 1 else ''}):\n"
+          f"{StageTimer.from_dict(out.timings).table()}")
+    print(f"\n{len(out.records)} paths evaluated in {elapsed:.0f} s; outputs in {run_dir}/ "
           f"(report.html, tables/summary.md, plots/, records.csv)")
     return run_dir
+
+
+@dataclass
+class _Cell:
+    """The bench's one cell: the run folder's name and its configuration."""
+
+    name: str
+    cfg: BenchConfig
 
 
 @cli_main
@@ -434,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tracking.check_available(tensorboard=args.tensorboard, wandb=args.wandb_offline)
     run_dir = run(cfg, progress=not args.no_progress, overwrite=args.overwrite,
-                  command=command.strip())
+                  command=command.strip(), workers=args.workers)
     if args.tensorboard:
         print(f"TensorBoard events: {tracking.log_tensorboard(run_dir)}")
     if args.wandb_offline:

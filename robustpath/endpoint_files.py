@@ -195,6 +195,17 @@ def precheck(paths: list[str], arch: str) -> None:
             read_state_dict(p)
 
 
+def file_key(path: str | Path, arch: str) -> str:
+    """The cache key of an endpoint file, known before it is loaded (the plan names every
+    node up front): the hash :func:`load_endpoint` returns."""
+    if is_factory(arch):
+        f = Path(path) if Path(path).is_file() else checkpoint_files(path)[0]
+        return config_hash({"sha256": sha256_file(f), "arch": arch})
+    st, _ = checkpoint_files(path)
+    info = robustpath_sidecar(path)["model"]
+    return config_hash({"sha256": sha256_file(st), "arch": info})
+
+
 def load_endpoint(path: str | Path, arch: str, dataset: str, num_classes: int,
                   width: float = 1.0, device: str | torch.device = "cpu", *,
                   template: nn.Module | None = None) -> tuple[nn.Module, dict, str]:

@@ -6,7 +6,7 @@ result-relevant settings plus its inputs' keys. Settings that change how, not wh
 progress) are never in a spec. Optional entries appear only when they differ from the
 historical default, so caches written before they existed keep their keys.
 :mod:`robustpath.stages` computes and caches under these keys; sweeps name their task
-nodes by them (:mod:`robustpath.sweep.plan`), the zoo plans its pairs with them.
+nodes by them (:mod:`robustpath.engine.plan`), the zoo plans its pairs with them.
 """
 
 from __future__ import annotations

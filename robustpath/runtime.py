@@ -33,7 +33,9 @@ class Runtime:
     on CUDA (no-op on CPU); ``fuse``: :func:`robustpath.fuse.fast_view` in attacks,
     evaluation and training; ``channels_last_cpu``: NHWC convolution weights on CPU
     (attacks and endpoint training); ``threads``: torch intra-op threads (None: leave
-    as is); ``t_batch``: t evaluated at once with vmap; ``progress``: progress bars (:mod:`robustpath.progress`)."""
+    as is); ``t_batch``: t evaluated at once with vmap; ``progress``: progress bars (:mod:`robustpath.progress`);
+    ``workers``: processes running independent stage nodes at once, one torch thread
+    each (None: the usable cores; :mod:`robustpath.engine.executors`)."""
 
     device: str = "auto"
     amp: bool = True
@@ -42,6 +44,7 @@ class Runtime:
     threads: int | None = None
     t_batch: int = 1
     progress: bool = True
+    workers: int | None = None
 
     @classmethod
     def of(cls, cfg, **overrides) -> Runtime:

@@ -51,6 +51,15 @@ class StageTimer:
                            for k, v in self.seconds.items()],
                 "total": round(self.total(), 3)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> StageTimer:
+        """A finished timer from :meth:`to_dict` (``total`` is its whole run)."""
+        t = cls(clock=lambda: float(d["total"]))
+        t._start = 0.0
+        for row in d["stages"]:
+            t.seconds[row["stage"]], t.calls[row["stage"]] = float(row["seconds"]), row["calls"]
+        return t
+
     def table(self) -> str:
         """``stage  calls  seconds  share`` lines, then the total."""
         total = max(self.total(), 1e-9)

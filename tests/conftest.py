@@ -28,6 +28,17 @@ def _zoo_cache_in_tmp(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _serial_runs():
+    """Runs in tests are serial in process unless a test passes --workers: many tests
+    patch stage functions, which worker processes would not see (subprocesses inherit
+    the variable; robustpath.engine.executors.default_workers)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ROBUSTPATH_WORKERS", "1")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """(x_train [3000], y_train, x_test [500], y_test) from real Fashion-MNIST."""

@@ -237,7 +237,9 @@ import numpy as np
 import torch
 torch.set_num_threads(1)
 from robustpath import curve_train, stages
-from robustpath.sweep import build_plan, load_sweep, nodes
+from robustpath.engine import nodes
+from robustpath.engine.plan import build_plan
+from robustpath.sweep import load_sweep
 from robustpath.sweep.driver import _place
 
 toml, root, log, only = sys.argv[1:5]

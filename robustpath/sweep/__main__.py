@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     a("--max-parallel", type=int, default=0, metavar="N",
       help="at most N cells submitted at a time with --executor ray (0: all at once; Ray "
       "then runs as many tasks as the cluster's CPUs/GPUs allow)")
+    a("--workers", type=int, default=1, metavar="N",
+      help="--executor local: N worker processes run independent tasks at once (default 1: "
+      "one after the other in process); each task has its stage's [resources] cpus threads")
     a("--out", default=None, help="sweep folder (default runs/<name from the sweep file>, git-ignored; "
       "committed sweeps use an explicit --out results/...); "
       "on a cluster, a path every node shares")
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / sweep.name
     command = "python -m robustpath.sweep " + " ".join(shlex.quote(a) for a in argv)
     res = run_sweep(sweep, out, executor=args.executor, address=args.address,
-                    max_parallel=args.max_parallel, progress=not args.no_progress,
+                    max_parallel=args.max_parallel, workers=args.workers,
+                    progress=not args.no_progress,
                     overwrite=args.overwrite, command=command, dry_run=args.dry_run)
     if args.dry_run:
         return 0

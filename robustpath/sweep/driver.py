@@ -36,14 +36,14 @@ from pathlib import Path
 
 from .. import data as data_mod
 from .. import runfolder, stages
+from ..engine.assemble import cell_outputs
+from ..engine.executors import EXECUTORS, executor_names
+from ..engine.nodes import Context, run_data
+from ..engine.plan import CellPlan, Plan, build_plan
 from ..errors import UserError
 from ..lock import run_lock
-from ..outputs import RunOutputs, comparable, write_run
-from ..records import PathRecord, identity, path_id
+from ..outputs import comparable, write_run
 from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
-from .executors import EXECUTORS, executor_names
-from .nodes import Context, run_data
-from .plan import CellPlan, Plan, build_plan
 from .report import SWEEP_SOURCES, sweep_report
 from .spec import Cell, Sweep
 from .tracker import Tracker
@@ -96,17 +96,7 @@ def _check_conflicts(sweep: Sweep, overwrite: bool) -> None:
 def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
     """Write a cell's run folder (:func:`robustpath.outputs.write_run`), then ``done.json``."""
     cfg = cp.cell.cfg
-    sa, sb = cp.cell.pair
-    out = RunOutputs(
-        endpoints={s: results[n]["metrics"] for s, n in cp.endpoints.items()},
-        alignment={f"{m}-s{sa}-{sb}": results[n]["report"] for m, n in cp.aligns.items()},
-        curves={f"{m}-{k}-s{sa}-{sb}": results[n]["metrics"] for (m, k), n in cp.curves.items()
-                if results[n]["metrics"]},
-        records=[PathRecord(m, k, sa, sb, results[n]["result"]) for (m, k), n in cp.evals.items()],
-        planes={m: results[n]["plane"] for m, n in cp.planes.items()},
-        strong={path_id(m, k, sa, sb): (identity(m, k, sa, sb),
-                                        results[n]["strong"])
-                for (m, k), n in cp.evals.items() if "strong" in results[n]})
+    out = cell_outputs(cp, results)
     # done.json of an earlier run goes first: a kill between the commit of the new run
     # and its done.json must not leave the new records marked as the old cell's
     (Path(cfg.out) / "done.json").unlink(missing_ok=True)
@@ -185,14 +175,15 @@ def _publish(sweep: Sweep, out: Path, command: str, tracker: Tracker) -> None:
 
 
 def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
-              address: str | None = None, max_parallel: int = 0, progress: bool = True,
+              address: str | None = None, max_parallel: int = 0, workers: int = 1,
+              progress: bool = True,
               overwrite: bool = False, command: str = "", dry_run: bool = False) -> SweepResult:
     """Run ``sweep`` into ``out`` with ``executor`` (``local`` or ``ray``), holding
     ``out``'s run lock; the sweep's outputs are published together at the end."""
     start = time.time()
     out = Path(out)
     executor_names()
-    exe = EXECUTORS.get(executor)(address=address, max_parallel=max_parallel)
+    exe = EXECUTORS.get(executor)(address=address, max_parallel=max_parallel, workers=workers)
     _place(sweep, out)
     if dry_run:  # reads only: no lock, nothing written
         return _plan(sweep, out, overwrite)

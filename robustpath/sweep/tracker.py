@@ -18,18 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import progress as progress_mod
+from ..engine.log import StageLog, fmt_seconds
+from ..engine.nodes import describe
+from ..engine.plan import Plan
 from ..store import atomic_write_json
-from .nodes import describe
-from .plan import Plan
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 class Tracker:
@@ -51,10 +43,14 @@ class Tracker:
                                     "[{elapsed}{postfix}]")
         self._write_status()
         self._refresh()
+        # one line per stage start and end, as robustpath.bench prints (the plan itself
+        # was printed by the driver)
+        self.log = StageLog(plan, workers=self.slots, out=str(root))
 
     # ------------------------------------------------------------ executor calls
     def started(self, node_id: str) -> None:
         """A node began: its cells count as running."""
+        self.log.started(self.plan.nodes[node_id])
         for cell in self.plan.nodes[node_id].cells:
             self.cell_started(cell)
 
@@ -67,6 +63,7 @@ class Tracker:
         node = self.plan.nodes[node_id]
         result = {"node": node_id, "stage": node.stage, **result}
         self.results[node_id] = result
+        self.log.finished(node, result)
         self.bar.update(1)  # refreshes the line at most every mininterval
         if "error" in result and not result.get("upstream"):
             self.note(f"task failed: {node.label}: {result['error']}")
@@ -155,7 +152,7 @@ class Tracker:
         self._compact(cell)
         self._write_status()
         what = f"FAILED: {error}" if error else "done"
-        self.note(f"cell {cell} {what} [{_fmt_seconds(time.time() - self.start)}; "
+        self.note(f"cell {cell} {what} [{fmt_seconds(time.time() - self.start)}; "
                   f"{self._counts_text()}]")
 
     def _compact(self, cell: str) -> None:
@@ -167,7 +164,7 @@ class Tracker:
     def _counts_text(self) -> str:
         c = self.counts()
         eta, unknown = self.eta()
-        eta_txt = "?" if unknown and not eta else _fmt_seconds(eta) + ("+" if unknown else "")
+        eta_txt = "?" if unknown and not eta else fmt_seconds(eta) + ("+" if unknown else "")
         return (f"cells {c['done']}/{len(self.state)} done, {c['running']} running, "
                 f"{c['failed']} failed, ETA {eta_txt}")
 

@@ -1,4 +1,4 @@
-"""The Ray executor: every node of the plan is a Ray task, wired by its inputs.
+"""The Ray executor: every node of a plan is a Ray task, wired by its inputs.
 
 A node's task gets its input nodes' ObjectRefs as arguments, so Ray starts it when
 they are done and each shared node (an endpoint used by several seed pairs) runs
@@ -22,8 +22,6 @@ from ..errors import UserError
 from .executors import EXECUTORS
 from .nodes import Context, call_node
 from .plan import Node, Plan
-from .spec import Resources
-from .tracker import Tracker
 
 INSTALL_HINT = ("--executor ray needs Ray, which is not installed: "
                 "pip install 'robustpath[ray]' (or: pip install ray)")
@@ -51,7 +49,7 @@ class RayExecutor:
 
     stage_progress = False  # workers' bars would interleave in the driver's log
 
-    def __init__(self, *, address: str | None = None, max_parallel: int = 0):
+    def __init__(self, *, address: str | None = None, max_parallel: int = 0, workers: int = 1):
         try:
             import ray  # noqa: F401
         except ImportError:
@@ -74,7 +72,7 @@ class RayExecutor:
         self.gpus = res.get("GPU", 0) > 0
         return res.get("GPU", 0) if self.gpus else res.get("CPU", 1)
 
-    def execute(self, plan: Plan, ctx: Context, tracker: Tracker, resources: Resources) -> None:
+    def execute(self, plan: Plan, ctx: Context, tracker, resources) -> None:
         import ray
 
         remote = ray.remote(_task)

@@ -1,0 +1,13 @@
+"""The engine: one plan of stage nodes and the executors that run it, for every command.
+
+Modules: :mod:`~robustpath.engine.plan` (the graph: a node per stage computation, named
+by its cache key; cells share nodes), :mod:`~robustpath.engine.sources` (endpoint
+sources: trained seeds; the hook for checkpoint files and the zoo),
+:mod:`~robustpath.engine.nodes` (one runner per stage: what a node computes),
+:mod:`~robustpath.engine.executors` (serial in process, or a pool of worker processes)
+and :mod:`~robustpath.engine.ray_executor` (Ray tasks), :mod:`~robustpath.engine.run`
+(one run folder's plan executed, for ``robustpath.bench``),
+:mod:`~robustpath.engine.assemble` (node results -> a run folder's outputs),
+:mod:`~robustpath.engine.log` (start banner, stage lines, time left).
+``robustpath.bench`` executes a one-cell plan, ``robustpath.sweep`` many cells.
+"""

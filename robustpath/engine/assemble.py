@@ -1,0 +1,53 @@
+"""From a cell's node results to what its run folder holds
+(:class:`robustpath.outputs.RunOutputs`), in the order the bench always wrote them:
+per seed pair, per alignment method, per path family."""
+
+from __future__ import annotations
+
+from ..outputs import RunOutputs
+from ..records import PathRecord, identity, path_id
+from .plan import STAGE_LABELS, CellPlan
+from .sources import SOURCES
+
+
+def pair_label(a, b) -> str:
+    """``s0-1`` for two seeds (as run folders always wrote it), ``A__B`` for named ones."""
+    return f"s{a}-{b}" if isinstance(a, int) and isinstance(b, int) else f"{a}__{b}"
+
+
+def cell_outputs(cp: CellPlan, results: dict[str, dict]) -> RunOutputs:
+    """The run folder's contents of cell ``cp`` from its nodes' ``results``."""
+    records, strong, curvature = [], {}, {}
+    curves = {}
+    ident_of = SOURCES.get(cp.source).ident  # a seed, or a file's stem
+    for (method, kind, (ra, rb)), pn in cp.paths.items():
+        sa, sb = ident_of(ra), ident_of(rb)
+        res = results[pn.eval]["result"]
+        records.append(PathRecord(method, kind, sa, sb, res))
+        pid, ident = path_id(method, kind, sa, sb), identity(method, kind, sa, sb)
+        if results[pn.curve]["metrics"]:
+            curves[f"{method}-{kind}-{pair_label(sa, sb)}"] = results[pn.curve]["metrics"]
+        if pn.curvature:
+            curvature[pid] = (ident, results[pn.curvature]["curvature"], res)
+        if pn.strong:
+            strong[pid] = (ident, results[pn.strong]["strong"])
+    return RunOutputs(
+        endpoints={ident_of(s): results[n]["metrics"] for s, n in cp.endpoints.items()},
+        alignment={f"{m}-{pair_label(ident_of(sa), ident_of(sb))}": results[n]["report"]
+                   for (m, (sa, sb)), n in cp.aligns.items()},
+        curves=curves, records=records,
+        planes={m: results[n]["plane"] for m, n in cp.planes.items()},
+        strong=strong, curvature=curvature)
+
+
+def stage_timings(plan, results: dict[str, dict], total: float) -> dict:
+    """``timings.json``: seconds and nodes per stage (summed over nodes, so with several
+    workers the stages add up to more than the wall time ``total``)."""
+    seconds: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for nid, node in plan.nodes.items():
+        label = STAGE_LABELS[node.stage]
+        seconds[label] = seconds.get(label, 0.0) + float(results.get(nid, {}).get("seconds", 0))
+        calls[label] = calls.get(label, 0) + 1
+    return {"stages": [{"stage": k, "calls": calls[k], "seconds": round(v, 3)}
+                       for k, v in seconds.items()], "total": round(total, 3)}

@@ -1,0 +1,168 @@
+"""The plan of a run: one node per stage computation, shared between cells.
+
+A *cell* is one benchmark configuration (:class:`~robustpath.config.BenchConfig`) and
+a name: ``robustpath.bench`` plans one cell with all its seed pairs, a sweep one cell
+per grid point (one seed pair each). Per seed pair ``(a, b)`` of a cell the plan holds
+
+* ``endpoint`` x 2, from an endpoint source (:mod:`robustpath.engine.sources`),
+* ``align`` per alignment method (inputs: both endpoints),
+* ``curve`` per method x path family (inputs: endpoint a, the alignment),
+* ``eval`` per curve (input: the curve),
+* ``strong`` per curve unless ``--no-strong`` (inputs: the curve, its evaluation),
+* ``curvature`` per curve with ``--curvature N`` (input: the curve),
+* ``plane`` per method for the bezier curve of the cell's first pair with ``plane_grid``.
+
+A node is named by its stage's own cache key (:mod:`robustpath.keys`), computed from the
+cell's settings and its input nodes' keys, so cells that need the same computation get
+the same node and it runs once: endpoint ``(dataset, arch, seed 0)`` serves pairs (0, 1)
+and (0, 2). Nothing here lists config fields: a setting enters a node id exactly when
+it enters the stage's key. Nodes are kept in dependency order (every node after its
+inputs), which is also the order of the serial run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import keys
+from ..config import BenchConfig
+from ..store import config_hash
+from .sources import SOURCES, for_config
+
+# what each stage is called in timings.json and the run log (the names bench always used)
+STAGE_LABELS = {"endpoint": "endpoint", "align": "alignment", "curve": "curve",
+                "eval": "path eval", "strong": "strong", "curvature": "curvature",
+                "plane": "plane"}
+
+
+@dataclass
+class Node:
+    """One stage computation. ``deps`` are the ids of its input nodes, in the order the
+    runner receives their results; ``cfg`` is the configuration of the first cell that
+    needs it; ``params`` names what it computes (``source``, ``seed``, ``method``,
+    ``kind``, ``pair``)."""
+
+    id: str
+    stage: str
+    cfg: BenchConfig
+    params: dict[str, Any]
+    deps: tuple[str, ...] = ()
+    cells: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        p = self.params
+        ident = SOURCES.get(p.get("source", "seed")).ident  # a seed, or a file's stem
+        if self.stage == "endpoint":
+            what = "seed" if p.get("source", "seed") == "seed" else "file"
+            return f"endpoint {self.cfg.dataset}/{self.cfg.arch} {what} {ident(p['seed'])}"
+        a, b = (ident(r) for r in p["pair"])
+        pair = f"s{a}-{b}" if isinstance(a, int) and isinstance(b, int) else f"{a}__{b}"
+        what = "/".join(str(p[k]) for k in ("method", "kind") if k in p)
+        return f"{self.stage} {what} {pair}"
+
+
+@dataclass
+class PathNodes:
+    """The nodes of one path (method x family x pair)."""
+
+    curve: str
+    eval: str
+    strong: str | None = None
+    curvature: str | None = None
+
+
+@dataclass
+class CellPlan:
+    """The nodes one cell needs and how their results become the cell's run folder."""
+
+    cell: Any                                   # has .name and .cfg (a sweep Cell, a bench run)
+    endpoints: dict[int, str]                   # seed -> endpoint node
+    aligns: dict[tuple[str, tuple], str]        # (method, pair) -> align node
+    paths: dict[tuple[str, str, tuple], PathNodes]  # (method, kind, pair) -> its nodes
+    planes: dict[str, str]                      # method -> plane node (first pair, bezier)
+    source: str = "seed"                        # where its endpoints come from (sources)
+
+    def nodes(self) -> list[str]:
+        out = [*self.endpoints.values(), *self.aligns.values()]
+        for p in self.paths.values():
+            out += [n for n in (p.curve, p.eval, p.strong, p.curvature) if n]
+        return out + list(self.planes.values())
+
+
+@dataclass
+class Plan:
+    """Nodes in dependency order (every node after its inputs) and the cells' plans."""
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    cells: dict[str, CellPlan] = field(default_factory=dict)
+
+    def add(self, stage: str, cfg: BenchConfig, cell: str, spec: dict, params: dict,
+            deps: tuple[str, ...] = ()) -> str:
+        node_id = f"{stage}-{config_hash({'stage': stage, **spec})}"
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = Node(node_id, stage, cfg, params, deps)
+        if cell not in node.cells:
+            node.cells.append(cell)
+        return node_id
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.nodes.values():
+            out[n.stage] = out.get(n.stage, 0) + 1
+        return out
+
+
+def build_plan(cells: list, source: str | None = None) -> Plan:
+    """The plan of ``cells`` (objects with ``name`` and ``cfg``), shared computations
+    merged; endpoints come from ``source`` (:data:`robustpath.engine.sources.SOURCES`;
+    default: the configuration's, :func:`robustpath.engine.sources.for_config`)."""
+    plan = Plan()
+    for cell in cells:
+        cfg, name = cell.cfg, cell.name
+        source = source or for_config(cfg)
+        src = SOURCES.get(source)
+        eps: dict[int, str] = {}
+        ekeys: dict[int, str] = {}
+        for seed in src.refs(cfg):
+            ekeys[seed] = src.key(cfg, seed)
+            eps[seed] = plan.add("endpoint", cfg, name, {"key": ekeys[seed]},
+                                 {"source": source, "seed": seed})
+        aligns: dict = {}
+        paths: dict = {}
+        planes: dict = {}
+        strong = ({"strong": keys.strong_spec(cfg), **cfg.strong_settings().__dict__}
+                  if cfg.strong else None)
+        for i, (sa, sb) in enumerate(src.pairs(cfg)):
+            pair = (sa, sb)
+            ep_deps = (eps[sa], eps[sb])
+            for method in cfg.align:
+                akey = keys.align_key(cfg, method, ekeys[sa], ekeys[sb])
+                base = {"source": source, "method": method, "pair": pair}
+                aligns[(method, pair)] = a = plan.add("align", cfg, name, {"align": akey}, base,
+                                                      ep_deps)
+                for kind in cfg.paths:
+                    params = {**base, "kind": kind}
+                    ckey = keys.curve_key(cfg, kind, ekeys[sa], akey)
+                    c = plan.add("curve", cfg, name, {"curve": ckey}, params, ep_deps + (a,))
+                    up = ep_deps + (a, c)
+                    ekey = keys.eval_key(cfg, ckey)
+                    pn = PathNodes(c, plan.add("eval", cfg, name, {"eval": ekey}, params, up))
+                    if strong is not None:
+                        pn.strong = plan.add(
+                            "strong", cfg, name, {"eval": ekey, **strong,
+                                                  "ends": [ekeys[sa], ekeys[sb]]},
+                            params, up + (pn.eval,))
+                    if cfg.curvature_examples:
+                        from ..curvature import stage_spec
+
+                        pn.curvature = plan.add("curvature", cfg, name,
+                                                {"curvature": stage_spec(cfg, ckey)}, params, up)
+                    paths[(method, kind, pair)] = pn
+                    if cfg.plane_grid and kind == "bezier" and i == 0:
+                        planes[method] = plan.add("plane", cfg, name,
+                                                  {"plane": keys.plane_spec(cfg, ckey)}, params, up)
+        plan.cells[name] = CellPlan(cell, eps, aligns, paths, planes, source)
+    return plan

@@ -1,0 +1,106 @@
+"""Endpoint sources: where a plan's endpoint nodes get their networks.
+
+A source turns an endpoint reference (a seed for ``seed``) into a cache key
+(:meth:`key`, known before anything runs, so every downstream node is named up front)
+and a network (:meth:`load`: ``(model, metrics, key)``, trained or read as the source
+needs). The plan (:mod:`robustpath.engine.plan`) names its endpoint nodes by the
+source's key and the runners (:mod:`robustpath.engine.nodes`) load endpoints through
+it, so alignment, curves, evaluation, strong, curvature and plane stages do not care
+where an endpoint came from.
+
+Registered: ``seed`` (adversarial training of a seed, :func:`robustpath.stages.endpoint`)
+and ``file`` (a user's checkpoint file, ``--endpoints A,B``,
+:func:`robustpath.stages.endpoint_from_file`). A source also says which endpoints a
+configuration names (:meth:`refs`), how they pair (:meth:`pairs`) and the id records
+carry for one (:meth:`ident`: the seed, or the file's stem). :func:`for_config` picks the
+source of a configuration. To add one (the RobustBench zoo's
+:class:`robustpath.zoo.plan.ZooEndpoint` is the next): a class with these methods
+registered here under a name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import keys, stages
+from ..config import BenchConfig
+from ..registry import Registry
+from ..store import config_hash
+
+SOURCES: Registry = Registry("endpoint source")
+
+
+@SOURCES.register("seed")
+class SeedSource:
+    """Endpoint ``seed``: adversarially trained with the cell's settings (cached in
+    ``ckpt/endpoints/``); ``metrics`` are its training metrics."""
+
+    @staticmethod
+    def refs(cfg: BenchConfig) -> list:
+        return list(dict.fromkeys(cfg.seeds))
+
+    @staticmethod
+    def pairs(cfg: BenchConfig) -> list[tuple]:
+        return cfg.pairs()
+
+    @staticmethod
+    def ident(ref: int) -> int:
+        return ref
+
+    @staticmethod
+    def key(cfg: BenchConfig, ref: int) -> str:
+        return config_hash(keys.endpoint_config(cfg, ref).cache_key())
+
+    @staticmethod
+    def load(cfg: BenchConfig, ref: int, run_dir: Path, data, device, progress: bool):
+        return stages.endpoint(cfg, ref, run_dir, data, device, progress)
+
+    @staticmethod
+    def files(cfg: BenchConfig, ref: int, run_dir: Path) -> list[Path]:
+        """The stored output (what a task on another machine must see)."""
+        return sorted(Path(run_dir).glob(f"ckpt/endpoints/*{SeedSource.key(cfg, ref)}.json"))
+
+
+@SOURCES.register("file")
+class FileSource:
+    """Endpoint ``path``: a user's file (``--endpoints A,B``; :mod:`robustpath.endpoint_files`):
+    a ``robustpath.train`` checkpoint, or with ``--arch pkg.module:Factory`` a ``.pt`` /
+    ``.safetensors`` state dict (never unpickled). Its key hashes the file's sha256 with
+    the architecture; nothing is cached (the file is the cache); records name it by its
+    stem. ``templates``: path -> in-memory module copied instead of calling the factory
+    (``rp.benchmark``; in process only, so such runs use one worker)."""
+
+    templates: dict[str, object] = {}
+
+    @staticmethod
+    def refs(cfg: BenchConfig) -> list:
+        return list(cfg.endpoints)
+
+    @staticmethod
+    def pairs(cfg: BenchConfig) -> list[tuple]:
+        return [tuple(cfg.endpoints)]
+
+    @staticmethod
+    def ident(ref: str) -> str:
+        from ..endpoint_files import endpoint_id
+
+        return endpoint_id(ref)
+
+    @staticmethod
+    def key(cfg: BenchConfig, ref: str) -> str:
+        from ..endpoint_files import file_key
+
+        return file_key(ref, cfg.arch)
+
+    @staticmethod
+    def load(cfg: BenchConfig, ref: str, run_dir: Path, data, device, progress: bool):
+        return stages.endpoint_from_file(cfg, ref, device, data, FileSource.templates.get(ref))
+
+    @staticmethod
+    def files(cfg: BenchConfig, ref: str, run_dir: Path) -> list[Path]:
+        return []  # outside the run folder: read where it is
+
+
+def for_config(cfg) -> str:
+    """The source of ``cfg``'s endpoints: ``file`` with ``--endpoints``, else ``seed``."""
+    return "file" if getattr(cfg, "endpoints", None) else "seed"

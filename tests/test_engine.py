@@ -1,0 +1,140 @@
+"""The engine: one plan executed by one runner for bench and sweeps.
+
+A tiny run (Fashion-MNIST, ``mlp``, one seed pair, unaligned and weight-aligned line and
+bezier paths, with the strong, curvature and plane stages) gives the same bytes with one
+worker (serial, in process) and two worker processes, and the same records as a one-cell
+sweep (local; Ray in the slow tier) of the same settings; the run log is plain lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustpath import bench
+from robustpath.config import from_preset
+from robustpath.engine.plan import build_plan
+from robustpath.sweep.__main__ import main as sweep_main
+
+SETTINGS = {"train_subset": 300, "test_subset": 40, "endpoint_epochs": 1, "curve_epochs": 1,
+            "t_points": 3, "train_steps": 1, "eval_steps": 2, "bn_batches": 1, "bootstrap": 20,
+            "plane_grid": 3, "curvature_examples": 2, "curvature_iters": 2,
+            "strong_examples": 6, "aa_version": "custom", "aa_attacks": ["apgd-ce"],
+            "strong_pgd_steps": 2, "strong_pgd_restarts": 1, "refine_rounds": 1}
+FLAGS = {"train_subset": "--train-subset", "test_subset": "--test-subset",
+         "endpoint_epochs": "--epochs", "curve_epochs": "--curve-epochs",
+         "t_points": "--t-points", "train_steps": "--train-steps", "eval_steps": "--steps",
+         "bn_batches": "--bn-batches", "bootstrap": "--bootstrap", "plane_grid": "--plane-grid",
+         "curvature_examples": "--curvature", "curvature_iters": "--curvature-iters",
+         "strong_examples": "--strong-examples", "aa_version": "--aa-version",
+         "aa_attacks": "--aa-attacks", "strong_pgd_steps": "--strong-pgd-steps",
+         "strong_pgd_restarts": "--strong-pgd-restarts", "refine_rounds": "--refine-rounds"}
+ARGS = ["--arch", "mlp", "--seeds", "0,1", "--align", "none,weight", "--paths", "line,bezier",
+        "--no-progress"] + [a for k, flag in FLAGS.items() for a in
+                            (flag, ",".join(SETTINGS[k]) if isinstance(SETTINGS[k], list)
+                             else str(SETTINGS[k]))]
+FILES = ("records.csv", "examples.npz", "strong_examples.npz", "plane.npz", "curvature.csv")
+
+
+def _one_cell_toml(folder):
+    """A sweep file of one cell with the bench run's settings."""
+    lines = ['name = "one"', 'preset = "quick"', "[grid]", 'dataset = ["fashion-mnist"]',
+             'arch = ["mlp"]', "seed_pairs = [[0, 1]]", 'align = ["none", "weight"]',
+             'paths = ["line", "bezier"]', "[overrides]"]
+    lines += [f"{k} = {v!r}".replace("'", '"') for k, v in SETTINGS.items()]
+    path = folder / "one.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The tiny run with one worker and with two; the log of each."""
+    base = tmp_path_factory.mktemp("engine")
+    logs = {}
+    for w in (1, 2):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert bench.main(ARGS + ["--workers", str(w), "--out", str(base / f"w{w}")]) == 0
+        logs[w] = buf.getvalue()
+    return base, logs
+
+
+def test_workers_give_the_bytes_of_the_serial_run(runs):
+    base, _ = runs
+    for f in FILES:
+        assert (base / "w1" / f).read_bytes() == (base / "w2" / f).read_bytes(), f
+
+
+def test_run_log_has_a_banner_and_a_line_per_stage_start_and_end(runs):
+    _, logs = runs
+    for w, log in logs.items():
+        assert "\r" not in log
+        assert f"on {w} worker" in log and "estimated" in log
+        for stage in ("endpoint", "alignment", "curve", "path eval", "strong", "curvature",
+                      "plane"):
+            assert sum(f"] {stage}: start" in ln for ln in log.splitlines()) == 1, (stage, log)
+            done = [ln for ln in log.splitlines() if f"] {stage}: done" in ln]
+            assert len(done) == 1 and "left" in done[0], (stage, log)
+
+
+@pytest.mark.slow
+def test_a_one_cell_sweep_gives_the_bench_records(runs, tmp_path):
+    """The same plan object serves both: a sweep cell with the bench's settings (strong,
+    curvature and plane stages included) writes the bench's records and arrays."""
+    base, _ = runs
+    toml = _one_cell_toml(tmp_path)
+    out = tmp_path / "sweep"
+    assert sweep_main([str(toml), "--out", str(out), "--no-progress"]) == 0
+    cell = out / "cells" / "fashion-mnist-mlp-s0-1"
+    a = pd.read_csv(base / "w1" / "records.csv")
+    b = pd.read_csv(cell / "records.csv")
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for f in ("examples.npz", "strong_examples.npz", "plane.npz"):
+        with np.load(base / "w1" / f) as za, np.load(cell / f) as zb:
+            assert sorted(za.files) == sorted(zb.files), f
+            for k in za.files:
+                np.testing.assert_array_equal(za[k], zb[k])
+    assert (cell / "curvature.csv").read_bytes() == (base / "w1" / "curvature.csv").read_bytes()
+
+
+def test_plan_nodes_per_stage_and_shared_nodes():
+    """Every stage is a node; nodes are named by their cache keys, so a second cell with
+    an overlapping pair reuses the endpoint and nothing downstream of the other seed."""
+    cfg = from_preset("quick", seeds=[0, 1, 2, 3], curvature_examples=4)
+
+    class Cell:
+        def __init__(self, name, cfg):
+            self.name, self.cfg = name, cfg
+
+    plan = build_plan([Cell("a", cfg)])
+    assert plan.counts() == {"endpoint": 4, "align": 4, "curve": 8, "eval": 8, "strong": 8,
+                             "curvature": 8, "plane": 2}
+    seen = set()
+    for nid, node in plan.nodes.items():  # dependency order
+        assert set(node.deps) <= seen
+        seen.add(nid)
+    other = from_preset("quick", seeds=[0, 1], curvature_examples=4)
+    both = build_plan([Cell("a", cfg), Cell("b", other)])
+    assert len(both.nodes) == len(plan.nodes)  # pair (0, 1) is the same computation
+    assert all(n.cells == ["a", "b"] for n in both.nodes.values() if n.stage == "plane")
+
+
+@pytest.mark.slow
+def test_a_one_cell_ray_sweep_gives_the_bench_records(runs, tmp_path):
+    ray = pytest.importorskip("ray")
+    base, _ = runs
+    toml = _one_cell_toml(tmp_path)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        assert sweep_main([str(toml), "--out", str(tmp_path / "s"), "--executor", "ray",
+                           "--no-progress"]) == 0
+    finally:
+        ray.shutdown()
+    cell = tmp_path / "s" / "cells" / "fashion-mnist-mlp-s0-1"
+    pd.testing.assert_frame_equal(pd.read_csv(base / "w1" / "records.csv"),
+                                  pd.read_csv(cell / "records.csv"), check_exact=True)
