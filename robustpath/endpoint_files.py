@@ -202,7 +202,7 @@ def file_key(path: str | Path, arch: str) -> str:
         f = Path(path) if Path(path).is_file() else checkpoint_files(path)[0]
         return config_hash({"sha256": sha256_file(f), "arch": arch})
     st, _ = checkpoint_files(path)
-    info = robustpath_sidecar(path)["model"]
+    info = robustpath_sidecar(path)
     return config_hash({"sha256": sha256_file(st), "arch": info})
 
 
