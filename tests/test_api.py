@@ -56,7 +56,7 @@ def test_example_script_runs_on_tiny_data(tmp_path):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     metrics = example.main(["--arch", "cnn-small", "--train", "256", "--test", "48",
-                            "--epochs", "1", "--steps", "1", "--ts", "3", "--bootstrap", "20",
+                            "--epochs", "1", "--steps", "1", "--ts", "3", "--bootstrap", "40",
                             "--out", str(tmp_path)])
     assert (tmp_path / "bezier.png").stat().st_size > 0
     assert (tmp_path / "bezier.pdf").stat().st_size > 0

@@ -222,7 +222,7 @@ def test_attack_config_validation():
                        ({"step_size": 0}, "step size")]:
         with pytest.raises(UserError, match=match):
             AttackConfig(**bad).validate()
-    with pytest.raises(UserError, match="linf"):
+    with pytest.raises(UserError, match="Linf"):
         build_attack(AttackConfig(name="fgsm", norm="l2"))
 
 

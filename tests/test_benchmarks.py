@@ -24,6 +24,7 @@ def test_report_against_accepts_the_same_run_and_flags_a_moved_value(tmp_path, c
     assert "\n0 of " in first and "values outside" in first
     moved = tmp_path / "moved"
     shutil.copytree(RUN / "tables", moved / "tables")
+    shutil.copy(RUN / "config.json", moved / "config.json")  # a run folder: report reads it
     table = pd.read_csv(moved / "tables" / "summary.csv")
     row = (table["align"] == "activation") & (table["curve"] == "bezier")
     table.loc[row, "robust_acc_min"] = 2.0  # 200 %: outside any interval

@@ -72,6 +72,7 @@ def test_zoo_linf_eps_above_the_pixel_range_is_refused(tmp_path, capsys):
 def _copy_summary(tmp_path: Path, name: str) -> tuple[Path, pd.DataFrame]:
     run = tmp_path / name
     shutil.copytree(RUN / "tables", run / "tables")
+    shutil.copy(RUN / "config.json", run / "config.json")  # a run folder (report touches no other)
     return run, pd.read_csv(run / "tables" / "summary.csv")
 
 

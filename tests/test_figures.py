@@ -164,7 +164,7 @@ def _helps(parser) -> dict[str, str]:
     text = parser.format_help()
     out, cur = {}, None
     for line in text.splitlines():
-        m = re.match(r"^  (-[-\w]+(?:, --[-\w]+)?)(?: [A-Z_,{}.\[\]]+)?(?:\s{2,}(.*))?$", line)
+        m = re.match(r"^  (-[-\w]+(?:, --[-\w]+)?)(?: (?:\{[^}]*\}|[A-Z_,{}.\[\]]+))?(?:\s{2,}(.*))?$", line)
         if m:
             cur = m.group(1).split(", ")[-1]
             out[cur] = m.group(2) or ""

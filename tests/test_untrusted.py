@@ -444,8 +444,8 @@ def test_cached_files_dated_in_the_future_are_not_computed_now(tmp_path, monkeyp
     """tasks.json marked cached tasks as computed when their files' times were in the
     future (``touch -d 2100``, a copy from a machine with a fast clock)."""
     from robustpath.config import from_preset
-    from robustpath.sweep import nodes
-    from robustpath.sweep.plan import Node
+    from robustpath.engine import nodes
+    from robustpath.engine.plan import Node
 
     (tmp_path / "cached.bin").write_text("x")
     os.utime(tmp_path / "cached.bin", (4.1e9, 4.1e9))  # the year 2099
@@ -453,7 +453,7 @@ def test_cached_files_dated_in_the_future_are_not_computed_now(tmp_path, monkeyp
     stage = "test-future-times"
     if stage not in nodes.RUNNERS:
         nodes.RUNNERS.register(stage)(
-            lambda node, *a: {"files": [node.params["file"]]})
+            lambda node, *a, **k: {"files": [node.params["file"]]})
     cfg = from_preset("quick", train_subset=64, test_subset=16)
     ctx = nodes.Context(str(tmp_path))
     old = nodes.call_node(Node("a", stage, cfg, {"file": "cached.bin"}), ctx)
