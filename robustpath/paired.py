@@ -126,18 +126,27 @@ def to_markdown(frame: pd.DataFrame) -> str:
     def fmt(v: float, pct: bool) -> str:
         return "n/a" if not np.isfinite(v) else (f"{100 * v:.1f}" if pct else f"{v:.3f}")
 
-    lines = ["| comparison | metric | pairs | X mean ± std | Y mean ± std | X - Y mean ± std "
+    from .metric_registry import label
+
+    # one seed pair: no std across pairs, so the ± columns would only say "n/a"
+    single = bool(len(frame)) and int(frame["pairs"].max()) <= 1
+    pm = (lambda v, sd, pct: fmt(v, pct)) if single else \
+        (lambda v, sd, pct: f"{fmt(v, pct)} ± {fmt(sd, pct)}")
+    what = "" if single else " mean ± std"
+    lines = [f"| Comparison | Metric | Pairs | X{what} | Y{what} | X − Y{what} "
              "| 95% CI (pairs x examples) |", "|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         pct = r.metric.endswith(_PERCENT)
         lines.append(
-            f"| {r.comparison} | {r.metric}{' (pp)' if pct else ''} | {r.pairs} "
-            f"| {fmt(r.x_mean, pct)} ± {fmt(r.x_std, pct)} | {fmt(r.y_mean, pct)} ± "
-            f"{fmt(r.y_std, pct)} | {fmt(r.diff_mean, pct)} ± {fmt(r.diff_std, pct)} "
+            f"| {r.comparison} | {label(r.metric)}{' (pp)' if pct else ' (nats)'} | {r.pairs} "
+            f"| {pm(r.x_mean, r.x_std, pct)} | {pm(r.y_mean, r.y_std, pct)} "
+            f"| {pm(r.diff_mean, r.diff_std, pct)} "
             f"| [{fmt(r.ci_lo, pct)}, {fmt(r.ci_hi, pct)}] |")
-    note = ("\nX - Y per seed pair on the same test examples; ± is the std across seed pairs "
-            "(n/a with one pair); the CI is a two-level bootstrap over seed pairs and test "
-            "examples (robustpath.paired; with one pair it covers test examples only).\n")
+    note = ("\nX − Y on the same test examples; one seed pair: the CI covers test examples "
+            "only (robustpath.paired).\n") if single else (
+        "\nX − Y per seed pair on the same test examples; ± is the std across seed pairs; "
+        "the CI is a two-level bootstrap over seed pairs and test examples "
+        "(robustpath.paired).\n")
     return "\n".join(lines) + "\n" + note
 
 
