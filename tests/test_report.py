@@ -188,7 +188,14 @@ def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
     far = tmp_path / "c"
     _write(far, test_subset=500, planes=False)
     out = tmp_path / "cmp"
+
+    def snapshot():
+        return {f: sha256_file(f) for d in (run, other, far) for f in sorted(d.rglob("*"))
+                if f.is_file()}
+
+    before = snapshot()
     assert report_main([str(run), str(other), str(far), "--compare-out", str(out)]) == 0
+    assert snapshot() == before  # the compared runs are only read
     table = (out / "comparison.md").read_text()
     assert table.startswith("| Run |")
     assert table.count("| run |") == 4 and table.count("| b |") == 4  # every path, each run
@@ -206,7 +213,21 @@ def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
     assert changed["robust_acc_min_lo"] <= changed["robust_acc_min"] <= changed["robust_acc_min_hi"]
     assert changed["robust_acc_min_hi"] < 0  # a real drop, resolved by the paired CI
     assert "comparison" in capsys.readouterr().out
-    assert (out / "comparison.html").read_text().count("<table>") == 2
+    assert (out / "comparison.html").read_text().count("<table>") == 3  # settings, paths, diffs
+    settings = (out / "settings.md").read_text()
+    assert "| test_subset | 1000 | 1000 | 500 |" in settings and "plane_grid" in settings
+    assert "| eps |" not in settings  # only what differs
+
+
+def test_compare_says_which_paths_were_not_paired():
+    from robustpath.compare import unpaired
+
+    base = [PathRecord("none", "line", 0, 1, _result(1, 1.0)),
+            PathRecord("none", "bezier", 0, 1, _result(2, 0.3))]
+    other = [PathRecord("none", "line", 0, 1, _result(1, 1.0)),
+             PathRecord("none", "line", 2, 3, _result(3, 1.0))]
+    assert unpaired(base, other) == ["none-line-s2-3: only in the run",
+                                     "none-bezier-s0-1: only in the baseline"]
 
 
 def _has(module: str) -> bool:
