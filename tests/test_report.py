@@ -69,7 +69,7 @@ def _write(run_dir, *, test_subset=1000, dip_b=1.0, planes=True, eps=8 / 255):
 
 DERIVED = ["report.html", "report.md", "plots/paths.png", "plots/paths.pdf", "plots/plane.png",
            "plots/plane.pdf", "tables/summary.md", "tables/summary.tex", "tables/summary.csv",
-           "tables/per_path.csv"]
+           "tables/per_path.csv", "summary.json"]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,38 @@ def test_report_rebuilds_everything_byte_identical_without_ckpt(run, tmp_path):
     assert report_main([str(copy)]) == 0
     for n in DERIVED:
         assert (copy / n).read_bytes() == before[n], f"{n} differs after the rebuild"
+
+
+def test_summary_json_and_glossary(run):
+    import json
+
+    from robustpath import metric_registry
+    from robustpath.report import format_summary
+
+    d = json.loads((run / "summary.json").read_text())
+    assert d["schema"] == "robustpath.summary/1"
+    assert (d["dataset"], d["threat_model"], d["eps_text"]) == ("cifar10", "Linf", "8/255")
+    assert d["attack"]["name"] == "pgd" and d["code_revision"] == json.loads(
+        (run / "provenance.json").read_text())["git"]
+    summary = pd.read_csv(run / "tables" / "summary.csv")
+    row = next(r for r in d["rows"] if (r["align"], r["curve"]) == ("none", "line"))
+    assert row["endpoints"] == [[0, 1]] and row["pairs"] == 1
+    m = row["metrics"]["robust_acc_min"]
+    csv = summary[(summary["align"] == "none") & (summary["curve"] == "line")].iloc[0]
+    assert (m["value"], m["lo"], m["hi"]) == pytest.approx(
+        (csv["robust_acc_min"], csv["robust_acc_min_lo"], csv["robust_acc_min_hi"]))
+    assert m["interval_method"] in d["interval_methods"] and m["unit"] == "fraction"
+    # every summary column is declared once, and the page prints its definition
+    html = (run / "report.html").read_text()
+    assert "Glossary" in html
+    for col in summary.columns:
+        base = re.sub(r"_(std|lo|hi)$", "", col)
+        if base not in ("align", "curve", "pairs"):
+            assert base in metric_registry.METRICS, base
+            assert f"<code>{base}</code>" in html, base
+    assert "n/a" not in (run / "report.md").read_text()  # one seed pair: no "± n/a" cells
+    text = format_summary(summary, json.loads((run / "config.json").read_text()))
+    assert max(len(line) for line in text.splitlines()) <= 100
 
 
 def test_report_rebuilds_a_folder_written_with_seed_columns(run, tmp_path):
