@@ -330,9 +330,11 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
            + ("Shaded: 95% bootstrap CI over test examples." if pairs <= 1 else
               f"Shaded: ± 1 std over {pairs} seed pairs.") + "](plots/paths.png)", ""]
     if (run_dir / "plots" / "plane.png").is_file():
-        md += ["![Loss on the plane through θ0, the Bezier control point and θ1 (first seed "
-               "pair), at true aspect; axes are L2 distances in weight space; each column "
-               "shares one log-spaced colour scale.](plots/plane.png)", ""]
+        md += ["![Loss (and robust error, where the run stored it) on the plane through θ₀, "
+               "the Bezier control point and θ₁ (first seed pair), at true aspect; axes are "
+               "L2 distances in weight space; each row shares one colour scale with "
+               "log-spaced levels above its minimum; grey: above the top level; hatched: "
+               "outside that plane's grid.](plots/plane.png)", ""]
     plane = _json(run_dir / "plane.json")
     if plane:
         cols = [c for c in ("max_out_of_plane", "clean_loss_min", "robust_loss_min",

@@ -118,7 +118,9 @@ def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
         atomic_write_json(run_dir / "plane.json", {
             m: {"max_out_of_plane": float(p["out_of_plane"].max()),
                 "clean_loss_min": float(p["clean_loss"].min()),
-                "robust_loss_min": float(p["robust_loss"].min())} for m, p in out.planes.items()})
+                "robust_loss_min": float(p["robust_loss"].min()),
+                **({"robust_err_min": float(p["robust_err"].min())} if "robust_err" in p else {})}
+            for m, p in out.planes.items()})
     if out.curvature:  # curvature.{csv,md}, plots/curvature_*.png (robustpath.curvature)
         from . import curvature
 

@@ -139,8 +139,9 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
         planes = load_planes(run_dir / "plane.npz")
         plot_planes({ALIGN_LABEL.get(m, m): p for m, p in planes.items()},
                     run_dir / "plots" / "plane",
-                    title=f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: loss on the "
-                    "planes of the Bezier curves (first seed pair)")
+                    title=f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: "
+                    + ("loss and robust error" if all("robust_err" in p for p in planes.values())
+                       else "loss") + " on the planes of the Bezier curves (first seed pair)")
     write_run_report(run_dir, summary, cfg)
     from . import summary_json
     from .html_report import _json
