@@ -287,8 +287,11 @@ def planes_figure(panels: dict[str, dict[str, np.ndarray]], title: str = ""):
     ylo = min(float(p["ys"][0]) for p in panels.values())
     yhi = max(float(p["ys"][-1]) for p in panels.values())
     panel_w = (TEXT - 1.4) / len(cols)
-    panel_h = max(0.8, panel_w * (yhi - ylo) / max(xhi - xlo, 1e-9))
-    height = len(rows) * (panel_h + 0.42) + 0.95 + (0.25 if title else 0)
+    drawn_h = panel_w * (yhi - ylo) / max(xhi - xlo, 1e-9)  # at true aspect
+    panel_h = max(0.5, drawn_h)
+    bar_w = 0.04 * panel_w * len(cols)  # colour bar width: fraction 0.04 of its row
+    # titles, ticks and labels: about 0.4 in a row, 0.75 in for the x label and legend
+    height = len(rows) * (panel_h + 0.4) + 0.75 + (0.25 if title else 0)
     white = [patheffects.withStroke(linewidth=2.8, foreground="white")]
     with paper_style() as plt:
         fig, axes = plt.subplots(len(rows), len(cols), figsize=(TEXT, height), squeeze=False,
@@ -326,9 +329,15 @@ def planes_figure(panels: dict[str, dict[str, np.ndarray]], title: str = ""):
                 _label_contours(ax, lines, _avoid_points(p), (xhi - xlo) * 0.06, fx, fy)
                 if r == len(rows) - 1:
                     ax.set_xlabel("L2 distance in weight space along θ₁ − θ₀")
-            ticks = list(levels[::2]) + ([levels[-1]] if len(levels) % 2 == 0 else [])
-            cb = fig.colorbar(cs, ax=list(axes[r, :]), location="right", shrink=0.95,
-                              aspect=12, ticks=ticks, format=_fmt_level, extendfrac=0.08)
+            # a tick label every ~0.2 in of bar, the top level always named
+            k = max(3, min(len(levels), int(drawn_h / 0.2) + 1))
+            ticks = levels[np.unique(np.round(np.linspace(0, len(levels) - 1, k)).astype(int))]
+            # a bar as tall as its row (aspect: length / width), not taller: a taller
+            # one spread the rows apart
+            cb = fig.colorbar(cs, ax=list(axes[r, :]), location="right", shrink=1.0,
+                              fraction=0.04, aspect=max(2.0, 0.95 * drawn_h / bar_w),
+                              ticks=ticks,
+                              format=_fmt_level, extendfrac=0.08)
             cb.set_label(f"{name} ({unit})")
             cb.ax.tick_params(labelsize=6.5)
         fig.supylabel("L2 distance across θ₁ − θ₀\n(towards the control point)", fontsize=8)
