@@ -257,7 +257,7 @@ def strong_summary(run_dir: Path) -> list[str]:
                for c, r in STRONG_CELLS]
     header += ["Masking flags"]
     rows = []
-    for pid, g in f.groupby("path_id", sort=False):
+    for _, g in f.groupby("path_id", sort=False):
         ends, worst = g[g["role"].isin(["a", "b"])], g[g["role"] == "worst"]
         first = g.iloc[0]
         cells = [ALIGN_LABEL.get(first["align"], first["align"]), str(first["curve"]),

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..plots import plot_paths
 from ..metric_registry import triples
+from ..plots import plot_paths
 from ..records import read as read_records
 from ..report import _report_run, check_config, check_records  # noqa: F401
 from ..store import atomic_write_text
