@@ -209,6 +209,31 @@ def test_report_shows_strong_eval_and_transfer_files(run, tmp_path):
     assert (copy / "report.md").read_text().count("Strong evaluation") == 1
 
 
+def test_strong_evaluation_is_one_row_per_path(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
+    rows = []
+    for pid, align, curve in (("none-line-s0-1", "none", "line"),
+                              ("activation-bezier-s0-1", "activation", "bezier")):
+        for role, t, pgd, aa in (("a", 0.0, 0.6, 0.5), ("b", 1.0, 0.7, 0.6),
+                                 ("worst", 0.5, 0.2, 0.125)):
+            rows.append({"path_id": pid, "align": align, "curve": curve, "endpoint_a": 0,
+                         "endpoint_b": 1, "role": role, "t": t, "n": 16, "clean_acc": 0.8,
+                         "robust_acc_pgd": pgd, "robust_acc_aa": aa, "robust_acc_pgd_many": aa,
+                         "robust_acc_worst": aa, "gap_pgd_aa": pgd - aa,
+                         "masking": role == "worst" and align == "none",
+                         "clean_matches_path": True})
+    pd.DataFrame(rows).to_csv(copy / "strong_eval.csv", index=False)
+    assert report_main([str(copy)]) == 0
+    md = (copy / "report.md").read_text()
+    section = md.split("## Strong evaluation")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 2  # header + one row per path, not per attacked point
+    assert "AutoAttack at worst t" in table[0] and "robust_acc_aa" not in table[0]
+    assert "| unaligned | line | 0,1 | 16 | 0.500 | 80.0 | 65.0 | 55.0 | 20.0 | 12.5 |" in section
+    assert "**1 FLAG**" in section and "`strong_eval.csv`" in section
+
+
 def test_tables_and_titles_write_eps_as_a_fraction(run):
     assert "8/255" in (run / "tables" / "summary.tex").read_text()
     assert "0.03137" not in (run / "tables" / "summary.tex").read_text()
