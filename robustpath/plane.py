@@ -243,7 +243,8 @@ def smooth_grid(xs: np.ndarray, ys: np.ndarray, z: np.ndarray,
     positive), clipped to their range. Equal to ``z`` at the measured points; the
     contours of a 13 x 13 grid, drawn piecewise linearly, had V-shaped kinks between
     grid points. Grids under 4 x 4 are returned unchanged (no cubic through them).
-    Cost: about 2 ms for 13 x 13 -> 73 x 73 (measured; nothing is re-evaluated)."""
+    Cost: 0.2 ms for 13 x 13 -> 73 x 73 (measured, one thread; no network is evaluated
+    again, so the plane stage costs what it did)."""
     from scipy.interpolate import RectBivariateSpline
 
     xs, ys, z = (np.asarray(a, dtype=np.float64) for a in (xs, ys, z))
