@@ -405,6 +405,12 @@ def write_sweep_report(sweep_dir: str | Path, meta: dict) -> list[Path]:
         md += ["## Figures", ""]
         md += [f"![{f.stem}: accuracy and loss along each path; the legend says what the "
                f"bands are.](plots/{f.name})" for f in figs] + [""]
+    if table.is_file():  # the cross-cell table's columns (robustpath.sweep.report)
+        from .sweep.report import SWEEP_METRICS
+
+        md += ["## Glossary", "", metric_registry.glossary_markdown(
+            ["clean_acc_ends", "robust_acc_ends"] + [m for m, _, _ in SWEEP_METRICS]).rstrip(),
+            ""]
     command = (sweep_dir / "command.txt").read_text().strip() \
         if (sweep_dir / "command.txt").is_file() else ""
     if command:

@@ -79,7 +79,8 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
     Writes (each atomically) ``config.json``, ``provenance.json``, ``command.txt``,
     ``endpoints.json``, ``alignment.json``, ``curves.json``, ``records.csv`` +
     ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
-    the tables and plots of :func:`robustpath.report.build_report`. Used by
+    the tables, plots, ``report.{md,html}`` and ``summary.json`` of
+    :func:`robustpath.report.build_report`. Used by
     :func:`run` and by the sweep executors (one call per cell).
 
     Atomic (:mod:`robustpath.runfolder`): everything goes to ``<run>/.staging/`` first
