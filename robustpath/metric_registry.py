@@ -66,7 +66,7 @@ class Metric:
     @property
     def header(self) -> str:
         """``label (unit)``: a self-explaining table header."""
-        return f"{self.label} ({self.unit})" if self.unit in ("%", "nats") else self.label
+        return f"{self.label} ({self.unit})" if self.unit not in ("", "t") else self.label
 
     def scale_digits(self) -> tuple[float, int]:
         """Display scale and decimals: accuracies in % to 0.1, the rest to 0.001."""
