@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: bench test test-slow data venv perf clean-venv
+.PHONY: bench test test-slow data browser venv perf clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,13 +18,17 @@ venv: $(STAMP)
 data:
 	@bash scripts/ensure-data.sh
 
+# the fast tier opens a report in headless Chromium (tests/test_browser.py)
+browser:
+	@bash scripts/ensure-chromium.sh
+
 bench: venv data
 	$(PY) -m robustpath.bench $(ARGS)
 
-test: venv data
+test: venv data browser
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow: venv data
+test-slow: venv data browser
 	$(PY) -m pytest -q -m slow $(ARGS)
 
 perf: venv data

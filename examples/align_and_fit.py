@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:20s} {m['value']:.3f}  [{m['lo']:.3f}, {m['hi']:.3f}]")
 
     # 4. plot clean / robust accuracy and loss along t
-    files = rp.plot_path({("weight", "bezier"): res}, args.out / "bezier",
-                         bootstrap=args.bootstrap)
-    print("wrote", *files)
+    # returns the matplotlib Figure (a notebook shows it) and writes .png and .pdf
+    rp.plot_path({("weight", "bezier"): res}, args.out / "bezier", bootstrap=args.bootstrap)
+    print("wrote", args.out / "bezier.png", args.out / "bezier.pdf")
     return metrics
 
 

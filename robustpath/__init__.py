@@ -367,12 +367,13 @@ def path_metrics(result: PathResult, *, bootstrap: int = 1000, seed: int = 0,
     return _metrics(result, bootstrap=bootstrap, seed=seed, level=level)
 
 
-def plot_path(results: PathResult | Mapping[Any, PathResult], out_stem: str | Path, *,
-              title: str = "", bootstrap: int = 1000) -> list[Path]:
+def plot_path(results: PathResult | Mapping[Any, PathResult], out_stem: str | Path | None = None,
+              *, title: str = "", bootstrap: int = 1000):
     """The 2x2 figure (clean / robust accuracy and loss against t, bootstrap bands) of
     one path or of several: ``{name: result}``, ``name`` a curve label (``"bezier"``)
     or ``(alignment, curve)`` (``("weight", "bezier")``: the run's colours and labels).
-    Writes ``<out_stem>.png`` and ``.pdf``; returns their paths."""
+    Writes ``<out_stem>.png`` and ``.pdf`` when given a stem; returns the matplotlib
+    Figure."""
     from .evaluate import PathResult
     from .plots import plot_paths
     from .records import PathRecord

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UserError
+from .metric_registry import label
 
 METRICS = ("clean_acc_min", "robust_acc_ends", "robust_acc_min", "robust_acc_avg",
            "clean_loss_barrier", "robust_loss_barrier", "robust_acc_barrier")
@@ -90,7 +91,7 @@ def compare(old_run: str | Path, new_run: str | Path) -> tuple[list[str], int]:
             ok = lo - 1e-9 <= n <= hi + 1e-9
             outside += not ok
             scale = 100 if "acc" in m else 1
-            lines.append(f"| {r[0]} | {r[1]} | {m} | {scale * o:.3f} [{scale * lo:.3f}, "
+            lines.append(f"| {r[0]} | {r[1]} | {label(m)} (`{m}`) | {scale * o:.3f} [{scale * lo:.3f}, "
                          f"{scale * hi:.3f}] | {scale * n:.3f} | {'yes' if ok else '**no**'} |")
     lines += ["", f"{outside} of {len(rows) * len(metrics)} values outside the old 95% "
               "interval (accuracies in %)."]

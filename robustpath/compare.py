@@ -12,7 +12,12 @@ Writes to ``--compare-out`` (default ``results/comparison``):
   done where the runs share their test examples (same dataset, test subset and number
   of examples, which fixes the seeded subset of :class:`robustpath.stages.RunData`);
   otherwise the file says why there is no row;
-* ``comparison.html``: both tables in one self-contained page.
+* ``settings.md``: the settings in which the runs differ;
+* ``comparison.html``: both tables in one self-contained page, after the settings in
+  which the runs differ (:func:`config_differences`) and, for each run, the paths
+  that could not be paired with the baseline and why (:func:`unpaired`).
+
+The input run folders are only read, never written.
 """
 
 from __future__ import annotations
@@ -24,18 +29,16 @@ import pandas as pd
 
 from .barrier import KINDS, metrics_from_curves
 from .escape import csv_frame, latex, md_code, md_text
+from .metric_registry import triples
 from .records import PathRecord
 from .records import read as read_records
 from .store import atomic_write_text
 from .style import attack_label
 from .tables import ALIGN_LABEL, _fmt, per_path_frame, summary_frame
 
-# (metric, header, percent?)
-COMPARE_COLUMNS = [("clean_acc_ends", "Clean ends", True), ("clean_acc_min", "Clean min", True),
-                   ("robust_acc_ends", "Robust ends", True), ("robust_acc_min", "Robust min", True),
-                   ("robust_acc_avg", "Robust avg", True),
-                   ("clean_loss_barrier", "Clean loss barrier", False),
-                   ("robust_loss_barrier", "Robust loss barrier", False)]
+# (metric, header, percent?): labels from robustpath.metric_registry
+COMPARE_COLUMNS = triples(("clean_acc_ends", "clean_acc_min", "robust_acc_ends", "robust_acc_min",
+                           "robust_acc_avg", "clean_loss_barrier", "robust_loss_barrier"))
 DIFF_METRICS = [m for m in COMPARE_COLUMNS if m[0] != "clean_acc_ends"]
 
 
@@ -53,6 +56,39 @@ def shared_examples(cfg_a: dict, cfg_b: dict, n_a: int, n_b: int) -> str | None:
     if n_a != n_b:
         return f"different numbers of test examples ({n_a} vs {n_b})"
     return None
+
+
+def config_differences(names: list[str], configs: list[dict]) -> list[str]:
+    """Markdown lines: one table row per result-relevant setting
+    (:func:`robustpath.outputs.comparable`) whose value differs between the runs."""
+    from .outputs import comparable
+    from .style import format_eps
+
+    flat = [comparable(c) for c in configs]
+    keys = sorted({k for f in flat for k in f if any(g.get(k) != flat[0].get(k) for g in flat)})
+    if not keys:
+        return ["All runs have the same result-relevant settings.", ""]
+
+    def show(k, v):
+        if v is None:
+            return "(unset)"
+        if k in ("eps", "step_size"):
+            return format_eps(v)
+        return ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    lines = ["| Setting | " + " | ".join(f"`{n}`" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    lines += [f"| {k} | " + " | ".join(show(k, f.get(k)).replace("|", "/") for f in flat) + " |"
+              for k in keys]
+    return lines + [""]
+
+
+def unpaired(base: list[PathRecord], other: list[PathRecord]) -> list[str]:
+    """Why paths of two runs got no paired difference: a path (alignment, family, seed
+    pair) that only one of the runs evaluated."""
+    a, b = {p.path_id for p in base}, {p.path_id for p in other}
+    return ([f"{pid}: only in the run" for pid in sorted(b - a)]
+            + [f"{pid}: only in the baseline" for pid in sorted(a - b)])
 
 
 def _boot_metrics(p: PathRecord, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -184,6 +220,10 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
         rows = paired_differences(base_recs, recs, bootstrap=boot)
         if not rows:
             notes.append(f"- {md_text(name)} vs {md_text(names[0])}: no path (alignment, family, seed pair) in both.")
+        missing = unpaired(base_recs, recs)
+        if missing:
+            notes.append(f"- {md_text(name)} vs {md_text(names[0])}: {len(missing)} path(s) not paired: "
+                         + "; ".join(map(md_text, missing)) + ".")
         for r in rows:
             r = {"run": name, "baseline": names[0], **r}
             diff_rows.append(r)
@@ -201,8 +241,11 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, configs: list[dict]) -> pd
     atomic_write_text(out_dir / "differences.csv",
                       csv_frame(pd.DataFrame(diff_rows)).to_csv(index=False, float_format="%.6f"))
     atomic_write_text(out_dir / "differences.md", diff_text)
+    atomic_write_text(out_dir / "settings.md", "\n".join(config_differences(names, configs)))
     page = "\n".join(["# Comparison of runs", "", "Runs: " + ", ".join(map(md_code, names))
-                      + f"; baseline for differences: {md_code(names[0])}.", "", "## All paths", "",
+                      + f"; baseline for differences: {md_code(names[0])}.", "",
+                      "## Settings that differ", "", *config_differences(names, configs),
+                      "## All paths", "",
                       table_md, note, "## Differences to the baseline", "", diff_text])
     atomic_write_text(out_dir / "comparison.html",
                       markdown_to_html(page, title="robustpath: comparison of runs"))

@@ -7,9 +7,10 @@ The Markdown is the source: :func:`markdown_to_html` renders its small subset
 bold) and inlines every ``![caption](relative.png)`` from the run folder. Nothing
 time-dependent goes in, so a rebuild from the same files gives the same bytes.
 
-Sections of a run report: the summary table with CIs, the paired differences
-(``tables/paired.md``, when written), figures, strong-evaluation
-and transfer results (``strong_eval.md`` / ``transfer.md`` when present), warnings,
+Sections of a run report: the summary tables with CIs (one per metric group), the
+paired differences (``tables/paired.md``, when written), figures, the strong evaluation
+(one row per path from ``strong_eval.csv``) and transfer results (``transfer.md``)
+when present, warnings, the glossary of every column (:mod:`robustpath.metric_registry`),
 stage timings (``timings.json`` when recorded), configuration, command, provenance.
 """
 
@@ -22,6 +23,7 @@ import re
 from pathlib import Path
 
 from .escape import md_code, md_fence, md_text, md_untrusted
+from . import metric_registry
 from .store import atomic_write_text
 from .style import attack_label, format_eps
 
@@ -240,7 +242,7 @@ def run_warnings(run_dir: Path, summary, cfg: dict) -> list[str]:
     ev = int(cfg.get("eval_steps") or 0)
     if ev and ev < 20:
         out.append(f"Evaluation attack {str(cfg.get('attack', '')).upper()}-{ev}: robust accuracy "
-                   "is an upper bound; see strong_eval.md where present.")
+                   "is an upper bound; see the strong evaluation where present.")
     for name in ("transfer.md", "strong_eval.md"):
         p = run_dir / name
         if p.is_file():
@@ -251,6 +253,89 @@ def run_warnings(run_dir: Path, summary, cfg: dict) -> list[str]:
     if isinstance(extra, list):
         out += [str(w) for w in extra]
     return out
+
+
+#: the report's summary tables: (heading, metric_registry group)
+SUMMARY_GROUPS = (("Accuracy along the path", "path"), ("Barriers", "barrier"),
+                  ("AutoAttack at the worst point", "strong"))
+
+#: the strong evaluation's per-path summary: (column of strong_eval.csv, role)
+STRONG_CELLS = (("clean_acc", "ends"), ("robust_acc_pgd", "ends"), ("robust_acc_aa", "ends"),
+                ("robust_acc_pgd", "worst"), ("robust_acc_aa", "worst"),
+                ("robust_acc_pgd_many", "worst"), ("robust_acc_worst", "worst"))
+
+
+def strong_summary(run_dir: Path) -> list[str]:
+    """The strong evaluation as one row per path (``strong_eval.csv`` keeps one row per
+    attacked point): accuracies at the endpoints (their mean) and at the worst t, and
+    the masking flags; empty without ``strong_eval.csv``."""
+    import pandas as pd
+
+    from .tables import ALIGN_LABEL
+
+    path = run_dir / "tables" / "strong_eval.csv"  # with exact intervals (strong_io.refresh)
+    if not path.is_file():
+        path = run_dir / "strong_eval.csv"
+    if not path.is_file():
+        return []
+    try:
+        f = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError):
+        return []
+    if f.empty or not {"path_id", "role", "t"} <= set(f.columns):
+        return []
+    header = ["Alignment", "Path", "Seeds", "n", "worst t"]
+    header += [f"{metric_registry.label(c)} at {'ends' if r == 'ends' else 'worst t'}"
+               for c, r in STRONG_CELLS]
+    header += ["Masking flags"]
+    rows = []
+    for _, g in f.groupby("path_id", sort=False):
+        ends, worst = g[g["role"].isin(["a", "b"])], g[g["role"] == "worst"]
+        first = g.iloc[0]
+        cells = [md_text(ALIGN_LABEL.get(first["align"], first["align"])), md_text(first["curve"]),
+                 md_text(f"{first['endpoint_a']},{first['endpoint_b']}"), str(int(first["n"])),
+                 f"{float(worst['t'].iloc[0]):.3f}" if len(worst) else "-"]
+        for col, role in STRONG_CELLS:
+            sel = ends if role == "ends" else worst
+            cell = f"{100 * float(sel[col].mean()):.1f}" if len(sel) and col in sel else "-"
+            if role != "ends" and len(sel) and f"{col}_lo" in sel:  # Clopper-Pearson, 95%
+                cell += (f" [{100 * float(sel[col + '_lo'].iloc[0]):.1f}, "
+                         f"{100 * float(sel[col + '_hi'].iloc[0]):.1f}]")
+            cells.append(cell)
+        flags = int(g["masking"].astype(str).str.lower().eq("true").sum()) \
+            if "masking" in g else 0
+        cells.append(f"**{flags} FLAG**" if flags else "none")
+        rows.append(cells)
+    extra = int((f["role"] == "extra").sum())
+    md = ["## Strong evaluation", "",
+          f"AutoAttack and a long PGD at each path's endpoints and at its worst t (the lowest "
+          f"evaluation-attack accuracy over grid and refinement), on {int(f['n'].iloc[0])} "
+          "test examples (a seeded subset, the same at every point). Accuracies in %; "
+          "*ends*: the mean of the two endpoints. Masking flags: points where a transfer "
+          "attack beat the direct attack beyond sampling error (a sign of gradient masking). "
+          "Every attacked point" + (f" (including {extra} extra t)" if extra else "")
+          + ", with transfer accuracies, McNemar p-values and AutoAttack's gradient passes: "
+          "`strong_eval.csv`; model cards: `cards/`.", "",
+          "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    mism = f[~f["clean_matches_path"].astype(str).str.lower().eq("true")] \
+        if "clean_matches_path" in f else f.iloc[:0]
+    if len(mism):
+        md += ["", "WARNING: clean correctness differs from the path evaluation at "
+               + ", ".join(f"{r.path_id} {r.role}" for r in mism.itertuples()) + "."]
+    return md + [""]
+
+
+def glossary(summary, run_dir: Path) -> list[str]:
+    """The definitions of every column the report shows (robustpath.metric_registry)."""
+    names = [m.name for m in metric_registry.ordered() if m.name in summary.columns]
+    if (run_dir / "strong_eval.csv").is_file():
+        names += [m.name for m in metric_registry.ordered("point")]
+    if (run_dir / "plane.json").is_file():
+        names += [m.name for m in metric_registry.ordered("plane")]
+    return ["## Glossary", "", "Column: the name in the CSV files and `summary.json`; "
+            "better: which direction is better; interval: how its uncertainty is computed.",
+            "", metric_registry.glossary_markdown(names).rstrip(), ""]
 
 
 # ---------------------------------------------------------------- run report
@@ -264,11 +349,18 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
     md = [f"# {md_text(cfg.get('dataset', '?'))} / {md_text(cfg.get('arch', '?'))}: robust "
           "loss barriers", "",
           f"Run folder {md_code(Path(cfg.get('out') or run_dir).name)}; evaluation attack "
-          f"{md_text(atk)}; preset {md_text(cfg.get('preset', '?'))}; {pairs} seed pair{'s' if pairs != 1 else ''}.", "",
-          "## Summary", "", to_markdown(summary).rstrip(), "",
-          "Accuracies in %, losses in nats. "
-          + ("Value [95% bootstrap CI over test examples]." if pairs <= 1 else
-             "Mean ± std over seed pairs."), ""]
+          f"{md_text(atk)}; preset {md_text(cfg.get('preset', '?'))}; {pairs} seed "
+          f"pair{'s' if pairs != 1 else ''}.", "",
+          "## Summary", ""]
+    for heading, group in SUMMARY_GROUPS:  # one table per group: 17 columns do not read
+        names = [m.name for m in metric_registry.ordered(group) if m.name in summary.columns]
+        if names:
+            md += [f"### {heading}", "", to_markdown(summary, names).rstrip(), ""]
+    md += ["Accuracies in %, losses in nats. "
+           + ("Value [95% bootstrap CI over test examples]." if pairs <= 1 else
+              "Mean ± std over seed pairs.")
+           + " Every column is defined in the glossary below; all of them in one table: "
+           "`tables/summary.{md,csv,tex}`; machine-readable: `summary.json`.", ""]
     paired = run_dir / "tables" / "paired.md"
     if paired.is_file():  # robustpath.paired: aligned - unaligned, curve - line
         md += ["## Paired differences", "", md_untrusted(paired.read_text().rstrip()), ""]
@@ -276,24 +368,28 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
            + ("Shaded: 95% bootstrap CI over test examples." if pairs <= 1 else
               f"Shaded: ± 1 std over {pairs} seed pairs.") + "](plots/paths.png)", ""]
     if (run_dir / "plots" / "plane.png").is_file():
-        md += ["![Loss on the plane through θ0, the Bezier control point and θ1 (first seed "
-               "pair), at true aspect; axes are L2 distances in weight space; each column "
-               "shares one log-spaced colour scale.](plots/plane.png)", ""]
+        md += ["![Loss (and robust error, where the run stored it) on the plane through θ₀, "
+               "the Bezier control point and θ₁ (first seed pair), at true aspect; axes are "
+               "L2 distances in weight space; each row shares one colour scale with "
+               "log-spaced levels above its minimum; grey: above the top level; hatched: "
+               "outside that plane's grid.](plots/plane.png)", ""]
     plane = _json(run_dir / "plane.json")
     if plane:
-        md += ["| Plane | Max distance from the plane (rel.) | Clean loss min | Robust loss min |",
-               "|---|---|---|---|"]
-        md += [f"| {md_text(ALIGN_LABEL.get(m, m))} | {v['max_out_of_plane']:.2g} | "
-               f"{v['clean_loss_min']:.3f} | "
-               f"{v['robust_loss_min']:.3f} |" for m, v in plane.items()]
+        cols = [c for c in ("max_out_of_plane", "clean_loss_min", "robust_loss_min",
+                            "robust_err_min") if all(c in v for v in plane.values())]
+        md += ["| Plane | " + " | ".join(metric_registry.get(c).header for c in cols) + " |",
+               "|---|" + "---|" * len(cols)]
+        md += [f"| {md_text(ALIGN_LABEL.get(m, m))} | " + " | ".join(
+            f"{v[c]:.2g}" if c == "max_out_of_plane" else
+            f"{100 * v[c]:.1f}" if metric_registry.get(c).percent else f"{v[c]:.3f}"
+            for c in cols) + " |" for m, v in plane.items()]
         md.append("")
-    exact = run_dir / "tables" / "strong_eval.md"  # with exact intervals (strong_io.refresh)
-    md += _embedded_md(exact if exact.is_file() else run_dir / "strong_eval.md",
-                       "Strong evaluation")
+    md += strong_summary(run_dir) or _embedded_md(run_dir / "strong_eval.md", "Strong evaluation")
     md += _embedded_md(run_dir / "transfer.md", "Transfer attacks")
     warns = run_warnings(run_dir, summary, cfg)
     if warns:
         md += ["## Warnings", ""] + [f"- {md_untrusted(w)}" for w in warns] + [""]
+    md += glossary(summary, run_dir)
     md += _timings(_json(run_dir / "timings.json"))
     md += ["## Configuration", ""] + _kv_table(cfg, _config_value) + [""]
     command = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() \
@@ -306,6 +402,9 @@ def run_markdown(run_dir: str | Path, summary, cfg: dict) -> str:
         flat.update({f"version: {k}": v for k, v in (prov.get("versions") or {}).items()})
         md += ["## Provenance", ""] + _kv_table(flat) + [""]
     md += ["## Files", "", "- `tables/summary.{csv,md,tex}`, `tables/per_path.csv`: the tables",
+           "- `summary.json`: the summary with dataset, threat model, attack, endpoints and "
+           "each metric's interval (schema `robustpath.summary/1`, docs/summary_json.md)",
+           "- `strong_eval.csv`: every attacked point of the strong stage (when run)",
            "- `records.csv`, `examples.npz`: per-t and per-example results (the source of "
            "truth; `python -m robustpath.report` rebuilds everything from them)",
            "- `plots/*.{png,pdf}`: figures (PDF for papers)", ""]
@@ -344,6 +443,12 @@ def write_sweep_report(sweep_dir: str | Path, meta: dict) -> list[Path]:
         md += ["## Figures", ""]
         md += [f"![{md_text(f.stem)}: accuracy and loss along each path; the legend says what the "
                f"bands are.](plots/{f.name})" for f in figs] + [""]
+    if table.is_file():  # the cross-cell table's columns (robustpath.sweep.report)
+        from .sweep.report import SWEEP_METRICS
+
+        md += ["## Glossary", "", metric_registry.glossary_markdown(
+            ["clean_acc_ends", "robust_acc_ends"] + [m for m, _, _ in SWEEP_METRICS]).rstrip(),
+            ""]
     command = (sweep_dir / "command.txt").read_text().strip() \
         if (sweep_dir / "command.txt").is_file() else ""
     if command:

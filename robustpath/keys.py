@@ -131,7 +131,9 @@ def _renorm_spec(cfg: BenchConfig) -> dict:
 
 def plane_spec(cfg: BenchConfig, curve_key: str) -> dict:
     return {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
-            "extent": "with-control",  # the lattice covers the control point
+            # the lattice covers the control point; its orthogonal side is at least
+            # robustpath.plane.ORTH_SPAN of the side along θ1 - θ0; clean and robust error too
+            "extent": "with-control/orth-0.45/err",
             "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
             "attack": cfg.eval_attack().to_dict()}
 

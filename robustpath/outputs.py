@@ -80,7 +80,8 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
     Writes (each atomically) ``config.json``, ``provenance.json``, ``command.txt``,
     ``endpoints.json``, ``alignment.json``, ``curves.json``, ``records.csv`` +
     ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
-    the tables and plots of :func:`robustpath.report.build_report`. Used by
+    the tables, plots, ``report.{md,html}`` and ``summary.json`` of
+    :func:`robustpath.report.build_report`. Used by
     :func:`run` and by the sweep executors (one call per cell).
 
     Atomic (:mod:`robustpath.runfolder`): everything goes to ``<run>/.staging/`` first
@@ -119,7 +120,9 @@ def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
         atomic_write_json(run_dir / "plane.json", {
             m: {"max_out_of_plane": float(p["out_of_plane"].max()),
                 "clean_loss_min": float(p["clean_loss"].min()),
-                "robust_loss_min": float(p["robust_loss"].min())} for m, p in out.planes.items()})
+                "robust_loss_min": float(p["robust_loss"].min()),
+                **({"robust_err_min": float(p["robust_err"].min())} if "robust_err" in p else {})}
+            for m, p in out.planes.items()})
     if out.curvature:  # curvature.{csv,md}, plots/curvature_*.png (robustpath.curvature)
         from . import curvature
 

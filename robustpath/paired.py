@@ -172,33 +172,43 @@ def to_markdown(frame: pd.DataFrame) -> str:
     def fmt(v: float, pct: bool) -> str:
         return "n/a" if not np.isfinite(v) else (f"{100 * v:.1f}" if pct else f"{v:.3f}")
 
+    from .metric_registry import label
+
     lev = f"{100 * float(frame['level'].iloc[0]):g}%" if len(frame) else "95%"
-    lines = [f"| comparison | metric | pairs | X mean ± std | Y mean ± std | X - Y per pair "
-             f"| X - Y mean ± std | {lev} t-interval (seed pairs) | sign-flip p "
-             f"| {lev} CI (examples, within pairs) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    # one seed pair: no std and no interval across pairs, so those columns are left out
+    single = bool(len(frame)) and int(frame["pairs"].max()) <= 1
+    what = "" if single else " mean ± std"
+    head = [f"Comparison | Metric | Pairs | X{what} | Y{what} | X − Y{what}"]
+    if not single:
+        head.append(f"X − Y per pair | {lev} t-interval (seed pairs) | Sign-flip p")
+    head.append(f"{lev} CI (examples, within pairs)")
+    cols = " | ".join(head).count("|") + 1
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in range(cols)) + "|"]
     for r in frame.itertuples():
         pct = r.metric.endswith(_PERCENT)
         per = ", ".join(fmt(float(v), pct) for v in str(r.diffs).split(";") if v)
         tint = ("n/a (one pair)" if r.pairs < 2 else
                 f"[{fmt(r.ci_lo, pct)}, {fmt(r.ci_hi, pct)}]")
         lines.append(
-            f"| {r.comparison} | {r.metric}{' (pp)' if pct else ''} | {r.pairs} "
-            f"| {fmt(r.x_mean, pct)} ± {fmt(r.x_std, pct)} | {fmt(r.y_mean, pct)} ± "
-            f"{fmt(r.y_std, pct)} | {per} | {fmt(r.diff_mean, pct)} ± {fmt(r.diff_std, pct)} "
-            f"| {tint} | {r.p_signflip:.3g} | "
-            + (f"[{fmt(r.ex_lo, pct)}, {fmt(r.ex_hi, pct)}] |" if np.isfinite(r.ex_lo)
-               else "n/a (< 30 examples or resamples) |"))
-    one = bool(len(frame)) and int(frame["pairs"].max()) < 2
-    note = ("\nX - Y per seed pair on the same test examples (pairs in seed order); ± is the "
-            "std across seed pairs (n/a with one pair). The t-interval is over seed pairs "
+            f"| {r.comparison} | {label(r.metric)}{' (pp)' if pct else ' (nats)'} | {r.pairs} "
+            + (f"| {fmt(r.x_mean, pct)} | {fmt(r.y_mean, pct)} | {fmt(r.diff_mean, pct)} "
+               if single else
+               f"| {fmt(r.x_mean, pct)} ± {fmt(r.x_std, pct)} | {fmt(r.y_mean, pct)} ± "
+               f"{fmt(r.y_std, pct)} | {fmt(r.diff_mean, pct)} ± {fmt(r.diff_std, pct)} "
+               f"| {per} | {tint} | {r.p_signflip:.3g} ")
+            + (f"| [{fmt(r.ex_lo, pct)}, {fmt(r.ex_hi, pct)}] |" if np.isfinite(r.ex_lo)
+               else "| n/a (< 30 examples or resamples) |"))
+    note = ("\nX − Y per seed pair on the same test examples (pairs in seed order); ± is the "
+            "std across seed pairs. The t-interval is over seed pairs "
             "(t distribution, pairs - 1 degrees of freedom): what the differences support "
             "for other seeds. Sign-flip p: two-sided exact permutation test over the 2^pairs "
             "sign flips (it cannot go below 2 / 2^pairs: 0.25 with three pairs). The last "
             "column resamples the test examples with the seed pairs held fixed: uncertainty "
             "from the test set only, not across seeds (robustpath.paired).\n")
-    if one:
-        note += ("\nOne seed pair: no interval over seeds can be given; the examples interval "
-                 "covers these two networks only.\n")
+    if single:
+        note = ("\nX − Y on the same test examples. One seed pair: no interval over seeds can "
+                "be given; the examples interval covers these two networks only "
+                "(robustpath.paired).\n")
     return "\n".join(lines) + "\n" + note
 
 

@@ -56,11 +56,37 @@ def band_label(pairs: set[int]) -> str:
     return f"shaded: {CI_LABEL} (one seed pair) or ± 1 std (several)"
 
 
-def plot_paths(paths: list[PathRecord], out_stem: str | Path, *, title: str = "",
-               bootstrap: int = 1000) -> list[Path]:
-    """Draw :func:`paths_figure`; returns the written ``.png``, ``.pdf``."""
+def plot_paths(paths: list[PathRecord], out_stem: str | Path | None = None, *, title: str = "",
+               bootstrap: int = 1000):
+    """Draw :func:`paths_figure`; writes ``<out_stem>.png`` and ``.pdf`` when given a
+    stem. Returns the Figure."""
     with paper_style():
-        return save_figure(paths_figure(paths, title=title, bootstrap=bootstrap), out_stem)
+        fig = paths_figure(paths, title=title, bootstrap=bootstrap)
+        if out_stem is not None:
+            save_figure(fig, out_stem)
+    return fig
+
+
+#: the smallest y range of a panel, in its plotted unit: a constant series (0 % robust
+#: accuracy along a whole path) got a -0.04..0.04 % axis from matplotlib's autoscale
+MIN_SPAN = {"clean_acc": 2.0, "robust_acc": 2.0, "clean_loss": 0.02, "robust_loss": 0.02}
+
+
+def _min_span(ax, key: str) -> None:
+    """Widen ``ax``'s y range to :data:`MIN_SPAN` around its data; accuracies stay
+    within 0..100 %."""
+    lo, hi = ax.get_ylim()
+    if key.endswith("_acc"):  # autoscale put a constant 100 % on a 94.5..105.5 axis
+        lo, hi = max(lo, 0.0), min(hi, 100.0)
+    need = MIN_SPAN[key]
+    if hi - lo >= need:
+        ax.set_ylim(lo, hi)
+        return
+    mid = 0.5 * (lo + hi)
+    lo, hi = max(0.0, mid - need / 2), max(0.0, mid - need / 2) + need
+    if key.endswith("_acc") and hi > 100.0:
+        lo, hi = 100.0 - need, 100.0
+    ax.set_ylim(lo, hi)
 
 
 def paths_figure(paths: list[PathRecord], *, title: str = "", bootstrap: int = 1000):
@@ -102,10 +128,14 @@ def paths_figure(paths: list[PathRecord], *, title: str = "", bootstrap: int = 1
                              label=band_label({len(m) for m in groups.values()})))
         for ax in axes[1]:
             ax.set_xlabel("t (position along the path)")
-        for ax in axes.flat:
+        for ax, (key, _, _) in zip(axes.flat, PANELS):
             ax.grid(True)
             ax.set_xlim(0, 1)
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)))
+            _min_span(ax, key)
+        # handlelength: a dashed line needs room for its dashes and the marker, or it
+        # reads as "==="
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)),
+                   handlelength=3.2)
         if title:
             fig.suptitle(title)
         return fig
@@ -113,7 +143,8 @@ def paths_figure(paths: list[PathRecord], *, title: str = "", bootstrap: int = 1
 
 def save_figure(fig, out_stem: str | Path, dpi: int = DPI) -> list[Path]:
     """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` atomically, without
-    timestamps in the metadata (reruns give identical files), and close it."""
+    timestamps in the metadata (reruns give identical files), and close it in pyplot
+    (the Figure object stays usable: a notebook still shows it)."""
     import io
 
     import matplotlib.pyplot as plt

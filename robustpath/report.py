@@ -141,33 +141,58 @@ def build_report(run_dir: str | Path) -> pd.DataFrame:
         planes = load_planes(run_dir / "plane.npz")
         plot_planes({ALIGN_LABEL.get(m, m): p for m, p in planes.items()},
                     run_dir / "plots" / "plane",
-                    title=f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: loss on the "
-                    "planes of the Bezier curves (first seed pair)")
+                    title=f"{cfg.get('dataset', '?')} / {cfg.get('arch', '?')}: "
+                    + ("loss and robust error" if all("robust_err" in p for p in planes.values())
+                       else "loss") + " on the planes of the Bezier curves (first seed pair)")
     write_run_report(run_dir, summary, cfg)
+    from . import summary_json
+    from .html_report import _json
+
+    summary_json.write(run_dir, summary, cfg, paths, _json(run_dir / "provenance.json"))
     return summary
 
 
-def format_summary(summary: pd.DataFrame, cfg: dict | None = None) -> str:
-    """A compact plain-text table for the terminal, with the precision of
-    ``tables/summary.md`` (accuracies in % to 0.1, losses to 0.001)."""
+def read_summary(run_dir: str | Path) -> pd.DataFrame:
+    """The summary frame of one run computed from its records, writing nothing (what
+    ``report A B`` shows for runs it must leave untouched)."""
+    from .strong_io import read as read_strong
+    from .tables import per_path_frame, summary_frame
+
+    run_dir = Path(run_dir)
+    cfg = _config(run_dir)
+    paths = check_records(run_dir)
+    return summary_frame(per_path_frame(paths, int(cfg.get("bootstrap", 1000)),
+                                        read_strong(run_dir)))
+
+
+def format_summary(summary: pd.DataFrame, cfg: dict | None = None, width: int = 100) -> str:
+    """A compact plain-text table for the terminal, at most ``width`` characters wide:
+    the key columns of :data:`robustpath.metric_registry.CONSOLE_CANDIDATES` that fit,
+    in that order, with the precision of ``tables/summary.md`` (accuracies in % to
+    0.1, losses to 0.001); every column is in ``tables/summary.{md,csv}``."""
+    from .metric_registry import CONSOLE_CANDIDATES, get
     from .tables import _fmt
 
-    cols = [("clean_acc_ends", "clean@ends", True), ("clean_acc_min", "clean min", True),
-            ("robust_acc_ends", "robust@ends", True), ("robust_acc_min", "robust min", True),
-            ("robust_acc_avg", "robust avg", True),
-            ("robust_loss_barrier", "rob.loss barrier", False)]
-    cols += [c for c in (("robust_acc_min_refined", "robust min (refined)", True),
-                         ("aa_robust_worst", "AA@worst t", True), ("aa_pgd_gap", "PGD-AA", True))
-             if c[0] in summary.columns]
-    cells = [[f"{ALIGN_LABEL.get(r['align'], r['align'])} {r['curve']}"]
-             + [_fmt(r, c, pct, latex=False) for c, _, pct in cols]
+    names = [ALIGN_LABEL.get(r["align"], r["align"]) + f" {r['curve']}"
              for _, r in summary.iterrows()]
-    widths = [max([26] + [len(c[0]) + 2 for c in cells])]
-    widths += [max(len(h), *(len(c[k + 1]) for c in cells)) + 2 for k, (_, h, _) in enumerate(cols)]
-    head = f"{'path':<{widths[0]}}" + "".join(f"{h:>{w}}" for (_, h, _), w in zip(cols, widths[1:]))
+    first = max([4] + [len(n) for n in names]) + 1
+    cols, widths, used = [], [], first
+    for name in CONSOLE_CANDIDATES:
+        if name not in summary.columns:
+            continue
+        m = get(name)
+        head = m.short + (" %" if m.percent else "")
+        cells = [_fmt(r, name, m.percent, latex=False) for _, r in summary.iterrows()]
+        w = max([len(head)] + [len(c) for c in cells]) + 2
+        if used + w > width:
+            break  # a less important column never replaces a more important one
+        cols.append((head, cells))
+        widths.append(w)
+        used += w
+    head = f"{'path':<{first}}" + "".join(f"{h:>{w}}" for (h, _), w in zip(cols, widths))
     lines = [head, "-" * len(head)]
-    for c in cells:
-        lines.append(f"{c[0]:<{widths[0]}}" + "".join(f"{v:>{w}}" for v, w in zip(c[1:], widths[1:])))
+    for i, n in enumerate(names):
+        lines.append(f"{n:<{first}}" + "".join(f"{c[i]:>{w}}" for (_, c), w in zip(cols, widths)))
     if cfg:  # which run, and eps as the paper writes it
         from .style import attack_label
 
@@ -178,6 +203,7 @@ def format_summary(summary: pd.DataFrame, cfg: dict | None = None) -> str:
     lines.append("accuracies in %, losses in nats; " + (
         "value [95% bootstrap CI over test examples; AA columns: exact CI]" if pairs <= 1 else
         f"mean ± std over {pairs} seed pairs"))
+    lines.append("all columns and their definitions: tables/summary.md, report.html")
     return "\n".join(lines)
 
 
@@ -200,6 +226,18 @@ def _report_run(run_dir: Path) -> pd.DataFrame:
         runfolder.recover(run_dir)
         runfolder.verify(run_dir)
         return build_report(run_dir)
+
+
+def _read_run(run_dir: Path) -> pd.DataFrame:
+    """One run's summary for a comparison, checked against its manifest, writing
+    nothing (an interrupted commit is reported, not finished)."""
+    from . import runfolder
+
+    if (run_dir / runfolder.STAGING / runfolder.MANIFEST).is_file():
+        raise UserError(f"{run_dir} holds an interrupted commit; run python -m robustpath.report "
+                        f"{run_dir} alone first (a comparison leaves its inputs untouched)")
+    runfolder.verify(run_dir)
+    return read_summary(run_dir)
 
 
 def parser() -> ArgumentParser:
@@ -250,19 +288,24 @@ def main(argv: list[str] | None = None) -> int:
             print((sd / "aggregate" / "summary.md").read_text().rstrip())
             print(f"report: {sd / 'aggregate' / 'report.html'}; tables: "
                   f"{sd / 'aggregate'}/summary.{{csv,md,tex}}, plots: {sd / 'aggregate' / 'plots'}/")
-    summaries = [_report_run(rd) for rd in run_dirs]
+    # one run: its report is rebuilt; several: they are compared and left untouched
+    summaries = [_report_run(rd) if len(run_dirs) == 1 else _read_run(rd) for rd in run_dirs]
     for rd, s in zip(run_dirs, summaries):
         print(f"== {rd}")
         print(format_summary(s, _config(rd)))
-        print(f"report: {rd / 'report.html'} (and report.md)")
+        if len(run_dirs) == 1:
+            print(f"report: {rd / 'report.html'} (and report.md, summary.json)")
     if len(run_dirs) > 1:
         comparison(run_dirs, Path(args.compare_out))
         out = Path(args.compare_out)
+        print(f"== settings that differ ({len(run_dirs)} runs)")
+        print((out / "settings.md").read_text().rstrip())
         print(f"== comparison ({len(run_dirs)} runs)")
         print((out / "comparison.md").read_text().rstrip())
         if (out / "differences.md").read_text().strip():
             print("\n" + (out / "differences.md").read_text().rstrip())
-        print(f"\ncomparison: {out}/comparison.{{csv,md,tex,html}}, {out}/differences.{{csv,md}}")
+        print(f"\ncomparison: {out}/comparison.{{csv,md,tex,html}}, {out}/differences.{{csv,md}}, "
+              f"{out}/settings.md; the runs' own folders were not changed")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import methods
+from . import methods, metric_registry
 from .barrier import path_metrics
 from .escape import latex, md_text
 from .records import PathRecord
@@ -24,33 +24,9 @@ from .store import atomic_write_text
 
 ALIGN_LABEL = methods.LABEL  # labels and row order: robustpath.methods
 
-# (metric, header, percent?)
-COLUMNS = [
-    ("clean_acc_ends", "Clean ends", True),
-    ("clean_acc_min", "Clean min", True),
-    ("clean_acc_avg", "Clean avg", True),
-    ("robust_acc_ends", "Robust ends", True),
-    ("robust_acc_min", "Robust min (grid)", True),
-    ("robust_t_min", "t at robust min (grid)", False),
-    ("robust_acc_avg", "Robust avg", True),
-    ("clean_loss_barrier", "Clean loss barrier (grid)", False),
-    ("robust_loss_barrier", "Robust loss barrier (grid)", False),
-    ("robust_acc_barrier", "Robust acc barrier (grid)", True),
-    # over grid + refinement points (robustpath.evaluate.refine_minimum)
-    ("robust_acc_min_refined", "Robust min (refined)", True),
-    ("robust_t_min_refined", "t at refined min", False),
-    ("robust_loss_barrier_refined", "Robust loss barrier (refined)", False),
-    ("robust_acc_barrier_refined", "Robust acc barrier (refined)", True),
-    # the strong stage (robustpath.strong) on its example subset: AutoAttack at PGD's
-    # worst t (a lower bound on the AA barrier over the path), or the maximum over every
-    # attacked t with --strong-at grid (robustpath.strong_io.strong_metrics)
-    ("aa_robust_worst", "AA robust at PGD's worst t", True),
-    ("aa_acc_barrier", "AA acc barrier at PGD's worst t (lower bound)", True),
-    ("aa_pgd_gap", "PGD - AA gap at PGD's worst t", True),
-    ("aa_robust_min", "AA robust min (attacked t)", True),
-    ("aa_acc_barrier_max", "AA acc barrier (max over attacked t)", True),
-    ("aa_pgd_gap_max", "PGD - AA gap (max over attacked t)", True),
-]
+# (metric, header, percent?): declared in robustpath.metric_registry (labels, units,
+# definitions); the CSV columns keep these names
+COLUMNS = metric_registry.triples(metric_registry.SUMMARY)
 
 
 def per_path_frame(paths: list[PathRecord], bootstrap: int = 1000,
@@ -108,8 +84,9 @@ def _fmt(row, name: str, pct: bool, latex: bool) -> str:
     return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def _cells(summary: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str]]]:
-    cols = columns(summary)
+def _cells(summary: pd.DataFrame, latex: bool,
+           names=None) -> tuple[list[str], list[list[str]]]:
+    cols = [c for c in columns(summary) if names is None or c[0] in names]
     header = ["Alignment", "Path"] + [h for _, h, _ in cols]
     body = []
     for _, row in summary.iterrows():
@@ -118,8 +95,9 @@ def _cells(summary: pd.DataFrame, latex: bool) -> tuple[list[str], list[list[str
     return header, body
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    header, body = _cells(summary, latex=False)
+def to_markdown(summary: pd.DataFrame, names=None) -> str:
+    """The summary as a Markdown table (only the columns ``names`` when given)."""
+    header, body = _cells(summary, latex=False, names=names)
     lines = ["| " + " | ".join(map(md_text, header)) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join([*map(md_text, r[:2]), *r[2:]]) + " |" for r in body]

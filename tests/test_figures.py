@@ -60,10 +60,31 @@ def test_path_figure_has_one_legend_that_names_the_bands(pairs, band):
     plt.close(fig)
 
 
-def test_plot_paths_writes_a_pdf_beside_the_png(tmp_path):
-    files = plots.plot_paths(_records(1), tmp_path / "paths", bootstrap=20)
-    assert [f.suffix for f in files] == [".png", ".pdf"]
+def test_plot_paths_returns_the_figure_and_writes_a_pdf_beside_the_png(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = plots.plot_paths(_records(1), tmp_path / "paths", bootstrap=20)
+    assert isinstance(fig, Figure) and (tmp_path / "paths.png").is_file()
     assert (tmp_path / "paths.pdf").read_bytes().startswith(b"%PDF")
+    assert isinstance(plots.plot_paths(_records(1), bootstrap=20), Figure)  # no stem: no files
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["paths.pdf", "paths.png"]
+
+
+def test_constant_series_gets_a_readable_axis():
+    recs = []
+    for curve in ("line", "bezier"):
+        ts = np.linspace(0, 1, 5)
+        never = np.zeros((5, 40), dtype=bool)  # 0 % robust accuracy everywhere
+        loss = np.full((5, 40), 2.0, dtype=np.float32)
+        recs.append(PathRecord("none", curve, 0, 1, PathResult(ts, np.ones(5), never | True,
+                                                                never, loss, loss)))
+    fig = plots.plot_paths(recs, bootstrap=20)
+    lo, hi = fig.axes[1].get_ylim()  # robust accuracy (%)
+    assert lo == 0.0 and hi >= 2.0
+    lo, hi = fig.axes[0].get_ylim()  # clean accuracy 100 %: not above 100
+    assert hi == 100.0 and hi - lo >= 2.0
+    # the legend's line glyphs are long enough to show a dash pattern and a marker
+    assert fig.legends[0].handlelength >= 3
 
 
 def _plane(scale):
@@ -83,32 +104,61 @@ def test_plane_figure_true_aspect_shared_scale_markers_and_labels():
     panels = {"unaligned": _plane(1.0), "aligned (act.)": _plane(0.7)}
     with paper_style():
         fig = planes_figure(panels, "t")
-    axes = fig.axes[:4]
+    axes = fig.axes[:4]  # rows: clean loss, robust loss; columns: the planes
     assert all(ax.get_aspect() == 1.0 for ax in axes)  # one unit is one length, both ways
     assert len({ax.get_xlim() for ax in axes}) == 1 and len({ax.get_ylim() for ax in axes}) == 1
-    # panels of one column (clean or robust loss) share their contour levels
+    # panels of one row (clean or robust loss) share their contour levels
     fills = [[c for c in ax.collections if hasattr(c, "levels")] for ax in axes]
-    for col in (0, 1):
-        a, b = fills[col][0], fills[2 + col][0]
+    for row in (0, 2):
+        a, b = fills[row][0], fills[row + 1][0]
         assert np.allclose(a.levels, b.levels)
-    assert not np.allclose(fills[0][0].levels, fills[1][0].levels)  # clean vs robust: own scale
+    assert not np.allclose(fills[0][0].levels, fills[2][0].levels)  # clean vs robust: own scale
     assert "L2 distance" in axes[2].get_xlabel() and "L2 distance" in fig._supylabel.get_text()
+    assert "θ₁" in axes[2].get_xlabel()  # subscripted, not θ1
     markers = {ln.get_marker() for ax in axes for ln in ax.get_lines()}
     assert {"o", "D"} <= markers  # endpoints, control point
     texts = [t.get_text() for ax in axes for t in ax.texts]
     assert any(re.fullmatch(r"[0-9.]+", t) for t in texts)  # labelled contours, in loss units
     # contour labels keep clear of the drawn curve, line and markers (matplotlib's own
     # placement put them on the curve and under the control point)
-    for ax, p in zip(axes, [panels["unaligned"]] * 2 + [panels["aligned (act.)"]] * 2):
+    for ax, p in zip(axes, [panels["unaligned"], panels["aligned (act.)"]] * 2):
         avoid = np.vstack([p["curve_xy"], np.linspace(*p["line_xy"], 21), control_xy(p)[None]])
         for t in ax.texts:
             if re.fullmatch(r"[0-9.]+", t.get_text()):
                 xy = np.asarray(t.get_position())
                 gap = np.sqrt(((avoid - xy) ** 2).sum(1)).min()
                 assert gap > 0.05 * np.ptp(ax.get_xlim()), (t.get_text(), xy, gap)
-    cbar_labels = [ax.get_xlabel() for ax in fig.axes[4:]]
-    assert any("nats" in s and "above" in s for s in cbar_labels), cbar_labels
+    cbar_labels = [ax.get_ylabel() for ax in fig.axes[4:]]
+    assert cbar_labels == ["clean loss (nats)", "robust loss (nats)"], cbar_labels
+    for cb in fig.axes[4:]:  # few, unrotated tick labels
+        ticks = cb.get_yticklabels()
+        assert len([t for t in ticks if t.get_text()]) <= 6
+        assert all(t.get_rotation() == 0 for t in ticks)
+    # one meaning per colour: above the top level (grey) and outside a grid (hatched)
+    legend = {t.get_text() for t in fig.legends[0].get_texts()}
+    assert {"above the top level", "outside this plane's grid", "line", "fitted curve"} <= legend
     plt.close(fig)
+
+
+def test_plane_figure_adds_a_robust_error_row_and_smooth_contours():
+    import matplotlib.pyplot as plt
+
+    from robustpath.plane import smooth_grid
+
+    panels = {"unaligned": _plane(1.0), "aligned (act.)": _plane(0.7)}
+    for p in panels.values():
+        p["robust_err"] = np.clip(p["robust_loss"] / 20, 0, 1)
+    with paper_style():
+        fig = planes_figure(panels, "t")
+    assert [ax.get_title() for ax in fig.axes[4:6]] == ["unaligned: robust error",
+                                                       "aligned (act.): robust error"]
+    assert "robust error (%)" in [ax.get_ylabel() for ax in fig.axes]
+    plt.close(fig)
+    p = panels["unaligned"]
+    fx, fy, fz = smooth_grid(p["xs"], p["ys"], p["clean_loss"], factor=4)
+    assert fz.shape == ((len(p["ys"]) - 1) * 4 + 1, (len(p["xs"]) - 1) * 4 + 1)
+    assert np.allclose(fz[::4, ::4], p["clean_loss"], rtol=1e-6)  # through the measured values
+    assert fz.min() >= p["clean_loss"].min() and fz.max() <= p["clean_loss"].max()
 
 
 def test_contour_levels_are_log_spaced_above_the_minimum():
@@ -273,7 +323,7 @@ def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkey
                            "robust_acc_min": 0.0}])
     zoo.plot_barrier_matrix(frame, ["a", "b"], tmp_path)
     fig = seen[0]
-    cbars = [ax for ax in fig.axes if ax.get_ylabel().startswith("robust acc")]
+    cbars = [ax for ax in fig.axes if ax.get_ylabel() == "Robust min (%)"]  # metric_registry
     assert cbars, [ax.get_ylabel() for ax in fig.axes]
     lo, hi = cbars[0].get_ylim()
     assert lo < 0.0 < hi and hi - lo < 0.5  # around 0 %, not a 0-1 span read as percent

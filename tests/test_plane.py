@@ -52,5 +52,7 @@ def test_small_grid_runs_and_plots(fmnist, tmp_path):
                      bn_data, grid=3, progress=False)
     assert res["clean_loss"].shape == (3, 3) and np.isfinite(res["robust_loss"]).all()
     assert (res["robust_loss"] >= res["clean_loss"] - 1e-6).all()
-    files = plot_planes({"unaligned": res, "aligned": res}, tmp_path / "plane")
-    assert all(f.stat().st_size > 1000 for f in files)
+    assert ((res["robust_err"] >= res["clean_err"] - 0.25) & (res["robust_err"] <= 1)).all()
+    fig = plot_planes({"unaligned": res, "aligned": res}, tmp_path / "plane")
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 6  # clean, robust loss, robust error
+    assert all((tmp_path / f"plane.{e}").stat().st_size > 1000 for e in ("png", "pdf"))

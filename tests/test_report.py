@@ -69,7 +69,7 @@ def _write(run_dir, *, test_subset=1000, dip_b=1.0, planes=True, eps=8 / 255):
 
 DERIVED = ["report.html", "report.md", "plots/paths.png", "plots/paths.pdf", "plots/plane.png",
            "plots/plane.pdf", "tables/summary.md", "tables/summary.tex", "tables/summary.csv",
-           "tables/per_path.csv"]
+           "tables/per_path.csv", "summary.json"]
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,38 @@ def test_report_rebuilds_everything_byte_identical_without_ckpt(run, tmp_path):
     assert report_main([str(copy)]) == 0
     for n in DERIVED:
         assert (copy / n).read_bytes() == before[n], f"{n} differs after the rebuild"
+
+
+def test_summary_json_and_glossary(run):
+    import json
+
+    from robustpath import metric_registry
+    from robustpath.report import format_summary
+
+    d = json.loads((run / "summary.json").read_text())
+    assert d["schema"] == "robustpath.summary/1"
+    assert (d["dataset"], d["threat_model"], d["eps_text"]) == ("cifar10", "Linf", "8/255")
+    assert d["attack"]["name"] == "pgd" and d["code_revision"] == json.loads(
+        (run / "provenance.json").read_text())["git"]
+    summary = pd.read_csv(run / "tables" / "summary.csv")
+    row = next(r for r in d["rows"] if (r["align"], r["curve"]) == ("none", "line"))
+    assert row["endpoints"] == [[0, 1]] and row["pairs"] == 1
+    m = row["metrics"]["robust_acc_min"]
+    csv = summary[(summary["align"] == "none") & (summary["curve"] == "line")].iloc[0]
+    assert (m["value"], m["lo"], m["hi"]) == pytest.approx(
+        (csv["robust_acc_min"], csv["robust_acc_min_lo"], csv["robust_acc_min_hi"]))
+    assert m["interval_method"] in d["interval_methods"] and m["unit"] == "fraction"
+    # every summary column is declared once, and the page prints its definition
+    html = (run / "report.html").read_text()
+    assert "Glossary" in html
+    for col in summary.columns:
+        base = re.sub(r"_(std|lo|hi)$", "", col)
+        if base not in ("align", "curve", "pairs"):
+            assert base in metric_registry.METRICS, base
+            assert f"<code>{base}</code>" in html, base
+    assert "n/a" not in (run / "report.md").read_text()  # one seed pair: no "± n/a" cells
+    text = format_summary(summary, json.loads((run / "config.json").read_text()))
+    assert max(len(line) for line in text.splitlines()) <= 100
 
 
 def test_report_rebuilds_a_folder_written_with_seed_columns(run, tmp_path):
@@ -177,6 +209,31 @@ def test_report_shows_strong_eval_and_transfer_files(run, tmp_path):
     assert (copy / "report.md").read_text().count("Strong evaluation") == 1
 
 
+def test_strong_evaluation_is_one_row_per_path(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
+    rows = []
+    for pid, align, curve in (("none-line-s0-1", "none", "line"),
+                              ("activation-bezier-s0-1", "activation", "bezier")):
+        for role, t, pgd, aa in (("a", 0.0, 0.6, 0.5), ("b", 1.0, 0.7, 0.6),
+                                 ("worst", 0.5, 0.2, 0.125)):
+            rows.append({"path_id": pid, "align": align, "curve": curve, "endpoint_a": 0,
+                         "endpoint_b": 1, "role": role, "t": t, "n": 16, "clean_acc": 0.8,
+                         "robust_acc_pgd": pgd, "robust_acc_aa": aa, "robust_acc_pgd_many": aa,
+                         "robust_acc_worst": aa, "gap_pgd_aa": pgd - aa,
+                         "masking": role == "worst" and align == "none",
+                         "clean_matches_path": True})
+    pd.DataFrame(rows).to_csv(copy / "strong_eval.csv", index=False)
+    assert report_main([str(copy)]) == 0
+    md = (copy / "report.md").read_text()
+    section = md.split("## Strong evaluation")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 2  # header + one row per path, not per attacked point
+    assert "AutoAttack at worst t" in table[0] and "robust_acc_aa" not in table[0]
+    assert "| unaligned | line | 0,1 | 16 | 0.500 | 80.0 | 65.0 | 55.0 | 20.0 | 12.5 |" in section
+    assert "**1 FLAG**" in section and "`strong_eval.csv`" in section
+
+
 def test_tables_and_titles_write_eps_as_a_fraction(run):
     assert "8/255" in (run / "tables" / "summary.tex").read_text()
     assert "0.03137" not in (run / "tables" / "summary.tex").read_text()
@@ -188,7 +245,14 @@ def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
     far = tmp_path / "c"
     _write(far, test_subset=500, planes=False)
     out = tmp_path / "cmp"
+
+    def snapshot():
+        return {f: sha256_file(f) for d in (run, other, far) for f in sorted(d.rglob("*"))
+                if f.is_file()}
+
+    before = snapshot()
     assert report_main([str(run), str(other), str(far), "--compare-out", str(out)]) == 0
+    assert snapshot() == before  # the compared runs are only read
     table = (out / "comparison.md").read_text()
     assert table.startswith("| Run |")
     assert table.count("| run |") == 4 and table.count("| b |") == 4  # every path, each run
@@ -206,7 +270,21 @@ def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
     assert changed["robust_acc_min_lo"] <= changed["robust_acc_min"] <= changed["robust_acc_min_hi"]
     assert changed["robust_acc_min_hi"] < 0  # a real drop, resolved by the paired CI
     assert "comparison" in capsys.readouterr().out
-    assert (out / "comparison.html").read_text().count("<table>") == 2
+    assert (out / "comparison.html").read_text().count("<table>") == 3  # settings, paths, diffs
+    settings = (out / "settings.md").read_text()
+    assert "| test_subset | 1000 | 1000 | 500 |" in settings and "plane_grid" in settings
+    assert "| eps |" not in settings  # only what differs
+
+
+def test_compare_says_which_paths_were_not_paired():
+    from robustpath.compare import unpaired
+
+    base = [PathRecord("none", "line", 0, 1, _result(1, 1.0)),
+            PathRecord("none", "bezier", 0, 1, _result(2, 0.3))]
+    other = [PathRecord("none", "line", 0, 1, _result(1, 1.0)),
+             PathRecord("none", "line", 2, 3, _result(3, 1.0))]
+    assert unpaired(base, other) == ["none-line-s2-3: only in the run",
+                                     "none-bezier-s0-1: only in the baseline"]
 
 
 def _has(module: str) -> bool:

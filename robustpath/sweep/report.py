@@ -13,6 +13,7 @@ import pandas as pd
 from ..errors import UserError
 from ..escape import csv_frame, md_text
 from ..escape import latex as latex_text
+from ..metric_registry import triples
 from ..plots import plot_paths
 from ..records import read as read_records
 from ..report import _report_run, check_config, check_records  # noqa: F401
@@ -21,9 +22,8 @@ from ..tables import ALIGN_LABEL, summary_frame
 
 # ---------------------------------------------------------------- sweeps
 # the cross-cell table: (metric, header, percent?), one column per alignment method
-SWEEP_METRICS = [("clean_acc_min", "Clean min", True), ("robust_acc_min", "Robust min", True),
-                 ("robust_acc_avg", "Robust avg", True),
-                 ("robust_loss_barrier", "Robust loss barrier", False)]
+SWEEP_METRICS = triples(("clean_acc_min", "robust_acc_min", "robust_acc_avg",
+                         "robust_loss_barrier"))  # labels: robustpath.metric_registry
 AXIS_LABEL = {"dataset": "Dataset", "arch": "Architecture"}
 # a sweep's own sources (hashed in its manifest.json); aggregate/ is derived from them
 SWEEP_SOURCES = ("sweep.json", "sweep.toml", "command.txt", "provenance.json", "tasks.json")

@@ -52,8 +52,11 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
     plt = _matplotlib()
     n, written = len(models), []
     pos = {m: i for i, m in enumerate(models)}  # the cells' order: the models' order
-    panels = (("robust_loss_barrier", "robust loss barrier", 1.0, "magma_r", "{:.2f}"),
-              ("robust_acc_min", "robust acc. min (%)", 100.0, "viridis", "{:.1f}"))
+    from ..metric_registry import get
+
+    # labels and units: robustpath.metric_registry
+    panels = (("robust_loss_barrier", get("robust_loss_barrier").header, 1.0, "magma_r", "{:.2f}"),
+              ("robust_acc_min", get("robust_acc_min").header, 100.0, "viridis", "{:.1f}"))
     for curve, part in frame.groupby("curve", sort=True):
         aligns = [a for a in ALIGN_METHODS if a in set(part["align"])]
         size = 1.5 + 0.45 * n
