@@ -32,8 +32,8 @@ def test_report_against_accepts_the_same_run_and_flags_a_moved_value(tmp_path, c
     out = tmp_path / "check.md"
     assert report.main([str(moved), "--against", str(RUN), "--against-out", str(out)]) == 1
     assert "\n1 of " in out.read_text()
-    assert "| activation | bezier | Robust min (`robust_acc_min`) |" in out.read_text()
-    assert "**no**" in out.read_text().split("| activation | bezier | Robust min (`robust_acc_min`) |")[1]
+    assert "| activation | bezier | Robust min (grid) (`robust_acc_min`) |" in out.read_text()
+    assert "**no**" in out.read_text().split("| activation | bezier | Robust min (grid) (`robust_acc_min`) |")[1]
 
 
 def test_report_against_bad_folder_is_one_line_exit_2(tmp_path):

@@ -323,7 +323,7 @@ def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkey
                            "robust_acc_min": 0.0}])
     zoo.plot_barrier_matrix(frame, ["a", "b"], tmp_path)
     fig = seen[0]
-    cbars = [ax for ax in fig.axes if ax.get_ylabel() == "Robust min (%)"]  # metric_registry
+    cbars = [ax for ax in fig.axes if ax.get_ylabel() == "Robust min (grid) (%)"]  # metric_registry
     assert cbars, [ax.get_ylabel() for ax in fig.axes]
     lo, hi = cbars[0].get_ylim()
     assert lo < 0.0 < hi and hi - lo < 0.5  # around 0 %, not a 0-1 span read as percent

@@ -124,7 +124,7 @@ def test_one_pair_has_no_seed_interval():
     assert r.pairs == 1 and np.isnan(r.diff_std) and np.isnan(r.ci_lo) and np.isnan(r.ci_hi)
     assert r.ex_lo > 0.05                               # one pair: examples only
     md = to_markdown(f)
-    assert "n/a (one pair)" in md and "One seed pair: no interval over seeds" in md
+    assert "t-interval" not in md and "One seed pair: no interval over seeds" in md
 
 
 def test_write_paired_reads_a_run_folder(tmp_path):
