@@ -21,7 +21,7 @@ import torch
 
 from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
-from robustpath.store import atomic_write_text
+from robustpath.io.store import atomic_write_text
 
 from . import efficiency, machine, optimisations, path_cost, pgd_speed, plain_torch, subjects
 
@@ -99,8 +99,8 @@ SHIPPED = {"before": "-", "frozen params": "no", "no final forward": "yes",
            "+ channels_last input": "no (no-op for 1 channel)", "+ channels_last weights": "yes",
            "after (robustpath PGD)": "yes", "after, 1 thread": "no", "torchattacks": "peer",
            "torchattacks, channels_last model": "peer",
-           "after, robustpath.fuse off": "no (robustpath.runtime.Runtime(fuse=False))",
-           "torchattacks, robustpath.fuse view": "peer"}
+           "after, robustpath.models.fuse off": "no (robustpath.runtime.Runtime(fuse=False))",
+           "torchattacks, robustpath.models.fuse view": "peer"}
 
 
 def _opt_table(results) -> list[str]:
@@ -124,7 +124,7 @@ def _epoch_table(e, attack_eff) -> list[str]:
     lines = ["| quantity | value |", "|---|---|",
              f"| float32 matmul peak ({e.peak_n}x{e.peak_n}, torch.mm) | {e.peak / g:.1f} GFLOP/s |",
              (f"| PGD-training epoch, cnn-small, {e.n_train} images, batch {e.batch}, "
-              f"{e.steps} steps | {e.seconds:.2f} s (`robustpath.fuse` off: "
+              f"{e.steps} steps | {e.seconds:.2f} s (`robustpath.models.fuse` off: "
               f"{e.seconds_before:.2f} s; {e.seconds_before / e.seconds:.2f}x) |"),
              (f"| counted FLOPs per epoch (FlopCounterMode; attack share) | "
              f"{e.epoch_flops / g:.1f} GFLOP ({100 * e.attack_share:.0f}% attack) |"),
@@ -181,7 +181,7 @@ def _path_section(p, c, e, peak) -> list[str]:
     lines.append("")
     if c is not None:
         lines += [(f"Curve epoch ({c.n_train} images) as shipped: {c.seconds:.2f} s; with "
-                   f"`robustpath.fuse` off: {c.seconds_before:.2f} s "
+                   f"`robustpath.models.fuse` off: {c.seconds_before:.2f} s "
                    f"(**{c.seconds_before / c.seconds:.2f}x**)."), ""]
     return lines
 

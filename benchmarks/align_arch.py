@@ -27,7 +27,7 @@ import torch
 from robustpath import models
 from robustpath.align import align, apply, permutation_spec
 from robustpath.errors import UserError, cli_main
-from robustpath.store import atomic_write_text
+from robustpath.io.store import atomic_write_text
 
 
 def _tiny(seed: int):

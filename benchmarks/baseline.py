@@ -10,7 +10,7 @@ Each knob switches one candidate optimisation on, so each is measured on its own
 * ``channels_last="input"``: inputs in channels-last memory format (a no-op for
   1-channel images, whose two layouts coincide);
 * ``channels_last="weights"``: the model's 4-D weights held in channels-last format
-  during the attack, as ``robustpath.attacks.channels_last_weights`` does.
+  during the attack, as ``robustpath.attacks.base.channels_last_weights`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustpath.attacks import channels_last_weights, eval_mode
+from robustpath.attacks.base import channels_last_weights, eval_mode
 
 
 @contextlib.contextmanager

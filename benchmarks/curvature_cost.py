@@ -6,13 +6,13 @@ finished bench run (default ``results/fashion-mnist-cnn-small-quick``; the line
 between them, unaligned, at t = 0.5) and times, on the run's own data and settings:
 
 * one path point's evaluation as ``bench`` does it
-  (:func:`robustpath.evaluate.evaluate_path` at one t, no point cache): BatchNorm
+  (:func:`robustpath.paths.evaluate.evaluate_path` at one t, no point cache): BatchNorm
   re-estimated on ``bn_batches`` batches (adversarial inputs in the quick preset),
   clean and PGD pass over every test example;
-* the curvature at the same t (:func:`robustpath.curvature.path_curvature`): the same
+* the curvature at the same t (:func:`robustpath.paths.curvature.path_curvature`): the same
   BatchNorm re-estimation, then power iteration on the first ``--examples`` test
   examples with ``--iters`` iterations at most;
-* the power iteration alone (:func:`robustpath.curvature.input_hessian_top_eig` on
+* the power iteration alone (:func:`robustpath.paths.curvature.input_hessian_top_eig` on
   the prepared network).
 
 Each is the median of ``--repeats`` runs; the ratio is what ``--curvature N`` adds to
@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustpath import stages
-from robustpath.attacks import build_attack
+from robustpath.attacks.base import build_attack
 from robustpath.config import BenchConfig
-from robustpath.curvature import input_hessian_top_eig, path_curvature
-from robustpath.curves import build_curve
-from robustpath.evaluate import evaluate_path
-from robustpath.store import atomic_write_text, load_model
+from robustpath.engine import stages
+from robustpath.io.store import atomic_write_text, load_model
+from robustpath.paths.curvature import input_hessian_top_eig, path_curvature
+from robustpath.paths.curves import build_curve
+from robustpath.paths.evaluate import evaluate_path
 
 from . import machine
 

@@ -7,8 +7,8 @@
   products and convolutions, forward and backward, not element-wise ops such as
   BatchNorm, ReLU or pooling), times the batches in an epoch (every batch has the
   same shape: ``drop_last``).
-* Time: one real epoch of ``robustpath.train.train_model`` (``seconds_per_epoch``),
-  with :mod:`robustpath.fuse` on (as shipped) and off, interleaved.
+* Time: one real epoch of ``robustpath.train.loop.train_model`` (``seconds_per_epoch``),
+  with :mod:`robustpath.models.fuse` on (as shipped) and off, interleaved.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustpath import data, models, runtime
-from robustpath.attacks import PGD, AttackConfig, build_attack
-from robustpath.train import TrainConfig, train_model
+from robustpath.attacks.base import PGD, AttackConfig, build_attack
+from robustpath.train.loop import TrainConfig, train_model
 
 from .timing import sync
 
@@ -60,7 +60,7 @@ class EpochResult:
     attack_share: float   # fraction of the FLOPs spent generating the attack
     epoch_flops: float
     seconds: float        # median epoch time, as shipped
-    seconds_before: float  # median epoch time, robustpath.fuse off
+    seconds_before: float  # median epoch time, robustpath.models.fuse off
     achieved: float       # FLOP/s
     peak: float
     peak_n: int

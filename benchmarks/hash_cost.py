@@ -1,7 +1,7 @@
 """Cost of issue 17's content hashing on the default run, as a share of its time.
 
 ``python -m benchmarks.hash_cost [--run results/fashion-mnist-cnn-small-quick]``
-hashes (sha256, :func:`robustpath.store.sha256_bytes`, as every verified save and load
+hashes (sha256, :func:`robustpath.io.store.sha256_bytes`, as every verified save and load
 does) every cached artifact under ``<run>/ckpt/`` and the run's primary outputs (the
 files its ``manifest.json`` hashes), the bytes already in memory as they are when the
 stores hash them; the best of ``--repeats`` passes. It then counts the bytes a run

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.kernel_bound [--threads 2] [--images 500] [--steps 10]``
 profiles one full-mode PGD attack of ``cnn-small`` (as shipped: on the
-:mod:`robustpath.fuse` view) and divides the counted FLOPs (FlopCounterMode: matrix
+:mod:`robustpath.models.fuse` view) and divides the counted FLOPs (FlopCounterMode: matrix
 products and convolutions, forward and backward) by
 
 * the attack's wall time: the fraction of the matmul peak the attack reaches, and
@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustpath import models
-from robustpath.attacks import PGD, AttackConfig
+from robustpath.attacks.base import PGD, AttackConfig
 from robustpath.cli import ArgumentParser
 from robustpath.errors import UserError, cli_main
 

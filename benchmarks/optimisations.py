@@ -9,12 +9,12 @@ Variants, timed interleaved against ``before`` (the loop of commit 4cb2237, see
 * ``+ channels_last weights``: the above, the model run with channels-last copies of
   its conv weights, swapped in for the attack and put back afterwards.
 * ``after (robustpath PGD)``: the shipped attack.
-* ``after, robustpath.fuse off``: the shipped attack on the plain model (no folded
+* ``after, robustpath.models.fuse off``: the shipped attack on the plain model (no folded
   BatchNorm, ReLU before pooling, activations in the model's own layout).
 * ``after, 1 thread``: ``torch.set_num_threads(1)`` while attacking (only when
   more than one thread is in use).
 * ``torchattacks``, ``torchattacks, channels_last model`` and ``torchattacks,
-  robustpath.fuse view``: the peer, on the model as given, on a channels-last copy
+  robustpath.models.fuse view``: the peer, on the model as given, on a channels-last copy
   (what a user could do by hand) and on our fused view of the model.
 """
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from robustpath import fuse, runtime
-from robustpath.attacks import PGD, AttackConfig
+from robustpath import runtime
+from robustpath.attacks.base import PGD, AttackConfig
+from robustpath.models import fuse
 
 from .baseline import pgd_before
 from .subjects import Subject
@@ -92,12 +93,12 @@ def run(subject: Subject, *, n: int, steps: int, batch: int, rounds: int, device
         "+ channels_last weights": before(final_forward=False, channels_last="weights"),
         "after (robustpath PGD)": lambda: batched(lambda a, b: after(model, a, b), x),
     }
-    variants["after, robustpath.fuse off"] = _fuse_off(variants["after (robustpath PGD)"])
+    variants["after, robustpath.models.fuse off"] = _fuse_off(variants["after (robustpath PGD)"])
     if torch.get_num_threads() > 1 and device.type == "cpu":
         variants["after, 1 thread"] = _one_thread(variants["after (robustpath PGD)"])
     variants["torchattacks"] = lambda: batched(ta, x)
     variants["torchattacks, channels_last model"] = lambda: batched(ta_cl, x_cl)
-    variants["torchattacks, robustpath.fuse view"] = lambda: batched(ta_view, x)
+    variants["torchattacks, robustpath.models.fuse view"] = lambda: batched(ta_view, x)
     t = interleaved(variants, rounds, warmup=1, device=device,
                     progress=lambda s: log(f"  optimisations, {subject.name}: {s}"))
     return OptResult(subject=subject.name, n=n, steps=steps,

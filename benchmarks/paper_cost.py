@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from robustpath.attacks import AttackConfig, build_attack
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.config import from_preset
-from robustpath.curve_train import CurveTrainConfig, train_curve
-from robustpath.curves import build_curve
 from robustpath.data import Batches
-from robustpath.evaluate import evaluate_path
-from robustpath.stages import endpoint_config
-from robustpath.train import train_model
+from robustpath.engine.stages import endpoint_config
+from robustpath.paths.curves import build_curve
+from robustpath.paths.evaluate import evaluate_path
+from robustpath.paths.fit import CurveTrainConfig, train_curve
+from robustpath.train.loop import train_model
 
 
 def measure(batches: int, device: str = "cpu") -> dict:

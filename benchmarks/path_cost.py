@@ -24,11 +24,11 @@ import torch.nn.functional as F
 
 from robustpath import data, models
 from robustpath.align import align, apply, random_permutation
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.bn import recompute_bn
-from robustpath.curves import build_curve
-from robustpath.evaluate import evaluate_path
-from robustpath.metrics import per_example
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.attacks.metrics import per_example
+from robustpath.paths.bn import recompute_bn
+from robustpath.paths.curves import build_curve
+from robustpath.paths.evaluate import evaluate_path
 
 from .subjects import Subject
 from .timing import interleaved, sync
@@ -120,7 +120,7 @@ class CurveEpoch:
     n_train: int
     seconds: float          # median epoch time, as shipped
     flops: float
-    seconds_before: float   # median epoch time with robustpath.fuse off
+    seconds_before: float   # median epoch time with robustpath.models.fuse off
 
 
 def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root=None,
@@ -128,10 +128,10 @@ def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root
     """One epoch of fitting a quadratic Bezier (PGD-``steps`` in the loop, batch 128)
     between the subject and a permuted copy, on ``n_train`` Fashion-MNIST images;
     FLOPs counted on one batch and scaled by the number of batches. Timed with
-    :mod:`robustpath.fuse` on (as shipped) and off, interleaved."""
+    :mod:`robustpath.models.fuse` on (as shipped) and off, interleaved."""
     import tempfile
 
-    from robustpath.curve_train import CurveTrainConfig, train_curve
+    from robustpath.paths.fit import CurveTrainConfig, train_curve
 
     model = subject.model.eval()
     perm = random_permutation(model, subject.x[:2], seed=0)
@@ -157,7 +157,7 @@ def curve_epoch(subject: Subject, *, n_train: int, steps: int, device, log, root
 def _curve_batches(model, perm, x, y, cfg, device):
     import tempfile
 
-    from robustpath.curve_train import train_curve
+    from robustpath.paths.fit import train_curve
 
     with tempfile.TemporaryDirectory() as tmp:
         curve = build_curve("bezier", model, apply(model, perm))

@@ -4,7 +4,7 @@ Three variants per subject, timed interleaved (see :mod:`benchmarks.timing`):
 
 * ``torchattacks``: ``torchattacks.PGD(model, eps, alpha, steps, random_start=True)``,
   built once, called per batch.
-* ``ours (full)``: ``robustpath.attacks.PGD`` - every example attacked for all steps
+* ``ours (full)``: ``robustpath.attacks.base.PGD`` - every example attacked for all steps
   (the robust-loss mode).
 * ``ours (early stop)``: ``AttackConfig.early_stop=True`` - accuracy-only mode,
   examples frozen once misclassified.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustpath.attacks import PGD, AttackConfig
+from robustpath.attacks.base import PGD, AttackConfig
 
 from .subjects import Subject
 from .timing import interleaved

@@ -8,7 +8,7 @@ same Fashion-MNIST subsets (``robustpath.data.load_subsets``), the same settings
 * **endpoint training**: per batch of 128, PGD-5 L-inf eps 0.1 step eps/4 with random
   start against the model in eval mode, then an SGD step (Nesterov momentum 0.9, weight
   decay 5e-4, one-cycle lr 0.05 stepped per batch); afterwards clean and PGD-10
-  accuracy on the test subset (``robustpath.train.train_model`` does both);
+  accuracy on the test subset (``robustpath.train.loop.train_model`` does both);
 * **curve fitting**: a quadratic Bezier curve (one bend, initialised at the midpoint),
   per batch t ~ U(0, 1), PGD-5 against θ(t) with batch-statistics BatchNorm, SGD
   (Nesterov 0.9, lr 0.02 cosine per batch) on cross-entropy + 5e-4/2 ||θ(t)||²;
@@ -225,13 +225,13 @@ def robustpath_pipeline(data, s: Sizes):
     checkpoints per epoch and the curve's in a temporary folder; the path on the t grid
     without the point cache or refinement, which the plain loop does not have); yields
     the seconds of each stage as it ends."""
-    from robustpath.attacks import AttackConfig, build_attack
-    from robustpath.curve_train import CurveTrainConfig, train_curve
-    from robustpath.curves import build_curve
-    from robustpath.evaluate import evaluate_path as rp_evaluate_path
-    from robustpath.evaluate import t_grid
-    from robustpath.train import TrainConfig
-    from robustpath.train import train_endpoint as rp_train_endpoint
+    from robustpath.attacks.base import AttackConfig, build_attack
+    from robustpath.paths.curves import build_curve
+    from robustpath.paths.evaluate import evaluate_path as rp_evaluate_path
+    from robustpath.paths.evaluate import t_grid
+    from robustpath.paths.fit import CurveTrainConfig, train_curve
+    from robustpath.train.loop import TrainConfig
+    from robustpath.train.loop import train_endpoint as rp_train_endpoint
 
     x_tr, y_tr, x_te, y_te = data
     train_attack = AttackConfig(name="pgd", eps=s.eps, steps=s.train_steps)

@@ -4,14 +4,14 @@ point's evaluation (issue 19).
 ``python -m benchmarks.repair_cost [--run results/fashion-mnist-cnn-small-quick]
 [--out benchmarks/REPAIR_COST.md]`` loads the run's endpoints (seeds 0, 1) and its
 activation alignment from a temporary copy of its ``ckpt/`` (through
-:mod:`robustpath.stages`, cache hits, nothing is trained), builds the line A -> aligned B
+:mod:`robustpath.engine.stages`, cache hits, nothing is trained), builds the line A -> aligned B
 and times at interior t, with the run's settings (``bn_batches`` measuring batches of
 ``batch_size``, the training PGD with seed 1, the test subset, the evaluation PGD):
 
 * ``eval``: one point's evaluation, clean + evaluation attack over the test subset
-  (``robustpath.evaluate._evaluate_point``, what every renormalisation is followed by);
+  (``robustpath.paths.evaluate._evaluate_point``, what every renormalisation is followed by);
 * ``bn-reset``: BatchNorm recomputation as configured (``--bn-inputs``);
-* ``repair`` / ``repair-adv``: :class:`robustpath.repair.PathRenorm` at t, with the
+* ``repair`` / ``repair-adv``: :class:`robustpath.paths.repair.PathRenorm` at t, with the
   endpoints' statistics already measured (once per path: reported separately as
   ``ends``, amortised over the path's points).
 
@@ -34,13 +34,14 @@ from pathlib import Path
 
 import torch
 
-from robustpath import curves, stages
-from robustpath.attacks import build_attack
-from robustpath.bn import recompute_bn
+from robustpath.attacks.base import build_attack
 from robustpath.config import BenchConfig
-from robustpath.evaluate import _evaluate_point
-from robustpath.repair import PathRenorm
-from robustpath.store import atomic_write_text
+from robustpath.engine import stages, stages_align
+from robustpath.io.store import atomic_write_text
+from robustpath.paths import curves
+from robustpath.paths.bn import recompute_bn
+from robustpath.paths.evaluate import _evaluate_point
+from robustpath.paths.repair import PathRenorm
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -63,7 +64,7 @@ def measure(run: Path, repeats: int, ts=(0.3, 0.5)) -> dict:
         data = stages.RunData.load(cfg)
         ma, _, ka = stages.endpoint(cfg, 0, work, data, "cpu", progress=False)
         mb, _, kb = stages.endpoint(cfg, 1, work, data, "cpu", progress=False)
-        aligned, _, _ = stages.alignment(cfg, "activation", ma, mb, ka, kb, work, data, "cpu",
+        aligned, _, _ = stages_align.alignment(cfg, "activation", ma, mb, ka, kb, work, data, "cpu",
                                          progress=False)
     c = curves.build_curve("line", ma, aligned)
     batches = list(islice(iter(data.train_batches(cfg, seed=0)), cfg.bn_batches))

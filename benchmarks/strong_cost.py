@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from robustpath.store import atomic_write_text
+from robustpath.io.store import atomic_write_text
 
 
 def _stages(path: Path) -> dict[str, float]:

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustpath import data
-from robustpath.attacks import AttackConfig
+from robustpath.attacks.base import AttackConfig
 from robustpath.errors import UserError
-from robustpath.train import TrainConfig, train_model
+from robustpath.train.loop import TrainConfig, train_model
 
 
 @dataclass

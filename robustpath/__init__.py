@@ -29,9 +29,9 @@ The functions are named ``align_models`` / ``load_data`` / ``create_model`` beca
 subpackages (``rp.align.align`` etc. still work; submodules load on first use, so
 ``import robustpath`` stays cheap). The wrappers only validate inputs (one clear
 :class:`robustpath.errors.UserError`) and pick defaults; the work is done by
-:func:`robustpath.align.align`, :func:`robustpath.curves.build_curve`,
-:func:`robustpath.curve_train.train_curve`, :func:`robustpath.evaluate.evaluate_path`,
-:func:`robustpath.barrier.path_metrics` and :func:`robustpath.plots.plot_paths`.
+:func:`robustpath.align.align`, :func:`robustpath.paths.curves.build_curve`,
+:func:`robustpath.paths.fit.train_curve`, :func:`robustpath.paths.evaluate.evaluate_path`,
+:func:`robustpath.stats.barrier.path_metrics` and :func:`robustpath.report.plots.plot_paths`.
 The map of the package is ``docs/architecture.md``.
 """
 
@@ -43,29 +43,29 @@ from numbers import Integral  # not `import numbers`: robustpath.numbers would s
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UserError
+from robustpath.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .curves import Curve
-    from .evaluate import PathResult
+    from robustpath.paths.curves import Curve
+    from robustpath.paths.evaluate import PathResult
 
 __version__ = "0.1.0"
 
 # name -> (module, attribute): imported on first access (PEP 562), not at `import robustpath`
 _LAZY = {
-    "AttackConfig": ("attacks", "AttackConfig"),
-    "build_attack": ("attacks", "build_attack"),
+    "AttackConfig": ("attacks.base", "AttackConfig"),
+    "build_attack": ("attacks.base", "build_attack"),
     "Batches": ("data", "Batches"),
-    "Curve": ("curves", "Curve"),
-    "CurveTrainConfig": ("curve_train", "CurveTrainConfig"),
-    "PathResult": ("evaluate", "PathResult"),
-    "t_grid": ("evaluate", "t_grid"),
+    "Curve": ("paths.curves", "Curve"),
+    "CurveTrainConfig": ("paths.fit", "CurveTrainConfig"),
+    "PathResult": ("paths.evaluate", "PathResult"),
+    "t_grid": ("paths.evaluate", "t_grid"),
     "BenchmarkResult": ("bench_api", "BenchmarkResult"),
-    "load_curve": ("curves", "load_curve"),
-    "save_curve": ("curves", "save_curve"),
+    "load_curve": ("paths.curves", "load_curve"),
+    "save_curve": ("paths.curves", "save_curve"),
 }
-_SUBMODULES = {"align", "attacks", "autoattack", "barrier", "bn", "curve_train", "curves", "data",
-               "evaluate", "models", "plots", "records", "stages", "store", "strong", "tables"}
+_SUBMODULES = {"align", "attacks", "data", "engine", "io", "models", "pam", "paths",
+               "report", "soup", "stats", "strong", "sweep", "train", "zoo"}
 
 __all__ = ["UserError", "align_models", "benchmark", "build_curve", "create_model",
            "evaluate_path", "fit_curve", "load_data", "load_model", "path_metrics", "plot_path",
@@ -119,7 +119,7 @@ def _images(x, y, what: str):
 
 
 def _attack(attack, num_classes: int):
-    from .attacks import AttackConfig, build_attack
+    from robustpath.attacks.base import AttackConfig, build_attack
 
     if isinstance(attack, AttackConfig):
         return build_attack(attack, num_classes)
@@ -138,7 +138,7 @@ def load_data(name: str, *, train: bool = True, subset: int | None = None, seed:
     ``subset``: a seeded random subset of that many examples (``None``: all).
     See :func:`robustpath.data.load`.
     """
-    from . import data
+    from robustpath import data
 
     if subset is not None and (not isinstance(subset, int) or subset < 1):
         raise UserError(f"subset must be a positive int or None, got {subset!r}")
@@ -151,7 +151,7 @@ def create_model(name: str, dataset: str = "fashion-mnist", width: float = 1.0):
     ``rp.models.available()``) for ``dataset``'s input shape and classes, randomly
     initialised, with the dataset's normalisation inside (inputs: pixels in [0, 1]).
     Logits ``[N, num_classes]``. See :func:`robustpath.models.create`."""
-    from . import models
+    from robustpath import models
 
     return models.create(name, dataset, width)
 
@@ -162,7 +162,7 @@ def load_model(name_or_path: str | Path, *, dataset: str = "cifar10", threat_mod
     ``X.safetensors`` beside its ``X.json``) or a RobustBench model name (``dataset``,
     ``threat_model`` ``Linf``/``L2``; read from ``model_dir``, default RobustBench's
     ``./models``, downloaded when missing and online). Inputs: pixels in [0, 1]."""
-    from .bench_api import load_model as _load
+    from robustpath.bench_api import load_model as _load
 
     return _load(name_or_path, dataset=dataset, threat_model=threat_model, model_dir=model_dir,
                  device=device)
@@ -181,7 +181,7 @@ def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model:
 
     ``model_a``, ``model_b``: two ``nn.Module`` s of one architecture (inputs pixels in
     [0, 1], normalisation inside; e.g. torchvision-style classes), two checkpoint files
-    (``robustpath.train`` outputs, or ``.pt`` / ``.safetensors`` state dicts with
+    (``robustpath.train.loop`` outputs, or ``.pt`` / ``.safetensors`` state dicts with
     ``arch="pkg.module:Factory"``) or two RobustBench names (``model_dir``).
     ``threat_model``: ``Linf`` or ``L2``; ``eps``: its radius in pixels (default per
     dataset: 0.1 for 28x28 grey-scale, 8/255 for CIFAR). ``out``: the run folder (default
@@ -195,7 +195,7 @@ def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model:
     Returns a :class:`robustpath.bench_api.BenchmarkResult`: ``run_dir``, ``summary``
     (a DataFrame), ``report`` (the HTML page).
     """
-    from .bench_api import benchmark as _benchmark
+    from robustpath.bench_api import benchmark as _benchmark
 
     return _benchmark(model_a, model_b, dataset=dataset, threat_model=threat_model, eps=eps,
                       out=out, preset=preset, names=names, arch=arch, model_dir=model_dir,
@@ -220,7 +220,7 @@ def align_models(model_a, model_b, method: str = "weight", *, data: Iterable | N
     """
     _module(model_a, "model_a")
     _module(model_b, "model_b")
-    from .align import MATCHERS, align
+    from robustpath.align import MATCHERS, align
 
     MATCHERS.get(method)  # unknown names: UserError listing the known ones
     if method == "activation" and data is None:
@@ -234,12 +234,12 @@ def build_curve(kind: str, model_a, model_b, bends: int = 1) -> Curve:
     """A curve θ(t), t in [0, 1], from ``model_a`` (t = 0) to ``model_b`` (t = 1):
     ``line``, ``bezier`` (default ``bends=1``: the quadratic Bezier of Garipov et al.
     2018 / Tatro et al. 2020) or ``polychain``. Control points start on the straight
-    line; the models are copied. See :func:`robustpath.curves.build_curve`."""
+    line; the models are copied. See :func:`robustpath.paths.curves.build_curve`."""
     _module(model_a, "model_a")
     _module(model_b, "model_b")
     if isinstance(bends, bool) or not isinstance(bends, int) or bends < 0:
         raise UserError(f"bends must be an int >= 0, got {bends!r}")
-    from . import curves
+    from robustpath.paths import curves
 
     return curves.build_curve(kind, model_a, model_b, bends)
 
@@ -249,7 +249,7 @@ def fit_curve(curve: Curve, x_train, y_train, cfg=None, *, out_dir: str | Path |
     """Fit ``curve``'s control points in place with PGD in the loop (Tatro et al. 2020).
 
     ``x_train`` [N, C, H, W] pixels in [0, 1], ``y_train`` [N] labels. ``cfg``: a
-    :class:`robustpath.curve_train.CurveTrainConfig` (defaults: 10 epochs, batch 128,
+    :class:`robustpath.paths.fit.CurveTrainConfig` (defaults: 10 epochs, batch 128,
     SGD lr 0.015 Nesterov 0.9, cosine schedule, PGD L-inf 8/255, 5 steps;
     ``attack=None`` trains on clean inputs); keywords override its fields, e.g.
     ``epochs=2, attack=rp.AttackConfig(eps=0.1)``. ``out_dir``: checkpoint folder
@@ -259,8 +259,8 @@ def fit_curve(curve: Curve, x_train, y_train, cfg=None, *, out_dir: str | Path |
     """
     from dataclasses import fields, replace
 
-    from .curve_train import CurveTrainConfig, train_curve
-    from .curves import Curve
+    from robustpath.paths.curves import Curve
+    from robustpath.paths.fit import CurveTrainConfig, train_curve
 
     if not isinstance(curve, Curve):
         raise UserError(f"fit_curve needs a curve from rp.build_curve, got {type(curve).__name__}")
@@ -274,7 +274,7 @@ def fit_curve(curve: Curve, x_train, y_train, cfg=None, *, out_dir: str | Path |
         raise UserError(f"fit_curve got unknown setting(s) {', '.join(unknown)} "
                         f"(CurveTrainConfig fields: {', '.join(sorted(known))})")
     cfg = replace(cfg, **settings)
-    from .device import resolve
+    from robustpath.device import resolve
 
     return train_curve(curve, x_train, y_train, cfg, out_dir, device=resolve(device),
                        progress=progress)
@@ -296,13 +296,13 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
     ``bn_batches``: how many batches (of 128 for a tuple) estimate the statistics.
     ``num_classes`` (for attacks that need it): default ``max(y_test) + 1``.
     ``device``: ``auto`` (CUDA when present, as the CLI), ``cpu``, ``cuda``, ``cuda:N``.
-    Further keywords go to :func:`robustpath.evaluate.evaluate_path` (``bn_inputs``,
+    Further keywords go to :func:`robustpath.paths.evaluate.evaluate_path` (``bn_inputs``,
     ``bn_attack``, ``batch_size``, ``t_batch``, ``recompute_ends``, ...).
 
     Returns a :class:`PathResult`: ``ts`` [T], ``speed`` [T] and ``[T, N]`` arrays
     ``clean_correct``, ``robust_correct``, ``clean_loss``, ``robust_loss``.
     """
-    from . import evaluate
+    from robustpath.paths import evaluate
 
     if not callable(path) and not hasattr(path, "model_at"):
         raise UserError(f"path must be a curve or a callable t -> nn.Module, got "
@@ -320,7 +320,7 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
                         f"{int(y_test.max())}), got {num_classes!r}")
     attack = _attack(attack, int(num_classes))
     if isinstance(bn_data, tuple) and len(bn_data) == 2 and hasattr(bn_data[0], "dim"):
-        from .data import Batches
+        from robustpath.data import Batches
 
         x_bn, y_bn = _images(*bn_data, "evaluate_path bn_data")
         bn_data = Batches(x_bn, y_bn, 128, shuffle=True, seed=0)
@@ -328,7 +328,7 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
         raise UserError("bn_data must be (x_train, y_train) tensors or an iterable of (x, y) "
                         f"batches, got {type(bn_data).__name__}")
     if bn_data is None and recompute_bn and kwargs.get("renorm") is None:
-        from .bn import has_batchnorm
+        from robustpath.paths.bn import has_batchnorm
 
         # one interior point (BatchNorm is recomputed there whatever recompute_ends says)
         if has_batchnorm((path.model_at if hasattr(path, "model_at") else path)(0.5)):
@@ -336,7 +336,7 @@ def evaluate_path(path: Curve | Callable, x_test, y_test, attack, *,
                             "bn_data: interpolated running statistics are meaningless; pass "
                             "bn_data=(x_train, y_train), or recompute_bn=False to evaluate the "
                             "statistics as they are")
-    from .device import resolve
+    from robustpath.device import resolve
 
     return evaluate.evaluate_path(path, grid, x_test, y_test, attack,
                                   bn_loader=bn_data, bn_batches=bn_batches,
@@ -351,9 +351,9 @@ def path_metrics(result: PathResult, *, bootstrap: int = 1000, seed: int = 0,
     ``{metric: {"value", "lo", "hi"}}`` for ``clean_/robust_`` ``acc_a``, ``acc_b``,
     ``acc_ends``, ``acc_min``, ``t_min``, ``acc_avg`` (arc-length weighted),
     ``acc_barrier``, ``loss_barrier``. Accuracies are fractions in [0, 1]. See
-    :func:`robustpath.barrier.path_metrics`."""
-    from .barrier import path_metrics as _metrics
-    from .evaluate import PathResult
+    :func:`robustpath.stats.barrier.path_metrics`."""
+    from robustpath.paths.evaluate import PathResult
+    from robustpath.stats.barrier import path_metrics as _metrics
 
     if not isinstance(result, PathResult):
         raise UserError(f"path_metrics needs the PathResult of evaluate_path, got "
@@ -374,9 +374,9 @@ def plot_path(results: PathResult | Mapping[Any, PathResult], out_stem: str | Pa
     or ``(alignment, curve)`` (``("weight", "bezier")``: the run's colours and labels).
     Writes ``<out_stem>.png`` and ``.pdf`` when given a stem; returns the matplotlib
     Figure."""
-    from .evaluate import PathResult
-    from .plots import plot_paths
-    from .records import PathRecord
+    from robustpath.io.records import PathRecord
+    from robustpath.paths.evaluate import PathResult
+    from robustpath.report.plots import plot_paths
 
     if isinstance(results, PathResult):
         results = {"path": results}

@@ -1,3 +1,3 @@
-from .bench import main
+from robustpath.bench import main
 
 raise SystemExit(main())

@@ -21,9 +21,9 @@ import time
 from dataclasses import MISSING, dataclass, replace
 from pathlib import Path
 
-from . import runfolder, runtime, stages
-from .attacks import ATTACKS
-from .cli import (
+from robustpath import runtime
+from robustpath.attacks.base import ATTACKS
+from robustpath.cli import (
     ArgumentParser,
     add_field_flags,
     add_run_options,
@@ -32,25 +32,22 @@ from .cli import (
     parse_with_config,
     split_list,
 )
-from .config import ALIGN_METHODS, FIELD_HELP, PRESETS, BenchConfig, flag_of, from_preset
-from .device import resolve
-from .errors import UserError, cli_main
-from .lock import run_lock
-from .numbers import parse_int_list
-from .outputs import (  # noqa: F401  (bench.write_run etc. kept importable)
-    RunOutputs,
-    comparable,
-    config_changes,
-    write_run,
-)
-from .report import format_summary
-from .timing import StageTimer
+from robustpath.config import ALIGN_METHODS, FIELD_HELP, PRESETS, BenchConfig, flag_of, from_preset
+from robustpath.device import resolve
+from robustpath.engine import stages
+from robustpath.engine.timing import StageTimer
+from robustpath.errors import UserError, cli_main
+from robustpath.io import runfolder, store
+from robustpath.io.lock import run_lock
+from robustpath.io.outputs import comparable, config_changes, write_run
+from robustpath.numbers import parse_int_list
+from robustpath.report.cli import format_summary
 
 
 def parser() -> argparse.ArgumentParser:
-    from .curves import CURVES
-    from .data import DATASETS
-    from .models import available
+    from robustpath.data import DATASETS
+    from robustpath.models import available
+    from robustpath.paths.curves import CURVES
 
     p = ArgumentParser(prog="python -m robustpath.bench", description=__doc__.split("\n\n")[0])
     a = p.add_argument
@@ -160,7 +157,7 @@ def parser() -> argparse.ArgumentParser:
       help="train in float32 on CUDA too (default: bfloat16 autocast for endpoint and curve "
       "training on CUDA; CPU and all evaluation always run in float32)")
     a("--no-fuse", action="store_true",
-      help="run every network as it is, without robustpath.fuse's function-preserving "
+      help="run every network as it is, without robustpath.models.fuse's function-preserving "
       "rewrite (folded BatchNorm, ReLU after pooling, NHWC on CPU): slower, but "
       "bit-identical to runs made before the rewrite existed")
     a("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
@@ -223,7 +220,7 @@ def preset_default(key: str) -> str:
 
 def config_from_args(args) -> BenchConfig:
     endpoints = split_list(args.endpoints) if args.endpoints else None
-    # robustpath.train checkpoints name their architecture, dataset and width
+    # robustpath.train.loop checkpoints name their architecture, dataset and width
     found = file_settings(endpoints, args.arch) if endpoints else {}
     given = dict(
         dataset=args.dataset or found.get("dataset"),
@@ -274,7 +271,7 @@ def default_out(cfg: BenchConfig) -> str:
     the committed ``results/`` folders are regenerated with an explicit ``--out``); with
     ``--endpoints``, ``runs/<dataset>-<stem A>__<stem B>``."""
     if cfg.endpoints:
-        from .endpoint_files import endpoint_id
+        from robustpath.engine.endpoint_files import endpoint_id
 
         return f"runs/{cfg.dataset}-{'__'.join(endpoint_id(p) for p in cfg.endpoints)}"
     return f"runs/{cfg.dataset}-{cfg.arch}-{cfg.preset}"
@@ -282,15 +279,15 @@ def default_out(cfg: BenchConfig) -> str:
 
 def file_settings(endpoints: list[str], arch: str | None) -> dict:
     """``--endpoints`` without ``--arch``: the architecture, dataset and width their
-    ``robustpath.train`` sidecars name (a state dict without one needs ``--arch``)."""
-    from .endpoint_files import import_factory, is_factory, sidecar_settings
+    ``robustpath.train.loop`` sidecars name (a state dict without one needs ``--arch``)."""
+    from robustpath.engine.endpoint_files import import_factory, is_factory, sidecar_settings
 
     if arch is not None and is_factory(arch):
         import_factory(arch)  # an import error or a missing name, before any work
         return {}
     found = sidecar_settings(endpoints)
     if not found and arch is None:
-        raise UserError(f"--endpoints {','.join(endpoints)}: no robustpath.train sidecar "
+        raise UserError(f"--endpoints {','.join(endpoints)}: no robustpath.train.loop sidecar "
                         "(.json) names the architecture; pass --arch pkg.module:Factory")
     return found
 
@@ -303,7 +300,7 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     CPU (default: ``$ROBUSTPATH_WORKERS`` or the usable cores on CPU, 1 on a GPU; 1: one
     after the other in this process); the results do not depend on it. ``templates``:
     endpoint file -> in-memory module (``rp.benchmark``), which keeps the run in process."""
-    from .engine.executors import default_workers
+    from robustpath.engine.executors import default_workers
 
     if templates:
         workers = 1  # modules in memory do not travel to worker processes
@@ -316,10 +313,10 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
     start = time.perf_counter()
     run_dir = Path(cfg.out)
     data = stages.RunData.load(cfg)  # missing data fails before anything is written
-    from .curvature import check_examples
+    from robustpath.paths.curvature import check_examples
 
     check_examples(cfg, len(data.x_test))  # --curvature N > the test examples: before training
-    from .repair import plane_note
+    from robustpath.paths.repair import plane_note
 
     if note := plane_note(cfg):  # loss planes ignore --renorm: say so before work
         print(note, file=sys.stderr)
@@ -327,19 +324,19 @@ def run(cfg: BenchConfig, *, progress: bool = True, overwrite: bool = False,
         print(f"note: the strong stage attacks all {len(data.x_test)} test examples "
               f"(--strong-examples {cfg.strong_examples} is more)", file=sys.stderr)
     if cfg.endpoints:  # a file holding a pickle is refused before anything is written
-        from .endpoint_files import precheck
+        from robustpath.engine.endpoint_files import precheck
 
         precheck(cfg.endpoints, cfg.arch)
-    stages.check_writable(run_dir)
+    store.check_writable(run_dir)
     # one writer per run folder: a second run into it fails here, naming the holder
     with run_lock(run_dir):
         runfolder.recover(run_dir)  # finish or discard a commit a kill interrupted
-        old = stages.read_json(run_dir / "config.json")
+        old = store.read_json(run_dir / "config.json")
         if old and comparable(old) != comparable(cfg.to_dict()) and not overwrite:
             raise UserError(f"{run_dir} holds a run with a different configuration "
                             f"({config_changes(old, cfg.to_dict())}); use another --out or pass "
                             "--overwrite")
-        from .engine.sources import FileSource
+        from robustpath.engine.sources import FileSource
 
         FileSource.templates = dict(templates or {})
         try:
@@ -354,10 +351,10 @@ def _run_stages(cfg: BenchConfig, run_dir: Path, data, device, start: float, pro
                 command: str | None, workers: int) -> Path:
     """The run's plan (:mod:`robustpath.engine.plan`, one cell) executed by the engine's
     local executor, then the run folder written from the nodes' results."""
-    from .engine import nodes
-    from .engine.assemble import cell_outputs, stage_timings
-    from .engine.plan import build_plan
-    from .engine.run import execute
+    from robustpath.engine import nodes
+    from robustpath.engine.assemble import cell_outputs, stage_timings
+    from robustpath.engine.plan import build_plan
+    from robustpath.engine.run import execute
 
     nodes.keep_data(cfg, data)  # in process: the data loaded above, not a second copy
     plan = build_plan([_Cell(run_dir.name, cfg)])
@@ -393,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "python -m robustpath.bench " + " ".join(shlex.quote(a) for a in argv)
     if args.tensorboard or args.wandb_offline:  # fail before the run, not after it
-        from . import tracking
+        from robustpath.report import tracking
 
         tracking.check_available(tensorboard=args.tensorboard, wandb=args.wandb_offline)
     run_dir = run(cfg, progress=not args.no_progress, overwrite=args.overwrite,

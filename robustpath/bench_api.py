@@ -4,7 +4,7 @@ and its report in one call (RobustBench's ``benchmark()`` in spirit), and
 
 The models may be two ``nn.Module`` s (their state dicts are saved to
 ``<out>/ckpt/models/<name>.safetensors``, so the run's keys follow their weights),
-two checkpoint files (``robustpath.train`` outputs, or ``.pt`` / ``.safetensors``
+two checkpoint files (``robustpath.train.loop`` outputs, or ``.pt`` / ``.safetensors``
 state dicts with ``arch="pkg.module:Factory"``) or two RobustBench model names (loaded
 by :func:`robustpath.zoo.access.load`). Either way the run is the bench's
 (:func:`robustpath.bench.run` with ``endpoints``): alignment, curves fitted with PGD
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import UserError
+from robustpath.errors import UserError
 
 #: RobustBench's threat-model names -> the bench's norms
 THREAT_MODELS = {"linf": "linf", "l2": "l2"}
@@ -61,7 +61,7 @@ def _name(value, fallback: str) -> str:
 def _save_module(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save
 
-    from .store import atomic_write_bytes
+    from robustpath.io.store import atomic_write_bytes
 
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(flat))
@@ -69,26 +69,26 @@ def _save_module(model: nn.Module, path: Path) -> None:
 
 def load_model(name_or_path: str | Path, *, dataset: str = "cifar10", threat_model: str = "Linf",
                model_dir: str | Path | None = None, device: str = "auto") -> nn.Module:
-    """A model in eval mode: a ``robustpath.train`` checkpoint (``X`` or
+    """A model in eval mode: a ``robustpath.train.loop`` checkpoint (``X`` or
     ``X.safetensors`` beside ``X.json``) or a RobustBench model name (``dataset``,
     ``threat_model``; read from ``model_dir``, downloaded when missing and online)."""
-    from .device import resolve
-    from .endpoint_files import robustpath_sidecar
+    from robustpath.device import resolve
+    from robustpath.engine.endpoint_files import robustpath_sidecar
 
     dev = resolve(device)
     if robustpath_sidecar(name_or_path) is not None:
-        from .store import CacheError
-        from .store import load_model as load_checkpoint_model
+        from robustpath.io.store import CacheError
+        from robustpath.io.store import load_model as load_checkpoint_model
 
         try:
             return load_checkpoint_model(name_or_path, dev)[0].eval()
         except CacheError as e:
             raise UserError(str(e)) from None
     if Path(name_or_path).suffix in (".pt", ".pth", ".safetensors") or Path(name_or_path).exists():
-        raise UserError(f"{name_or_path} is not a robustpath.train checkpoint (X.safetensors + "
+        raise UserError(f"{name_or_path} is not a robustpath.train.loop checkpoint (X.safetensors + "
                         "X.json); for a state dict, build your architecture and call "
                         "load_state_dict, or pass the file to rp.benchmark with arch=")
-    from .zoo.access import DEFAULT_MODEL_DIR, load
+    from robustpath.zoo.access import DEFAULT_MODEL_DIR, load
 
     return load(str(name_or_path), model_dir or DEFAULT_MODEL_DIR, dataset.lower(),
                 threat_model).to(dev).eval()
@@ -102,7 +102,11 @@ def _endpoint(value, which: str, dataset: str, threat_model: str, model_dir,
     if not isinstance(value, (str, Path)):
         raise UserError(f"{which} must be an nn.Module, a checkpoint path or a RobustBench "
                         f"model name, got {type(value).__name__}")
-    from .endpoint_files import STATE_DICT_SUFFIXES, endpoint_id, robustpath_sidecar
+    from robustpath.engine.endpoint_files import (
+        STATE_DICT_SUFFIXES,
+        endpoint_id,
+        robustpath_sidecar,
+    )
 
     p = Path(value)
     if robustpath_sidecar(p) is not None or (p.is_file() and p.suffix in STATE_DICT_SUFFIXES):
@@ -120,9 +124,9 @@ def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model:
               model_dir: str | Path | None = None, device: str = "auto", progress: bool = True,
               overwrite: bool = False, **settings) -> BenchmarkResult:
     """See :func:`robustpath.benchmark` (the front door documents the arguments)."""
-    from . import bench
-    from .config import from_preset
-    from .endpoint_files import is_factory
+    from robustpath import bench
+    from robustpath.config import from_preset
+    from robustpath.engine.endpoint_files import is_factory
 
     norm = THREAT_MODELS.get(str(threat_model).lower())
     if norm is None:
@@ -161,11 +165,11 @@ def benchmark(model_a, model_b, *, dataset: str = "fashion-mnist", threat_model:
     if arch is not None and not modules and not is_factory(arch):
         raise UserError(f"arch must be pkg.module:Factory for state-dict files, got {arch!r}")
     if arch is None:
-        from .endpoint_files import sidecar_settings
+        from robustpath.engine.endpoint_files import sidecar_settings
 
         found = sidecar_settings(files)
         if not found:
-            raise UserError("state-dict files need arch='pkg.module:Factory' (robustpath.train "
+            raise UserError("state-dict files need arch='pkg.module:Factory' (robustpath.train.loop "
                             "checkpoints name theirs)")
         settings = {"width": found["width"], **settings}
         arch = found["arch"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .errors import UserError
+from robustpath.errors import UserError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -150,7 +150,7 @@ def add_field_flags(p: argparse.ArgumentParser, cls, flag_of, helps: dict,
     fields added."""
     from dataclasses import MISSING, fields
 
-    from .numbers import parse_fraction
+    from robustpath.numbers import parse_fraction
 
     known = p._option_string_actions  # noqa: SLF001 - argparse has no public lookup
     added = []
@@ -194,7 +194,7 @@ def add_run_options(p: argparse.ArgumentParser, config: bool = True) -> None:
     (a run folder's ``config.json``, the folder itself, or a YAML / TOML / JSON file of
     config fields; flags given beside it win) and ``--print-config`` (the resolved
     configuration as JSON, then exit, running nothing)."""
-    from . import __version__
+    from robustpath import __version__
 
     p.add_argument("--version", action="version", version=f"robustpath {__version__}",
                    help="print robustpath's version and exit")

@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 
-from . import data as data_mod
-from . import methods, models
-from .attacks import ATTACKS, AttackConfig, parse_norm
-from .errors import UserError
-from .numbers import parse_fraction
-from .registry import Registry
+from robustpath import data as data_mod
+from robustpath import models
+from robustpath.align import methods
+from robustpath.attacks.base import ATTACKS, AttackConfig, parse_norm
+from robustpath.errors import UserError
+from robustpath.numbers import parse_fraction
+from robustpath.registry import Registry
 
 PRESETS: Registry[dict] = Registry("preset")
 
@@ -56,7 +57,7 @@ PRESETS.register("quick")({
     "curve_lr": 0.02, "batch_size": 128, "augment": False, "plane_grid": 13,
 })
 #: Tatro et al. 2020's robust protocol, every value from their code (IBM/NeuronAlignment);
-#: docs/paper_protocol.md is generated from this entry (robustpath.protocol) with the
+#: docs/paper_protocol.md is generated from this entry (robustpath.report.protocol) with the
 #: source line of each value and the deviations that remain.
 PRESETS.register("paper")({
     "dataset": "cifar10", "arch": "tinyten", "width": 1.0, "seeds": [0, 1, 2, 3, 4, 5],
@@ -88,7 +89,7 @@ PRESETS.register("paper-fmnist")({
     "align_samples": 10000,
 })
 
-# alignment methods and their metadata: robustpath.methods (one registry)
+# alignment methods and their metadata: robustpath.align.methods (one registry)
 MATCH_METHODS = methods.ONE_SHOT   # one-shot matchers (robustpath.align)
 PAM_METHODS = methods.PAM          # PAM (robustpath.pam.robust) -> the method it starts from
 ALIGN_METHODS = methods.ORDER
@@ -206,7 +207,7 @@ class ThreatSettings:
         if self.eps is None:
             self.eps = default_eps(self.dataset, self.norm)
         self.eps = parse_fraction(self.eps, name="--eps")
-        from .attacks import check_eps_range
+        from robustpath.attacks.base import check_eps_range
 
         check_eps_range(self.norm, self.eps)
         if self.step_size is not None:
@@ -216,7 +217,7 @@ class ThreatSettings:
 
 @dataclass
 class AlignSettings:
-    """Alignment of endpoint B to A (methods: :mod:`robustpath.methods`)."""
+    """Alignment of endpoint B to A (methods: :mod:`robustpath.align.methods`)."""
 
     align: list[str] = field(default_factory=lambda: ["none", "activation"])
     align_inputs: str = "clean"
@@ -246,7 +247,7 @@ class CurveSettings:
     augment: bool = False
 
     def check_curves(self) -> None:
-        from . import curves  # late: curves imports torch.func machinery
+        from robustpath.paths import curves  # late: curves imports torch.func machinery
 
         for p in self.paths:
             curves.CURVES.get(p)
@@ -266,7 +267,7 @@ class PathEvalSettings:
     t_points: int = 11
     bn_batches: int = 10
     bn_inputs: str = "adv"
-    renorm: str = "bn-reset"     # per-t renormalisation: robustpath.repair.RENORMS
+    renorm: str = "bn-reset"     # per-t renormalisation: robustpath.paths.repair.RENORMS
     bn_endpoints: bool = True    # recompute BN at t = 0, 1 too (zoo: False keeps published stats)
     refine_rounds: int = 2       # bisection rounds around each path's minimum (2 extra t each)
     bootstrap: int = 1000
@@ -274,7 +275,7 @@ class PathEvalSettings:
     def check_eval(self) -> None:
         if self.bn_inputs not in ("clean", "adv"):
             raise UserError(f"--bn-inputs must be clean or adv, got {self.bn_inputs!r}")
-        from .repair import RENORMS  # late: the registry lives with the algorithm
+        from robustpath.paths.repair import RENORMS  # late: the registry lives with the algorithm
 
         RENORMS.get(self.renorm)  # one-line UserError listing the choices
         if not 2 <= self.t_points <= MAX_T_POINTS:
@@ -289,7 +290,7 @@ class PathEvalSettings:
 
 @dataclass
 class StrongStageSettings:
-    """The strong stage (:mod:`robustpath.strong`): AutoAttack + many-restart PGD at the
+    """The strong stage (:mod:`robustpath.strong.stage`): AutoAttack + many-restart PGD at the
     endpoints, each path's worst t and ``strong_t``."""
 
     strong: bool = True
@@ -302,8 +303,8 @@ class StrongStageSettings:
     strong_at: str = "ends-worst"  # strong stage points: ends-worst | grid (every grid t too)
 
     def strong_settings(self):
-        """The strong stage's settings (:class:`robustpath.strong.StrongSettings`)."""
-        from .strong import StrongSettings
+        """The strong stage's settings (:class:`robustpath.strong.stage.StrongSettings`)."""
+        from robustpath.strong.stage import StrongSettings
 
         return StrongSettings(examples=self.strong_examples, aa_version=self.aa_version,
                               aa_attacks=self.aa_attacks, pgd_steps=self.strong_pgd_steps,
@@ -370,16 +371,16 @@ class BenchConfig(StageConfig):
     endpoint_epochs: int = 4
     lr: float = 0.05
     affine_degrees: float = 0.0  # endpoint + curve training: random rotation (Tatro et al.: 15)
-    schedule: str = "onecycle"   # endpoint lr schedule (robustpath.train.SCHEDULES)
+    schedule: str = "onecycle"   # endpoint lr schedule (robustpath.train.loop.SCHEDULES)
     attack_mode: str = "eval"    # endpoint training's attacks in eval or train mode
-    curve_schedule: str = "cosine"  # curve lr schedule (robustpath.curve_train.SCHEDULES)
+    curve_schedule: str = "cosine"  # curve lr schedule (robustpath.paths.fit.SCHEDULES)
     pam_iters: int = 2           # PAM outer iterations (alignments pam-* / tatro-*)
     plane_grid: int = 0          # 0: no loss-surface plane plots
     curvature_examples: int = 0  # input-Hessian curvature per t on N test examples; 0: off
-    curvature_iters: int = 20    # its power iterations (robustpath.curvature)
-    fuse: bool = True            # robustpath.fuse views (same function, other float rounding)
+    curvature_iters: int = 20    # its power iterations (robustpath.paths.curvature)
+    fuse: bool = True            # robustpath.models.fuse views (same function, other float rounding)
     # endpoints read from two files instead of trained from seeds (--endpoints A,B; then
-    # seeds is [], bn_endpoints False, one pair; robustpath.endpoint_files): robustpath.train
+    # seeds is [], bn_endpoints False, one pair; robustpath.engine.endpoint_files): robustpath.train.loop
     # checkpoints, or with arch "pkg.module:Factory" .pt / .safetensors state dicts
     endpoints: list[str] = field(default_factory=list)
 
@@ -390,7 +391,7 @@ class BenchConfig(StageConfig):
 
     def validate(self) -> BenchConfig:
         super().validate()
-        from .endpoint_files import check_files, is_factory
+        from robustpath.engine.endpoint_files import check_files, is_factory
 
         if is_factory(self.arch) and not self.endpoints:
             raise UserError(f"--arch {self.arch} (a module:Factory) needs --endpoints A,B "
@@ -399,7 +400,8 @@ class BenchConfig(StageConfig):
             models.MODELS.get(self.arch)
         if self.endpoints:
             check_files(list(self.endpoints), self.arch, self.dataset, self.width)
-        from . import curve_train, train  # late: heavy imports
+        from robustpath.paths import fit as curve_train
+        from robustpath.train import loop as train  # late: heavy imports
 
         train.SCHEDULES.get(self.schedule)
         curve_train.SCHEDULES.get(self.curve_schedule)
@@ -430,7 +432,7 @@ class BenchConfig(StageConfig):
             raise UserError(f"--curvature {self.curvature_examples} exceeds --test-subset {self.test_subset}")
         if self.plane_grid and self.plane_grid < 3:
             raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
-        from .attacks import build_attack
+        from robustpath.attacks.base import build_attack
 
         # building the attacks checks combinations (e.g. fgsm is L-inf only) before any work
         build_attack(self.eval_attack(), data_mod.info(self.dataset).num_classes)

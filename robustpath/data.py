@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .registry import Registry
+from robustpath.errors import UserError
+from robustpath.registry import Registry
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_ROOT = Path(os.environ.get("ROBUSTPATH_DATA", "data"))

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from .errors import UserError
+from robustpath.errors import UserError
 
 
 def resolve(name: str = "auto") -> torch.device:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from .errors import UserError
+from robustpath.errors import UserError
 
 
 def parse_fraction(text: str | float | int, *, name: str = "value", minimum: float = 0.0,

@@ -24,7 +24,7 @@ import time
 from tqdm import tqdm as _plain_tqdm
 from tqdm.auto import tqdm as _auto_tqdm
 
-from . import runtime
+from robustpath import runtime
 
 #: seconds between two lines of a bar in line mode (not a terminal)
 LINE_INTERVAL = 30.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from .errors import UserError
+from robustpath.errors import UserError
 
 T = TypeVar("T")
 

@@ -1,9 +1,9 @@
 """How a run computes, separated from what it computes.
 
 A :class:`Runtime` holds the settings that change speed or memory but not results
-(device, autocast, the :mod:`robustpath.fuse` rewrites, channels-last weights on CPU,
+(device, autocast, the :mod:`robustpath.models.fuse` rewrites, channels-last weights on CPU,
 threads, ``t_batch``, progress bars). None of them enters a cache key: stage keys are
-built from result-relevant settings only (:mod:`robustpath.stages`), so two runs that
+built from result-relevant settings only (:mod:`robustpath.engine.stages`), so two runs that
 differ only in their runtime share every cache entry.
 
 It replaces the module globals that used to be flipped and restored by hand
@@ -30,7 +30,7 @@ import torch
 @dataclass(frozen=True)
 class Runtime:
     """``device``: auto | cpu | cuda[:N]; ``amp``: bfloat16 autocast in training stages
-    on CUDA (no-op on CPU); ``fuse``: :func:`robustpath.fuse.fast_view` in attacks,
+    on CUDA (no-op on CPU); ``fuse``: :func:`robustpath.models.fuse.fast_view` in attacks,
     evaluation and training; ``channels_last_cpu``: NHWC convolution weights on CPU
     (attacks and endpoint training); ``threads``: torch intra-op threads (None: leave
     as is); ``t_batch``: t evaluated at once with vmap; ``progress``: progress bars (:mod:`robustpath.progress`);

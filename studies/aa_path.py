@@ -14,7 +14,7 @@ four default paths (unaligned / activation-aligned x line / Bezier) and
   included); also PGD-10's worst t on the same subset and points as AutoAttack (the
   like-for-like comparison);
 * the largest PGD-10 - AA gap along the path and where, with its exact paired 95%
-  interval and discordant counts (:func:`robustpath.exact.paired_difference`);
+  interval and discordant counts (:func:`robustpath.stats.exact.paired_difference`);
 * the rank correlation of PGD-10's and AA's robust accuracy along the path
   (``scipy.stats.spearmanr`` over the attacked t);
 
@@ -40,8 +40,8 @@ import pandas as pd
 from scipy import stats
 
 from robustpath.errors import UserError, cli_main
-from robustpath.exact import discordant, paired_difference
-from robustpath.store import atomic_write_text
+from robustpath.io.store import atomic_write_text
+from robustpath.stats.exact import discordant, paired_difference
 
 OUT = Path(__file__).resolve().parent / "results" / "aa_path"
 
@@ -70,9 +70,9 @@ def bench_argv(args, run: Path) -> list[str]:
 
 def analyse(run: Path) -> tuple[pd.DataFrame, dict]:
     """Per-path rows and the across-path rank correlations of a ``--strong-at grid`` run."""
-    from robustpath.evaluate import min_point
-    from robustpath.records import read as read_records
-    from robustpath.strong_io import read as read_strong
+    from robustpath.io.records import read as read_records
+    from robustpath.paths.evaluate import min_point
+    from robustpath.strong.files import read as read_strong
 
     strong = read_strong(run)
     if strong is None:

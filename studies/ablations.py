@@ -41,10 +41,10 @@ import numpy as np
 import pandas as pd
 
 from robustpath import bench
-from robustpath import records as records_mod
-from robustpath.barrier import path_metrics
 from robustpath.errors import UserError, cli_main
-from robustpath.store import atomic_write_bytes, atomic_write_text
+from robustpath.io import records as records_mod
+from robustpath.io.store import atomic_write_bytes, atomic_write_text
+from robustpath.stats.barrier import path_metrics
 
 #: flags of every arm: one seed pair, no strong stage, no plane (CPU minutes)
 BASE_ARGV = ["--seeds", "0,1", "--no-strong", "--plane-grid", "0"]
@@ -309,7 +309,7 @@ def save_figure(fig, path: Path) -> None:
 def figure(name: str, frame: pd.DataFrame, path: Path) -> None:
     """bn: min robust accuracy against BN batches; curve-epochs: min robust accuracy
     and training loss against epochs; t-points: none (the table says it)."""
-    from robustpath.style import COLUMN, CURVE_STYLES, OKABE_ITO, paper_style
+    from robustpath.report.style import COLUMN, CURVE_STYLES, OKABE_ITO, paper_style
 
     ALIGN_COLORS = {"none": OKABE_ITO["vermillion"], "activation": OKABE_ITO["blue"],  # noqa: N806
                     "weight": OKABE_ITO["green"]}

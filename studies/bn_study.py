@@ -2,7 +2,7 @@
 recomputation along a path need?
 
 Every evaluation at an interior t first re-estimates BatchNorm's running statistics
-(``robustpath.bn.recompute_bn``, adversarial inputs as in the bench). The cost is
+(``robustpath.paths.bn.recompute_bn``, adversarial inputs as in the bench). The cost is
 linear in the number of batches, and on the quick preset it was about a third of the
 time per t. This study takes the default benchmark's paths (reusing or training them
 through the bench's stage cache), and at interior t measures clean and robust
@@ -30,15 +30,15 @@ import numpy as np
 import torch
 
 from benchmarks import machine
-from robustpath import stages
-from robustpath.attacks import build_attack
-from robustpath.bn import recompute_bn
+from robustpath.attacks.base import build_attack
+from robustpath.attacks.metrics import per_example
 from robustpath.config import from_preset
 from robustpath.data import Batches
+from robustpath.engine import stages, stages_align
 from robustpath.errors import UserError, cli_main
-from robustpath.metrics import per_example
+from robustpath.io.store import atomic_write_text
 from robustpath.numbers import parse_int_list
-from robustpath.store import atomic_write_text
+from robustpath.paths.bn import recompute_bn
 
 OUT = Path(__file__).resolve().parent / "results" / "bn_study.md"
 
@@ -65,7 +65,7 @@ def _paths(cfg, run: Path, data):
     mb, _, kb = stages.endpoint(cfg, cfg.seeds[1], run, data, "cpu", progress=True)
     out = {}
     for method, kind in (("none", "line"), ("none", "bezier"), ("activation", "bezier")):
-        b, _, akey = stages.alignment(cfg, method, ma, mb, ka, kb, run, data, "cpu", progress=True)
+        b, _, akey = stages_align.alignment(cfg, method, ma, mb, ka, kb, run, data, "cpu", progress=True)
         c, _, _ = stages.curve(cfg, kind, ma, b, ka, akey, run, data, "cpu", progress=True)
         out[f"{'aligned' if method != 'none' else 'unaligned'} {kind}"] = c
     return out

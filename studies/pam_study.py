@@ -39,18 +39,19 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import machine
-from robustpath import keys, stages, store
 from robustpath import progress as progress_mod
 from robustpath.align import apply
-from robustpath.attacks import build_attack
+from robustpath.attacks.base import build_attack
 from robustpath.cli import ArgumentParser
 from robustpath.config import BenchConfig, from_preset
-from robustpath.curve_train import CurveTrainConfig, train_curve
-from robustpath.curves import build_curve
 from robustpath.device import resolve
+from robustpath.engine import keys, stages, stages_align
 from robustpath.errors import UserError, cli_main
+from robustpath.io import store
+from robustpath.io.store import atomic_write_json, atomic_write_text, load_model, provenance
 from robustpath.pam import PAMConfig, pam
-from robustpath.store import atomic_write_json, atomic_write_text, load_model, provenance
+from robustpath.paths.curves import build_curve
+from robustpath.paths.fit import CurveTrainConfig, train_curve
 
 EVAL_T = (0.1, 0.3, 0.5, 0.7, 0.9)
 LABELS = {"none": "unaligned", "activation": "aligned (act.)",
@@ -99,7 +100,7 @@ def _run_config(run: Path) -> BenchConfig:
 def _load_inputs(run: Path, device):
     """Endpoints (seed 0 = A, seed 1 = B), the activation-aligned B and the alignment's
     permutation (``{group: LongTensor}``) of a bench run, found by the run's stage keys
-    (:mod:`robustpath.keys`), each checkpoint's checksum verified. The permutation is the
+    (:mod:`robustpath.engine.keys`), each checkpoint's checksum verified. The permutation is the
     one the alignment stage saved; a cache written before the stage saved it has none
     (None: :func:`_activation_permutation` recomputes it)."""
     cfg = _run_config(run)
@@ -128,7 +129,7 @@ def _activation_permutation(model_a, model_b, aligned_b, data, device):
     from robustpath.align import align
     from robustpath.data import Batches
 
-    n = stages.ALIGN_SAMPLES
+    n = stages_align.ALIGN_SAMPLES
     loader = Batches(data.x_train[:n], data.y_train[:n], 250, device=device)
     again, perm, _ = align(model_a, model_b, method="activation", data=loader)
     same = all(torch.equal(v, aligned_b.state_dict()[k]) for k, v in again.state_dict().items())

@@ -28,11 +28,11 @@ import torch
 
 from robustpath import data
 from robustpath.align import Permutation, apply, permutation_spec
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.barrier import path_metrics
-from robustpath.evaluate import curve_speed, evaluate_path, t_grid
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.pam import TatroPAMConfig, tatro_pam, warm_start
-from robustpath.train import TrainConfig, train_model
+from robustpath.paths.evaluate import curve_speed, evaluate_path, t_grid
+from robustpath.stats.barrier import path_metrics
+from robustpath.train.loop import TrainConfig, train_model
 
 
 def misalign(model, x, fraction: float, seed: int) -> tuple:

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                           ""]
         paired = run / "tables" / "paired.md"
         if paired.is_file():
-            lines += ["Paired differences (robustpath.paired):", "", paired.read_text(), ""]
+            lines += ["Paired differences (robustpath.stats.paired):", "", paired.read_text(), ""]
     else:
         lines += [f"No run at `{args.run}` yet: `python -m robustpath.bench --preset "
                   "paper-fmnist`.", ""]

@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robustpath.barrier import path_metrics
 from robustpath.bench import run
 from robustpath.config import MAX_BOOTSTRAP, from_preset
 from robustpath.errors import UserError, cli_main
-from robustpath.records import read
-from robustpath.repair import RENORMS
-from robustpath.store import atomic_write_bytes, atomic_write_text
+from robustpath.io.records import read
+from robustpath.io.store import atomic_write_bytes, atomic_write_text
+from robustpath.paths.repair import RENORMS
+from robustpath.stats.barrier import path_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = [("robust_acc_barrier", "robust acc barrier", True),
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# REPAIR vs BatchNorm reset, {args.arch} on Fashion-MNIST, quick preset "
         "(seed pair 0,1)\n\n"
         "Per path: value [95% bootstrap CI over the 1,000 test examples]; accuracies in %. "
-        "Robust: PGD-10, eps 0.1. Barriers (robustpath.barrier, grid points): "
+        "Robust: PGD-10, eps 0.1. Barriers (robustpath.stats.barrier, grid points): "
         "max_t of the linear interpolation of the endpoints' value minus the path's "
         "(accuracy) or the path's minus it (loss).\n\n" + markdown(df) + "\nWall time per arm (cached arms ~0):\n\n"
         + timing + "\n"))

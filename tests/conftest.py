@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from robustpath import data
-from robustpath.attacks import AttackConfig
-from robustpath.train import TrainConfig, train_model
+from robustpath.attacks.base import AttackConfig
+from robustpath.train.loop import TrainConfig, train_model
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -4,7 +4,7 @@ every strong evaluation, with version standard, plus, rand and a custom list")."
 
 import pytest
 
-from robustpath.autoattack import StandardAutoAttack
+from robustpath.attacks.autoattack import StandardAutoAttack
 from robustpath.config import BenchConfig
 from robustpath.errors import UserError
 from robustpath.zoo.config import CompareConfig

@@ -1,6 +1,6 @@
 """studies/ablations.py: the tables are built from the right run, path and row.
 
-Tiny planted run folders (records written by robustpath.records, 40 test examples):
+Tiny planted run folders (records written by robustpath.io.records, 40 test examples):
 every path of every arm has its own known minimum, so a column taken from another
 path, arm or grid gives a different number.
 """
@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from robustpath.evaluate import PathResult, t_grid
-from robustpath.records import PathRecord, write
+from robustpath.io.records import PathRecord, write
+from robustpath.paths.evaluate import PathResult, t_grid
 from studies import ablations as abl
 
 N = 40

@@ -20,10 +20,10 @@ from robustpath.align import (
     permutation_spec,
     random_permutation,
 )
-from robustpath.attacks import AttackConfig
-from robustpath.bn import recompute_bn
+from robustpath.attacks.base import AttackConfig
 from robustpath.data import Batches
 from robustpath.errors import UserError
+from robustpath.paths.bn import recompute_bn
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 WIDTH = {"vgg11": 0.25, "preact-resnet18": 0.25, "resnet32": 0.25}
@@ -91,7 +91,7 @@ def test_torchvision_resnet18_permutation():
 
 @pytest.fixture(scope="module")
 def robustbench_archs():
-    from robustpath.rbcompat import import_robustbench
+    from robustpath.zoo.rbcompat import import_robustbench
 
     try:
         import_robustbench()

@@ -16,7 +16,7 @@ from torch import nn
 
 import robustpath as rp
 from robustpath.errors import UserError
-from robustpath.evaluate import curve_speed
+from robustpath.paths.evaluate import curve_speed
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "align_and_fit.py"
 ATTACK = rp.AttackConfig(eps=0.1, steps=1, seed=0)
@@ -42,7 +42,7 @@ def test_import_is_cheap_and_lazy():
     subprocess.run([sys.executable, "-c", code], check=True)
     from robustpath.align import align  # submodules load on attribute access
 
-    assert rp.align.align is align and rp.AttackConfig is rp.attacks.AttackConfig
+    assert rp.align.align is align and rp.AttackConfig is rp.attacks.base.AttackConfig
     with pytest.raises(AttributeError):
         rp.no_such_name  # noqa: B018
     # a front-door name equal to a submodule's would be replaced by the module on import
@@ -91,7 +91,7 @@ def test_batchnorm_without_bn_data_is_refused(pair, small):
     with pytest.raises(UserError, match="BatchNorm.*bn_data=\\(x_train, y_train\\)"):
         rp.evaluate_path(curve, x, y, ATTACK, ts=3, progress=False)
     with pytest.raises(UserError, match="BatchNorm"):  # the module-level function too
-        rp.evaluate.evaluate_path(curve.model_at, [0.0, 0.5, 1.0], x, y,
+        rp.paths.evaluate.evaluate_path(curve.model_at, [0.0, 0.5, 1.0], x, y,
                                   rp.build_attack(ATTACK), progress=False)
     # the explicit opt-out evaluates the statistics as they are
     res = rp.evaluate_path(curve, x, y, ATTACK, ts=3, recompute_bn=False, progress=False)
@@ -138,7 +138,7 @@ def test_fit_curve_in_memory_writes_nothing(pair, small, tmp_path, monkeypatch):
     assert not torch.equal(before, curve.controls.detach())
     assert list(tmp_path.iterdir()) == []
     # the module-level function accepts out_dir=None too
-    from robustpath.curve_train import CurveTrainConfig, train_curve
+    from robustpath.paths.fit import CurveTrainConfig, train_curve
 
     train_curve(curve, x_tr, y_tr, CurveTrainConfig(epochs=1, attack=None), None, progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from robustpath import data, models, runtime
-from robustpath.attacks import PGD, AttackConfig, build_attack, eval_mode
+from robustpath.attacks.base import PGD, AttackConfig, build_attack, eval_mode
+from robustpath.attacks.metrics import per_example
 from robustpath.errors import UserError
-from robustpath.metrics import per_example
 from robustpath.numbers import parse_fraction
 
 TOL = 1e-6

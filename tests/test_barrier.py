@@ -1,4 +1,4 @@
-"""Barrier metrics (robustpath.barrier): refined metrics over every evaluated point, the
+"""Barrier metrics (robustpath.stats.barrier): refined metrics over every evaluated point, the
 same tie-break for a value and its bootstrap, no interval from too few examples or
 resamples (issue 25 D5, issue 27)."""
 
@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustpath.barrier import REFINED, ci_note, path_metrics
-from robustpath.evaluate import PathResult
-from robustpath.records import PathRecord
-from robustpath.tables import per_path_frame, summary_frame, to_markdown
+from robustpath.io.records import PathRecord
+from robustpath.paths.evaluate import PathResult
+from robustpath.report.tables import per_path_frame, summary_frame, to_markdown
+from robustpath.stats.barrier import REFINED, ci_note, path_metrics
 
 
 def _path(acc: list[float], n: int = 100, refined: list[bool] | None = None,
@@ -71,7 +71,12 @@ def test_enough_examples_give_an_interval_around_the_value():
 def test_exact_intervals_are_scipys_and_never_zero_width():
     from scipy.stats import binomtest
 
-    from robustpath.exact import accuracy_interval, clopper_pearson, discordant, paired_difference
+    from robustpath.stats.exact import (
+        accuracy_interval,
+        clopper_pearson,
+        discordant,
+        paired_difference,
+    )
 
     lo, hi = clopper_pearson(0, 16)
     assert lo == 0.0 and hi == pytest.approx(0.2059, abs=1e-4)        # the issue's [0, 20.6 %]

@@ -11,16 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustpath import bench, curve_train, stages, train
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.barrier import path_metrics
-from robustpath.bn import recompute_bn
-from robustpath.curves import build_curve
+from robustpath import bench
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.attacks.metrics import per_example
 from robustpath.data import Batches
-from robustpath.evaluate import evaluate_path, t_grid
-from robustpath.metrics import per_example
-from robustpath.report import main as report_main
-from robustpath.tables import COLUMNS
+from robustpath.engine import stages
+from robustpath.paths import fit as curve_train
+from robustpath.paths.bn import recompute_bn
+from robustpath.paths.curves import build_curve
+from robustpath.paths.evaluate import evaluate_path, t_grid
+from robustpath.report.cli import main as report_main
+from robustpath.report.tables import COLUMNS
+from robustpath.stats.barrier import path_metrics
+from robustpath.train import loop as train
 
 TINY = ["--train-subset", "600", "--test-subset", "120", "--epochs", "1", "--curve-epochs", "2",
         "--t-points", "3", "--bn-batches", "2", "--bootstrap", "50", "--seeds", "0,1",
@@ -72,7 +75,7 @@ def test_run_writes_documented_outputs(tiny_run):
         assert rep["equivalence"]["max_abs_logit_diff"] <= 1e-4 * max(
             1, rep["equivalence"]["max_abs_logit"])
     summary = pd.read_csv(tiny_run / "tables" / "summary.csv")
-    from robustpath.strong_io import STRONG_PATH_METRICS
+    from robustpath.strong.files import STRONG_PATH_METRICS
 
     # the AA metrics over every t need --strong-at grid; the default attacks PGD's worst t
     cols = [c for c in COLUMNS if c[0] not in STRONG_PATH_METRICS]
@@ -99,8 +102,8 @@ def test_second_run_reuses_every_stage(tiny_run, monkeypatch):
         raise AssertionError("a cached stage was recomputed")
 
     import robustpath.align as align_mod
-    import robustpath.plane as plane_mod
-    import robustpath.strong as strong_mod
+    import robustpath.paths.plane as plane_mod
+    import robustpath.strong.stage as strong_mod
 
     monkeypatch.setattr(stages, "train_endpoint", boom)
     monkeypatch.setattr(stages, "evaluate_path", boom)
@@ -281,10 +284,10 @@ def test_committed_default_run_matches_the_default_configuration():
 
 @pytest.mark.slow  # a whole bench run without fuse (~40 s); fuse on/off is unit-tested in test_fuse
 def test_no_fuse_runs_every_network_as_it_is(tmp_path, monkeypatch):
-    """--no-fuse: no robustpath.fuse view is built anywhere in the run, the switch is
+    """--no-fuse: no robustpath.models.fuse view is built anywhere in the run, the switch is
     restored afterwards, and the run's stage cache is shared with fused runs (the
     flag changes float rounding, not what is computed, like --no-amp)."""
-    from robustpath import fuse
+    from robustpath.models import fuse
 
     def refuse(model):
         raise AssertionError("fuse.rewrite called under --no-fuse")

@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import robustpath as rp
-from robustpath import bench, records, stages
+from robustpath import bench
 from robustpath.config import from_preset
+from robustpath.engine import stages
+from robustpath.io import records
+from robustpath.io.store import read_json
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "benchmark_two_models.py"
 
@@ -35,7 +38,7 @@ def test_example_benchmark_writes_a_run(example_run):
     recs = records.read(out)
     assert {(r.endpoint_a, r.endpoint_b) for r in recs} == {("model_a", "model_b")}
     # the ends are the given models: the saved weights, with their own BN statistics
-    cfg = from_preset("quick", **{k: v for k, v in rp.store.read_json(out / "config.json").items()
+    cfg = from_preset("quick", **{k: v for k, v in read_json(out / "config.json").items()
                                   if k in ("dataset", "train_subset", "test_subset")})
     data = stages.RunData.load(cfg)
     for r in recs:
@@ -78,7 +81,7 @@ def test_load_model_and_defaults(tmp_path, monkeypatch):
     import inspect
     import subprocess
 
-    from robustpath import train_cli
+    from robustpath.train import cli as train_cli
 
     assert inspect.signature(rp.evaluate_path).parameters["device"].default == "auto"
     assert inspect.signature(rp.fit_curve).parameters["device"].default == "auto"
@@ -100,7 +103,7 @@ def test_load_model_and_defaults(tmp_path, monkeypatch):
 def test_provenance_records_no_machine_path(example_run):
     import json
 
-    from robustpath.store import portable_argv
+    from robustpath.io.store import portable_argv
 
     root = Path(__file__).resolve().parents[1]
     assert portable_argv(["/tmp/regen/robustpath/bench.py", "--no-progress"]) == [

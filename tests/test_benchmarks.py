@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robustpath import report
+from robustpath.report import cli as report
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"

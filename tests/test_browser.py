@@ -1,5 +1,5 @@
 """The browser check (fast tier): a committed run's report.html opened in headless
-Chromium (:mod:`robustpath.pagecheck`) has its tables and embedded figures and makes
+Chromium (:mod:`robustpath.report.pagecheck`) has its tables and embedded figures and makes
 no request; a page broken in those ways is caught.
 
 ``make test`` installs Debian's chromium first (scripts/ensure-chromium.sh); the test
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from robustpath.pagecheck import check_page, find_browser
+from robustpath.report.pagecheck import check_page, find_browser
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "results" / "fashion-mnist-cnn-small-quick" / "report.html"

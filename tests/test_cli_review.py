@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustpath import bench, report, soup_cli, zoo
+from robustpath import bench, zoo
+from robustpath.report import cli as report
+from robustpath.soup import cli as soup_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"
@@ -153,8 +155,8 @@ def test_huge_t_points_and_refine_rounds_fail_before_training(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mod,argv", [
-    ("paired", ["/nonexistent"]), ("paired", ["--bootstrap", "x", "run"]),
-    ("paired", ["--bootstrap", "0", "run"]), ("protocol", ["--preset", "nope"])])
+    ("stats.paired", ["/nonexistent"]), ("stats.paired", ["--bootstrap", "x", "run"]),
+    ("stats.paired", ["--bootstrap", "0", "run"]), ("report.protocol", ["--preset", "nope"])])
 def test_small_clis_answer_bad_input_in_one_line(mod, argv, capsys):
     """`python -m robustpath.paired` / `.protocol` used plain argparse: a bad value was a
     usage block or a traceback."""

@@ -1,4 +1,4 @@
-"""Input curvature (robustpath.curvature): power iteration against a dense input
+"""Input curvature (robustpath.paths.curvature): power iteration against a dense input
 Hessian, the cached and resumable stage, its outputs and its flag."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustpath import curvature as cv
 from robustpath.errors import UserError
+from robustpath.paths import curvature as cv
 
 
 def _dense_eigs(model, x, y) -> list[np.ndarray]:
@@ -75,9 +75,9 @@ def test_bootstrap_and_pearson():
 @pytest.fixture()
 def stage_inputs(fmnist, tmp_path):
     from robustpath.config import from_preset
-    from robustpath.curves import build_curve
+    from robustpath.engine.stages import RunData
     from robustpath.models import create
-    from robustpath.stages import RunData
+    from robustpath.paths.curves import build_curve
 
     x_tr, y_tr, x_te, y_te = fmnist
     cfg = from_preset("quick", seeds=[0, 1], t_points=3, bn_batches=1, train_subset=256,
@@ -124,7 +124,7 @@ def test_stage_caches_and_resumes_after_a_kill(stage_inputs, monkeypatch):
 
 
 def test_write_outputs(tmp_path):
-    from robustpath.evaluate import PathResult
+    from robustpath.paths.evaluate import PathResult
 
     ts = np.linspace(0, 1, 5)
     rl = np.array([0.5, 0.9, 1.3, 0.8, 0.4])

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from robustpath import data, models
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.bn import bn_modules, recompute_bn
-from robustpath.curve_train import CurveTrainConfig, epoch_checkpoints, train_curve
-from robustpath.curves import CURVES, build_curve, load_curve, save_curve
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.attacks.metrics import per_example
 from robustpath.errors import UserError
-from robustpath.metrics import per_example
+from robustpath.paths.bn import bn_modules, recompute_bn
+from robustpath.paths.curves import CURVES, build_curve, load_curve, save_curve
+from robustpath.paths.fit import CurveTrainConfig, epoch_checkpoints, train_curve
 
 FAMILIES = [("line", 0), ("bezier", 1), ("bezier", 3), ("polychain", 1), ("polychain", 2)]
 

@@ -1,5 +1,5 @@
 """Endpoints from a user's files (``python -m robustpath.bench --endpoints A,B``):
-robustpath.train checkpoints and a user architecture given as ``module:Factory``;
+robustpath.train.loop checkpoints and a user architecture given as ``module:Factory``;
 records name endpoints by file stem, t = 0 and t = 1 are the loaded models, a pickle
 is never executed."""
 
@@ -12,9 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustpath import bench, records, stages, train_cli
-from robustpath.endpoint_files import load_endpoint
+from robustpath import bench
+from robustpath.engine import stages
+from robustpath.engine.endpoint_files import load_endpoint
 from robustpath.errors import UserError
+from robustpath.io import records
+from robustpath.train import cli as train_cli
 
 TINY = ["--train-subset", "300", "--test-subset", "60", "--curve-epochs", "1",
         "--t-points", "3", "--bn-batches", "1", "--bootstrap", "20", "--steps", "1",

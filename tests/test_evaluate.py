@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.curves import build_curve
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.data import Batches
-from robustpath.evaluate import PointCache, evaluate_path
-from robustpath.stacked import StackedModel
+from robustpath.paths.curves import build_curve
+from robustpath.paths.evaluate import PointCache, evaluate_path
+from robustpath.paths.stacked import StackedModel
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_point_cache_reuses_shared_points(bezier, fmnist, tmp_path, monkeypatch)
     assert len(list((tmp_path / "points").glob("*.npz"))) == 5
     # a line between the same endpoints shares t=0 and t=1: only its 3 interior points run
     line = build_curve("line", *_endpoints(bezier))
-    import robustpath.evaluate as ev
+    import robustpath.paths.evaluate as ev
 
     calls = []
     real = ev._evaluate_point

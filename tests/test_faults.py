@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robustpath import bench, runfolder, store
+from robustpath import bench
 from robustpath.errors import UserError
-from robustpath.lock import RUN_LOCK, is_locked, run_lock
-from robustpath.report import main as report_main
+from robustpath.io import runfolder, store
+from robustpath.io.lock import RUN_LOCK, is_locked, run_lock
+from robustpath.report.cli import main as report_main
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT = ["--train-subset", "300", "--test-subset", "60", "--epochs", "2", "--curve-epochs", "2",
@@ -81,7 +82,7 @@ def _one_error_line(err: str, *needles: str) -> str:
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s run lock until killed."""
-    code = ("import sys, time\nfrom robustpath.lock import run_lock\n"
+    code = ("import sys, time\nfrom robustpath.io.lock import run_lock\n"
             f"with run_lock({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")
     p = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
                          text=True)
@@ -136,7 +137,7 @@ def test_killed_overwrite_run_leaves_the_old_run(baseline, tmp_path, monkeypatch
     def killed(*a, **k):  # dies while writing the run folder, config.json already written
         raise KeyboardInterrupt
 
-    from robustpath import outputs
+    from robustpath.io import outputs
 
     monkeypatch.setattr(outputs, "write_records", killed)
     assert bench.main(FAULT + ["--bootstrap", "30", "--out", str(run), "--overwrite"]) == 130
@@ -338,7 +339,7 @@ def test_sweep_name_dot_dot_is_refused(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--anything"]])
 def test_plane_module_is_not_a_command(argv):
-    res = subprocess.run([sys.executable, "-m", "robustpath.plane", *argv], env=_env(),
+    res = subprocess.run([sys.executable, "-m", "robustpath.paths.plane", *argv], env=_env(),
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "not a command" in res.stderr
 
@@ -447,7 +448,7 @@ ZOO_NAME = "TinyFault2099_WRN"
 def zoo_dir(tmp_path, monkeypatch):
     """A one-entry RobustBench registry (tiny WideResNet) and its checkpoint folder."""
     from robustpath import zoo
-    from robustpath.rbcompat import import_robustbench
+    from robustpath.zoo.rbcompat import import_robustbench
 
     try:
         import_robustbench()

@@ -6,7 +6,7 @@ leave to the slow tier or do not cover, and the sweep folder's faults.
   between its commit and ``done.json`` is redone; two processes working on one shared
   stage cache compute each entry once; SIGKILL at random moments (slow);
 * item 2 at the cache level, fast: each damage kind of an endpoint checkpoint or an
-  ``.npz`` cache is refused with :class:`robustpath.store.CacheError`;
+  ``.npz`` cache is refused with :class:`robustpath.io.store.CacheError`;
 * item 4: ``train`` prints the paths it wrote; item 5 through the bench's endpoint
   stage; item 8: every flag a validation error names exists.
 
@@ -34,11 +34,14 @@ import numpy as np
 import pytest
 import torch
 
-from robustpath import bench, cache, html_report, runfolder, stages, store
+from robustpath import bench
+from robustpath.engine import stages
 from robustpath.errors import UserError
-from robustpath.lock import RUN_LOCK, is_locked
-from robustpath.report import main as report_main
-from robustpath.store import CacheError
+from robustpath.io import cache, runfolder, store
+from robustpath.io.lock import RUN_LOCK, is_locked
+from robustpath.io.store import CacheError
+from robustpath.report import html as html_report
+from robustpath.report.cli import main as report_main
 from robustpath.sweep import driver
 from robustpath.sweep.__main__ import main as sweep_main
 
@@ -114,7 +117,7 @@ def _copy(src: Path, dest: Path) -> Path:
 
 
 def _hold_lock(folder: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom robustpath.lock import run_lock\n"
+    code = ("import sys, time\nfrom robustpath.io.lock import run_lock\n"
             f"with run_lock({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")
     p = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
                          text=True)
@@ -492,14 +495,14 @@ def test_damaged_npz_cache_is_refused(tmp_path, kind):
 def test_train_cli_prints_the_paths_it_wrote(tmp_path, capsys):
     """Issue 17.4: ``--out X/eps0.1`` then ``X/eps0.2`` both wrote ``X/eps0.safetensors``
     and printed paths that did not exist."""
-    from robustpath import train
+    from robustpath.train import cli as train_cli
 
     common = ["--arch", "mlp", "--width", "0.25", "--epochs", "1", "--train-subset", "64",
               "--test-subset", "16", "--steps", "1", "--batch-size", "32", "--device", "cpu"]
     printed = []
     for out in (tmp_path / "X" / "eps0.1", tmp_path / "X" / "eps0.2", tmp_path / "d"):
         arg = str(out) + ("/" if out.name == "d" else "")
-        assert train.main(common + ["--out", arg]) == 0
+        assert train_cli.main(common + ["--out", arg]) == 0
         line = capsys.readouterr().out.strip().splitlines()[-1]
         path = Path(line.split("-> ")[1].split(" (+")[0])
         assert path.is_file() and path.with_suffix(".json").is_file(), line
@@ -511,8 +514,8 @@ def test_train_cli_prints_the_paths_it_wrote(tmp_path, capsys):
 def test_killed_endpoint_stage_resumes_at_its_last_epoch(tmp_path, monkeypatch):
     """Issue 17.5 through the bench's endpoint stage: killed after epoch 1 of 2, the
     rerun trains epoch 2 only and ends with the uninterrupted run's weights."""
-    from robustpath import train
     from robustpath.config import from_preset
+    from robustpath.train import loop as train
 
     cfg = from_preset("quick", arch="mlp", width=0.25, train_subset=64, test_subset=16,
                       endpoint_epochs=2, train_steps=1, eval_steps=1, batch_size=32,
@@ -585,12 +588,14 @@ TINY_BENCH = ["--arch", "mlp", "--width", "0.25", "--seeds", "0,1", "--epochs", 
 def test_missing_data_root_is_one_line_before_any_work(tmp_path, cli, capsys):
     """``--data-root /nonexistent`` on Fashion-MNIST ran to the end: the data came from
     Debian's copy without a word. A given --data-root must be an existing folder."""
-    from robustpath import soup_cli, train, zoo
+    from robustpath import zoo
+    from robustpath.soup import cli as soup_cli
+    from robustpath.train import cli as train_cli
 
     missing, out = str(tmp_path / "nonexistent"), tmp_path / "run"
     main, argv = {
         "bench": (bench.main, [*TINY_BENCH, "--no-strong", "--out", str(out)]),
-        "train": (train.main, ["--arch", "mlp", "--epochs", "1", "--out", str(out / "m")]),
+        "train": (train_cli.main, ["--arch", "mlp", "--epochs", "1", "--out", str(out / "m")]),
         "soup": (soup_cli.main, ["--out", str(out)]),
         "zoo": (zoo.main, ["compare", "--models", "a,b", "--out", str(out)]),
     }[cli]

@@ -12,13 +12,15 @@ import pytest
 
 matplotlib.use("Agg")
 
-from robustpath import bench, plots, train  # noqa: E402
-from robustpath.evaluate import PathResult  # noqa: E402
-from robustpath.plane import contour_levels, control_xy, planes_figure  # noqa: E402
-from robustpath.records import PathRecord  # noqa: E402
-from robustpath.report import format_summary  # noqa: E402
-from robustpath.style import attack_label, format_eps, paper_style  # noqa: E402
-from robustpath.timing import StageTimer  # noqa: E402
+from robustpath import bench  # noqa: E402
+from robustpath.engine.timing import StageTimer  # noqa: E402
+from robustpath.io.records import PathRecord  # noqa: E402
+from robustpath.paths.evaluate import PathResult  # noqa: E402
+from robustpath.paths.plane import contour_levels, control_xy, planes_figure  # noqa: E402
+from robustpath.report import plots  # noqa: E402
+from robustpath.report.cli import format_summary  # noqa: E402
+from robustpath.report.style import attack_label, format_eps, paper_style  # noqa: E402
+from robustpath.train import cli as train_cli  # noqa: E402
 
 
 @pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (2 / 255, "2/255"), (0.1, "0.1"),
@@ -143,7 +145,7 @@ def test_plane_figure_true_aspect_shared_scale_markers_and_labels():
 def test_plane_figure_adds_a_robust_error_row_and_smooth_contours():
     import matplotlib.pyplot as plt
 
-    from robustpath.plane import smooth_grid
+    from robustpath.paths.plane import smooth_grid
 
     panels = {"unaligned": _plane(1.0), "aligned (act.)": _plane(0.7)}
     for p in panels.values():
@@ -225,14 +227,15 @@ def _helps(parser) -> dict[str, str]:
 
 def _parsers():
     from robustpath import zoo
-    from robustpath.report import main as _  # noqa: F401
+    from robustpath.report.cli import main as _  # noqa: F401
     from robustpath.sweep.__main__ import parser as sweep_parser
 
     zp = zoo.parser()
     subs = zp._subparsers._group_actions[0].choices
-    from robustpath import report, soup_cli
+    from robustpath.report import cli as report
+    from robustpath.soup import cli as soup_cli
 
-    return {"bench": bench.parser(), "train": train._parser(), "sweep": sweep_parser(),
+    return {"bench": bench.parser(), "train": train_cli._parser(), "sweep": sweep_parser(),
             "zoo compare": subs["compare"], "zoo list": subs["list"], "soup": soup_cli.parser(),
             "report": report.parser()}
 
@@ -256,7 +259,7 @@ def test_help_shows_each_default_once_and_never_none(name):
 
 
 def test_train_help_shows_every_default():
-    helps = _helps(train._parser())
+    helps = _helps(train_cli._parser())
     for opt, value in (("--arch", "cnn-small"), ("--batch-size", "128"), ("--schedule", "onecycle"),
                        ("--train-subset", "10000"), ("--test-subset", "1000")):
         assert value in helps[opt], (opt, helps[opt])
@@ -271,7 +274,7 @@ def test_bench_help_states_the_preset_values():
 
 
 def test_help_default_of_zero_is_shown():
-    from robustpath import soup_cli
+    from robustpath.soup import cli as soup_cli
     from robustpath.sweep.__main__ import parser as sweep_parser
 
     assert "(default: 0)" in " ".join(_helps(soup_cli.parser())["--merge-seed"].split())

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from robustpath import bench, report, soup_cli, train_cli
+from robustpath import bench
 from robustpath.config import BenchConfig, StageConfig, default_eps
+from robustpath.report import cli as report
+from robustpath.soup import cli as soup_cli
 from robustpath.sweep import __main__ as sweep_main
+from robustpath.train import cli as train_cli
 from robustpath.zoo import cli as zoo_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,8 +191,8 @@ def test_zoo_stage_config_is_the_shared_groups():
 
 
 def test_renorm_and_alignment_registries_carry_the_metadata():
-    from robustpath import methods
-    from robustpath.repair import RENORMS
+    from robustpath.align import methods
+    from robustpath.paths.repair import RENORMS
 
     assert [n for n in RENORMS.names() if RENORMS.get(n).recomputes_bn] == ["bn-reset"]
     assert [n for n in RENORMS.names() if not RENORMS.get(n).in_key] == ["bn-reset"]
@@ -231,9 +234,8 @@ def test_alignment_registries_name_the_same_methods():
     """Metadata (methods.ALIGN), pairwise matchers (align.MATCHERS) and N-model mergers
     (merge.MERGERS) hold different callables, so they stay three registries; a one-shot
     method registered in one must be in the others (PAM refines a one-shot start)."""
-    from robustpath import methods
-    from robustpath.align import MATCHERS
-    from robustpath.merge import MERGERS
+    from robustpath.align import MATCHERS, methods
+    from robustpath.soup.merge import MERGERS
 
     assert set(methods.ONE_SHOT) == set(MATCHERS.names()) == set(MERGERS.names())
     assert set(methods.PAM.values()) <= set(methods.ONE_SHOT)

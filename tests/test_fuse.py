@@ -1,4 +1,4 @@
-"""robustpath.fuse: the attack view computes the model's function, shares its state,
+"""robustpath.models.fuse: the attack view computes the model's function, shares its state,
 and falls back to the model wherever it cannot be exact."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from robustpath import fuse, models, runtime
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.metrics import per_example
-from robustpath.stacked import StackedModel
+from robustpath import models, runtime
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.attacks.metrics import per_example
+from robustpath.models import fuse
+from robustpath.paths.stacked import StackedModel
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -242,7 +243,7 @@ def test_curve_batch_stats_forward_reuses_one_view_and_leaks_nothing(monkeypatch
     """`Curve.forward_batch_stats` runs `functional_call` on the fused view: the view must
     be built once, and the template must keep its own tensors (with tied names the call
     left θ(t) in the template, so the view was rebuilt at every call)."""
-    from robustpath.curves import build_curve
+    from robustpath.paths.curves import build_curve
 
     torch.manual_seed(0)
     a, b = models.create("cnn-small", "fashion-mnist", 0.5), models.create("cnn-small", "fashion-mnist", 0.5)

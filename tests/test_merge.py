@@ -1,5 +1,5 @@
-"""Issue 19 part 2: merging N >= 3 models (robustpath.merge), the soup and the triangle
-(robustpath.soup), the ternary plots and the CLI. Tiny models, seconds each."""
+"""Issue 19 part 2: merging N >= 3 models (robustpath.soup.merge), the soup and the triangle
+(robustpath.soup.triangle), the ternary plots and the CLI. Tiny models, seconds each."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from robustpath.align import apply, permutation_spec, random_permutation
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.merge import merge, merge_many, mix, perms_from_arrays, perms_to_arrays
-from robustpath.metrics import per_example
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.attacks.metrics import per_example
 from robustpath.models import create
-from robustpath.soup import (
+from robustpath.soup.merge import merge, merge_many, mix, perms_from_arrays, perms_to_arrays
+from robustpath.soup.triangle import (
     PointEval,
     accuracy_rows,
     barycentric_grid,
@@ -143,7 +143,7 @@ def test_cached_entry_is_reused_and_a_swapped_one_recomputed(tmp_path, capsys):
 def test_ternary_and_matrix_figures(tmp_path):
     import pandas as pd
 
-    from robustpath.ternary import plot_barrier_matrix, plot_triangles, to_xy
+    from robustpath.soup.ternary import plot_barrier_matrix, plot_triangles, to_xy
 
     assert np.allclose(to_xy(np.eye(3)), [[0, 0], [1, 0], [0.5, 3 ** 0.5 / 2]])
     g = barycentric_grid(4)
@@ -162,7 +162,7 @@ def test_ternary_and_matrix_figures(tmp_path):
                                       (["--grid", "0"], "--grid must be"),
                                       (["--renorm", "bogus"], "unknown --renorm")])
 def test_cli_bad_values_one_line_exit_2(argv, msg, capsys):
-    from robustpath.soup_cli import main
+    from robustpath.soup.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -170,7 +170,7 @@ def test_cli_bad_values_one_line_exit_2(argv, msg, capsys):
 
 
 def test_cli_help_names_the_flags(capsys):
-    from robustpath.soup_cli import main
+    from robustpath.soup.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["--help"])
@@ -180,8 +180,8 @@ def test_cli_help_names_the_flags(capsys):
 
 
 def test_simplex_repair_hits_the_mixed_statistics_and_leaves_vertices():
-    from robustpath.repair import find_units, measure
-    from robustpath.soup import SimplexRepair
+    from robustpath.paths.repair import find_units, measure
+    from robustpath.soup.triangle import SimplexRepair
 
     models = []
     for s in range(3):
@@ -220,7 +220,7 @@ def _three_mlps():
 
 
 def test_points_resume_from_their_cache(tmp_path, fmnist):
-    from robustpath.cache import BoundPointCache
+    from robustpath.io.cache import BoundPointCache
 
     _, _, x_te, y_te = fmnist
     models, attack = _three_mlps()
@@ -250,7 +250,7 @@ def test_module_entry_point_exit_2(tmp_path):
 def test_triangle_killed_midway_resumes_at_the_next_point(tmp_path, fmnist):
     """A kill (KeyboardInterrupt from the 4th point's attack) keeps the 3 finished points;
     the rerun attacks only the 3 missing ones and equals an uninterrupted run."""
-    from robustpath.cache import BoundPointCache
+    from robustpath.io.cache import BoundPointCache
 
     _, _, x_te, y_te = fmnist
     models, attack = _three_mlps()

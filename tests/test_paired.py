@@ -1,4 +1,4 @@
-"""Paired differences (robustpath.paired) on planted data: per-pair values, t-interval over
+"""Paired differences (robustpath.stats.paired) on planted data: per-pair values, t-interval over
 seed pairs, exact sign-flip p, within-pair bootstrap over examples."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustpath.evaluate import PathResult
-from robustpath.paired import (
+from robustpath.io.records import PathRecord, write
+from robustpath.paths.evaluate import PathResult
+from robustpath.stats.paired import (
     _replicates,
     comparisons,
     paired_differences,
@@ -16,7 +17,6 @@ from robustpath.paired import (
     to_markdown,
     write_paired,
 )
-from robustpath.records import PathRecord, write
 
 T, N = 5, 400
 

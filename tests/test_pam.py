@@ -13,7 +13,7 @@ from torch.func import functional_call
 from robustpath import bench, models
 from robustpath.align import Permutation, apply, permutation_spec, random_permutation
 from robustpath.align.permute import permuted_state
-from robustpath.attacks import AttackConfig
+from robustpath.attacks.base import AttackConfig
 from robustpath.data import Batches
 from robustpath.errors import UserError
 from robustpath.pam import (

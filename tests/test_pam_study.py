@@ -1,4 +1,4 @@
-"""studies.pam_study's inputs: found by the run's stage keys (robustpath.keys), the
+"""studies.pam_study's inputs: found by the run's stage keys (robustpath.engine.keys), the
 permutation read from the alignment stage's sidecar, not parsed from file names."""
 
 from __future__ import annotations
@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustpath import keys, models, stages
+from robustpath import models
 from robustpath.align import align
 from robustpath.config import from_preset
 from robustpath.data import Batches
+from robustpath.engine import keys, stages
 from robustpath.errors import UserError
-from robustpath.store import atomic_write_json, config_hash, save_model
+from robustpath.io.store import atomic_write_json, config_hash, save_model
 from studies import pam_study
 
 

@@ -9,7 +9,7 @@ import torch
 
 import robustpath.pam.tatro as tatro
 from robustpath.align import apply, permutation_spec, random_permutation
-from robustpath.attacks import AttackConfig
+from robustpath.attacks.base import AttackConfig
 from robustpath.errors import UserError
 from robustpath.pam import (
     TatroPAMConfig,
@@ -18,7 +18,7 @@ from robustpath.pam import (
     sample_bvn,
     tatro_pam,
 )
-from robustpath.train import TrainConfig, train_model
+from robustpath.train.loop import TrainConfig, train_model
 
 
 def test_their_projection_makes_rows_and_columns_sum_to_one():
@@ -115,8 +115,11 @@ def test_bench_runs_tatro_pam_labels_it_and_reuses_it(tmp_path, monkeypatch):
     import pandas as pd
 
     import robustpath.pam as pam_pkg
-    from robustpath import bench, curve_train, stages
+    from robustpath import bench
     from robustpath.config import BenchConfig
+    from robustpath.engine import keys as stage_keys
+    from robustpath.engine import stages
+    from robustpath.paths import fit as curve_train
 
     out = tmp_path / "run"
     args = ["--train-subset", "300", "--test-subset", "40", "--epochs", "1", "--curve-epochs", "1",
@@ -144,13 +147,13 @@ def test_bench_runs_tatro_pam_labels_it_and_reuses_it(tmp_path, monkeypatch):
     assert "Tatro PAM from unaligned" in md and "| unaligned" in md
     # keys: the objective and the start are in them; the default methods' keys are not touched
     cfg = BenchConfig(train_subset=300, pam_iters=1)
-    keys = {m: stages.align_key(cfg, m, "a", "b")
+    keys = {m: stage_keys.align_key(cfg, m, "a", "b")
             for m in ("tatro-none", "tatro-robust-none", "tatro-activation", "pam-none")}
     assert len(set(keys.values())) == 4
-    assert "objective" not in json.dumps(stages.pam_spec(cfg, "pam-none", "a", "b"))
-    assert stages.align_key(BenchConfig(train_subset=300, pam_iters=2), "tatro-none", "a",
+    assert "objective" not in json.dumps(stage_keys.pam_spec(cfg, "pam-none", "a", "b"))
+    assert stage_keys.align_key(BenchConfig(train_subset=300, pam_iters=2), "tatro-none", "a",
                             "b") != keys["tatro-none"]
-    robust = stages.tatro_config(cfg, "tatro-robust-activation")
+    robust = stage_keys.tatro_config(cfg, "tatro-robust-activation")
     assert robust.objective == "robust" and robust.attack == cfg.train_attack()
 
     def boom(*a, **k):

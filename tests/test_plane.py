@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from robustpath import models
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.curves import build_curve
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.data import Batches
-from robustpath.plane import coords, out_of_plane, plane_basis, plane_grid, plot_planes
+from robustpath.paths.curves import build_curve
+from robustpath.paths.plane import coords, out_of_plane, plane_basis, plane_grid, plot_planes
 
 
 def _pair(seed_a=0, seed_b=1):

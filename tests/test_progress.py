@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from robustpath import models, progress, runtime
-from robustpath.attacks import AttackConfig
-from robustpath.curve_train import CurveTrainConfig, train_curve
-from robustpath.curves import build_curve
-from robustpath.train import TrainConfig, train_model
+from robustpath.attacks.base import AttackConfig
+from robustpath.paths.curves import build_curve
+from robustpath.paths.fit import CurveTrainConfig, train_curve
+from robustpath.train.loop import TrainConfig, train_model
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_training_bars_move_per_batch_are_named_and_change_nothing(fmnist, capsy
 
 def test_autoattack_bars_name_the_sub_attack_and_batch_and_change_nothing(capsys, every_line):
     pytest.importorskip("pyautoattack")
-    from robustpath.autoattack import StandardAutoAttack
+    from robustpath.attacks.autoattack import StandardAutoAttack
 
     torch.manual_seed(0)
     model = models.create("mlp", "fashion-mnist", width=0.1).eval()

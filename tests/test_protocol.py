@@ -9,13 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from robustpath import bench, curves, keys, models, protocol
+from robustpath import bench, models
 from robustpath import data as data_mod
-from robustpath.attacks import AttackConfig, build_attack
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.config import from_preset
-from robustpath.curve_train import CurveTrainConfig, _seed, train_curve
+from robustpath.engine import keys
 from robustpath.errors import UserError
-from robustpath.train import SCHEDULES, _TrainModeTarget, random_rotation
+from robustpath.paths import curves
+from robustpath.paths.fit import CurveTrainConfig, _seed, train_curve
+from robustpath.report import protocol
+from robustpath.train.loop import SCHEDULES, _TrainModeTarget, random_rotation
 
 
 def test_every_paper_setting_holds_in_the_resolved_preset():

@@ -1,4 +1,4 @@
-"""REPAIR (robustpath.repair): endpoints untouched, statistics on target, wiring into
+"""REPAIR (robustpath.paths.repair): endpoints untouched, statistics on target, wiring into
 path evaluation (cache keys, resume), the --renorm flag."""
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from robustpath import curves, data, models, stages
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.bn import recompute_bn
+from robustpath import data, models
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.config import from_preset
-from robustpath.repair import PathRenorm, find_units, interpolate, measure, repair_model
+from robustpath.engine import keys as stage_keys
+from robustpath.engine import stages
+from robustpath.paths import curves
+from robustpath.paths.bn import recompute_bn
+from robustpath.paths.repair import PathRenorm, find_units, interpolate, measure, repair_model
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +142,13 @@ def test_default_keys_unchanged():
     assert "renorm" not in stages.strong_spec(cfg)
     rep = from_preset("quick", seeds=[0, 1], renorm="repair-adv")
     assert stages.eval_spec(rep, "k")["renorm"] == "repair-adv"
-    assert stages.eval_key(rep, "k") != stages.eval_key(cfg, "k")
+    assert stage_keys.eval_key(rep, "k") != stage_keys.eval_key(cfg, "k")
 
 
 def test_path_eval_with_repair_is_cached(batches, tmp_path, monkeypatch):
     """--renorm repair through stages.path_eval: evaluated once, then read from the
     cache without one REPAIR pass; the bn-reset evaluation has its own entry."""
-    import robustpath.repair as rp
+    import robustpath.paths.repair as rp
 
     x_te, y_te = data.load("fashion-mnist", train=False, subset=40, seed=2, download=False)
     x_tr = torch.cat([b[0] for b in batches])
@@ -174,7 +177,7 @@ def test_strong_stage_prepares_points_as_path_evaluation(batches):
     """stages.point_setup with --renorm: the strong stage's network at t is the one the
     path evaluation measured (same REPAIR), endpoints as given."""
     from robustpath.errors import UserError
-    from robustpath.repair import for_path
+    from robustpath.paths.repair import for_path
 
     x_tr = torch.cat([b[0] for b in batches])
     y_tr = torch.cat([b[1] for b in batches])
@@ -198,7 +201,7 @@ def test_loss_planes_with_renorm_are_announced_before_work(tmp_path, capsys):
     """Loss planes re-estimate BatchNorm whatever --renorm says (a plane point has no t):
     the bench says so on stderr before any work; silent at the default or without planes."""
     from robustpath import bench
-    from robustpath.repair import plane_note
+    from robustpath.paths.repair import plane_note
 
     assert plane_note(from_preset("quick", renorm="bn-reset")) is None
     assert plane_note(from_preset("quick", renorm="repair", plane_grid=0)) is None
@@ -228,7 +231,7 @@ def test_bias_free_units_stack_with_endpoints_under_t_batch(batches):
     """A bias-free Conv unit gains a bias when corrected; the endpoints get a zero one (same
     logits, bit for bit), so --t-batch stacks them with corrected points: before, a batch
     holding t = 0 and t = 0.5 failed ("StackedModel needs models of one architecture")."""
-    from robustpath.evaluate import evaluate_path
+    from robustpath.paths.evaluate import evaluate_path
 
     def net():
         return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(),

@@ -17,10 +17,10 @@ import pytest
 from robustpath.bench import RunOutputs, write_run
 from robustpath.config import BenchConfig
 from robustpath.errors import UserError
-from robustpath.evaluate import PathResult
-from robustpath.records import PathRecord
-from robustpath.report import main as report_main
-from robustpath.store import sha256_file
+from robustpath.io.records import PathRecord
+from robustpath.io.store import sha256_file
+from robustpath.paths.evaluate import PathResult
+from robustpath.report.cli import main as report_main
 
 N, T = 120, 5
 
@@ -111,8 +111,8 @@ def test_report_rebuilds_everything_byte_identical_without_ckpt(run, tmp_path):
 def test_summary_json_and_glossary(run):
     import json
 
-    from robustpath import metric_registry
-    from robustpath.report import format_summary
+    from robustpath.report import metric_registry
+    from robustpath.report.cli import format_summary
 
     d = json.loads((run / "summary.json").read_text())
     assert d["schema"] == "robustpath.summary/1"
@@ -144,7 +144,7 @@ def test_report_rebuilds_a_folder_written_with_seed_columns(run, tmp_path):
     """Folders written before endpoints were named by id have ``seed_a``/``seed_b``:
     records.read renames them, the report rebuilds the same tables, and the folder's
     records.csv is left as it was."""
-    from robustpath.records import read as read_records
+    from robustpath.io.records import read as read_records
 
     before = {n: (run / n).read_bytes() for n in DERIVED}
     copy = tmp_path / "old"
@@ -172,8 +172,8 @@ def test_report_rebuilds_a_folder_written_with_seed_columns(run, tmp_path):
 def test_records_name_zoo_endpoints_by_model_name(tmp_path):
     """Zoo endpoints are model names (not indices): written, read back as str, and the
     path id keeps them apart from seed pairs; report.check_records accepts them."""
-    from robustpath import records
-    from robustpath.report import check_records
+    from robustpath.io import records
+    from robustpath.report.cli import check_records
 
     a, b = "Wong2020Fast", "Singh2023Revisiting_ConvNeXt-T-ConvStem"
     recs = [PathRecord("none", "line", a, b, _result(1, 1.0)),
@@ -198,7 +198,7 @@ def test_records_name_zoo_endpoints_by_model_name(tmp_path):
 def test_report_shows_strong_eval_and_transfer_files(run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
-    # the file's title as robustpath.strong_io writes it: not repeated under the section
+    # the file's title as robustpath.strong.files writes it: not repeated under the section
     (copy / "strong_eval.md").write_text("# Strong evaluation\n\n| t | AutoAttack |\n|---|---|\n"
                                          "| 0.5 | 41.0 |\n")
     (copy / "transfer.md").write_text("- WARNING: possible gradient masking at t=0.5\n")
@@ -277,7 +277,7 @@ def test_compare_runs_with_paired_differences(run, tmp_path, capsys):
 
 
 def test_compare_says_which_paths_were_not_paired():
-    from robustpath.compare import unpaired
+    from robustpath.report.compare import unpaired
 
     base = [PathRecord("none", "line", 0, 1, _result(1, 1.0)),
             PathRecord("none", "bezier", 0, 1, _result(2, 0.3))]
@@ -297,7 +297,7 @@ def _has(module: str) -> bool:
 
 
 def test_tracking_reads_every_metric_from_the_run_folder(run):
-    from robustpath.tracking import scalars
+    from robustpath.report.tracking import scalars
 
     tags = {}
     for tag, value, step in scalars(run):
@@ -313,7 +313,7 @@ def test_tracking_reads_every_metric_from_the_run_folder(run):
 
 @pytest.mark.skipif(_has("tensorboard"), reason="tensorboard installed")
 def test_tensorboard_without_the_package_is_one_line_exit_2(run, capsys):
-    from robustpath.tracking import main as tracking_main
+    from robustpath.report.tracking import main as tracking_main
 
     assert tracking_main([str(run)]) == 2
     assert "pip install tensorboard" in capsys.readouterr().err
@@ -321,7 +321,7 @@ def test_tensorboard_without_the_package_is_one_line_exit_2(run, capsys):
 
 @pytest.mark.skipif(not _has("tensorboard"), reason="tensorboard not installed")
 def test_tensorboard_writes_event_files(run, tmp_path):
-    from robustpath.tracking import log_tensorboard
+    from robustpath.report.tracking import log_tensorboard
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("ckpt"))
@@ -345,7 +345,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
 
 
 def test_paired_differences_pool_several_seed_pairs():
-    from robustpath.compare import paired_differences
+    from robustpath.report.compare import paired_differences
 
     base = [PathRecord("none", "line", 2 * s, 2 * s + 1, _result(10 + s, 1.0)) for s in range(3)]
     other = [PathRecord("none", "line", 2 * s, 2 * s + 1, _result(10 + s, 1.0 + 0.5 * s))

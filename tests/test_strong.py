@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.autoattack import StandardAutoAttack
-from robustpath.equivalence import EquivalenceError, check_same_function
+from robustpath.align.equivalence import EquivalenceError, check_same_function
+from robustpath.attacks.autoattack import StandardAutoAttack
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.attacks.metrics import per_example
 from robustpath.errors import UserError
-from robustpath.evaluate import PathResult, evaluate_path, min_point, refine_minimum
-from robustpath.metrics import per_example
-from robustpath.strong import PointSetup, StrongSettings, mcnemar_p, strong_path, strong_ts
-from robustpath.transfer import transfer_check, write_transfer
+from robustpath.paths.evaluate import PathResult, evaluate_path, min_point, refine_minimum
+from robustpath.strong.stage import PointSetup, StrongSettings, mcnemar_p, strong_path, strong_ts
+from robustpath.strong.transfer import transfer_check, write_transfer
 
 
 class _Linear(nn.Module):
@@ -151,10 +151,10 @@ def test_autoattack_bad_settings_are_user_errors(kw, msg):
 
 
 def test_ta_autoattack_is_named_for_what_it_is():
-    from robustpath.attacks import ATTACKS
+    from robustpath.attacks.base import ATTACKS
 
     assert "ta-autoattack" in ATTACKS.names()
-    import robustpath.attacks as atk
+    import robustpath.attacks.base as atk
 
     assert "NOT Croce & Hein's standard" in atk.__doc__
 
@@ -162,7 +162,7 @@ def test_ta_autoattack_is_named_for_what_it_is():
 @pytest.mark.parametrize("eps,text", [(8 / 255, "8/255"), (0.1, "1/10"), (0.25, "25/100"),
                                       (0.031, "31/1000"), (0.0001, None)])
 def test_card_writes_eps_as_robustbench_does(eps, text):
-    from robustpath.strong_io import _fraction
+    from robustpath.strong.files import _fraction
 
     assert _fraction(eps) == text
 
@@ -195,7 +195,7 @@ def test_refinement_finds_a_narrow_dip_the_grid_misses():
     assert np.all(np.diff(refined.ts) > 0)
     # grid metrics are unchanged by the extra points
     assert np.array_equal(refined.grid().ts, grid.ts)
-    from robustpath.barrier import path_metrics
+    from robustpath.stats.barrier import path_metrics
 
     m = path_metrics(refined, bootstrap=50)
     assert m["robust_acc_min"]["value"] == pytest.approx(acc_grid)
@@ -275,7 +275,7 @@ def test_transfer_check_flags_masked_gradients_not_the_endpoint(trained_pair, fm
 
 # ---------------------------------------------------------------- the strong stage on a path
 def test_strong_path_on_a_line(trained_pair, fmnist, tmp_path):
-    from robustpath.curves import build_curve
+    from robustpath.paths.curves import build_curve
 
     a, b = trained_pair[0], trained_pair[1]
     x_tr, y_tr, x_te, y_te = fmnist
@@ -353,7 +353,7 @@ def test_transfer_sources_are_made_once_per_endpoint_function(trained_pair, fmni
     """Two paths between the same endpoints (as the aligned and unaligned paths of a pair):
     the second attacks neither endpoint, not even to make its transfer sources, and its
     transfer outcome is the one fresh sources give."""
-    from robustpath.curves import build_curve
+    from robustpath.paths.curves import build_curve
 
     a, b = trained_pair[0], trained_pair[1]
     x_tr, y_tr, x_te, y_te = fmnist

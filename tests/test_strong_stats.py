@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from robustpath import strong_io
-from robustpath.attacks import AttackConfig, build_attack
-from robustpath.autoattack import StandardAutoAttack
-from robustpath.curves import build_curve
+from robustpath.attacks.autoattack import StandardAutoAttack
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.errors import UserError
-from robustpath.evaluate import evaluate_path
-from robustpath.strong import PointSetup, StrongSettings, strong_path, strong_ts
+from robustpath.paths.curves import build_curve
+from robustpath.paths.evaluate import evaluate_path
+from robustpath.strong import files as strong_io
+from robustpath.strong.stage import PointSetup, StrongSettings, strong_path, strong_ts
 
 N = 16
 

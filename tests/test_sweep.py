@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 import torch
 
-from robustpath import curve_train, stages
 from robustpath.engine import nodes as sweep_nodes
+from robustpath.engine import stages
 from robustpath.engine.plan import build_plan
-from robustpath.report import main as report_main
+from robustpath.paths import fit as curve_train
+from robustpath.report.cli import main as report_main
 from robustpath.sweep import load_sweep
 from robustpath.sweep.__main__ import main as sweep_main
 

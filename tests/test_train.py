@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustpath import store
-from robustpath.attacks import AttackConfig
+from robustpath.attacks.base import AttackConfig
 from robustpath.errors import UserError
-from robustpath.train import TrainConfig, train_endpoint, train_model
+from robustpath.io import store
+from robustpath.train.loop import TrainConfig, train_endpoint, train_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -165,8 +165,8 @@ def test_amp_is_bfloat16_autocast_on_cuda_only_and_not_in_cache_keys():
     import contextlib
     import warnings
 
-    from robustpath.curve_train import CurveTrainConfig
     from robustpath.device import training_autocast
+    from robustpath.paths.fit import CurveTrainConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no CUDA here: torch warns it disables the context
@@ -226,7 +226,7 @@ def test_damaged_epoch_checkpoint_restarts_from_scratch(tmp_path, tiny_data, cap
 def test_out_is_taken_literally(tmp_path, tiny_data):
     """Issue 17.4: --out X/eps0.1 and X/eps0.2 both wrote X/eps0.safetensors; dir/ wrote
     dir.safetensors."""
-    from robustpath.train import resolve_out
+    from robustpath.train.loop import resolve_out
 
     assert resolve_out(str(tmp_path / "X" / "eps0.1")) == tmp_path / "X" / "eps0.1"
     assert resolve_out(str(tmp_path / "X" / "m.safetensors")) == tmp_path / "X" / "m"

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from robustpath import data as data_mod
-from robustpath.attacks import AttackConfig
-from robustpath.curve_train import CurveTrainConfig, train_curve
-from robustpath.curves import build_curve
-from robustpath.train import TrainConfig, train_endpoint
+from robustpath.attacks.base import AttackConfig
+from robustpath.paths.curves import build_curve
+from robustpath.paths.fit import CurveTrainConfig, train_curve
+from robustpath.train.loop import TrainConfig, train_endpoint
 
 RECORDED = {
     "ep0": "05353f0dd56cdaac864c12c2826357de4e8dcf9b89ca298e379ebda3e36c0546",

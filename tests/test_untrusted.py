@@ -4,7 +4,7 @@ and resource faults end in one line. Each test reproduces a case of the issue (S
 D1-D4, D6, D7) and fails on the code before it; each checks that files outside the
 folder are untouched.
 
-Fast except the real full disk (slow tier): hand-built run folders committed through :mod:`robustpath.runfolder` (the
+Fast except the real full disk (slow tier): hand-built run folders committed through :mod:`robustpath.io.runfolder` (the
 path every writer and ``report`` take), a few hundred Fashion-MNIST images where a
 stage must run.
 """
@@ -22,13 +22,14 @@ import pandas as pd
 import pytest
 import torch
 
-from robustpath import bench, runfolder
+from robustpath import bench
 from robustpath.errors import UserError, cli_main
-from robustpath.escape import csv_cell, latex, md_code, md_fence, md_text
-from robustpath.html_report import markdown_to_html, write_sweep_report
-from robustpath.lock import RUN_LOCK, entry_lock, run_lock
-from robustpath.report import main as report_main
-from robustpath.store import atomic_write_text, check_writable
+from robustpath.io import runfolder
+from robustpath.io.lock import RUN_LOCK, entry_lock, run_lock
+from robustpath.io.store import atomic_write_text, check_writable
+from robustpath.report.cli import main as report_main
+from robustpath.report.escape import csv_cell, latex, md_code, md_fence, md_text
+from robustpath.report.html import markdown_to_html, write_sweep_report
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--train-subset", "128", "--test-subset", "32", "--epochs", "1", "--curve-epochs", "1",
@@ -198,7 +199,7 @@ def test_s3_no_pickle_runs_whatever_the_environment(tmp_path, monkeypatch):
     """Before: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, loading a crafted checkpoint
     without --trust-checkpoints ran its payload."""
     from robustpath import zoo
-    from robustpath.rbcompat import import_robustbench
+    from robustpath.zoo.rbcompat import import_robustbench
 
     try:
         import_robustbench()
@@ -288,7 +289,7 @@ def test_s4_html_embeds_only_the_runs_own_pngs(tmp_path):
 
 
 def test_s4_latex_and_markdown_tables_escape_free_text():
-    from robustpath.tables import to_latex, to_markdown
+    from robustpath.report.tables import to_latex, to_markdown
 
     summary = pd.DataFrame({"align": ["none"], "curve": [r"\input{/etc/passwd}|x_y$"],
                             "pairs": [1]})
@@ -338,9 +339,9 @@ def test_sweep_cpus_out_of_range_are_refused(tmp_path):
 def test_d2_diverging_endpoint_training_stops_at_once_and_caches_nothing(tmp_path, fmnist):
     """Before: NaN weights were cached and the cell failed far later with a misleading
     message."""
-    from robustpath.attacks import AttackConfig
-    from robustpath.store import checkpoint_exists
-    from robustpath.train import TrainConfig, train_endpoint
+    from robustpath.attacks.base import AttackConfig
+    from robustpath.io.store import checkpoint_exists
+    from robustpath.train.loop import TrainConfig, train_endpoint
 
     x_tr, y_tr, x_te, y_te = fmnist
     data = (x_tr[:128], y_tr[:128], x_te[:32], y_te[:32])
@@ -363,9 +364,9 @@ def _all_saved_finite(folder: Path) -> None:
 
 def test_d2_diverging_curve_fit_stops_at_once(tmp_path, fmnist):
     from robustpath import models
-    from robustpath.attacks import AttackConfig
-    from robustpath.curve_train import CurveTrainConfig, train_curve
-    from robustpath.curves import build_curve
+    from robustpath.attacks.base import AttackConfig
+    from robustpath.paths.curves import build_curve
+    from robustpath.paths.fit import CurveTrainConfig, train_curve
 
     torch.manual_seed(0)
     a = models.create("cnn-small", "fashion-mnist", 0.25)
@@ -408,7 +409,7 @@ def test_d7_disk_full_during_a_run_is_one_line_and_leaves_nothing_half_written(t
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "ROBUSTPATH_OFFLINE": "1"}
     bench_cmd = " ".join([sys.executable, "-m", "robustpath.bench", *TINY, "--out",
                           str(mnt / "run")])
-    check = ("import json, sys; from pathlib import Path; from robustpath.store import "
+    check = ("import json, sys; from pathlib import Path; from robustpath.io.store import "
              "load_checkpoint\nfor j in Path(sys.argv[1]).rglob('*.json'):\n"
              "    m = json.loads(j.read_text())\n"
              "    if isinstance(m, dict) and 'content' in m: load_checkpoint(j.with_suffix(''))\n"

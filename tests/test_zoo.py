@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from robustpath import data, zoo
-from robustpath.attacks import AttackConfig, build_attack
+from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.errors import UserError
-from robustpath.evaluate import evaluate_path
+from robustpath.paths.evaluate import evaluate_path
 
 NAME_A, NAME_B, NAME_C = "TinyTest2099_WRN_A", "TinyTest2099_WRN_B", "TinyTest2099_DMWRN_C"
 REPO = Path(__file__).resolve().parent.parent
@@ -207,7 +207,7 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
     assert set(zip(records["endpoint_a"], records["endpoint_b"])) == {(NAME_A, NAME_B)}
     assert set(records["path_id"]) == {f"{a}-{k}-{NAME_A}__{NAME_B}" for a in
                                        ("none", "weight", "activation") for k in records["curve"]}
-    from robustpath.records import read as read_records
+    from robustpath.io.records import read as read_records
 
     assert {r.endpoints for r in read_records(out)} == {(NAME_A, NAME_B)}
     matrix = pd.read_csv(out / "barrier_matrix.csv")
@@ -262,7 +262,7 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
 def test_aligned_line_runs_on_loaded_models(tiny_zoo):
     """Programmatic use: load, align by weights, evaluate a short line path."""
     from robustpath.align import align
-    from robustpath.curves import build_curve
+    from robustpath.paths.curves import build_curve
 
     model_dir, root, _ = tiny_zoo
     a, b = (zoo.load(n, model_dir) for n in (NAME_A, NAME_B))
@@ -311,7 +311,7 @@ def test_zoo_and_bench_paths_over_the_same_two_models_give_identical_records(tmp
     settings, give the bench's records number for number (alignment, curve, BN
     recomputation, attack and refinement are the same code)."""
     from robustpath import bench, models
-    from robustpath.store import load_model
+    from robustpath.io.store import load_model
 
     root = write_cifar10(tmp_path / "data", per_batch=16, test=24)
     common = ["--align", "none,weight", "--paths", "line", "--t-points", "3",

@@ -1,5 +1,5 @@
 """A user's own architecture for ``--arch user_arch:TinyNet`` (tests of
-robustpath.endpoint_files; pytest puts tests/ on sys.path): a small CNN with BatchNorm on 28x28 grey-scale images,
+robustpath.engine.endpoint_files; pytest puts tests/ on sys.path): a small CNN with BatchNorm on 28x28 grey-scale images,
 built the torchvision way (a class taking ``num_classes``)."""
 
 from __future__ import annotations

@@ -38,18 +38,18 @@ Modules: :mod:`.trace` (torch.fx tracing, shapes), :mod:`.rules` and :mod:`.laye
 :mod:`robustpath.pam`, so importing this package does not load the curve machinery.
 """
 
-from . import activation as _activation  # noqa: F401  (registers "activation")
-from . import attention as _attention  # noqa: F401  (registers the attention rules)
-from . import weight as _weight  # noqa: F401  (registers "weight")
-from .activation import CoMoments, correlations
-from .api import AlignReport, GroupReport, align
-from .attention import qkv_attention
-from .blocks import Blocks
-from .context import MATCHERS, MatchContext, solve_assignment
-from .permute import Permutation, apply, identity_permutation, random_permutation
-from .registry import register_rule
-from .spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
-from .weight import weight_matching, weight_similarity
+from robustpath.align import activation as _activation  # noqa: F401  (registers "activation")
+from robustpath.align import attention as _attention  # noqa: F401  (registers the attention rules)
+from robustpath.align import weight as _weight  # noqa: F401  (registers "weight")
+from robustpath.align.activation import CoMoments, correlations
+from robustpath.align.api import AlignReport, GroupReport, align
+from robustpath.align.attention import qkv_attention
+from robustpath.align.blocks import Blocks
+from robustpath.align.context import MATCHERS, MatchContext, solve_assignment
+from robustpath.align.permute import Permutation, apply, identity_permutation, random_permutation
+from robustpath.align.registry import register_rule
+from robustpath.align.spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
+from robustpath.align.weight import weight_matching, weight_similarity
 
 __all__ = [
            "MATCHERS",

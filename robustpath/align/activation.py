@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..attacks import eval_mode
-from ..errors import UserError
-from .context import MATCHERS, MatchContext, solve_assignment
-from .spec import PermutationSpec, Tap
+from robustpath.align.context import MATCHERS, MatchContext, solve_assignment
+from robustpath.align.spec import PermutationSpec, Tap
+from robustpath.attacks.base import eval_mode
+from robustpath.errors import UserError
 
 
 class CoMoments:

@@ -10,14 +10,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..attacks import AttackConfig, build_attack
-from ..data import info as dataset_info
-from ..errors import UserError
-from .activation import check_compatible, correlations
-from .context import MATCHERS, MatchContext
-from .permute import Permutation, apply
-from .spec import PermutationSpec, permutation_spec
-from .weight import weight_similarity
+from robustpath.align.activation import check_compatible, correlations
+from robustpath.align.context import MATCHERS, MatchContext
+from robustpath.align.permute import Permutation, apply
+from robustpath.align.spec import PermutationSpec, permutation_spec
+from robustpath.align.weight import weight_similarity
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.data import info as dataset_info
+from robustpath.errors import UserError
 
 
 @dataclass

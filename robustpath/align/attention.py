@@ -32,10 +32,10 @@ import copy
 import torch
 from torch import fx, nn
 
-from .blocks import Blocks
-from .meta import buffers_under, is_meta, materialise
-from .registry import register_rule
-from .rules import FIXED_T, Perm, Seg, Tup, arg, main_input
+from robustpath.align.blocks import Blocks
+from robustpath.align.meta import buffers_under, is_meta, materialise
+from robustpath.align.registry import register_rule
+from robustpath.align.rules import FIXED_T, Perm, Seg, Tup, arg, main_input
 
 
 def _input(b, node: fx.Node, x):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .context import solve_assignment
+from robustpath.align.context import solve_assignment
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from ..errors import UserError
-from ..registry import Registry
+from robustpath.errors import UserError
+from robustpath.registry import Registry
 
 if TYPE_CHECKING:  # spec imports blocks, which imports this module
-    from .spec import PermutationSpec
+    from robustpath.align.spec import PermutationSpec
 
 Matcher = Callable[["MatchContext"], dict[str, torch.Tensor]]
 MATCHERS: Registry[Matcher] = Registry("alignment method")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from . import registry
-from .registry import register_rule
-from .rules import (
+from robustpath.align import registry
+from robustpath.align.registry import register_rule
+from robustpath.align.rules import (
     ACT_MODULES,
     ACTIVATIONS,
     BINARY,
@@ -45,7 +45,7 @@ from .rules import (
     spatial,
     unknown,
 )
-from .shapes import expand, getitem, repeat, reshape, transpose
+from robustpath.align.shapes import expand, getitem, repeat, reshape, transpose
 
 
 def affine(b, node: fx.Node, x, name: str, wkey: str, bkey: str | None, out_units: int,

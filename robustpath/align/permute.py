@@ -15,8 +15,8 @@ import copy
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .spec import AxisSpec, PermutationSpec, permutation_spec
+from robustpath.align.spec import AxisSpec, PermutationSpec, permutation_spec
+from robustpath.errors import UserError
 
 
 class Permutation(dict):

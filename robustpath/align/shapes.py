@@ -7,7 +7,7 @@ import math
 
 from torch import fx
 
-from .rules import (
+from robustpath.align.rules import (
     FIXED,
     FIXED_T,
     NON_TENSOR,

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from ..errors import UserError
-from . import rules
-from .blocks import Blocks
-from .layers import apply_rule
-from .rules import FIXED, NON_TENSOR, Perm, Seg
-from .trace import node_location, node_shape, trace
+from robustpath.align import rules
+from robustpath.align.blocks import Blocks
+from robustpath.align.layers import apply_rule
+from robustpath.align.rules import FIXED, NON_TENSOR, Perm, Seg
+from robustpath.align.trace import node_location, node_shape, trace
+from robustpath.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -400,7 +400,7 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor, partial: boo
             if any(s.group is not None for s in segs):
                 axes.append(AxisSpec(key, axis, segs))
     blocks = {names[r]: bl for r, bl in b.blocks.items() if r in names}
-    from .taps import find_taps  # imports Tap from here
+    from robustpath.align.taps import find_taps  # imports Tap from here
 
     return PermutationSpec(groups, axes, find_taps(b, names), gm, blocks, b.fixed)
 

@@ -7,9 +7,9 @@ import dataclasses
 
 from torch import fx, nn
 
-from . import rules
-from .rules import Perm
-from .spec import Tap, _flat
+from robustpath.align import rules
+from robustpath.align.rules import Perm
+from robustpath.align.spec import Tap, _flat
 
 
 def find_taps(b, names: dict[int, str]) -> list[Tap]:

@@ -24,9 +24,9 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..attacks import eval_mode
-from ..errors import UserError
-from . import registry
+from robustpath.align import registry
+from robustpath.attacks.base import eval_mode
+from robustpath.errors import UserError
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 

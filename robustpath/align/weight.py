@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .context import MATCHERS, MatchContext, solve_assignment
-from .permute import permute_tensor
-from .spec import AxisSpec, PermutationSpec
+from robustpath.align.context import MATCHERS, MatchContext, solve_assignment
+from robustpath.align.permute import permute_tensor
+from robustpath.align.spec import AxisSpec, PermutationSpec
 
 
 def _unit_rows(t: torch.Tensor, axis: int, offset: int, size: int, inner: int) -> torch.Tensor:

@@ -1,13 +1,13 @@
 """From a cell's node results to what its run folder holds
-(:class:`robustpath.outputs.RunOutputs`), in the order the bench always wrote them:
+(:class:`robustpath.io.outputs.RunOutputs`), in the order the bench always wrote them:
 per seed pair, per alignment method, per path family."""
 
 from __future__ import annotations
 
-from ..outputs import RunOutputs
-from ..records import PathRecord, identity, path_id
-from .plan import STAGE_LABELS, CellPlan
-from .sources import SOURCES
+from robustpath.engine.plan import STAGE_LABELS, CellPlan
+from robustpath.engine.sources import SOURCES
+from robustpath.io.outputs import RunOutputs
+from robustpath.io.records import PathRecord, identity, path_id
 
 
 def pair_label(a, b) -> str:

@@ -24,10 +24,10 @@ import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from ..errors import UserError
-from ..registry import Registry
-from .nodes import Context, call_node
-from .plan import Plan
+from robustpath.engine.nodes import Context, call_node
+from robustpath.engine.plan import Plan
+from robustpath.errors import UserError
+from robustpath.registry import Registry
 
 EXECUTORS: Registry[type] = Registry("executor")
 
@@ -156,6 +156,6 @@ class LocalExecutor:
 
 
 def executor_names() -> list[str]:
-    from . import ray_executor  # noqa: F401 - registers "ray" (imports ray only when used)
+    from robustpath.engine import ray_executor  # noqa: F401 - registers "ray" (imports ray only when used)
 
     return EXECUTORS.names()

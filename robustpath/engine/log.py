@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .plan import STAGE_LABELS, Plan
+from robustpath.engine.plan import STAGE_LABELS, Plan
 
 # seconds per node of the default quick run at one thread (timings.json / calls)
 NODE_SECONDS = {"endpoint": 37.7, "align": 0.6, "curve": 19.4, "eval": 25.2, "strong": 19.8,
@@ -56,7 +56,7 @@ class StageLog:
     """Log lines of a plan's execution; ``workers``: nodes run at once."""
 
     def __init__(self, plan: Plan, *, workers: float = 1, out: str = "", stream=None):
-        from ..config import from_preset
+        from robustpath.config import from_preset
 
         self.plan, self.workers, self.out = plan, max(float(workers), 1.0), out
         self.stream = stream or sys.stdout

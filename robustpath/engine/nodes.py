@@ -3,7 +3,7 @@
 Every executor calls :func:`call_node` (the serial one in-process, the process pool
 and Ray in a worker). A node's inputs arrive as its input nodes' results (small
 dicts); the models themselves come from the stage cache under ``<run>/ckpt/`` - the
-stage functions of :mod:`robustpath.stages` return a stored output instead of
+stage functions of :mod:`robustpath.engine.stages` return a stored output instead of
 recomputing it, so a node computes the same bytes in any process. On a cluster that
 folder must therefore be on a filesystem every node shares; an input missing there is
 an error (:class:`MissingInput`) rather than a silent retraining.
@@ -37,13 +37,14 @@ from typing import Any
 
 import torch
 
-from .. import keys, runtime, stages
-from ..config import BenchConfig
-from ..device import resolve
-from ..errors import UserError
-from ..registry import Registry
-from .plan import Node
-from .sources import SOURCES
+from robustpath import runtime
+from robustpath.config import BenchConfig
+from robustpath.device import resolve
+from robustpath.engine import keys, stages, stages_align
+from robustpath.engine.plan import Node
+from robustpath.engine.sources import SOURCES
+from robustpath.errors import UserError
+from robustpath.registry import Registry
 
 FAULT_ENV = "ROBUSTPATH_SWEEP_FAULT"
 RUNNERS: Registry[Callable[..., dict]] = Registry("stage")
@@ -163,7 +164,7 @@ def _aligned(node: Node, cfg, root, data, device, progress):
     sa, sb = node.params["pair"]
     ma, _, ka = _endpoint(node, cfg, root, data, device, progress, sa)
     mb, _, kb = _endpoint(node, cfg, root, data, device, progress, sb)
-    aligned, report, akey = stages.alignment(cfg, node.params["method"], ma, mb, ka, kb, root,
+    aligned, report, akey = stages_align.alignment(cfg, node.params["method"], ma, mb, ka, kb, root,
                                              data, device, progress)
     return ma, ka, aligned, report, akey
 
@@ -242,7 +243,7 @@ def _run_strong(node: Node, cfg, root: Path, data, device, progress, inputs) -> 
 
 @RUNNERS.register("curvature")
 def _run_curvature(node: Node, cfg, root: Path, data, device, progress, inputs) -> dict:
-    from ..curvature import curvature
+    from robustpath.paths.curvature import curvature
 
     curve = _deferred_curve(node, cfg, root, data, device, progress)
     return {"curvature": curvature(cfg, curve, _curve_key(node, cfg), root, data, device,

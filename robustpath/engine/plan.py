@@ -12,7 +12,7 @@ per grid point (one seed pair each). Per seed pair ``(a, b)`` of a cell the plan
 * ``curvature`` per curve with ``--curvature N`` (input: the curve),
 * ``plane`` per method for the bezier curve of the cell's first pair with ``plane_grid``.
 
-A node is named by its stage's own cache key (:mod:`robustpath.keys`), computed from the
+A node is named by its stage's own cache key (:mod:`robustpath.engine.keys`), computed from the
 cell's settings and its input nodes' keys, so cells that need the same computation get
 the same node and it runs once: endpoint ``(dataset, arch, seed 0)`` serves pairs (0, 1)
 and (0, 2). Nothing here lists config fields: a setting enters a node id exactly when
@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import keys
-from ..config import BenchConfig
-from ..store import config_hash
-from .sources import SOURCES, for_config
+from robustpath.config import BenchConfig
+from robustpath.engine import keys
+from robustpath.engine.sources import SOURCES, for_config
+from robustpath.io.store import config_hash
 
 # what each stage is called in timings.json and the run log (the names bench always used)
 STAGE_LABELS = {"endpoint": "endpoint", "align": "alignment", "curve": "curve",
@@ -156,7 +156,7 @@ def build_plan(cells: list, source: str | None = None) -> Plan:
                                                   "ends": [ekeys[sa], ekeys[sb]]},
                             params, up + (pn.eval,))
                     if cfg.curvature_examples:
-                        from ..curvature import stage_spec
+                        from robustpath.paths.curvature import stage_spec
 
                         pn.curvature = plan.add("curvature", cfg, name,
                                                 {"curvature": stage_spec(cfg, ckey)}, params, up)

@@ -18,10 +18,10 @@ shared filesystem.
 
 from __future__ import annotations
 
-from ..errors import UserError
-from .executors import EXECUTORS
-from .nodes import Context, call_node
-from .plan import Node, Plan
+from robustpath.engine.executors import EXECUTORS
+from robustpath.engine.nodes import Context, call_node
+from robustpath.engine.plan import Node, Plan
+from robustpath.errors import UserError
 
 INSTALL_HINT = ("--executor ray needs Ray, which is not installed: "
                 "pip install 'robustpath[ray]' (or: pip install ray)")

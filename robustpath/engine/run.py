@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from .executors import EXECUTORS
-from .log import StageLog
-from .nodes import Context
-from .plan import Plan
+from robustpath.engine.executors import EXECUTORS
+from robustpath.engine.log import StageLog
+from robustpath.engine.nodes import Context
+from robustpath.engine.plan import Plan
+from robustpath.errors import UserError
 
 
 @dataclass

@@ -8,9 +8,9 @@ source's key and the runners (:mod:`robustpath.engine.nodes`) load endpoints thr
 it, so alignment, curves, evaluation, strong, curvature and plane stages do not care
 where an endpoint came from.
 
-Registered: ``seed`` (adversarial training of a seed, :func:`robustpath.stages.endpoint`)
+Registered: ``seed`` (adversarial training of a seed, :func:`robustpath.engine.stages.endpoint`)
 and ``file`` (a user's checkpoint file, ``--endpoints A,B``,
-:func:`robustpath.stages.endpoint_from_file`). A source also says which endpoints a
+:func:`robustpath.engine.stages.endpoint_from_file`). A source also says which endpoints a
 configuration names (:meth:`refs`), how they pair (:meth:`pairs`) and the id records
 carry for one (:meth:`ident`: the seed, or the file's stem). :func:`for_config` picks the
 source of a configuration. To add one (the RobustBench zoo's
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import keys, stages
-from ..config import BenchConfig
-from ..registry import Registry
-from ..store import config_hash
+from robustpath.config import BenchConfig
+from robustpath.engine import keys, stages
+from robustpath.io.store import config_hash
+from robustpath.registry import Registry
 
 SOURCES: Registry = Registry("endpoint source")
 
@@ -63,8 +63,8 @@ class SeedSource:
 
 @SOURCES.register("file")
 class FileSource:
-    """Endpoint ``path``: a user's file (``--endpoints A,B``; :mod:`robustpath.endpoint_files`):
-    a ``robustpath.train`` checkpoint, or with ``--arch pkg.module:Factory`` a ``.pt`` /
+    """Endpoint ``path``: a user's file (``--endpoints A,B``; :mod:`robustpath.engine.endpoint_files`):
+    a ``robustpath.train.loop`` checkpoint, or with ``--arch pkg.module:Factory`` a ``.pt`` /
     ``.safetensors`` state dict (never unpickled). Its key hashes the file's sha256 with
     the architecture; nothing is cached (the file is the cache); records name it by its
     stem. ``templates``: path -> in-memory module copied instead of calling the factory
@@ -82,13 +82,13 @@ class FileSource:
 
     @staticmethod
     def ident(ref: str) -> str:
-        from ..endpoint_files import endpoint_id
+        from robustpath.engine.endpoint_files import endpoint_id
 
         return endpoint_id(ref)
 
     @staticmethod
     def key(cfg: BenchConfig, ref: str) -> str:
-        from ..endpoint_files import file_key
+        from robustpath.engine.endpoint_files import file_key
 
         return file_key(ref, cfg.arch)
 

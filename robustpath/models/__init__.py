@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..data import info as dataset_info
-from ..errors import UserError
-from ..registry import Registry
-from .common import Normalize
+from robustpath.data import info as dataset_info
+from robustpath.errors import UserError
+from robustpath.models.common import Normalize
+from robustpath.registry import Registry
 
 MODELS: Registry = Registry("architecture")
 
@@ -45,6 +45,6 @@ def available() -> list[str]:
     return MODELS.names()
 
 
-from . import cnn, resnet, vgg, vit  # noqa: E402,F401  (registration side effects)
+from robustpath.models import cnn, resnet, vgg, vit  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["MODELS", "create", "available", "register", "Normalize"]

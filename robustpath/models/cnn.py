@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from . import register
-from .common import conv_bn_relu, scaled
+from robustpath.models import register
+from robustpath.models.common import conv_bn_relu, scaled
 
 
 @register("mlp")

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import register
-from .common import scaled
+from robustpath.models import register
+from robustpath.models.common import scaled
 
 
 class BasicBlock(nn.Module):

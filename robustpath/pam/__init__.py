@@ -9,15 +9,15 @@ permutation and Birkhoff-von Neumann samples, and the control point that moves w
 the permutation. See :mod:`robustpath.pam.tatro`.
 """
 
-from .birkhoff import bvn_decomposition, project_ds_tatro, sample_bvn
-from .relaxed import (
-    permutation_matrix,
-    project_doubly_stochastic,
-    relaxed_state,
-    round_to_permutation,
+from robustpath.pam.birkhoff import bvn_decomposition, project_ds_tatro, sample_bvn
+from robustpath.pam.relaxed import (
+           permutation_matrix,
+           project_doubly_stochastic,
+           relaxed_state,
+           round_to_permutation,
 )
-from .robust import PAMConfig, PAMResult, pam
-from .tatro import TatroPAMConfig, TatroPAMResult, perm_update, tatro_pam, warm_start
+from robustpath.pam.robust import PAMConfig, PAMResult, pam
+from robustpath.pam.tatro import TatroPAMConfig, TatroPAMResult, perm_update, tatro_pam, warm_start
 
 __all__ = ["PAMConfig", "PAMResult", "pam", "permutation_matrix", "project_doubly_stochastic",
            "relaxed_state", "round_to_permutation", "TatroPAMConfig", "TatroPAMResult",

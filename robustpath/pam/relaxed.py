@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..align.context import solve_assignment
-from ..align.spec import AxisSpec, PermutationSpec
-from ..curves import Curve, CurvePoint
-from ..errors import UserError
+from robustpath.align.context import solve_assignment
+from robustpath.align.spec import AxisSpec, PermutationSpec
+from robustpath.errors import UserError
+from robustpath.paths.curves import Curve, CurvePoint
 
 
 def _sum_error(x: np.ndarray) -> float:

@@ -18,12 +18,12 @@ units (one per group of the graph-derived :class:`~.spec.PermutationSpec`) and
   group's permutation matrix is relaxed to a doubly stochastic matrix ``S`` starting
   at ``P_k``; ``perm_steps`` projected gradient steps on the curve loss plus the
   proximal term, one batch and one t ~ U(0, 1) each, the attack made against the
-  relaxed curve at t (as :func:`robustpath.curve_train.train_curve` does); then
+  relaxed curve at t (as :func:`robustpath.paths.fit.train_curve` does); then
   Hungarian rounding of ``S`` (:func:`~.context.solve_assignment`) and a check on
   fixed batches: the rounded candidate replaces ``P_k`` only if its curve loss is
   lower;
 * **curve step** ``c_{k+1} ≈ argmin_c L(P_{k+1}, c)``: ``curve_epochs`` epochs of
-  :func:`~robustpath.curve_train.train_curve`, starting from ``c_k``.
+  :func:`~robustpath.paths.fit.train_curve`, starting from ``c_k``.
 
 Design decisions (facts a user needs):
 
@@ -72,22 +72,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import progress as progress_mod
-from ..align.permute import Permutation, apply, identity_permutation
-from ..align.spec import PermutationSpec, permutation_spec
-from ..attacks import AttackConfig, build_attack
-from ..curves import build_curve
-from ..data import info as data_info
-from ..errors import UserError
-from ..store import checkpoint_exists, config_hash, load_checkpoint, save_checkpoint
-from .relaxed import (  # noqa: F401
+from robustpath import progress as progress_mod
+from robustpath.align.permute import Permutation, apply, identity_permutation
+from robustpath.align.spec import PermutationSpec, permutation_spec
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.data import info as data_info
+from robustpath.errors import UserError
+from robustpath.io.store import checkpoint_exists, config_hash, load_checkpoint, save_checkpoint
+from robustpath.pam.relaxed import (
     _RelaxedCurve,
     permutation_matrix,
     project_doubly_stochastic,
     relaxed_state,
     round_to_permutation,
 )
-from .robust_config import PAMConfig, PAMResult, _mean, changed  # noqa: F401  (re-exported)
+from robustpath.pam.robust_config import PAMConfig, PAMResult, _mean, changed  # noqa: F401  (re-exported)
+from robustpath.paths.curves import build_curve
 
 
 # ---------------------------------------------------------------- the algorithm
@@ -141,7 +141,7 @@ def _perm_step(rc: _RelaxedCurve, perm: Permutation, controls: torch.Tensor, x, 
 
 def _curve_step(model_a, model_b, perm, controls, x, y, cfg: PAMConfig, iteration: int,
                 folder: Path, device, progress: bool):
-    from ..curve_train import CurveTrainConfig, train_curve
+    from robustpath.paths.fit import CurveTrainConfig, train_curve
 
     c = build_curve("bezier", model_a, apply(model_b, perm), cfg.bends).to(device)
     with torch.no_grad():

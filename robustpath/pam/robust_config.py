@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from ..align.permute import Permutation
-from ..attacks import AttackConfig
-from ..errors import UserError
-from ..numbers import parse_fraction
+from robustpath.align.permute import Permutation
+from robustpath.attacks.base import AttackConfig
+from robustpath.errors import UserError
+from robustpath.numbers import parse_fraction
 
 
 @dataclass

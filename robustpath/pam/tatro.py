@@ -28,7 +28,7 @@ so the control point moves with P (``curves_pam.py:56-62``), and ``phi = 0`` at 
 Budget scaling (not theirs; off by default): with ``perm_lr_ref_steps`` = N the permutation
 lr becomes ``perm_lr * N / (our permutation steps)``, so a short run moves as far as their
 20 epochs x 391 batches would (N = 7820: the bench's ``tatro-*`` alignments,
-:func:`robustpath.keys.tatro_config`; ``studies.pam_tatro`` sets its lr by the same rule).
+:func:`robustpath.engine.keys.tatro_config`; ``studies.pam_tatro`` sets its lr by the same rule).
 
 Objective: ``"clean"`` (theirs) or ``"robust"`` (PGD against theta(t) in the loop, as
 robustpath's curve training). BatchNorm normalises with batch statistics throughout.
@@ -48,15 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import progress as progress_mod
-from ..align.permute import Permutation, apply, identity_permutation
-from ..align.spec import permutation_spec
-from ..attacks import AttackConfig, build_attack
-from ..curves import Curve, CurvePoint, build_curve
-from ..data import Batches
-from ..errors import UserError
-from .birkhoff import bvn_decomposition, project_ds_tatro, sample_bvn
-from .relaxed import permutation_matrix, relaxed_state, round_to_permutation
+from robustpath import progress as progress_mod
+from robustpath.align.permute import Permutation, apply, identity_permutation
+from robustpath.align.spec import permutation_spec
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.data import Batches
+from robustpath.errors import UserError
+from robustpath.pam.birkhoff import bvn_decomposition, project_ds_tatro, sample_bvn
+from robustpath.pam.relaxed import permutation_matrix, relaxed_state, round_to_permutation
+from robustpath.paths.curves import Curve, CurvePoint, build_curve
 
 
 @dataclass
@@ -326,7 +326,7 @@ def warm_start(model_a: nn.Module, model_b: nn.Module, start: str, x: torch.Tens
         return model_b
     if start != "activation":
         raise UserError(f"PAM start must be none or activation, got {start!r}")
-    from ..align import align
+    from robustpath.align import align
 
     aligned, _perm, _report = align(model_a, model_b, method="activation",
                                     data=Batches(x, y, 250, device=device), inputs="clean")

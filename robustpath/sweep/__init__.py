@@ -9,7 +9,7 @@ the plan, its nodes and the executors are :mod:`robustpath.engine` (the same as
 ``pip install 'robustpath[ray]'``.
 """
 
-from .driver import SweepResult, run_sweep
-from .spec import Sweep, load_sweep
+from robustpath.sweep.driver import SweepResult, run_sweep
+from robustpath.sweep.spec import Sweep, load_sweep
 
 __all__ = ["Sweep", "SweepResult", "load_sweep", "run_sweep"]

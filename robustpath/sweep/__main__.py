@@ -19,10 +19,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import ArgumentParser, RawHelpFormatter, add_run_options
-from ..errors import UserError, cli_main
-from .driver import run_sweep
-from .spec import load_sweep
+from robustpath.cli import ArgumentParser, RawHelpFormatter, add_run_options
+from robustpath.errors import UserError, cli_main
+from robustpath.sweep.driver import run_sweep
+from robustpath.sweep.spec import load_sweep
 
 
 def parser() -> argparse.ArgumentParser:

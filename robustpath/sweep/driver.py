@@ -3,7 +3,7 @@
 Sweep folder (``--out``, default ``runs/<name>``)::
 
     sweep.json  sweep.toml  command.txt  provenance.json   what was asked, resolved
-    ckpt/<stage>/...       the stage cache shared by all cells (robustpath.stages)
+    ckpt/<stage>/...       the stage cache shared by all cells (robustpath.engine.stages)
     cells/<cell>/          one benchmark run folder per cell (as robustpath.bench
                            writes it) + done.json, written last
     aggregate/             the table across cells (robustpath.sweep.report.sweep_report)
@@ -15,17 +15,17 @@ A cell whose ``done.json`` matches its configuration is skipped, so a rerun of a
 finished sweep runs no task, and a rerun after a crash runs only the unfinished
 cells, whose finished stages come from the stage cache.
 
-Faults (issue 17): a sweep holds its folder's run lock (:func:`robustpath.lock.run_lock`)
+Faults (issue 17): a sweep holds its folder's run lock (:func:`robustpath.io.lock.run_lock`)
 from start to end, so a second sweep (or ``report``) into the same folder fails at
 once with one line naming the holder, as ``robustpath.bench`` does. Each cell is an
-atomic run folder of its own (:func:`robustpath.outputs.write_run`); the sweep's own
+atomic run folder of its own (:func:`robustpath.io.outputs.write_run`); the sweep's own
 outputs - ``sweep.json``, ``sweep.toml``, ``command.txt``, ``provenance.json``,
 ``tasks.json`` and ``aggregate/`` - are written at the end into ``<out>/.staging/``
-and published together by :func:`robustpath.runfolder.commit` (manifest last), so a
+and published together by :func:`robustpath.io.runfolder.commit` (manifest last), so a
 kill at any moment leaves the previous sweep's outputs or the new ones, never a
 mix (a first sweep killed before its end has none yet; rerun it). Stage cache entries
 under ``ckpt/``, shared by the cells and by Ray workers, are computed under
-:func:`robustpath.lock.entry_lock`: one process computes, the others wait and load.
+:func:`robustpath.io.lock.entry_lock`: one process computes, the others wait and load.
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import data as data_mod
-from .. import runfolder, stages
-from ..engine.assemble import cell_outputs
-from ..engine.executors import EXECUTORS, executor_names
-from ..engine.nodes import Context, run_data
-from ..engine.plan import CellPlan, Plan, build_plan
-from ..errors import UserError
-from ..lock import run_lock
-from ..outputs import comparable, write_run
-from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
-from .report import SWEEP_SOURCES, sweep_report
-from .spec import Cell, Sweep
-from .tracker import Tracker
+from robustpath import data as data_mod
+from robustpath.engine.assemble import cell_outputs
+from robustpath.engine.executors import EXECUTORS, executor_names
+from robustpath.engine.nodes import Context, run_data
+from robustpath.engine.plan import CellPlan, Plan, build_plan
+from robustpath.errors import UserError
+from robustpath.io import runfolder, store
+from robustpath.io.lock import run_lock
+from robustpath.io.outputs import comparable, write_run
+from robustpath.io.store import atomic_write_json, atomic_write_text, config_hash, provenance
+from robustpath.sweep.report import SWEEP_SOURCES, sweep_report
+from robustpath.sweep.spec import Cell, Sweep
+from robustpath.sweep.tracker import Tracker
 
 
 @dataclass
@@ -81,20 +81,20 @@ def _place(sweep: Sweep, out: Path) -> None:
 
 
 def _finished_before(cell: Cell) -> bool:
-    done = stages.read_json(Path(cell.cfg.out) / "done.json") or {}
+    done = store.read_json(Path(cell.cfg.out) / "done.json") or {}
     return done.get("config") == cell_hash(cell) and (Path(cell.cfg.out) / "records.csv").is_file()
 
 
 def _check_conflicts(sweep: Sweep, overwrite: bool) -> None:
     for cell in sweep.cells:
-        old = stages.read_json(Path(cell.cfg.out) / "config.json")
+        old = store.read_json(Path(cell.cfg.out) / "config.json")
         if old and comparable(old) != comparable(cell.cfg.to_dict()) and not overwrite:
             raise UserError(f"{cell.cfg.out} holds a cell with a different configuration; "
                             "use another --out or pass --overwrite")
 
 
 def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
-    """Write a cell's run folder (:func:`robustpath.outputs.write_run`), then ``done.json``."""
+    """Write a cell's run folder (:func:`robustpath.io.outputs.write_run`), then ``done.json``."""
     cfg = cp.cell.cfg
     out = cell_outputs(cp, results)
     # done.json of an earlier run goes first: a kill between the commit of the new run
@@ -106,7 +106,7 @@ def write_cell(cp: CellPlan, results: dict[str, dict], command: str) -> None:
 
 
 def _attack_note(sweep: Sweep) -> str:
-    from ..style import attack_label
+    from robustpath.report.style import attack_label
 
     notes = {attack_label(c.cfg.attack, c.cfg.norm, c.cfg.eps, c.cfg.eval_steps)
              for c in sweep.cells}
@@ -128,7 +128,7 @@ def _write_meta(sweep: Sweep, out: Path, command: str) -> None:
 
 def cell_settings(cfg) -> str:
     """A cell's resolved settings in one line (what ``--dry-run`` shows)."""
-    from ..style import attack_label
+    from robustpath.report.style import attack_label
 
     atk = attack_label(cfg.attack, cfg.norm, cfg.eps, cfg.eval_steps)
     return (f"{cfg.dataset}/{cfg.arch} x{cfg.width:g}, seeds {','.join(map(str, cfg.seeds))}, "
@@ -166,7 +166,7 @@ def _plan(sweep: Sweep, out: Path, overwrite: bool) -> SweepResult:
 
 def _publish(sweep: Sweep, out: Path, command: str, tracker: Tracker) -> None:
     """The sweep's own outputs (``SWEEP_SOURCES`` + ``aggregate/``) staged in
-    ``<out>/.staging/``, then committed together (:mod:`robustpath.runfolder`)."""
+    ``<out>/.staging/``, then committed together (:mod:`robustpath.io.runfolder`)."""
     stage = runfolder.begin(out)
     _write_meta(sweep, stage, command)
     atomic_write_json(stage / "tasks.json", tracker.tasks_record())
@@ -191,7 +191,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
         for cell in sweep.cells:  # in the task)
             if not _finished_before(cell):
                 run_data(cell.cfg)
-    stages.check_writable(out)
+    store.check_writable(out)
     # one writer per sweep folder: a second sweep into it fails here, naming the holder
     with run_lock(out):
         runfolder.recover(out)  # finish or discard a publication a kill interrupted

@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
-from ..escape import csv_frame, md_text
-from ..escape import latex as latex_text
-from ..metric_registry import triples
-from ..plots import plot_paths
-from ..records import read as read_records
-from ..report import _report_run, check_config, check_records  # noqa: F401
-from ..store import atomic_write_text
-from ..tables import ALIGN_LABEL, summary_frame
+from robustpath.errors import UserError
+from robustpath.io.records import read as read_records
+from robustpath.io.store import atomic_write_text
+from robustpath.report.cli import _report_run, check_config, check_records  # noqa: F401
+from robustpath.report.escape import csv_frame, md_text
+from robustpath.report.escape import latex as latex_text
+from robustpath.report.metric_registry import triples
+from robustpath.report.plots import plot_paths
+from robustpath.report.tables import ALIGN_LABEL, summary_frame
 
 # ---------------------------------------------------------------- sweeps
 # the cross-cell table: (metric, header, percent?), one column per alignment method
 SWEEP_METRICS = triples(("clean_acc_min", "robust_acc_min", "robust_acc_avg",
-                         "robust_loss_barrier"))  # labels: robustpath.metric_registry
+                         "robust_loss_barrier"))  # labels: robustpath.report.metric_registry
 AXIS_LABEL = {"dataset": "Dataset", "arch": "Architecture"}
 # a sweep's own sources (hashed in its manifest.json); aggregate/ is derived from them
 SWEEP_SOURCES = ("sweep.json", "sweep.toml", "command.txt", "provenance.json", "tasks.json")
@@ -44,7 +44,7 @@ def _sweep_meta(sweep_dir: Path) -> dict:
             and len(c["seeds"]) == 2 for c in meta["cells"])):
         raise UserError(f"{sweep_dir / 'sweep.json'} is missing or corrupt (not a sweep's "
                         "description); rerun the sweep into this folder")
-    from ..runfolder import inside
+    from robustpath.io.runfolder import inside
 
     for c in meta["cells"]:  # report locks and rewrites each cell: never one outside
         inside(sweep_dir, c["dir"], sweep_dir / "sweep.json")
@@ -101,7 +101,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
 
     Per group (the cells that differ only in their seed pair; e.g. one dataset x
     architecture) and per alignment x path family: mean and std over seed pairs of
-    every metric of :mod:`robustpath.tables`, from the cells' ``tables/per_path.csv``.
+    every metric of :mod:`robustpath.report.tables`, from the cells' ``tables/per_path.csv``.
     Writes ``summary.csv`` (long, full precision), ``summary.md`` / ``summary.tex`` (one
     row per group x path, aligned vs unaligned side by side), ``cells.csv`` (each
     cell's state) and ``plots/<group>.{png,pdf}`` (mean ± std over pairs along t).
@@ -110,7 +110,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
 
     Atomic (issue 17): everything goes into ``staging``, a staging folder holding the
     sweep's sources (``SWEEP_SOURCES``), which the caller commits
-    (:func:`robustpath.runfolder.commit`); without one (``report``), the committed
+    (:func:`robustpath.io.runfolder.commit`); without one (``report``), the committed
     sources are staged and committed with the new ``aggregate/`` under the sweep's run
     lock, so a reader sees the old table or the new one, never a mix.
     """
@@ -152,7 +152,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
     long = pd.concat(rows, ignore_index=True)
     header, md_rows, tex_rows = sweep_tables(long, axes)
     attack = meta.get("attack_note", "")
-    n_text = len(axes) + 1  # axis values and path name: free text (robustpath.escape)
+    n_text = len(axes) + 1  # axis values and path name: free text (robustpath.report.escape)
     md = ["| " + " | ".join(map(md_text, header)) + " |",
           "|" + "|".join("---" for _ in header) + "|"]
     md += ["| " + " | ".join([*map(md_text, r[:n_text]), *r[n_text:]]) + " |" for r in md_rows]
@@ -173,7 +173,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
     for group, recs in records.items():
         # the legend says what the bands are (bootstrap CI with one pair, std with more)
         plot_paths(recs, out_dir / "plots" / group, title=str(group), bootstrap=boot)
-    from ..html_report import write_sweep_report
+    from robustpath.report.html import write_sweep_report
 
     write_sweep_report(staging, meta)  # reads the staged sources and aggregate/
     return long
@@ -182,8 +182,8 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
 def _sweep_report_staged(sweep_dir: Path, rebuild: bool) -> pd.DataFrame | None:
     import shutil
 
-    from .. import runfolder
-    from ..lock import run_lock
+    from robustpath.io import runfolder
+    from robustpath.io.lock import run_lock
 
     with run_lock(sweep_dir):
         runfolder.recover(sweep_dir)

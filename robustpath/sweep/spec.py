@@ -40,8 +40,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import PRESETS, BenchConfig, from_preset
-from ..errors import UserError
+from robustpath.config import PRESETS, BenchConfig, from_preset
+from robustpath.errors import UserError
 
 # per-task requests beyond any one machine (cpus = 1e9 would become 1e9 torch threads)
 MAX_TASK_CPUS, MAX_TASK_GPUS = 1024, 64
@@ -341,7 +341,7 @@ def load_sweep(path: str | Path, *, results_root: str | Path = "results") -> Swe
         if why:
             raise loc.error(("overrides", key), why)
         if key == "data_root":  # as --data-root: an existing folder, relative to the cwd
-            from ..cli import data_root
+            from robustpath.cli import data_root
 
             try:
                 data_root(str(value))

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import progress as progress_mod
-from ..engine.log import StageLog, fmt_seconds
-from ..engine.nodes import describe
-from ..engine.plan import Plan
-from ..store import atomic_write_json
+from robustpath import progress as progress_mod
+from robustpath.engine.log import StageLog, fmt_seconds
+from robustpath.engine.nodes import describe
+from robustpath.engine.plan import Plan
+from robustpath.io.store import atomic_write_json
 
 
 class Tracker:

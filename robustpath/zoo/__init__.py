@@ -10,7 +10,7 @@ Loading (:func:`load`) goes through RobustBench's own ``load_model``, which read
 Sehwag2021Proxy_R18.pt``) and only downloads a missing file. robustpath checks the file
 first: a missing checkpoint with ``ROBUSTPATH_OFFLINE=1`` or no network is one clear
 error naming the expected path, and RobustBench never tries to download. RobustBench
-1.1.1's packaging quirks are handled by :mod:`robustpath.rbcompat`. Every zoo model
+1.1.1's packaging quirks are handled by :mod:`robustpath.zoo.rbcompat`. Every zoo model
 takes pixels in [0, 1]: normalisation, where a model has one, is inside it (mean/std
 buffers or a wrapper); the others were trained on raw pixels (:func:`describe`).
 
@@ -29,11 +29,11 @@ Package layout: :mod:`~robustpath.zoo.access` (RobustBench registry, architectur
 verified checkpoint files, loading), :mod:`~robustpath.zoo.config` (``CompareConfig`` and
 its flags), :mod:`~robustpath.zoo.plan` (pairs; :class:`ZooEndpoint`, the zoo as an
 endpoint source), :mod:`~robustpath.zoo.run` (the comparison through the shared
-:mod:`robustpath.stages`), :mod:`~robustpath.zoo.matrix` (pairwise barrier matrix),
+:mod:`robustpath.engine.stages`), :mod:`~robustpath.zoo.matrix` (pairwise barrier matrix),
 :mod:`~robustpath.zoo.cli` (``list`` / ``compare``).
 """
 
-from .access import (  # noqa: F401
+from robustpath.zoo.access import (  # noqa: F401  (the zoo facade; see docs/architecture.md)
     DEFAULT_MODEL_DIR,
     NORM_OF_THREAT,
     THREATS,
@@ -55,8 +55,8 @@ from .access import (  # noqa: F401
     registry,
     sniff_checkpoint,
 )
-from .cli import main, parser  # noqa: F401
-from .config import CompareConfig, add_compare_arguments, config_from_args  # noqa: F401
-from .matrix import MATRIX_METRICS, barrier_matrix, plot_barrier_matrix  # noqa: F401
-from .plan import ZooEndpoint, resolve_pairs  # noqa: F401
-from .run import CompareRun, run_compare, stage_config  # noqa: F401
+from robustpath.zoo.cli import main, parser  # noqa: F401
+from robustpath.zoo.config import CompareConfig, add_compare_arguments, config_from_args  # noqa: F401
+from robustpath.zoo.matrix import MATRIX_METRICS, barrier_matrix, plot_barrier_matrix  # noqa: F401
+from robustpath.zoo.plan import ZooEndpoint, resolve_pairs  # noqa: F401
+from robustpath.zoo.run import CompareRun, run_compare, stage_config  # noqa: F401

@@ -1,6 +1,6 @@
 """``python -m robustpath.zoo``."""
 
-from .cli import main
+from robustpath.zoo.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..cli import split_list
-from ..errors import UserError
-from ..store import sha256_file
-from . import arch
+from robustpath.cli import split_list
+from robustpath.errors import UserError
+from robustpath.io.store import sha256_file
+from robustpath.zoo import arch
 
 DEFAULT_MODEL_DIR = os.environ.get("ROBUSTPATH_MODEL_DIR", "models")
 THREATS = {"linf": "Linf", "l2": "L2", "corruptions": "corruptions"}
@@ -33,7 +33,7 @@ NORM_OF_THREAT = {"Linf": "linf", "L2": "l2"}
 # ---------------------------------------------------------------- robustbench access
 def _rb():
     """robustbench's registry, enums and utils (imported through the compat shim)."""
-    from ..rbcompat import import_robustbench
+    from robustpath.zoo.rbcompat import import_robustbench
 
     import_robustbench()
     from robustbench import utils

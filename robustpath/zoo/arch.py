@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..store import atomic_write_json
+from robustpath.io.store import atomic_write_json
 
 #: ImageNet preprocessing names end with the crop size (RobustBench's ``preprocessing``)
 INPUT_SIZE = {"cifar10": 32, "cifar100": 32, "imagenet": 224}
@@ -263,15 +263,15 @@ def _meta_problem(e: Exception) -> bool:
 
 
 def _put_buffers(model: nn.Module, buffers: dict[str, torch.Tensor], which) -> None:
-    from ..align.meta import put_buffers
+    from robustpath.align.meta import put_buffers
 
     put_buffers(model, {n: b for n, b in buffers.items() if which(b)})
 
 
 def _derive(model: nn.Module, side: int) -> Alignability:
-    from ..align import permutation_spec
-    from ..align.meta import materialise
-    from ..errors import UserError
+    from robustpath.align import permutation_spec
+    from robustpath.align.meta import materialise
+    from robustpath.errors import UserError
 
     buffers = {n: b for n, b in model.named_buffers(remove_duplicate=False)}
     shape = (2, 3, side, side)

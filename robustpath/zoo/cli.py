@@ -12,11 +12,17 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from ..cli import ArgumentParser, HelpFormatter, add_deprecated, add_run_options, parse_with_config
-from ..config import flag_of
-from ..errors import UserError, cli_main
-from ..lock import RUN_LOCK
-from .access import (
+from robustpath.cli import (
+    ArgumentParser,
+    HelpFormatter,
+    add_deprecated,
+    add_run_options,
+    parse_with_config,
+)
+from robustpath.config import flag_of
+from robustpath.errors import UserError, cli_main
+from robustpath.io.lock import RUN_LOCK
+from robustpath.zoo.access import (
     DEFAULT_MODEL_DIR,
     NORM_OF_THREAT,
     checkpoint_path,
@@ -25,14 +31,14 @@ from .access import (
     parse_threat,
     registry,
 )
-from .config import (
+from robustpath.zoo.config import (
     LEGACY_FIELDS,
     CompareConfig,
     add_compare_arguments,
     config_from_args,
     file_defaults,
 )
-from .run import run_compare
+from robustpath.zoo.run import run_compare
 
 
 # ---------------------------------------------------------------- CLI

@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from ..cli import add_run_options, data_root, split_list
-from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
-from ..config import StageConfig
-from ..errors import UserError
-from ..numbers import parse_fraction
-from .access import (
-    DEFAULT_MODEL_DIR,
-    parse_dataset,
-    parse_expect_sha256,
-)
+from robustpath.cli import add_run_options, data_root, split_list
+from robustpath.config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
+from robustpath.config import StageConfig
+from robustpath.errors import UserError
+from robustpath.numbers import parse_fraction
+from robustpath.zoo.access import DEFAULT_MODEL_DIR, parse_dataset, parse_expect_sha256
 
 
 @dataclass
@@ -27,7 +23,7 @@ class CompareConfig(StageConfig):
     ``models``). Attacks: ``attack`` with ``eval_steps`` (``--steps``) evaluates the paths; PGD with
     ``train_steps`` makes adversarial inputs for BatchNorm recomputation, activation
     matching on ``adv`` inputs and curve fitting; the strong stage (standard AutoAttack and
-    many-restart PGD, :mod:`robustpath.strong`) runs at the endpoints, the worst t and
+    many-restart PGD, :mod:`robustpath.strong.stage`) runs at the endpoints, the worst t and
     ``strong_t``. t = 0 and t = 1 are the published models with their own BatchNorm
     statistics unless ``bn_endpoints``. ``eps`` None: RobustBench's budget of the threat
     model (:func:`robustpath.config.default_eps`).
@@ -57,7 +53,7 @@ class CompareConfig(StageConfig):
         return self.threat_model
 
     def validate(self) -> CompareConfig:
-        from .. import data as data_mod
+        from robustpath import data as data_mod
 
         self.dataset = parse_dataset(self.dataset)
         if self.dataset not in data_mod.DATASETS:
@@ -89,7 +85,7 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--paths", default="line", help="path families, comma-separated: line, bezier, polychain "
       "(bezier/polychain are fitted with PGD in the loop)")
     a("--bends", type=int, default=1, help="control points of bezier/polychain")
-    a("--attack", default="pgd", help="attack evaluated along the paths (see robustpath.attacks)")
+    a("--attack", default="pgd", help="attack evaluated along the paths (see robustpath.attacks.base)")
     a("--eps", default=None, help="attack radius in pixels, e.g. 8/255 (default per dataset: "
       "8/255 for Linf, 0.5 for L2 on CIFAR)")
     a("--steps", dest="eval_steps", metavar="STEPS", type=int, default=10,

@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
-from ..methods import LABEL
-from ..records import PathRecord
-from ..store import (
-    atomic_write_bytes,
-)
+from robustpath.align.methods import LABEL
+from robustpath.config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
+from robustpath.io.records import PathRecord
+from robustpath.io.store import atomic_write_bytes
 
 MATRIX_METRICS = ("robust_loss_barrier", "robust_acc_min", "robust_acc_ends", "clean_acc_min",
                   "clean_loss_barrier")
@@ -24,7 +22,7 @@ def barrier_matrix(records: list[PathRecord], models: list[str],
     """One row per evaluated path (model pair x alignment x path family) with the
     barrier metrics and their 95% bootstrap CIs (``_lo``, ``_hi``); ``models``: the
     comparison's models in order (the records name their endpoints by model name)."""
-    from ..barrier import path_metrics
+    from robustpath.stats.barrier import path_metrics
 
     rows = []
     for r in records:
@@ -47,14 +45,14 @@ def plot_barrier_matrix(frame: pd.DataFrame, models: list[str], out_dir: str | P
     symmetric; grey cells: pairs not compared (diagonal, different architectures)."""
     from matplotlib.colors import Normalize
 
-    from ..plots import _matplotlib
+    from robustpath.report.plots import _matplotlib
 
     plt = _matplotlib()
     n, written = len(models), []
     pos = {m: i for i, m in enumerate(models)}  # the cells' order: the models' order
-    from ..metric_registry import get
+    from robustpath.report.metric_registry import get
 
-    # labels and units: robustpath.metric_registry
+    # labels and units: robustpath.report.metric_registry
     panels = (("robust_loss_barrier", get("robust_loss_barrier").header, 1.0, "magma_r", "{:.2f}"),
               ("robust_acc_min", get("robust_acc_min").header, 100.0, "viridis", "{:.1f}"))
     for curve, part in frame.groupby("curve", sort=True):

@@ -6,13 +6,11 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import UserError
-from ..store import (
-    config_hash,
-)
-from . import access
-from .access import check_pair, check_sha256, checkpoint_path, describe
-from .config import CompareConfig
+from robustpath.errors import UserError
+from robustpath.io.store import config_hash
+from robustpath.zoo import access
+from robustpath.zoo.access import check_pair, check_sha256, checkpoint_path, describe
+from robustpath.zoo.config import CompareConfig
 
 
 def resolve_pairs(cfg: CompareConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -48,7 +46,7 @@ def resolve_pairs(cfg: CompareConfig) -> tuple[list[tuple[str, str]], list[tuple
 
 class ZooEndpoint:
     """An endpoint loaded from RobustBench, beside the bench's trained seeds
-    (:func:`robustpath.stages.endpoint`): ``id`` is its zoo name, ``key`` the hash of
+    (:func:`robustpath.engine.stages.endpoint`): ``id`` is its zoo name, ``key`` the hash of
     the name and its checkpoint file's sha256 (pinned by ``--expect-sha256``), so
     every downstream stage key changes when the file does. Loaded on first use."""
 

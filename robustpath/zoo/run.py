@@ -2,7 +2,7 @@
 
 A zoo model is an endpoint source (:class:`~robustpath.zoo.plan.ZooEndpoint`) beside the
 bench's trained seeds; alignment, curve fitting, path evaluation (with the point cache and
-``t_batch``), the strong stage and their caches are :mod:`robustpath.stages`, the same
+``t_batch``), the strong stage and their caches are :mod:`robustpath.engine.stages`, the same
 code the bench and sweeps run, configured by :func:`stage_config`. What is the zoo's own:
 the equivalence record (the path's ends are the loaded models, the aligned B is B), the
 transfer check along the whole path, the pairwise barrier matrix, ``models.json``.
@@ -18,22 +18,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import stages
-from ..attacks import build_attack
-from ..config import BenchConfig, StageConfig
-from ..device import resolve
-from ..errors import UserError
-from ..evaluate import PathResult
-from ..lock import run_lock
-from ..outputs import comparable
-from ..records import PathRecord
-from ..records import write as write_records
-from ..store import atomic_write_json, atomic_write_text, config_hash, provenance
-from ..style import format_eps
-from .access import checkpoint_path, describe
-from .config import CompareConfig
-from .matrix import barrier_matrix, plot_barrier_matrix
-from .plan import ZooEndpoint, resolve_pairs
+from robustpath.attacks.base import build_attack
+from robustpath.config import BenchConfig, StageConfig
+from robustpath.device import resolve
+from robustpath.engine import keys as stage_keys
+from robustpath.engine import stages, stages_align
+from robustpath.errors import UserError
+from robustpath.io import store
+from robustpath.io.lock import run_lock
+from robustpath.io.outputs import comparable
+from robustpath.io.records import PathRecord
+from robustpath.io.records import write as write_records
+from robustpath.io.store import atomic_write_json, atomic_write_text, config_hash, provenance
+from robustpath.paths.evaluate import PathResult
+from robustpath.report.style import format_eps
+from robustpath.zoo.access import checkpoint_path, describe
+from robustpath.zoo.config import CompareConfig
+from robustpath.zoo.matrix import barrier_matrix, plot_barrier_matrix
+from robustpath.zoo.plan import ZooEndpoint, resolve_pairs
 
 
 def stage_config(cfg: CompareConfig) -> BenchConfig:
@@ -73,8 +75,8 @@ class CompareRun:
         for a, b in pairs:
             ka, kb = self.key(a), self.key(b)
             for method in self.cfg.align:
-                akey = stages.align_key(self.scfg, method, ka, kb)
-                keys += [stages.eval_key(self.scfg, stages.curve_key(self.scfg, k, ka, akey))
+                akey = stage_keys.align_key(self.scfg, method, ka, kb)
+                keys += [stage_keys.eval_key(self.scfg, stages.curve_key(self.scfg, k, ka, akey))
                          for k in self.cfg.paths]
         return keys
 
@@ -88,7 +90,7 @@ class CompareRun:
             return {}
 
     def transfer(self, c, res: PathResult, key: str, desc: str) -> pd.DataFrame:
-        from ..transfer import transfer_check
+        from robustpath.strong.transfer import transfer_check
 
         data = self.data()
         setup = stages.point_setup(self.scfg, data, self.device,
@@ -111,7 +113,7 @@ class CompareRun:
 
 
 def _comparable(d: dict) -> dict:
-    """The bench's :func:`robustpath.outputs.comparable` (every ``Runtime`` field, where the
+    """The bench's :func:`robustpath.io.outputs.comparable` (every ``Runtime`` field, where the
     run writes and reads data: dropped by construction), less where the zoo's checkpoints
     live and whether they are trusted (``--trust-checkpoints``: how they are read). A
     config.json written before the shared schema named ``eval_steps`` ``steps``."""
@@ -133,8 +135,8 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
                 command: str | None = None) -> Path:
     """Compare every pair of ``cfg``; returns the run folder. Nothing is written before
     the pairs, checkpoints and data have been checked; one writer per folder (a second
-    one fails naming the holder); the outputs appear together (:mod:`robustpath.runfolder`)."""
-    from .. import runfolder
+    one fails naming the holder); the outputs appear together (:mod:`robustpath.io.runfolder`)."""
+    from robustpath.io import runfolder
 
     device = resolve(cfg.device)
     pairs, skipped = resolve_pairs(cfg)
@@ -145,7 +147,7 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     if not all(stages.cached_eval(run.scfg, k, run.dir) is not None
                for k in _curve_keys(run, pairs)):
         run.data()  # missing data fails here, before anything is written
-    stages.check_writable(run.dir)
+    store.check_writable(run.dir)
     with run_lock(run.dir):
         runfolder.recover(run.dir)
         return _run_locked(run, cfg, pairs, skipped, used, overwrite, command)
@@ -156,23 +158,24 @@ def _curve_keys(run: CompareRun, pairs) -> list[str]:
     for a, b in pairs:
         ka, kb = run.key(a), run.key(b)
         for method in run.cfg.align:
-            akey = stages.align_key(run.scfg, method, ka, kb)
+            akey = stage_keys.align_key(run.scfg, method, ka, kb)
             keys += [stages.curve_key(run.scfg, k, ka, akey) for k in run.cfg.paths]
     return keys
 
 
 def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overwrite,
                 command) -> Path:
-    from .. import runfolder, strong_io
-    from ..equivalence import check_same_function
-    from ..report import build_report, format_summary
-    from ..transfer import write_transfer
+    from robustpath.align.equivalence import check_same_function
+    from robustpath.io import runfolder
+    from robustpath.report.cli import build_report, format_summary
+    from robustpath.strong import files as strong_io
+    from robustpath.strong.transfer import write_transfer
 
     scfg = run.scfg
     entries = {m: describe(m, cfg.dataset, cfg.threat) for m in cfg.models}
     cfg_dict = dict(cfg.to_dict(), threat=cfg.threat,  # RobustBench's name, for readers
                     arch="+".join(sorted({entries[m].arch for p in pairs for m in p})))
-    old = stages.read_json(run.dir / "config.json")
+    old = store.read_json(run.dir / "config.json")
     if isinstance(old, dict) and _comparable(old) != _comparable(cfg_dict) and not overwrite:
         raise UserError(f"{run.dir} holds a comparison with a different configuration; "
                         "use another --out or pass --overwrite")
@@ -183,19 +186,19 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
     for a, b in pairs:
         ka, kb = run.key(a), run.key(b)
         for method in cfg.align:
-            akey = stages.align_key(scfg, method, ka, kb)
+            akey = stage_keys.align_key(scfg, method, ka, kb)
             held_b: dict = {}
 
             def aligned_b(method=method, a=a, b=b, held_b=held_b):
                 if "b" not in held_b:
-                    held_b["b"] = stages.alignment(scfg, method, run.model(a), run.model(b),
+                    held_b["b"] = stages_align.alignment(scfg, method, run.model(a), run.model(b),
                                                    run.key(a), run.key(b), run.dir, run.data(),
                                                    run.device, run.progress)
                 return held_b["b"][0]
 
             for kind in cfg.paths:
                 ckey = stages.curve_key(scfg, kind, ka, akey)
-                ekey = stages.eval_key(scfg, ckey)
+                ekey = stage_keys.eval_key(scfg, ckey)
                 desc = f"{method}/{kind} {a} vs {b}"
                 held: dict = {}
 
@@ -209,7 +212,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
                 # the path's endpoints must be the loaded models, the aligned B must be B
                 # (checked once per path and model files; a rerun reads the record)
                 qpath = run.dir / "ckpt" / "equivalence" / f"{ekey}.json"
-                check = stages.read_json(qpath)
+                check = store.read_json(qpath)
                 if not (isinstance(check, dict) and {"aligned_b_vs_b", "t0_vs_a", "t1_vs_b"}
                         <= set(check)):
                     c0, x_chk = curve(), run.data().x_test

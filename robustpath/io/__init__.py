@@ -1,0 +1,1 @@
+"""A run folder on disk: atomic writes and verified checkpoints (``store``), verified ``.npz`` caches (``cache``), locks (``lock``), atomic run folders (``runfolder``), ``records.csv`` / ``examples.npz`` (``records``), a run's outputs (``outputs``)."""

@@ -1,0 +1,1 @@
+"""Paths in weight space: curve families (``curves``), fitting with PGD in the loop (``fit``), evaluation per t (``evaluate``), renormalisation at each point (``bn``, ``repair``, ``repair_stats``), several t at once (``stacked``), the loss plane (``plane``) and input curvature (``curvature``)."""

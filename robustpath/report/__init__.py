@@ -1,0 +1,1 @@
+"""Everything built from a run's records: tables, plots and their style, the Markdown/HTML report, comparisons of runs (``compare``, ``against``), the paper-protocol table, tracking; ``python -m robustpath.report`` (``cli``)."""

@@ -1,0 +1,5 @@
+"""``python -m robustpath.report``."""
+
+from robustpath.report.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Many models at once: N models merged into one basin (``merge``: Git Re-Basin's MergeMany, activation matching), the robust soup and the triangle of three (``triangle``), their plots (``ternary``), ``python -m robustpath.soup`` (``cli``)."""

@@ -1,0 +1,1 @@
+"""Statistics of a path and of paired runs: barrier metrics with their intervals (``barrier``), paired differences over seed pairs (``paired``), exact small-sample intervals and McNemar counts (``exact``)."""
