@@ -41,7 +41,7 @@ from robustpath.io import runfolder, store
 from robustpath.io.lock import run_lock
 from robustpath.io.outputs import comparable, config_changes, write_run
 from robustpath.numbers import parse_int_list
-from robustpath.report.cli import format_summary
+from robustpath.report.run import format_summary
 
 
 def parser() -> argparse.ArgumentParser:

@@ -194,8 +194,12 @@ def add_run_options(p: argparse.ArgumentParser, config: bool = True) -> None:
     (a run folder's ``config.json``, the folder itself, or a YAML / TOML / JSON file of
     config fields; flags given beside it win) and ``--print-config`` (the resolved
     configuration as JSON, then exit, running nothing)."""
-    from robustpath import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # the installed distribution's version (pyproject.toml), without importing the
+        __version__ = version("robustpath")  # front door and everything it reaches
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+        __version__ = "unknown (not installed)"
     p.add_argument("--version", action="version", version=f"robustpath {__version__}",
                    help="print robustpath's version and exit")
     if config:

@@ -18,7 +18,7 @@ from robustpath.io.records import PathRecord  # noqa: E402
 from robustpath.paths.evaluate import PathResult  # noqa: E402
 from robustpath.paths.plane import contour_levels, control_xy, planes_figure  # noqa: E402
 from robustpath.report import plots  # noqa: E402
-from robustpath.report.cli import format_summary  # noqa: E402
+from robustpath.report.run import format_summary  # noqa: E402
 from robustpath.report.style import attack_label, format_eps, paper_style  # noqa: E402
 from robustpath.train import cli as train_cli  # noqa: E402
 

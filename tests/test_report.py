@@ -112,7 +112,7 @@ def test_summary_json_and_glossary(run):
     import json
 
     from robustpath.report import metric_registry
-    from robustpath.report.cli import format_summary
+    from robustpath.report.run import format_summary
 
     d = json.loads((run / "summary.json").read_text())
     assert d["schema"] == "robustpath.summary/1"
@@ -173,7 +173,7 @@ def test_records_name_zoo_endpoints_by_model_name(tmp_path):
     """Zoo endpoints are model names (not indices): written, read back as str, and the
     path id keeps them apart from seed pairs; report.check_records accepts them."""
     from robustpath.io import records
-    from robustpath.report.cli import check_records
+    from robustpath.report.run import check_records
 
     a, b = "Wong2020Fast", "Singh2023Revisiting_ConvNeXt-T-ConvStem"
     recs = [PathRecord("none", "line", a, b, _result(1, 1.0)),

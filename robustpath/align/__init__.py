@@ -48,7 +48,8 @@ from robustpath.align.blocks import Blocks
 from robustpath.align.context import MATCHERS, MatchContext, solve_assignment
 from robustpath.align.permute import Permutation, apply, identity_permutation, random_permutation
 from robustpath.align.registry import register_rule
-from robustpath.align.spec import AxisSpec, PermutationSpec, Segment, Tap, permutation_spec
+from robustpath.align.spec import AxisSpec, PermutationSpec, Segment, permutation_spec
+from robustpath.align.taps import Tap
 from robustpath.align.weight import weight_matching, weight_similarity
 
 __all__ = [

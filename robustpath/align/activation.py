@@ -2,7 +2,7 @@
 Alignment"; Li et al. 2016 "Convergent Learning").
 
 For every permutation group, both models are run (eval mode, no gradients) on the same
-batches and the group's units are observed at its *taps* (:class:`~.spec.Tap`):
+batches and the group's units are observed at its *taps* (:class:`~.taps.Tap`):
 post-activation by default (outputs of ReLU etc.; for Swish ``x * sigmoid(x)``),
 pre-activation on request (the activation's input); a group without a nonlinearity is
 observed at its layers' outputs. Each unit is z-scored over samples *and* spatial
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import fx
 
 from robustpath.align.context import MATCHERS, MatchContext, solve_assignment
-from robustpath.align.spec import PermutationSpec, Tap
+from robustpath.align.spec import PermutationSpec
+from robustpath.align.taps import Tap
 from robustpath.attacks.base import eval_mode
 from robustpath.errors import UserError
 

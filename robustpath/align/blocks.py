@@ -26,9 +26,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from robustpath.align.context import solve_assignment
+from robustpath.errors import UserError
+
+
+def solve_assignment(score: torch.Tensor) -> torch.Tensor:
+    """Hungarian assignment maximising ``sum_i score[i, p[i]]`` (scipy's
+    ``linear_sum_assignment``); returns ``p`` as a LongTensor."""
+    s = score.detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.isfinite(s)):
+        raise UserError("similarity matrix contains NaN/inf (diverged weights or activations?)")
+    rows, cols = linear_sum_assignment(s, maximize=True)
+    p = torch.empty(len(rows), dtype=torch.long)
+    p[torch.from_numpy(rows)] = torch.from_numpy(cols).long()
+    return p
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from robustpath.align.blocks import solve_assignment  # noqa: F401  (matchers use it from here too)
 from robustpath.errors import UserError
 from robustpath.registry import Registry
 
@@ -69,18 +68,6 @@ class MatchContext:
             if not isinstance(x, torch.Tensor):
                 raise UserError(f"data must yield tensors or (x, y) pairs, got {type(x).__name__}")
             yield x.to(dev), (y.to(dev) if isinstance(y, torch.Tensor) else None)
-
-
-def solve_assignment(score: torch.Tensor) -> torch.Tensor:
-    """Hungarian assignment maximising ``sum_i score[i, p[i]]`` (scipy's
-    ``linear_sum_assignment``); returns ``p`` as a LongTensor."""
-    s = score.detach().to("cpu", torch.float64).numpy()
-    if not np.all(np.isfinite(s)):
-        raise UserError("similarity matrix contains NaN/inf (diverged weights or activations?)")
-    rows, cols = linear_sum_assignment(s, maximize=True)
-    p = torch.empty(len(rows), dtype=torch.long)
-    p[torch.from_numpy(rows)] = torch.from_numpy(cols).long()
-    return p
 
 
 @MATCHERS.register("none")

@@ -34,6 +34,7 @@ from robustpath.align import rules
 from robustpath.align.blocks import Blocks
 from robustpath.align.layers import apply_rule
 from robustpath.align.rules import FIXED, NON_TENSOR, Perm, Seg
+from robustpath.align.taps import Tap, _flat, find_taps
 from robustpath.align.trace import node_location, node_shape, trace
 from robustpath.errors import UserError
 
@@ -60,26 +61,6 @@ class AxisSpec:
     key: str
     axis: int
     segments: tuple[Segment, ...]
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A tensor in the graph (node name) whose axis ``axis`` holds the ``size`` units of
-    ``group``, each ``inner`` indices wide. ``kind``: ``post`` (after an activation),
-    ``pre`` (the activation's input) or ``out`` (a layer's output; fallback). A ``post``
-    tap names its activation's input in ``pre`` (the fallback for dead units)."""
-
-    group: str
-    node: str
-    axis: int
-    size: int
-    inner: int
-    kind: str
-    pre: str | None = None
-    start: int = 0
-    # observe F.linear(node, W[wrow:wrow+size], bias[brow:brow+size]): (W, wrow, bias, brow)
-    proj: tuple[str, int, str | None, int] | None = None
-    offset: int = 0  # first index along ``axis`` (a group laid out in several segments)
 
 
 @dataclass
@@ -341,12 +322,6 @@ class Refusal(UserError):
         self.where, self.reason = where, reason
 
 
-def _flat(args) -> list[fx.Node]:
-    out: list[fx.Node] = []
-    fx.node.map_arg(args, out.append)
-    return out
-
-
 def _group_names(b: _Builder) -> dict[int, str]:
     order = {n: i for i, n in enumerate(b.gm.graph.nodes)}
     roots = {b.find(s.var) for axes in b.regs.values() for segs in axes.values()
@@ -400,9 +375,7 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor, partial: boo
             if any(s.group is not None for s in segs):
                 axes.append(AxisSpec(key, axis, segs))
     blocks = {names[r]: bl for r, bl in b.blocks.items() if r in names}
-    from robustpath.align.taps import find_taps  # imports Tap from here
-
     return PermutationSpec(groups, axes, find_taps(b, names), gm, blocks, b.fixed)
 
 
-__all__ = ["AxisSpec", "PermutationSpec", "Segment", "Tap", "permutation_spec"]
+__all__ = ["AxisSpec", "PermutationSpec", "Segment", "permutation_spec"]

@@ -1,15 +1,41 @@
 """Taps: the tensors of the traced graph where activation matching observes each
-permutation group's units (:class:`~.spec.Tap`)."""
+permutation group's units (:class:`~.taps.Tap`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 from torch import fx, nn
 
 from robustpath.align import rules
 from robustpath.align.rules import Perm
-from robustpath.align.spec import Tap, _flat
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A tensor in the graph (node name) whose axis ``axis`` holds the ``size`` units of
+    ``group``, each ``inner`` indices wide. ``kind``: ``post`` (after an activation),
+    ``pre`` (the activation's input) or ``out`` (a layer's output; fallback). A ``post``
+    tap names its activation's input in ``pre`` (the fallback for dead units)."""
+
+    group: str
+    node: str
+    axis: int
+    size: int
+    inner: int
+    kind: str
+    pre: str | None = None
+    start: int = 0
+    # observe F.linear(node, W[wrow:wrow+size], bias[brow:brow+size]): (W, wrow, bias, brow)
+    proj: tuple[str, int, str | None, int] | None = None
+    offset: int = 0  # first index along ``axis`` (a group laid out in several segments)
+
+
+def _flat(args) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(args, out.append)
+    return out
 
 
 def find_taps(b, names: dict[int, str]) -> list[Tap]:

@@ -153,9 +153,3 @@ class LocalExecutor:
                     tracker.finished(node_id, result)
                 if not done:
                     tracker.tick()
-
-
-def executor_names() -> list[str]:
-    from robustpath.engine import ray_executor  # noqa: F401 - registers "ray" (imports ray only when used)
-
-    return EXECUTORS.names()

@@ -16,7 +16,7 @@ from robustpath.io.lock import run_lock
 from robustpath.io.records import PathRecord
 from robustpath.io.records import write as write_records
 from robustpath.io.store import atomic_write_json, atomic_write_text, provenance
-from robustpath.report.cli import build_report
+from robustpath.report.run import build_report
 
 
 def config_changes(old: dict, new: dict, limit: int = 6) -> str:
@@ -82,7 +82,7 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
     ``endpoints.json``, ``alignment.json``, ``curves.json``, ``records.csv`` +
     ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
     the tables, plots, ``report.{md,html}`` and ``summary.json`` of
-    :func:`robustpath.report.cli.build_report`. Used by
+    :func:`robustpath.report.run.build_report`. Used by
     :func:`run` and by the sweep executors (one call per cell).
 
     Atomic (:mod:`robustpath.io.runfolder`): everything goes to ``<run>/.staging/`` first

@@ -7,7 +7,7 @@ A run folder holds the run's outputs (``config.json``, ``records.csv``,
 
 1. ``.staging/manifest.json`` is written last: the commit point. It lists every
    output with the sha256 of the primary ones (the run's sources, written before
-   :func:`robustpath.report.cli.build_report`; not what ``report`` rebuilds from them:
+   :func:`robustpath.report.run.build_report`; not what ``report`` rebuilds from them:
    tables, plots, ``report.{md,html}``);
 2. the outputs are moved into the run folder one ``os.replace`` at a time, outputs of
    the old run that the new one lacks are deleted, and ``manifest.json`` is moved

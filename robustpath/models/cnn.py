@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from robustpath.models import register
 from robustpath.models.common import conv_bn_relu, scaled
+from robustpath.models.registry import register
 
 
 @register("mlp")

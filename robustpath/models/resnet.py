@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustpath.models import register
 from robustpath.models.common import scaled
+from robustpath.models.registry import register
 
 
 class BasicBlock(nn.Module):

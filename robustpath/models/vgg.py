@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from robustpath.models import register
 from robustpath.models.common import conv_bn_relu, scaled
+from robustpath.models.registry import register
 
 VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from robustpath.models import register
 from robustpath.models.common import scaled
+from robustpath.models.registry import register
 
 HEADS, DEPTH = 4, 4
 

@@ -422,9 +422,10 @@ def write_run_report(run_dir: str | Path, summary, cfg: dict) -> list[Path]:
 
 
 # ---------------------------------------------------------------- sweep report
-def write_sweep_report(sweep_dir: str | Path, meta: dict) -> list[Path]:
+def write_sweep_report(sweep_dir: str | Path, meta: dict, metrics=()) -> list[Path]:
     """``<sweep>/aggregate/report.{md,html}``: the table across cells, the cells'
-    states, every aggregate figure, the command and provenance."""
+    states, every aggregate figure, the command and provenance; ``metrics``: the
+    cross-cell table's columns, for the glossary (:data:`robustpath.sweep.report.SWEEP_METRICS`)."""
     sweep_dir = Path(sweep_dir)
     agg = sweep_dir / "aggregate"
     md = [f"# Sweep {md_text(meta.get('name', sweep_dir.name))}", ""]
@@ -443,12 +444,9 @@ def write_sweep_report(sweep_dir: str | Path, meta: dict) -> list[Path]:
         md += ["## Figures", ""]
         md += [f"![{md_text(f.stem)}: accuracy and loss along each path; the legend says what the "
                f"bands are.](plots/{f.name})" for f in figs] + [""]
-    if table.is_file():  # the cross-cell table's columns (robustpath.sweep.report)
-        from robustpath.sweep.report import SWEEP_METRICS
-
+    if table.is_file():  # the cross-cell table's columns
         md += ["## Glossary", "", metric_registry.glossary_markdown(
-            ["clean_acc_ends", "robust_acc_ends"] + [m for m, _, _ in SWEEP_METRICS]).rstrip(),
-            ""]
+            ["clean_acc_ends", "robust_acc_ends"] + list(metrics)).rstrip(), ""]
     command = (sweep_dir / "command.txt").read_text().strip() \
         if (sweep_dir / "command.txt").is_file() else ""
     if command:

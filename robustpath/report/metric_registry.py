@@ -229,7 +229,7 @@ SUMMARY = ("clean_acc_ends", "clean_acc_min", "clean_acc_avg", "robust_acc_ends"
            "aa_robust_worst", "aa_acc_barrier", "aa_pgd_gap", "aa_robust_min",
            "aa_acc_barrier_max", "aa_pgd_gap_max")
 #: the console summary's columns, most important first; those that fit in 100
-#: characters are shown (robustpath.report.cli.format_summary)
+#: characters are shown (robustpath.report.run.format_summary)
 CONSOLE_CANDIDATES = ("robust_acc_min", "robust_loss_barrier", "robust_acc_ends",
                       "aa_robust_worst", "robust_acc_avg", "clean_acc_min",
                       "robust_acc_min_refined", "aa_pgd_gap")

@@ -1,7 +1,7 @@
 """``summary.json``: a run's results in one machine-readable file a leaderboard can
 ingest (schema ``robustpath.summary/1``, documented in ``docs/summary_json.md``).
 
-Written by :func:`robustpath.report.cli.build_report` (so by the bench's run-folder
+Written by :func:`robustpath.report.run.build_report` (so by the bench's run-folder
 writer :func:`robustpath.io.outputs.write_run` and by ``python -m robustpath.report``),
 from the summary table, the run's ``config.json`` and ``provenance.json``. Nothing
 time-dependent goes in: a rebuild from the same files gives the same bytes.

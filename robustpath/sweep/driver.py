@@ -36,7 +36,7 @@ from pathlib import Path
 
 from robustpath import data as data_mod
 from robustpath.engine.assemble import cell_outputs
-from robustpath.engine.executors import EXECUTORS, executor_names
+from robustpath.engine.executors import EXECUTORS
 from robustpath.engine.nodes import Context, run_data
 from robustpath.engine.plan import CellPlan, Plan, build_plan
 from robustpath.errors import UserError
@@ -182,7 +182,8 @@ def run_sweep(sweep: Sweep, out: str | Path, *, executor: str = "local",
     ``out``'s run lock; the sweep's outputs are published together at the end."""
     start = time.time()
     out = Path(out)
-    executor_names()
+    from robustpath.engine import ray_executor  # noqa: F401  (registers "ray"; imports ray only when used)
+
     exe = EXECUTORS.get(executor)(address=address, max_parallel=max_parallel, workers=workers)
     _place(sweep, out)
     if dry_run:  # reads only: no lock, nothing written

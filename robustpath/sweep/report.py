@@ -13,11 +13,11 @@ import pandas as pd
 from robustpath.errors import UserError
 from robustpath.io.records import read as read_records
 from robustpath.io.store import atomic_write_text
-from robustpath.report.cli import _report_run, check_config, check_records  # noqa: F401
 from robustpath.report.escape import csv_frame, md_text
 from robustpath.report.escape import latex as latex_text
 from robustpath.report.metric_registry import triples
 from robustpath.report.plots import plot_paths
+from robustpath.report.run import _report_run, check_config, check_records  # noqa: F401
 from robustpath.report.tables import ALIGN_LABEL, summary_frame
 
 # ---------------------------------------------------------------- sweeps
@@ -175,7 +175,7 @@ def sweep_report(sweep_dir: str | Path, *, rebuild: bool = True,
         plot_paths(recs, out_dir / "plots" / group, title=str(group), bootstrap=boot)
     from robustpath.report.html import write_sweep_report
 
-    write_sweep_report(staging, meta)  # reads the staged sources and aggregate/
+    write_sweep_report(staging, meta, [m for m, _, _ in SWEEP_METRICS])  # staged sources
     return long
 
 

@@ -167,7 +167,7 @@ def _run_locked(run: CompareRun, cfg: CompareConfig, pairs, skipped, used, overw
                 command) -> Path:
     from robustpath.align.equivalence import check_same_function
     from robustpath.io import runfolder
-    from robustpath.report.cli import build_report, format_summary
+    from robustpath.report.run import build_report, format_summary
     from robustpath.strong import files as strong_io
     from robustpath.strong.transfer import write_transfer
 
