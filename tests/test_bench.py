@@ -16,6 +16,7 @@ from robustpath.attacks.base import AttackConfig, build_attack
 from robustpath.attacks.metrics import per_example
 from robustpath.data import Batches
 from robustpath.engine import stages
+from robustpath.io import outputs
 from robustpath.paths import fit as curve_train
 from robustpath.paths.bn import recompute_bn
 from robustpath.paths.curves import build_curve
@@ -275,7 +276,7 @@ def test_committed_default_run_matches_the_default_configuration():
     committed = Path(__file__).resolve().parent.parent / "results" / "fashion-mnist-cnn-small-quick"
     old = json.loads((committed / "config.json").read_text())
     cfg = bench.config_from_args(bench.parser().parse_args([]))
-    assert bench.comparable(old) == bench.comparable(cfg.to_dict())
+    assert outputs.comparable(old) == outputs.comparable(cfg.to_dict())
     assert cfg.out == "runs/fashion-mnist-cnn-small-quick"
     for argv, out in ((["--preset", "paper-fmnist"], "runs/fashion-mnist-tinyten-paper-fmnist"),
                       (["--dataset", "mnist", "--arch", "mlp"], "runs/mnist-mlp-quick")):
@@ -302,4 +303,4 @@ def test_no_fuse_runs_every_network_as_it_is(tmp_path, monkeypatch):
     assert runtime.current().fuse is True  # the run's runtime ended with the run
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["fuse"] is False
-    assert bench.comparable(cfg) == bench.comparable({**cfg, "fuse": True})
+    assert outputs.comparable(cfg) == outputs.comparable({**cfg, "fuse": True})

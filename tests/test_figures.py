@@ -12,8 +12,9 @@ import pytest
 
 matplotlib.use("Agg")
 
-from robustpath import bench  # noqa: E402
+from robustpath import bench
 from robustpath.engine.timing import StageTimer  # noqa: E402
+from robustpath.io import outputs  # noqa: E402
 from robustpath.io.records import PathRecord  # noqa: E402
 from robustpath.paths.evaluate import PathResult  # noqa: E402
 from robustpath.paths.plane import contour_levels, control_xy, planes_figure  # noqa: E402
@@ -338,9 +339,9 @@ def test_overwrite_refusal_names_the_settings_that_differ():
 
     old = from_preset("quick").to_dict()
     new = from_preset("quick", eps="8/255", seeds=[0, 1, 2, 3]).to_dict()
-    text = bench.config_changes(old, new)
+    text = outputs.config_changes(old, new)
     assert text == "eps: 0.1 -> 8/255, seeds: [0, 1, 2, 3, 4, 5] -> [0, 1, 2, 3]"
-    assert bench.config_changes(old, dict(old, device="cuda")) == ""  # not result-relevant
+    assert outputs.config_changes(old, dict(old, device="cuda")) == ""  # not result-relevant
 
 
 def test_sweep_dry_run_shows_the_folder_and_each_cells_settings(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """The run report, its rebuild from a copy without ckpt/, and the comparison of runs.
 
-Run folders are written by the real :func:`robustpath.bench.write_run` from
+Run folders are written by the real :func:`robustpath.io.outputs.write_run` from
 synthetic per-example results (no training), so each test takes about a second.
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustpath.bench import RunOutputs, write_run
 from robustpath.config import BenchConfig
 from robustpath.errors import UserError
+from robustpath.io.outputs import RunOutputs, write_run
 from robustpath.io.records import PathRecord
 from robustpath.io.store import sha256_file
 from robustpath.paths.evaluate import PathResult
