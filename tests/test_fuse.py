@@ -191,8 +191,10 @@ _NARROW = """
 import sys, torch, torch.nn.functional as F
 sys.path.insert(0, {tests!r})
 from conftest import small_train_config
-from robustpath import train, curves, models
-from robustpath.attacks import AttackConfig, build_attack
+from robustpath import models
+from robustpath.attacks.base import AttackConfig, build_attack
+from robustpath.paths import curves
+from robustpath.train import loop as train
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 x, y = torch.rand(32, 3, 32, 32, generator=g), torch.arange(32) % 10

@@ -211,7 +211,7 @@ def test_local_sweep_writes_cells_and_aggregate(local_run):
             assert (d / f).is_file(), (cell, f)
         assert len(pd.read_csv(d / "records.csv")) == 4 * 3  # 2 aligns x 2 paths x 3 t
     md = (out / "aggregate" / "summary.md").read_text()
-    assert "Robust min: unaligned" in md and "Robust min: aligned (weight)" in md
+    assert "Robust min (grid): unaligned" in md and "Robust min (grid): aligned (weight)" in md
     assert "| fashion-mnist | mlp | bezier | 2 |" in md and " ± " in md
     long = pd.read_csv(out / "aggregate" / "summary.csv")
     assert set(long["pairs"]) == {2} and len(long) == 4
@@ -226,7 +226,7 @@ def test_report_rebuilds_the_sweep_table(local_run, capsys):
     (out / "aggregate" / "summary.md").unlink()
     assert report_main([str(out)]) == 0
     assert (out / "aggregate" / "summary.md").read_bytes() == before
-    assert "Robust loss barrier: unaligned" in capsys.readouterr().out
+    assert "Robust loss barrier (grid): unaligned" in capsys.readouterr().out
 
 
 def test_rerun_does_no_work_and_resumes_a_lost_cell(local_run, tiny_toml, monkeypatch):

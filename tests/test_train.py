@@ -226,7 +226,7 @@ def test_damaged_epoch_checkpoint_restarts_from_scratch(tmp_path, tiny_data, cap
 def test_out_is_taken_literally(tmp_path, tiny_data):
     """Issue 17.4: --out X/eps0.1 and X/eps0.2 both wrote X/eps0.safetensors; dir/ wrote
     dir.safetensors."""
-    from robustpath.train.loop import resolve_out
+    from robustpath.train.cli import resolve_out
 
     assert resolve_out(str(tmp_path / "X" / "eps0.1")) == tmp_path / "X" / "eps0.1"
     assert resolve_out(str(tmp_path / "X" / "m.safetensors")) == tmp_path / "X" / "m"
