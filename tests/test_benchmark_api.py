@@ -113,3 +113,33 @@ def test_provenance_records_no_machine_path(example_run):
                                                             "results/x"]
     argv = json.loads((example_run[2] / "provenance.json").read_text())["argv"]
     assert not argv[0].startswith("/") and str(root) not in " ".join(argv)
+
+
+@pytest.mark.slow  # about 40 s: two tiny trainings and a tiny benchmark
+def test_readme_benchmark_block_runs_as_written_on_tiny_sizes(tmp_path, monkeypatch):
+    """The README's ``rp.benchmark`` block, executed as written with only its sizes
+    shrunk (every replacement must apply), writes a run whose report.html passes the
+    browser check."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("**Two models to a report in one call**", 1)[1]
+    block = block.split("```python\n", 1)[1].split("```", 1)[0]
+    tiny = ("test_subset=60, curve_epochs=1, t_points=3, bn_batches=1, bootstrap=40, "
+            "eval_steps=1, train_steps=1, refine_rounds=0, plane_grid=0, strong=False, "
+            f"out={str(tmp_path / 'run')!r}")
+    for big, small in (("subset=5000)", "subset=300)"), ("epochs=3)", "epochs=1)"),
+                       ("train_subset=5000", "train_subset=300"), ("test_subset=500", tiny)):
+        assert big in block, big
+        block = block.replace(big, small)
+    monkeypatch.syspath_prepend(str(repo))
+    ns = {"__name__": "readme"}
+    exec(compile(block, "README.md (rp.benchmark)", "exec"), ns)
+    assert (tmp_path / "run" / "records.csv").is_file()
+    from robustpath.report import pagecheck
+
+    if pagecheck.find_browser() is None:
+        pytest.skip("chromium not installed (make test installs it)")
+    problems = pagecheck.check_page(tmp_path / "run" / "report.html")
+    assert not problems, problems
