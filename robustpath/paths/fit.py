@@ -224,8 +224,7 @@ def train_curve(curve: Curve, x_train: torch.Tensor, y_train: torch.Tensor, cfg:
         return meta["metrics"]
 
     opt = torch.optim.SGD([curve.controls], lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=0.0,
-                          fused=True)
+                          nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=0.0)
     start, history = 0, []
     last = latest_epoch_checkpoint(out_dir) if out_dir is not None else None
     if last is not None:

@@ -251,7 +251,7 @@ def _train_model(cfg: TrainConfig, device, progress, data, work_dir, on_epoch_en
                               augment=cfg.augment, drop_last=len(x_tr) > cfg.batch_size,
                               device=device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                          weight_decay=cfg.weight_decay, fused=True)
+                          weight_decay=cfg.weight_decay)
     sched = SCHEDULES.get(cfg.schedule)(opt, cfg.epochs * len(loader), cfg.lr)
     target = _TrainModeTarget(model) if cfg.attack_mode == "train" else model
     rot_gen = torch.Generator().manual_seed(cfg.seed + 7919)
