@@ -27,6 +27,9 @@ RECORDED = {
     "ep1": "c4734d984606e09205db5366ba44899bb95959f3fa8c101dc53a589be76bccae",
     "curve": "454cf6ed5e7e0c0f34d4964b0586c56befa385f73db1611817f2964d34d47637",
 }
+#: the bench's stages, quick preset, 512 examples, 1 + 1 epochs (recorded with d1360db)
+STAGE_RECORDED = {"ep0": "522e08ca2aec193bf650aa3305b8fa21a87569052c03fcafd0bdaa14c09084ca",
+                  "curve": "f376901678792bb66e77923e0d86a810cec8bd9466cc15d49d6179473df1c024"}
 WHERE = ("2.14.1", "AVX512")
 
 
@@ -58,3 +61,30 @@ def test_tiny_endpoint_and_curve_training_write_the_recorded_bytes(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert got == RECORDED
+
+
+@pytest.mark.skipif((torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability())
+                    != WHERE, reason="digests recorded with torch 2.14.1 on AVX512 kernels")
+def test_the_bench_stage_writes_the_recorded_endpoint_and_curve_bytes(tmp_path):
+    """The same through the bench's stage functions with the quick preset's settings
+    (momentum, Nesterov, weight decay, one-cycle schedule): the test above passed with
+    fused SGD steps, which move these bytes (found after the default run changed)."""
+    from robustpath.config import from_preset
+    from robustpath.engine import stages
+    from robustpath.engine.stages_common import RunData
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = from_preset("quick", train_subset=512, test_subset=128, endpoint_epochs=1,
+                          curve_epochs=1, seeds=[0, 1])
+        d = RunData.load(cfg)
+        cpu = torch.device("cpu")
+        ma, _, ka = stages.endpoint(cfg, 0, tmp_path, d, cpu, False)
+        mb, _, kb = stages.endpoint(cfg, 1, tmp_path, d, cpu, False)
+        stages.curve(cfg, "bezier", ma, mb, ka, kb, tmp_path, d, cpu, False)
+        got = {"ep0": _digest(next(tmp_path.glob("ckpt/endpoints/*seed0*.safetensors"))),
+               "curve": _digest(next(tmp_path.glob("ckpt/curves/*/final.safetensors")))}
+    finally:
+        torch.set_num_threads(threads)
+    assert got == STAGE_RECORDED
