@@ -239,7 +239,8 @@ from pathlib import Path
 import numpy as np
 import torch
 torch.set_num_threads(1)
-from robustpath import curve_train, stages
+from robustpath.engine import stages
+from robustpath.paths import fit as curve_train
 from robustpath.engine import nodes
 from robustpath.engine.plan import build_plan
 from robustpath.sweep import load_sweep
@@ -636,7 +637,7 @@ def test_provenance_imports_nothing():
     """The first checkpoint's sidecar recorded package versions by importing torchvision
     and torchattacks: 7-10 s on a loaded machine between writing the ``.safetensors``
     and its ``.json``, a window in which a kill lost the epoch just saved."""
-    code = ("import sys; from robustpath import store; v = store.provenance()['versions']; "
+    code = ("import sys; from robustpath.io import store; v = store.provenance()['versions']; "
             "print(sorted(m for m in ('torchvision', 'torchattacks') if m in sys.modules), "
             "'torchvision' in v, 'torchattacks' in v)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
