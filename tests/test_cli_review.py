@@ -158,7 +158,7 @@ def test_huge_t_points_and_refine_rounds_fail_before_training(tmp_path, capsys):
     ("stats.paired", ["/nonexistent"]), ("stats.paired", ["--bootstrap", "x", "run"]),
     ("stats.paired", ["--bootstrap", "0", "run"]), ("report.protocol", ["--preset", "nope"])])
 def test_small_clis_answer_bad_input_in_one_line(mod, argv, capsys):
-    """`python -m robustpath.paired` / `.protocol` used plain argparse: a bad value was a
+    """`python -m robustpath.stats.paired` / `.protocol` used plain argparse: a bad value was a
     usage block or a traceback."""
     import importlib
 

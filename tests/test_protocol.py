@@ -33,7 +33,7 @@ def test_every_paper_setting_holds_in_the_resolved_preset():
 
 def test_committed_protocol_page_is_generated_from_the_preset():
     assert protocol.DOC.read_text() == protocol.render("paper"), \
-        "docs/paper_protocol.md is stale: python -m robustpath.protocol --write"
+        "docs/paper_protocol.md is stale: python -m robustpath.report.protocol --write"
 
 
 def test_modern_preset_is_flagged_where_it_departs_from_the_paper():

@@ -1,4 +1,4 @@
-"""``python -m robustpath.pagecheck REPORT.html``: open a report page in headless
+"""``python -m robustpath.report.pagecheck REPORT.html``: open a report page in headless
 Chromium and say what is broken (exit 1), as a reader's browser would see it.
 
 Checks, on the DOM Chromium builds (``--dump-dom``) and its network log:
@@ -174,7 +174,7 @@ def check_page(html: str | Path, *, min_tables: int = 1, min_images: int = 1,
 def main(argv: list[str] | None = None) -> int:
     from robustpath.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m robustpath.pagecheck",
+    p = ArgumentParser(prog="python -m robustpath.report.pagecheck",
                        description="Open report pages in headless Chromium; exit 1 when one "
                        "is broken.")
     p.add_argument("pages", nargs="+", help="report.html files")

@@ -5,7 +5,7 @@ TensorBoard event files (``bench --tensorboard``, off by default) and, when the
 
 The run folder's CSV/JSON files stay the source of truth: this module only reads
 them (``endpoints.json``, ``curves.json`` with per-epoch history, ``records.csv``,
-``tables/summary.csv``), so ``python -m robustpath.tracking RUN`` logs an old run
+``tables/summary.csv``), so ``python -m robustpath.report.tracking RUN`` logs an old run
 the same way. Logged: per endpoint its final metrics; per fitted curve its
 per-epoch training loss and accuracy; per path its clean and robust accuracy and
 loss against t (step = round(1000 t)); per alignment x path family every summary
@@ -113,7 +113,7 @@ def log_wandb_offline(run_dir: str | Path, project: str = "robustpath") -> Path:
 def main(argv: list[str] | None = None) -> int:
     from robustpath.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m robustpath.tracking",
+    p = ArgumentParser(prog="python -m robustpath.report.tracking",
                        description="Log a finished run folder to TensorBoard (and W&B offline).")
     p.add_argument("run", help="run folder (with records.csv)")
     p.add_argument("--wandb-offline", action="store_true", help="also log to W&B in offline mode")

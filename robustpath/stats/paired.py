@@ -27,7 +27,7 @@ is gone: with three pairs its outer level has ten distinct resamples, never leav
 range of the per-pair values and has no small-sample inflation.
 
 Metrics are those of :func:`robustpath.stats.barrier.metrics_from_curves` on the grid points.
-``python -m robustpath.paired RUN`` prints the table; :func:`write_paired` writes
+``python -m robustpath.stats.paired RUN`` prints the table; :func:`write_paired` writes
 ``tables/paired.md`` and ``tables/paired.csv``.
 """
 
@@ -227,7 +227,7 @@ def write_paired(run_dir: str | Path, records: Sequence[PathRecord] | None = Non
 def main(argv: list[str] | None = None) -> int:
     from robustpath.cli import ArgumentParser
 
-    p = ArgumentParser(prog="python -m robustpath.paired",
+    p = ArgumentParser(prog="python -m robustpath.stats.paired",
                        description="Paired differences of a run's rows (aligned vs unaligned, "
                        "curve vs line) per seed pair, with a t-interval over pairs, an exact "
                        "sign-flip p and a within-pair interval over examples, as Markdown.")
