@@ -108,6 +108,18 @@ FIELD_HELP = {
                 "of the lowest PGD robust accuracy)",
     "bn_endpoints": "recompute BatchNorm at t = 0 and t = 1 too (--no-bn-endpoints: the "
                     "endpoints keep their own statistics)",
+    # written out by bench's parser; the zoo's compare derives them with this help
+    "renorm": "how each point of a path is renormalised: bn-reset (BatchNorm statistics "
+              "re-estimated), repair (REPAIR, Jordan et al. 2022), repair-adv (REPAIR on PGD "
+              "inputs), none; path evaluation, strong and curvature stages (default bn-reset)",
+    "strong_at": "points the strong stage attacks: ends-worst (t = 0, 1 and PGD's worst t) or "
+                 "grid (every grid t as well) (default ends-worst)",
+    "plane_grid": "loss surface on each bezier curve's plane (first pair) on an N x N grid "
+                  "(0 = off; default 0)",
+    "curvature_examples": "input curvature along every path (Zhao et al. 2020): top "
+                          "eigenvalue of the input Hessian of the loss at each grid t on the "
+                          "first N test examples; writes curvature.{csv,md} (0 = off; default 0)",
+    "curvature_iters": "power iterations per example for --curvature, at most (default 20)",
 }
 #: bootstrap resamples at most: the resample weights are one [resamples, examples] float64
 #: array, so 10^8 would fail for memory only after every stage had run
@@ -425,19 +437,25 @@ class BenchConfig(StageConfig):
             raise UserError(f"--width must be a finite number > 0, got {self.width}")
         for s in self.seeds:
             train.check_seed(s)
-        if self.curvature_examples < 0 or self.curvature_iters < 1:
-            raise UserError("--curvature must be >= 0 (0 = off) and --curvature-iters >= 1, "
-                            f"got {self.curvature_examples} and {self.curvature_iters}")
-        if self.test_subset > 0 and self.curvature_examples > self.test_subset:
-            raise UserError(f"--curvature {self.curvature_examples} exceeds --test-subset {self.test_subset}")
-        if self.plane_grid and self.plane_grid < 3:
-            raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {self.plane_grid}")
+        check_path_stages(self)
         from robustpath.attacks.base import build_attack
 
         # building the attacks checks combinations (e.g. fgsm is L-inf only) before any work
         build_attack(self.eval_attack(), data_mod.info(self.dataset).num_classes)
         build_attack(self.train_attack(), data_mod.info(self.dataset).num_classes)
         return self
+
+
+def check_path_stages(cfg) -> None:
+    """The curvature and plane settings (bench and zoo compare): ``--curvature N`` >= 0
+    and at most the test examples, ``--curvature-iters`` >= 1, ``--plane-grid`` 0 or >= 3."""
+    if cfg.curvature_examples < 0 or cfg.curvature_iters < 1:
+        raise UserError("--curvature must be >= 0 (0 = off) and --curvature-iters >= 1, "
+                        f"got {cfg.curvature_examples} and {cfg.curvature_iters}")
+    if cfg.test_subset > 0 and cfg.curvature_examples > cfg.test_subset:
+        raise UserError(f"--curvature {cfg.curvature_examples} exceeds --test-subset {cfg.test_subset}")
+    if cfg.plane_grid and cfg.plane_grid < 3:
+        raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {cfg.plane_grid}")
 
 
 def from_preset(preset: str, **overrides) -> BenchConfig:

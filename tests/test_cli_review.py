@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from robustpath import bench, zoo
+from robustpath import bench
 from robustpath.report import cli as report
 from robustpath.soup import cli as soup_cli
+from robustpath.zoo.cli import main as zoo_main
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "results" / "fashion-mnist-cnn-small-quick"
@@ -64,7 +65,7 @@ def test_bench_curvature_beyond_all_test_examples_fails_before_training(tmp_path
 
 def test_zoo_linf_eps_above_the_pixel_range_is_refused(tmp_path, capsys):
     # before: --eps 2 under Linf passed validation (bench refuses it)
-    rc = zoo.main(["compare", "--models", "A,B", "--eps", "2", "--model-dir", str(tmp_path),
+    rc = zoo_main(["compare", "--models", "A,B", "--eps", "2", "--model-dir", str(tmp_path),
                    "--out", str(tmp_path / "run")])
     assert rc == 2
     _one_error(capsys, "pixel range")
@@ -108,7 +109,7 @@ def test_against_refuses_runs_of_different_experiments(tmp_path, capsys):
 def test_zoo_compare_model_dir_that_is_a_file_says_so(tmp_path, capsys):
     # before: "checkpoint of A not found: expected <file>/cifar10/Linf/A.pt" (list said it)
     (tmp_path / "f").write_text("x")
-    rc = zoo.main(["compare", "--models", "A,B", "--model-dir", str(tmp_path / "f"),
+    rc = zoo_main(["compare", "--models", "A,B", "--model-dir", str(tmp_path / "f"),
                    "--out", str(tmp_path / "run")])
     assert rc == 2
     _one_error(capsys, "is a file, not a folder")
@@ -136,7 +137,7 @@ def test_huge_bootstrap_fails_before_work_in_every_cli(tmp_path, capsys):
     _one_error(capsys, "--bootstrap")
     assert bench.main([*TINY, "--bootstrap", huge, "--out", str(tmp_path / "b")]) == 2
     _one_error(capsys, "--bootstrap")
-    assert zoo.main(["compare", "--models", "A,B", "--bootstrap", huge, "--model-dir",
+    assert zoo_main(["compare", "--models", "A,B", "--bootstrap", huge, "--model-dir",
                      str(tmp_path), "--out", str(tmp_path / "z")]) == 2
     _one_error(capsys, "--bootstrap")
     assert not any((tmp_path / n).exists() for n in "sbz")
@@ -148,7 +149,7 @@ def test_huge_t_points_and_refine_rounds_fail_before_training(tmp_path, capsys):
     for flag in ("--t-points", "--refine-rounds"):
         assert bench.main([*TINY, flag, str(10 ** 9), "--out", str(tmp_path / "b")]) == 2
         _one_error(capsys, flag)
-        assert zoo.main(["compare", "--models", "A,B", flag, str(10 ** 9), "--model-dir",
+        assert zoo_main(["compare", "--models", "A,B", flag, str(10 ** 9), "--model-dir",
                          str(tmp_path), "--out", str(tmp_path / "z")]) == 2
         _one_error(capsys, flag)
     assert not (tmp_path / "b").exists() and not (tmp_path / "z").exists()

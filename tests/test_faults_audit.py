@@ -589,16 +589,16 @@ TINY_BENCH = ["--arch", "mlp", "--width", "0.25", "--seeds", "0,1", "--epochs", 
 def test_missing_data_root_is_one_line_before_any_work(tmp_path, cli, capsys):
     """``--data-root /nonexistent`` on Fashion-MNIST ran to the end: the data came from
     Debian's copy without a word. A given --data-root must be an existing folder."""
-    from robustpath import zoo
     from robustpath.soup import cli as soup_cli
     from robustpath.train import cli as train_cli
+    from robustpath.zoo.cli import main as zoo_main
 
     missing, out = str(tmp_path / "nonexistent"), tmp_path / "run"
     main, argv = {
         "bench": (bench.main, [*TINY_BENCH, "--no-strong", "--out", str(out)]),
         "train": (train_cli.main, ["--arch", "mlp", "--epochs", "1", "--out", str(out / "m")]),
         "soup": (soup_cli.main, ["--out", str(out)]),
-        "zoo": (zoo.main, ["compare", "--models", "a,b", "--out", str(out)]),
+        "zoo": (zoo_main, ["compare", "--models", "a,b", "--out", str(out)]),
     }[cli]
     assert main([*argv, "--data-root", missing]) == 2
     _one_error_line(capsys.readouterr().err, "--data-root", missing, "does not exist")
@@ -624,11 +624,11 @@ def test_setting_of_a_stage_that_does_not_run_is_refused(tmp_path, argv, needle,
 
 def test_zoo_aa_version_without_the_strong_stage_is_refused(tmp_path, capsys):
     """``zoo compare --no-strong --aa-version plus`` was accepted (bench refused it)."""
-    from robustpath import zoo
+    from robustpath.zoo.cli import main as zoo_main
 
     for extra in (["--aa-version", "plus"], ["--aa-version", "custom", "--aa-attacks", "apgd-ce"]):
         argv = ["compare", "--models", "a,b", "--no-strong", *extra, "--out", str(tmp_path / "r")]
-        assert zoo.main(argv) == 2
+        assert zoo_main(argv) == 2
         _one_error_line(capsys.readouterr().err, "need the strong stage")
     assert not (tmp_path / "r").exists()
 

@@ -180,7 +180,7 @@ def test_zoo_stage_config_is_the_shared_groups():
     from dataclasses import fields
 
     from robustpath.zoo.config import CompareConfig
-    from robustpath.zoo.run import stage_config
+    from robustpath.zoo.source import stage_config
 
     cfg = CompareConfig(models=["a", "b"], eval_steps=3, norm="l2").validate()
     scfg = stage_config(cfg)

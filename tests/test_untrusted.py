@@ -198,7 +198,7 @@ class _Payload:
 def test_s3_no_pickle_runs_whatever_the_environment(tmp_path, monkeypatch):
     """Before: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, loading a crafted checkpoint
     without --trust-checkpoints ran its payload."""
-    from robustpath import zoo
+    from robustpath.zoo import access
     from robustpath.zoo.rbcompat import import_robustbench
 
     try:
@@ -214,19 +214,19 @@ def test_s3_no_pickle_runs_whatever_the_environment(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ROBUSTPATH_OFFLINE", "1")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    monkeypatch.setitem(zoo.registry("cifar10", "Linf"), name, {"model": wrn, "gdrive_id": "x"})
+    monkeypatch.setitem(access.registry("cifar10", "Linf"), name, {"model": wrn, "gdrive_id": "x"})
     folder = tmp_path / "models" / "cifar10" / "Linf"
     folder.mkdir(parents=True)
     marker = tmp_path / "payload-ran"
     torch.save({"state_dict": _Payload(marker)}, folder / f"{name}.pt")
     with pytest.raises(UserError, match="trust-checkpoints"):
-        zoo.load(name, tmp_path / "models", "cifar10", "Linf")
+        access.load(name, tmp_path / "models", "cifar10", "Linf")
     assert not marker.exists()
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"  # restored
     assert torch.load.__module__ == "torch.serialization"
     # the control: with consent the payload does run (so the check above can fail)
     with pytest.raises(UserError):
-        zoo.load(name, tmp_path / "models", "cifar10", "Linf", trust_checkpoint=True)
+        access.load(name, tmp_path / "models", "cifar10", "Linf", trust_checkpoint=True)
     assert marker.exists()
 
 

@@ -18,8 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
-from robustpath import zoo
 from robustpath.zoo import access, arch
+from robustpath.zoo.cli import main as zoo_main
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def small_zoo(monkeypatch, tmp_path):
 
 
 def _listing(capsys, *extra):
-    rc = zoo.main(["list", "--dataset", "imagenet", "--threat", "Linf",
+    rc = zoo_main(["list", "--dataset", "imagenet", "--threat", "Linf",
                    "--model-dir", "/nonexistent", "--json", *extra])
     groups = json.loads(capsys.readouterr().out)
     return rc, {e["name"]: e for es in groups.values() for e in es}
@@ -119,11 +119,11 @@ def test_verdicts_cached_per_architecture(small_zoo, no_net, capsys, monkeypatch
 
 
 def test_text_listing_and_skip_flag(small_zoo, no_net, capsys):
-    assert zoo.main(["list", "--dataset", "imagenet", "--model-dir", "/nonexistent"]) == 0
+    assert zoo_main(["list", "--dataset", "imagenet", "--model-dir", "/nonexistent"]) == 0
     out = capsys.readouterr().out
     assert "aligns partially" in out and "WindowAttention" in out and "refused:" in out
     assert "alignment: 2 whole, 1 partial, 2 refused" in out
-    assert zoo.main(["list", "--dataset", "imagenet", "--model-dir", "/nonexistent",
+    assert zoo_main(["list", "--dataset", "imagenet", "--model-dir", "/nonexistent",
                      "--no-align-check"]) == 0
     assert "alignment" not in capsys.readouterr().out
     assert no_net == []

@@ -237,8 +237,11 @@ def _run_strong(node: Node, cfg, root: Path, data, device, progress, inputs) -> 
     res = inputs[-1]["result"]  # the path's evaluation: where its worst t is
     curve = _deferred_curve(node, cfg, root, data, device, progress)
     ends = tuple(src.key(cfg, s) for s in node.params["pair"])
+    # the zoo's points are keyed by path and t (its caches' keys), a seed's by network
+    by_path = keys.eval_key(cfg, _curve_key(node, cfg)) if src.strong_by_path else None
     return {"strong": stages.strong(cfg, lambda t: curve().model_at(t), res, root, data, device,
-                                    progress, desc=_desc(node, "strong"), endpoint_keys=ends)}
+                                    progress, desc=_desc(node, "strong"), endpoint_keys=ends,
+                                    path_key=by_path)}
 
 
 @RUNNERS.register("curvature")

@@ -12,14 +12,19 @@ Registered: ``seed`` (adversarial training of a seed, :func:`robustpath.engine.s
 and ``file`` (a user's checkpoint file, ``--endpoints A,B``,
 :func:`robustpath.engine.stages.endpoint_from_file`). A source also says which endpoints a
 configuration names (:meth:`refs`), how they pair (:meth:`pairs`) and the id records
-carry for one (:meth:`ident`: the seed, or the file's stem). :func:`for_config` picks the
-source of a configuration. To add one (the RobustBench zoo's
-:class:`robustpath.zoo.plan.ZooEndpoint` is the next): a class with these methods
-registered here under a name.
+carry for one (:meth:`ident`: the seed, or the file's stem), and whether the strong
+stage keys a path's interior points by the path (:attr:`strong_by_path`).
+:func:`for_config` picks the source of a configuration. To add one: a class with these
+methods registered under a name in :data:`SOURCES`. A source defined in a package the
+engine must not import (the library never imports the commands built on it) registers
+itself when its module is imported and is named in :data:`PLUGINS`: ``zoo``
+(:mod:`robustpath.zoo.source`, RobustBench models). ``SOURCES.get`` imports a plugin's
+module on first use, so a spawned worker or a Ray task resolves it too.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from robustpath.config import BenchConfig
@@ -27,13 +32,32 @@ from robustpath.engine import keys, stages
 from robustpath.io.store import config_hash
 from robustpath.registry import Registry
 
-SOURCES: Registry = Registry("endpoint source")
+#: sources registered by modules outside the engine: name -> the module that registers it
+PLUGINS = {"zoo": "robustpath.zoo.source"}
+
+
+class SourceRegistry(Registry):
+    """:class:`robustpath.registry.Registry` that imports a :data:`PLUGINS` module the
+    first time its source is asked for (by name: no import the layering forbids)."""
+
+    def get(self, name: str):
+        if name not in self and name in PLUGINS:
+            importlib.import_module(PLUGINS[name])
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        return sorted({*super().names(), *PLUGINS})
+
+
+SOURCES: Registry = SourceRegistry("endpoint source")
 
 
 @SOURCES.register("seed")
 class SeedSource:
     """Endpoint ``seed``: adversarially trained with the cell's settings (cached in
     ``ckpt/endpoints/``); ``metrics`` are its training metrics."""
+
+    strong_by_path = False  # strong points keyed by their network (historical keys)
 
     @staticmethod
     def refs(cfg: BenchConfig) -> list:
@@ -70,6 +94,7 @@ class FileSource:
     stem. ``templates``: path -> in-memory module copied instead of calling the factory
     (``rp.benchmark``; in process only, so such runs use one worker)."""
 
+    strong_by_path = False
     templates: dict[str, object] = {}
 
     @staticmethod

@@ -92,13 +92,17 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
     final_dir = Path(run_dir)
     with run_lock(final_dir):
         runfolder.recover(final_dir)
-        summary, primary = _write_staged(runfolder.begin(final_dir), cfg, out, command)
+        summary, primary = write_staged(runfolder.begin(final_dir), cfg, out, command)
         runfolder.commit(final_dir, primary)
     return summary
 
 
-def _write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
-                  command: str | None) -> tuple[pd.DataFrame, list[str]]:
+def write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
+                 command: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`write_run`'s files into ``run_dir`` (a staging folder of
+    :func:`robustpath.io.runfolder.begin`, committed by the caller with the returned
+    ``primary`` files; the zoo adds its own files around it). Returns ``(summary,
+    primary)``."""
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
     atomic_write_json(run_dir / "provenance.json", provenance())
     atomic_write_text(run_dir / "command.txt", (command or "") + "\n")

@@ -5,16 +5,16 @@ groups (CIFAR-10 L-inf: ResNet-18s, PreActResNet-18s, many WideResNet-28-10s). T
 module loads them and measures the robust loss barrier between every pair of the same
 architecture, before and after neuron alignment.
 
-Loading (:func:`load`) goes through RobustBench's own ``load_model``, which reads
+Loading (:func:`~robustpath.zoo.access.load`) goes through RobustBench's own ``load_model``, which reads
 ``<model_dir>/<dataset>/<threat>/<name>.pt`` (e.g. ``models/cifar10/Linf/
 Sehwag2021Proxy_R18.pt``) and only downloads a missing file. robustpath checks the file
 first: a missing checkpoint with ``ROBUSTPATH_OFFLINE=1`` or no network is one clear
 error naming the expected path, and RobustBench never tries to download. RobustBench
 1.1.1's packaging quirks are handled by :mod:`robustpath.zoo.rbcompat`. Every zoo model
 takes pixels in [0, 1]: normalisation, where a model has one, is inside it (mean/std
-buffers or a wrapper); the others were trained on raw pixels (:func:`describe`).
+buffers or a wrapper); the others were trained on raw pixels (:func:`~robustpath.zoo.access.describe`).
 
-Architectures (:func:`list_entries`) are compared without weights: every registry
+Architectures (:func:`~robustpath.zoo.access.list_entries`) are compared without weights: every registry
 entry's constructor is run on PyTorch's ``meta`` device (no memory, no download) and
 its class name plus the names and shapes of all parameters and buffers are hashed.
 Two models can be joined by a path only when both agree.
@@ -25,38 +25,12 @@ evaluate the paths, barrier matrix, optional AutoAttack and transfer checks). St
 are cached under ``<out>/ckpt/`` by a hash of their configuration and inputs (the
 checkpoint files' SHA-256), so a rerun computes nothing.
 
-Package layout: :mod:`~robustpath.zoo.access` (RobustBench registry, architectures,
-verified checkpoint files, loading), :mod:`~robustpath.zoo.config` (``CompareConfig`` and
-its flags), :mod:`~robustpath.zoo.plan` (pairs; :class:`ZooEndpoint`, the zoo as an
-endpoint source), :mod:`~robustpath.zoo.run` (the comparison through the shared
-:mod:`robustpath.engine.stages`), :mod:`~robustpath.zoo.matrix` (pairwise barrier matrix),
-:mod:`~robustpath.zoo.cli` (``list`` / ``compare``).
+Package layout (import from the modules; this package re-exports nothing):
+:mod:`~robustpath.zoo.access` (RobustBench registry, architectures, verified checkpoint
+files, loading: ``load``, ``describe``, ``registry``), :mod:`~robustpath.zoo.config`
+(``CompareConfig`` and its flags), :mod:`~robustpath.zoo.plan` (pairs;
+:class:`ZooEndpoint`), :mod:`~robustpath.zoo.source` (the ``zoo`` endpoint source of the
+engine), :mod:`~robustpath.zoo.run` (the comparison: the engine's plan plus the zoo's own
+post-processing), :mod:`~robustpath.zoo.matrix` (pairwise barrier matrix),
+:mod:`~robustpath.zoo.cli` (``list`` / ``compare``: ``main``).
 """
-
-from robustpath.zoo.access import (  # noqa: F401  (the zoo facade; see docs/architecture.md)
-    DEFAULT_MODEL_DIR,
-    NORM_OF_THREAT,
-    THREATS,
-    ZooEntry,
-    architecture_signature,
-    check_pair,
-    check_sha256,
-    checkpoint_path,
-    describe,
-    file_sha256,
-    fresh,
-    input_normalisation,
-    list_entries,
-    load,
-    offline,
-    parse_dataset,
-    parse_expect_sha256,
-    parse_threat,
-    registry,
-    sniff_checkpoint,
-)
-from robustpath.zoo.cli import main, parser  # noqa: F401
-from robustpath.zoo.config import CompareConfig, add_compare_arguments, config_from_args  # noqa: F401
-from robustpath.zoo.matrix import MATRIX_METRICS, barrier_matrix, plot_barrier_matrix  # noqa: F401
-from robustpath.zoo.plan import ZooEndpoint, resolve_pairs  # noqa: F401
-from robustpath.zoo.run import CompareRun, run_compare, stage_config  # noqa: F401

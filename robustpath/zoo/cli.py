@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     existed = Path(cfg.out).exists()
     try:
         run_compare(cfg, progress=not args.no_progress, overwrite=args.overwrite,
-                    command=command.strip())
+                    command=command.strip(), workers=args.workers)
     except BaseException:
         if not existed:  # a comparison that failed before writing leaves no empty folder
             with contextlib.suppress(OSError):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from robustpath.cli import add_run_options, data_root, split_list
+from robustpath.cli import add_field_flags, add_run_options, data_root, split_list
+from robustpath.config import FIELD_HELP, StageConfig, check_path_stages, flag_of
 from robustpath.config import MATCH_METHODS as ALIGN_METHODS  # zoo runs one-shot matchers, not PAM
-from robustpath.config import StageConfig
 from robustpath.errors import UserError
 from robustpath.numbers import parse_fraction
 from robustpath.zoo.access import DEFAULT_MODEL_DIR, parse_dataset, parse_expect_sha256
+
+#: the bench's path stages (:class:`robustpath.config.BenchConfig` fields, same names,
+#: defaults and flags) that a comparison runs too: loss planes and input curvature
+STAGE_FIELDS = ("plane_grid", "curvature_examples", "curvature_iters")
 
 
 @dataclass
@@ -26,7 +30,10 @@ class CompareConfig(StageConfig):
     many-restart PGD, :mod:`robustpath.strong.stage`) runs at the endpoints, the worst t and
     ``strong_t``. t = 0 and t = 1 are the published models with their own BatchNorm
     statistics unless ``bn_endpoints``. ``eps`` None: RobustBench's budget of the threat
-    model (:func:`robustpath.config.default_eps`).
+    model (:func:`robustpath.config.default_eps`). ``plane_grid``, ``curvature_examples``
+    (``--curvature``), ``curvature_iters``: the bench's plane and curvature stages
+    (:data:`STAGE_FIELDS`). A comparison is a plan of the engine
+    (:mod:`robustpath.zoo.run`), so every stage the bench has runs here too.
     """
 
     ALIGN_CHOICES = ALIGN_METHODS  # one-shot matchers; PAM needs trained seeds' recipe
@@ -46,6 +53,10 @@ class CompareConfig(StageConfig):
     curve_lr: float = 0.015
     bn_endpoints: bool = False   # recompute BN at t = 0, 1 too (default: published statistics)
     strong_examples: int = 200
+    # the bench's plane and curvature stages (BenchConfig's fields of these names)
+    plane_grid: int = 0
+    curvature_examples: int = 0
+    curvature_iters: int = 20
 
     @property
     def threat(self) -> str:
@@ -66,6 +77,7 @@ class CompareConfig(StageConfig):
         if len(self.models) < 2 or len(set(self.models)) != len(self.models):
             raise UserError(f"--models needs at least two distinct names, got {self.models}")
         super().validate()
+        check_path_stages(self)
         return self
 
 
@@ -140,6 +152,12 @@ def add_compare_arguments(q: argparse.ArgumentParser) -> None:
     a("--overwrite", action="store_true",
       help="allow --out to hold a comparison with a different configuration")
     a("--no-progress", action="store_true", help="hide progress bars")
+    a("--workers", type=int, default=None, help="processes running independent stage nodes "
+      "at once, one torch thread each, as in bench (default 1 for the zoo: every worker "
+      "process loads its own copy of the models; results are the same for any value)")
+    # every other shared field (--renorm, --strong-at, --plane-grid, --curvature,
+    # --curvature-iters, a field added later) gets bench's flag from the dataclass
+    q.set_defaults(derived_fields=tuple(add_field_flags(q, CompareConfig, flag_of, FIELD_HELP)))
     add_run_options(q)
 
 
@@ -185,6 +203,12 @@ def config_from_args(args) -> CompareConfig:
         trust_checkpoints=args.trust_checkpoints,
         expect_sha256=parse_expect_sha256(args.expect_sha256), device=args.device,
         out=args.out or "")
+    # the flags derived from fields (robustpath.cli.add_field_flags) carry the field's name
+    for f in getattr(args, "derived_fields", ()):
+        if getattr(args, f) is not None:
+            setattr(cfg, f, getattr(args, f))
+    if args.curvature_iters is not None and not cfg.curvature_examples:
+        raise UserError("--curvature-iters needs --curvature N (N > 0)")
     cfg.validate()
     cfg.out = cfg.out or f"runs/zoo-{cfg.dataset}-{cfg.threat}"
     return cfg
