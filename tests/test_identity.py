@@ -134,8 +134,13 @@ def test_zoo_runs_curvature_and_the_strong_stage(cell, monkeypatch):
     for f in ("curvature.csv", "curvature.md", "strong_examples.npz", "strong_eval.csv",
               "plane.npz"):
         assert (zoo / f).is_file(), f
-    assert set(np.load(zoo / "plane.npz").files) >= {"none/robust_loss", "weight/robust_loss"} \
-        or len(np.load(zoo / "plane.npz").files) > 0
+    with np.load(zoo / "plane.npz") as z:
+        assert {"none/robust_loss", "weight/robust_loss"} <= set(z.files)
+    import pandas as pd
+
+    curv, strong = pd.read_csv(zoo / "curvature.csv"), pd.read_csv(zoo / "strong_eval.csv")
+    assert set(curv["endpoint_a"]) == set(strong["endpoint_a"]) == {NAMES[0]}
+    assert len(strong) == 4 * 3  # 4 paths x (t = 0, t = 1, worst t)
 
 
 @pytest.mark.slow

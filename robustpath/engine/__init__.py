@@ -2,7 +2,8 @@
 
 Modules: :mod:`~robustpath.engine.plan` (the graph: a node per stage computation, named
 by its cache key; cells share nodes), :mod:`~robustpath.engine.sources` (endpoint
-sources: trained seeds; the hook for checkpoint files and the zoo),
+sources: trained seeds, checkpoint files, and the zoo's, registered from
+:mod:`robustpath.zoo.source` and imported on first use),
 :mod:`~robustpath.engine.nodes` (one runner per stage: what a node computes),
 :mod:`~robustpath.engine.executors` (serial in process, or a pool of worker processes)
 and :mod:`~robustpath.engine.ray_executor` (Ray tasks), :mod:`~robustpath.engine.run`
