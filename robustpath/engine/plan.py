@@ -55,7 +55,7 @@ class Node:
         p = self.params
         ident = SOURCES.get(p.get("source", "seed")).ident  # a seed, or a file's stem
         if self.stage == "endpoint":
-            what = "seed" if p.get("source", "seed") == "seed" else "file"
+            what = p.get("source", "seed")  # seed, file, zoo
             return f"endpoint {self.cfg.dataset}/{self.cfg.arch} {what} {ident(p['seed'])}"
         a, b = (ident(r) for r in p["pair"])
         pair = f"s{a}-{b}" if isinstance(a, int) and isinstance(b, int) else f"{a}__{b}"

@@ -16,6 +16,7 @@ path, the pairwise barrier matrix, ``models.json``, one report per pair.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,11 @@ def run_compare(cfg: CompareConfig, *, progress: bool = True, overwrite: bool = 
     for m in used:  # fail (or download) before any work when a checkpoint file is missing
         endpoint(scfg, m).ensure_file()
     data = stages.RunData.load(scfg)  # missing data fails here, before anything is written
-    check_examples(scfg, len(data.x_test))
+    check_examples(scfg, len(data.x_test))  # --curvature N > the test examples: before work
+    from robustpath.paths.repair import plane_note
+
+    if note := plane_note(scfg):  # loss planes ignore --renorm: say so before work
+        print(note, file=sys.stderr)
     run_dir = Path(cfg.out)
     store.check_writable(run_dir)
     with run_lock(run_dir):
