@@ -154,3 +154,17 @@ def test_a_one_cell_ray_sweep_is_the_same_cell(cell, tmp_path):
     finally:
         ray.shutdown()
     _same_outputs(run, tmp_path / "s" / "cells" / CELL)
+
+
+def test_a_fresh_process_resolves_the_zoo_source():
+    """The engine imports no zoo module; a spawned worker or a Ray task that meets a
+    ``zoo`` endpoint node gets the source from the registry's plugin table."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom robustpath.engine.sources import SOURCES\n"
+            "assert 'robustpath.zoo.source' not in sys.modules\n"
+            "print(SOURCES.get('zoo').__module__, SOURCES.get('zoo').strong_by_path)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, check=False, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.split() == ["robustpath.zoo.source", "True"], r.stderr
