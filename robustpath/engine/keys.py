@@ -176,8 +176,15 @@ def merge_spec(cfg: BenchConfig, method: str, endpoint_keys: list[str], seed: in
     spec = {"what": "merge", "method": method, "endpoints": list(endpoint_keys), "seed": seed}
     spec.update({entry: getattr(cfg, f) for entry, f in methods.ALIGN.get(method).key_fields})
     if spec.get("inputs") == "adv":
-        spec["attack"] = cfg.train_attack().to_dict()
+        spec["attack"] = merge_attack(cfg).to_dict()
     return spec
+
+
+def merge_attack(cfg: BenchConfig):
+    """The PGD that makes a merge's adversarial matching inputs: the training attack,
+    seeded (unseeded, its random starts came from the process's global generator, so a
+    merge depended on what that process had run before)."""
+    return cfg.train_attack(seed=0)
 
 
 def soup_point_spec(cfg: BenchConfig, merge_key: str) -> dict:

@@ -138,7 +138,7 @@ def _merged(node: Node, cfg, root: Path, data, device, progress: bool):
         n = spec["samples"]
         loader = data_mod.Batches(data.x_train[:n], data.y_train[:n], 250, device=device)
         if spec.get("inputs") == "adv":
-            attack = build_attack(cfg.train_attack(), data.num_classes)
+            attack = build_attack(keys.merge_attack(cfg), data.num_classes)
     pspec = permutation_spec(models[0], data.x_train[:2].to(device))
 
     def compute():
