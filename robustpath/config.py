@@ -391,6 +391,8 @@ class BenchConfig(StageConfig):
 
     def check_endpoint_count(self) -> None:
         """The bench pairs its endpoints: two files, or an even number of seeds."""
+        if self.endpoints and len(self.endpoints) != 2:
+            raise UserError(f"--endpoints needs two files (one pair), got {len(self.endpoints)}")
         if not self.endpoints and (len(self.seeds) < 2 or len(self.seeds) % 2):
             raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
 
@@ -403,6 +405,7 @@ class BenchConfig(StageConfig):
                             "(its weights come from your files)")
         if not is_factory(self.arch):
             models.MODELS.get(self.arch)
+        self.check_endpoint_count()
         if self.endpoints:
             check_files(list(self.endpoints), self.arch, self.dataset, self.width)
         from robustpath.paths import fit as curve_train
@@ -417,7 +420,6 @@ class BenchConfig(StageConfig):
         if self.endpoints and self.seeds:
             raise UserError("--seeds and --endpoints exclude each other (the endpoints come "
                             "from the files)")
-        self.check_endpoint_count()
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
         _check_at_least_one(self, ("endpoint_epochs", "pam_iters"))
