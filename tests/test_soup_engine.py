@@ -101,3 +101,35 @@ def test_soup_takes_the_bench_endpoint_flags(tmp_path):
                       (["--seeds", "0,1,2", "--endpoints", "a,b,c"], "exclude each other")]:
         with pytest.raises(UserError, match=msg):
             soup_cli.parse(argv)
+
+
+@pytest.mark.slow
+def test_a_ray_run_gives_the_bytes_of_the_serial_run(serial, tmp_path):
+    """The same plan on the engine's Ray executor (local mode, workers in other processes)."""
+    ray = pytest.importorskip("ray")
+    from robustpath.engine import ray_executor  # noqa: F401 - registers the ray executor
+    from robustpath.engine.executors import EXECUTORS
+    from robustpath.engine.nodes import Context
+    from robustpath.soup.nodes import build_plan
+    from robustpath.sweep.spec import Resources
+    from robustpath.sweep.tracker import Tracker
+
+    out, _ = serial
+    sc = soup_cli.parse([*TINY, "--out", str(tmp_path / "ray")])[1]
+    plan, sp = build_plan(sc, "ray")
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        exe = EXECUTORS.get("ray")()
+        got: dict = {}  # the cell's results, whole (the tracker keeps only summaries after)
+        tracker = Tracker(plan, tmp_path / "ray", on_cell=lambda _, res: got.update(res),
+                          slots=exe.prepare(), progress=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            exe.execute(plan, Context.from_env(tmp_path / "ray", False), tracker, Resources())
+    finally:
+        ray.shutdown()
+    assert not [r["error"] for r in tracker.results.values() if "error" in r]
+    frames = soup_cli.assemble(sc, sp, got)[0]
+    for name, file in (("soup", "soup.csv"), ("triangle", "triangle.csv"),
+                       ("barrier", "barrier_matrix.csv")):
+        assert frames[name].to_csv(index=False, float_format="%.6f").encode() == \
+            (out / file).read_bytes(), file

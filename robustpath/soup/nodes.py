@@ -79,6 +79,13 @@ class SoupPlan:
     triangles: dict[str, str] = field(default_factory=dict)
     lines: dict[str, dict[tuple[int, int], str]] = field(default_factory=dict)
 
+    def nodes(self) -> list[str]:
+        """Every node of the run (what an executor submits for this cell, e.g. Ray's)."""
+        out = [*self.endpoints]
+        for m, merge_node in self.merges.items():
+            out += [merge_node, self.soups[m], self.triangles[m], *self.lines[m].values()]
+        return out
+
 
 def _add(plan: Plan, stage: str, cfg, cell: str, spec: dict, params: dict, deps) -> str:
     """:meth:`robustpath.engine.plan.Plan.add` for a :class:`SoupNode`."""
@@ -115,6 +122,7 @@ def build_plan(sc, cell: str) -> tuple[Plan, SoupPlan]:
         sp.lines[method] = {(i, j): add("line", {**params, "pair": (i, j)}, pair=[i, j],
                                         grid=sc.grid)
                             for i, j in itertools.combinations(range(len(refs)), 2)}
+    plan.cells[cell] = sp  # the run is one cell (the Ray executor submits by cell)
     return plan, sp
 
 
