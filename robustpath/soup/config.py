@@ -28,6 +28,7 @@ class SoupConfig(BenchConfig):
     ALIGN_CHOICES = methods.ONE_SHOT  # the merge methods (N-model versions of the matchers)
 
     models: int = 3
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     grid: int = 8
     merge_seed: int = 0
     align: list[str] = field(default_factory=lambda: ["weight"])
