@@ -401,6 +401,13 @@ class BenchConfig(StageConfig):
         s = self.seeds
         return [(s[i], s[i + 1]) for i in range(0, len(s) - 1, 2)]
 
+    def check_endpoint_count(self) -> None:
+        """The bench pairs its endpoints: two files, or an even number of seeds."""
+        if self.endpoints and len(self.endpoints) != 2:
+            raise UserError(f"--endpoints needs two files (one pair), got {len(self.endpoints)}")
+        if not self.endpoints and (len(self.seeds) < 2 or len(self.seeds) % 2):
+            raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
+
     def validate(self) -> BenchConfig:
         super().validate()
         from robustpath.engine.endpoint_files import check_files, is_factory
@@ -410,6 +417,7 @@ class BenchConfig(StageConfig):
                             "(its weights come from your files)")
         if not is_factory(self.arch):
             models.MODELS.get(self.arch)
+        self.check_endpoint_count()
         if self.endpoints:
             check_files(list(self.endpoints), self.arch, self.dataset, self.width)
         from robustpath.paths import fit as curve_train
@@ -424,10 +432,6 @@ class BenchConfig(StageConfig):
         if self.endpoints and self.seeds:
             raise UserError("--seeds and --endpoints exclude each other (the endpoints come "
                             "from the files)")
-        if self.endpoints:
-            pass  # no seeds: the pair is the two files
-        elif len(self.seeds) < 2 or len(self.seeds) % 2:
-            raise UserError(f"--seeds needs an even number of seeds (pairs), got {self.seeds}")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds must be distinct, got {self.seeds}")
         _check_at_least_one(self, ("endpoint_epochs", "pam_iters"))
@@ -458,8 +462,9 @@ def check_path_stages(cfg) -> None:
         raise UserError(f"--plane-grid must be 0 (off) or >= 3, got {cfg.plane_grid}")
 
 
-def from_preset(preset: str, **overrides) -> BenchConfig:
-    """Start from ``preset``, apply non-None ``overrides``; eps defaults per dataset."""
+def from_preset(preset: str, cls: type = BenchConfig, **overrides) -> BenchConfig:
+    """Start from ``preset``, apply non-None ``overrides``; eps defaults per dataset.
+    ``cls``: the configuration built (a subclass of :class:`BenchConfig`, e.g. the soup's)."""
     base = dict(PRESETS.get(preset))
     base["preset"] = preset
     for k, v in overrides.items():
@@ -472,11 +477,11 @@ def from_preset(preset: str, **overrides) -> BenchConfig:
             base["seeds"] = []
         if overrides.get("bn_endpoints") is None:
             base["bn_endpoints"] = False
-    known = set(BenchConfig.__dataclass_fields__)
+    known = set(cls.__dataclass_fields__)
     unknown = set(base) - known
     if unknown:
         raise UserError(f"unknown config keys: {', '.join(sorted(unknown))}")
-    return BenchConfig(**base).validate()
+    return cls(**base).validate()
 
 
 def with_changes(cfg: BenchConfig, **kw) -> BenchConfig:

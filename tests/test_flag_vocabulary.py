@@ -37,7 +37,7 @@ def _resolved(name: str, argv: list[str]) -> dict:
         args.norm = zoo_cli.threat_norm(args.threat)
         c = config_from_args(args)
     elif name == "soup":
-        c = soup_cli.config_from_args(PARSERS["soup"].parse_args(argv)).bench()
+        c = soup_cli.config_from_args(PARSERS["soup"].parse_args(argv))
     else:
         t = train_cli.config_from_args(PARSERS["train"].parse_args(argv))
         return {"dataset": t.dataset, "norm": t.attack.norm, "eps": t.attack.eps,

@@ -16,7 +16,6 @@ from robustpath.soup.triangle import (
     PointEval,
     accuracy_rows,
     barycentric_grid,
-    cached,
     line_weights,
     pair_lines,
     triangle,
@@ -126,6 +125,8 @@ def test_triangle_vertices_are_the_models_and_edges_the_lines(fmnist):
 
 
 def test_cached_entry_is_reused_and_a_swapped_one_recomputed(tmp_path, capsys):
+    from robustpath.io.cache import cached_npz as cached
+
     calls = []
 
     def compute():

@@ -78,14 +78,13 @@ def sidecar_settings(paths: list[str]) -> dict:
 
 def check_files(paths: list[str], arch: str, dataset: str | None = None,
                 width: float | None = None) -> None:
-    """Before any work: two existing files with distinct stems, each either a
-    ``robustpath.train.loop`` checkpoint (of ``arch``, ``dataset`` and ``width`` when given)
-    or (with ``--arch module:Factory``) a state dict."""
-    if len(paths) != 2:
-        raise UserError(f"--endpoints needs two files (one pair), got {len(paths)}")
+    """Before any work: existing files with distinct stems (how many: the command's
+    check), each either a ``robustpath.train.loop`` checkpoint (of ``arch``, ``dataset``
+    and ``width`` when given) or (with ``--arch module:Factory``) a state dict."""
     ids = [endpoint_id(p) for p in paths]
-    if ids[0] == ids[1]:
-        raise UserError(f"--endpoints: both files have the stem {ids[0]!r}; records name "
+    dup = next((i for i in ids if ids.count(i) > 1), None)
+    if dup is not None:
+        raise UserError(f"--endpoints: two files have the stem {dup!r}; records name "
                         "endpoints by stem, so rename one")
     for p in paths:
         if is_factory(arch):

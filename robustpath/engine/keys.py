@@ -165,3 +165,46 @@ def curve_key(cfg: BenchConfig, kind: str, key_a: str, key_b: str) -> str:
 
 def eval_key(cfg: BenchConfig, curve_key_: str) -> str:
     return config_hash(eval_spec(cfg, curve_key_))
+
+
+# ---------------------------------------------------------------- the soup (N models)
+def merge_spec(cfg: BenchConfig, method: str, endpoint_keys: list[str], seed: int) -> dict:
+    """The spec of N endpoints (keys in order) merged into one basin by ``method``
+    (:data:`robustpath.soup.merge.MERGERS`; ``seed``: MergeMany's visiting order), with
+    the settings the method's alignment reads (activation matching: inputs, samples and,
+    on adversarial inputs, the attack that made them), as :func:`align_spec` has them."""
+    spec = {"what": "merge", "method": method, "endpoints": list(endpoint_keys), "seed": seed}
+    spec.update({entry: getattr(cfg, f) for entry, f in methods.ALIGN.get(method).key_fields})
+    if spec.get("inputs") == "adv":
+        spec["attack"] = merge_attack(cfg).to_dict()
+    return spec
+
+
+def merge_attack(cfg: BenchConfig):
+    """The PGD that makes a merge's adversarial matching inputs: the training attack,
+    seeded (unseeded, its random starts came from the process's global generator, so a
+    merge depended on what that process had run before)."""
+    return cfg.train_attack(seed=0)
+
+
+def soup_point_spec(cfg: BenchConfig, merge_key: str) -> dict:
+    """How every network of a soup run is measured (:class:`robustpath.soup.triangle.PointEval`):
+    BatchNorm re-estimated on ``bn_batches`` training batches (PGD seed 1 on adv inputs),
+    the evaluation attack on the test subset; a renormalisation other than bn-reset
+    (REPAIR) depends on the merged models, so it carries ``merge_key`` too."""
+    from robustpath.paths.repair import RENORMS
+
+    spec = {"dataset": cfg.dataset, "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "bn_attack": cfg.train_attack(seed=1).to_dict(), "attack": cfg.eval_attack().to_dict(),
+            "test_subset": cfg.test_subset, "train_subset": cfg.train_subset}
+    if RENORMS.get(cfg.renorm).in_key:  # absent for bn-reset: its caches keep their keys
+        spec.update(renorm=cfg.renorm, merge=merge_key)
+    return spec
+
+
+def soup_spec(cfg: BenchConfig, merge_key: str, what: str, **extra) -> dict:
+    """The spec of one soup measurement ``what`` (``soup``: the uniform average;
+    ``triangle`` with ``grid``, ``vertices``; ``line`` with ``pair``, ``grid``) of the
+    models merged under ``merge_key``."""
+    return {"merge": merge_key, "point": config_hash(soup_point_spec(cfg, merge_key)),
+            "what": what, **extra}

@@ -11,6 +11,8 @@ does the same for the ``.npz`` caches of :mod:`robustpath.engine.stages`:
   the arrays are those listed; otherwise it raises
   :class:`robustpath.io.store.CacheError`, which the stage reports in one line
   (:func:`recompute_notice`) before recomputing.
+* :func:`cached_npz` is the load-or-compute routine around them, under the entry's
+  lock (the soup's stages);
 * :class:`BoundPointCache` is :class:`robustpath.paths.evaluate.PointCache` with each entry
   bound to its key: an entry stores the key it was computed for, and a swapped or
   garbled entry is recomputed.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robustpath.io.lock import entry_lock
 from robustpath.io.store import (
     CacheError,
     atomic_write_bytes,
@@ -92,6 +95,23 @@ def recompute_notice(err: CacheError, what: str) -> None:
     """One line on stderr, then the damaged files are deleted for recomputation."""
     print(f"warning: {err}; recomputing {what}", file=sys.stderr)
     err.discard()
+
+
+def cached_npz(path: str | Path, spec: dict, compute, what: str) -> dict[str, np.ndarray]:
+    """``load_npz(path, spec)``, or ``compute()`` saved there, under the entry's lock
+    (:func:`robustpath.io.lock.entry_lock`: a second process waits, then loads). A moved,
+    damaged or foreign entry is reported in one line (``what`` names it) and recomputed."""
+    path = Path(path)
+    with entry_lock(path):
+        try:
+            hit = load_npz(path, spec)
+            if hit is not None:
+                return hit
+        except CacheError as e:
+            recompute_notice(e, what)
+        arrays = {k: np.asarray(v) for k, v in compute().items()}
+        save_npz(path, arrays, spec)
+    return arrays
 
 
 class BoundPointCache(PointCache):

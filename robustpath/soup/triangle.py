@@ -22,7 +22,7 @@ correctness and loss of every test example.
   bit for bit, as the triangle's edge points, so with N = 3 the matrix costs nothing
   beyond the triangle (per-point cache, :class:`robustpath.io.cache.BoundPointCache`).
 
-``python -m robustpath.soup`` runs it all (:mod:`robustpath.soup.cli`).
+``python -m robustpath.soup`` runs it all as engine nodes (:mod:`robustpath.soup.nodes`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,9 +40,8 @@ from robustpath import progress as progress_mod
 from robustpath.attacks.base import Attack
 from robustpath.attacks.metrics import per_example
 from robustpath.errors import UserError
-from robustpath.io.cache import BoundPointCache, load_npz, recompute_notice, save_npz
+from robustpath.io.cache import BoundPointCache
 from robustpath.io.records import PathRecord
-from robustpath.io.store import CacheError
 from robustpath.paths.bn import has_batchnorm, recompute_bn
 from robustpath.paths.evaluate import ARRAYS, PathResult
 from robustpath.soup.merge import mix
@@ -222,18 +220,22 @@ def pair_lines(models: Sequence[nn.Module], k: int, point: PointEval, align: str
     """The line between every pair ``i < j`` on ``t = s / k`` as
     :class:`robustpath.io.records.PathRecord` (``endpoint_a``/``endpoint_b``: positions
     in ``models``, which are the seeds: the soup trains seeds ``0..N-1``; ``curve``
-    ``line``). ``compute(i, j) -> arrays`` overrides the evaluation (the CLI
-    wraps it in a cache)."""
-    ts = np.arange(k + 1) / k
+    ``line``). ``compute(i, j) -> arrays`` overrides the evaluation."""
     out = []
     for i, j in itertools.combinations(range(len(models)), 2):
         arrays = compute(i, j) if compute is not None else evaluate_mixtures(
             models, line_weights(len(models), i, j, k), point, progress=progress,
             desc=f"line {i}-{j}")
-        res = PathResult(ts=ts, speed=np.ones_like(ts), **{a: arrays[a] for a in ARRAYS})
-        out.append(PathRecord(align=align, curve="line", endpoint_a=i, endpoint_b=j,
-                              result=res))
+        out.append(line_record(align, i, j, k, arrays))
     return out
+
+
+def line_record(align: str, i: int, j: int, k: int, arrays: dict[str, np.ndarray]) -> PathRecord:
+    """The line from model ``i`` to ``j`` measured at ``t = s / k`` (``arrays`` ``[k + 1, N]``)
+    as a :class:`robustpath.io.records.PathRecord` (``curve`` ``line``, speed 1)."""
+    ts = np.arange(k + 1) / k
+    res = PathResult(ts=ts, speed=np.ones_like(ts), **{a: arrays[a] for a in ARRAYS})
+    return PathRecord(align=align, curve="line", endpoint_a=i, endpoint_b=j, result=res)
 
 
 TABLE_METRICS = ("robust_acc_barrier", "robust_loss_barrier", "robust_acc_min", "robust_acc_ends",
@@ -261,18 +263,3 @@ def barrier_table(records: Sequence[PathRecord], names: Sequence[str],
 def accuracy_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{clean_acc, robust_acc, clean_loss, robust_loss}`` per point ``[P]``."""
     return {k.replace("_correct", "_acc"): arrays[k].astype(np.float64).mean(1) for k in ARRAYS}
-
-
-def cached(path: Path, spec: dict, compute: Callable[[], dict[str, np.ndarray]],
-           what: str) -> dict[str, np.ndarray]:
-    """``load_npz(path, spec)`` or ``compute()`` saved there (verified cache with its
-    spec: a moved, damaged or foreign entry is reported in one line and recomputed)."""
-    try:
-        hit = load_npz(path, spec)
-        if hit is not None:
-            return hit
-    except CacheError as e:
-        recompute_notice(e, what)
-    arrays = compute()
-    save_npz(path, {k: np.asarray(v) for k, v in arrays.items()}, spec)
-    return arrays
