@@ -36,6 +36,27 @@ def test_report_against_accepts_the_same_run_and_flags_a_moved_value(tmp_path, c
     assert "**no**" in out.read_text().split("| activation | bezier | Robust min (grid) (`robust_acc_min`) |")[1]
 
 
+def test_report_against_uses_the_t_interval_over_seed_pairs(tmp_path):
+    """With 3 seed pairs the rerun interval is mean +- t(0.975, 2) sd / sqrt(3) (t = 4.30):
+    a value 3 standard errors away is inside it, where the old 1.96 put it outside."""
+    from robustpath.report.against import compare
+
+    table = pd.read_csv(RUN / "tables" / "summary.csv")
+    assert (table["pairs"] == 3).all()
+    moved = tmp_path / "moved"
+    shutil.copytree(RUN / "tables", moved / "tables")
+    shutil.copy(RUN / "config.json", moved / "config.json")
+    row = (table["align"] == "activation") & (table["curve"] == "bezier")
+    se = float(table.loc[row, "robust_acc_min_std"].iloc[0]) / 3 ** 0.5
+    assert se > 0
+    for k, inside in ((3.0, True), (4.5, False)):
+        t2 = table.copy()
+        t2.loc[row, "robust_acc_min"] = float(table.loc[row, "robust_acc_min"].iloc[0]) + k * se
+        t2.to_csv(moved / "tables" / "summary.csv", index=False)
+        lines, outside = compare(RUN, moved)
+        assert outside == (0 if inside else 1), (k, outside)
+
+
 def test_report_against_bad_folder_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "robustpath.report", str(tmp_path), "--against",
                         str(RUN)], capture_output=True, text=True, cwd=ROOT)
