@@ -77,6 +77,21 @@ def test_benchmarks_quick_smoke(tmp_path):
         assert section in text
 
 
+@pytest.mark.slow  # 40 s: two tiny bench runs in subprocesses
+def test_benchmarks_default_run_section_times_1_and_2_workers(tmp_path):
+    """`--only run --quick`: the bench from scratch with 1 and 2 workers, wall time and
+    node-seconds per stage, and the same bytes from both."""
+    out = tmp_path / "R.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "run",
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "with 1 and 2 workers" in text and "(not the default run)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all("strong" in text and "%" in row for row in rows)
+    assert "`records.csv` yes" in text and "`examples.npz` yes" in text and "**no**" not in text
+
+
 @pytest.mark.slow  # 20 s on the shared 2-core machine
 def test_plain_torch_loop_does_the_pipelines_work(fmnist):
     """The plain reference trains real networks: its endpoint beats chance under attack
