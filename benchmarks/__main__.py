@@ -1,7 +1,9 @@
 """``python -m benchmarks``: PGD speed against torchattacks, the cheap optimisations
 before/after, one PGD-training epoch against this machine's matmul peak, and the quick
 preset's curve pipeline against a plain-PyTorch loop of the same work (section
-``plain``, :mod:`benchmarks.plain_torch`; ``--only plain`` runs it alone).
+``plain``, :mod:`benchmarks.plain_torch`; ``--only plain`` runs it alone), and, opt-in
+(about 45 minutes), the default run's wall time with 1 and 2 workers (section ``run``,
+:mod:`benchmarks.default_run`: ``--only run``).
 
 Prints the tables and writes them, with the machine and the command, to
 ``benchmarks/RESULTS.md``. Every figure is a ratio of quantities measured in this
@@ -23,11 +25,13 @@ from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
 from robustpath.io.store import atomic_write_text
 
-from . import efficiency, machine, optimisations, path_cost, pgd_speed, plain_torch, subjects
+from . import default_run, efficiency, machine, optimisations, path_cost, pgd_speed, plain_torch, subjects
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GOAL_ES, GOAL_FULL = 1.3, 1.0
-SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align", "plain"}
+SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align", "plain", "run"}
+#: sections that run only when --only names them (the default run takes ~45 min)
+OPT_IN = {"run"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,8 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                   "pgd,opt,epoch,path,compile,align,plain")
-    p.add_argument("--only", default="", help="comma-separated sections to run (the rest skipped)")
+                   "pgd,opt,epoch,path,compile,align,plain,run")
+    p.add_argument("--only", default="", help="comma-separated sections to run (the rest "
+                   "skipped); `run` (the default run with 1 and 2 workers, ~45 min) runs only "
+                   "when named here")
+    p.add_argument("--run-args", default="",
+                   help="extra bench flags for section run, one shell-quoted string (default: "
+                   "none, i.e. the default run; --quick: a tiny mlp run)")
     p.add_argument("--plain-train", type=int, default=10000,
                    help="training images, plain section (default: the quick preset's 10000)")
     p.add_argument("--plain-test", type=int, default=1000, help="test images, plain section")
@@ -218,6 +227,8 @@ def main(argv=None) -> int:
                         f"got {args.skip or args.only!r}")
     if only:
         skip |= SECTIONS - only
+    else:
+        skip |= OPT_IN
     for flag in ("plain_train", "plain_test", "plain_epochs", "plain_rounds"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
@@ -277,6 +288,11 @@ def main(argv=None) -> int:
         _log("alignment time against width ...")
         align_res = path_cost.align_vs_width(widths, n_images=2000 if not args.quick else 250,
                                              device=device, log=_log, root=args.data_root)
+    drun = None
+    if "run" not in skip:
+        bench_args = shlex.split(args.run_args) or (default_run.TINY if args.quick else [])
+        _log("the bench from scratch with 1 and 2 workers ...")
+        drun = default_run.run((1, 2), bench_args, log=_log)
     plain = None
     if "plain" not in skip:
         _log("the quick pipeline: robustpath against a plain-PyTorch loop ...")
@@ -357,6 +373,11 @@ def main(argv=None) -> int:
     if plain is not None:
         sec = plain_torch.section(plain, command, f"torch threads: {torch.get_num_threads()}; "
                                   f"load average at start: {load_before}")
+        md += sec
+        out_lines += sec
+    if drun is not None:
+        sec = default_run.section(drun, command, f"cpu: {info['cpu']}"
+                                  f"; load average at start: {load_before}")
         md += sec
         out_lines += sec
     notes = Path(__file__).resolve().parent / "NOTES.md"

@@ -36,6 +36,27 @@ def test_report_against_accepts_the_same_run_and_flags_a_moved_value(tmp_path, c
     assert "**no**" in out.read_text().split("| activation | bezier | Robust min (grid) (`robust_acc_min`) |")[1]
 
 
+def test_report_against_uses_the_t_interval_over_seed_pairs(tmp_path):
+    """With 3 seed pairs the rerun interval is mean +- t(0.975, 2) sd / sqrt(3) (t = 4.30):
+    a value 3 standard errors away is inside it, where the old 1.96 put it outside."""
+    from robustpath.report.against import compare
+
+    table = pd.read_csv(RUN / "tables" / "summary.csv")
+    assert (table["pairs"] == 3).all()
+    moved = tmp_path / "moved"
+    shutil.copytree(RUN / "tables", moved / "tables")
+    shutil.copy(RUN / "config.json", moved / "config.json")
+    row = (table["align"] == "activation") & (table["curve"] == "bezier")
+    se = float(table.loc[row, "robust_acc_min_std"].iloc[0]) / 3 ** 0.5
+    assert se > 0
+    for k, inside in ((3.0, True), (4.5, False)):
+        t2 = table.copy()
+        t2.loc[row, "robust_acc_min"] = float(table.loc[row, "robust_acc_min"].iloc[0]) + k * se
+        t2.to_csv(moved / "tables" / "summary.csv", index=False)
+        lines, outside = compare(RUN, moved)
+        assert outside == (0 if inside else 1), (k, outside)
+
+
 def test_report_against_bad_folder_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "robustpath.report", str(tmp_path), "--against",
                         str(RUN)], capture_output=True, text=True, cwd=ROOT)
@@ -54,6 +75,21 @@ def test_benchmarks_quick_smoke(tmp_path):
     for section in ("PGD: ours vs torchattacks", "Path evaluation per t", "Alignment time",
                     "Like-for-like: robustpath against a plain-PyTorch loop"):
         assert section in text
+
+
+@pytest.mark.slow  # 40 s: two tiny bench runs in subprocesses
+def test_benchmarks_default_run_section_times_1_and_2_workers(tmp_path):
+    """`--only run --quick`: the bench from scratch with 1 and 2 workers, wall time and
+    node-seconds per stage, and the same bytes from both."""
+    out = tmp_path / "R.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "run",
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "with 1 and 2 workers" in text and "(not the default run)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all("strong" in text and "%" in row for row in rows)
+    assert "`records.csv` yes" in text and "`examples.npz` yes" in text and "**no**" not in text
 
 
 @pytest.mark.slow  # 20 s on the shared 2-core machine

@@ -3,8 +3,10 @@
 Compares the summary tables (``tables/summary.csv``) of two run folders, e.g. the
 committed default run before an optimisation and its rerun after. For every (alignment,
 path) row and every barrier metric the new value must lie inside the old value's 95%
-interval: the bootstrap CI over test examples (one seed pair), or mean +- 1.96 std /
-sqrt(pairs) over seed pairs when the old run has several (its ``_std`` columns).
+interval: the bootstrap CI over test examples (one seed pair), or, when the old run has
+several seed pairs (its ``_std`` columns), the t-interval over pairs: mean +- t(0.975,
+pairs - 1) std / sqrt(pairs) (``scipy.stats.t``; with 3 pairs t is 4.30, not 1.96 - the
+same small-sample rule as :mod:`robustpath.stats.paired`).
 Returns Markdown lines and the count of values outside; ``report`` exits 1 when any is.
 """
 
@@ -14,6 +16,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from robustpath.errors import UserError
 from robustpath.report.metric_registry import label
@@ -68,7 +71,11 @@ def _interval(old: pd.DataFrame, row, m: str) -> tuple[float, float]:
     if f"{m}_lo" in old.columns and pd.notna(old.at[row, f"{m}_lo"]):
         return float(old.at[row, f"{m}_lo"]), float(old.at[row, f"{m}_hi"])
     if f"{m}_std" in old.columns and "pairs" in old.columns:
-        half = 1.96 * float(old.at[row, f"{m}_std"]) / math.sqrt(max(1, int(old.at[row, "pairs"])))
+        n = int(old.at[row, "pairs"])
+        if n < 2:
+            raise UserError(f"the old run's summary has one seed pair and no interval for {m}")
+        half = (float(stats.t.ppf(0.975, n - 1)) * float(old.at[row, f"{m}_std"])
+                / math.sqrt(n))
         return float(old.at[row, m]) - half, float(old.at[row, m]) + half
     raise UserError(f"the old run's summary has no interval for {m}")
 
