@@ -235,3 +235,21 @@ def strong(cfg: BenchConfig, model_at, res: PathResult, run_dir: Path, data: Run
                        desc=desc, path_key=path_key,
                        endpoint_ids=None if endpoint_keys is None else dict(
                            zip(("a", "b"), endpoint_keys)))
+
+
+def strong_attacker(cfg: BenchConfig, model_at, run_dir: Path, data: RunData, device,
+                    progress: bool = True, desc: str = "strong",
+                    endpoint_keys: tuple[str, str] | None = None):
+    """What :func:`strong` attacks a path's points with
+    (:class:`robustpath.strong.stage.PointAttacker`, same folder, settings and point
+    preparation), for the engine's strong nodes that attack one point each."""
+    from robustpath.strong.stage import PointAttacker
+
+    return PointAttacker(model_at, data.x_test, data.y_test, settings=cfg.strong_settings(),
+                         eval_attack=cfg.eval_attack(),
+                         setup=point_setup(cfg, data, device, recompute_ends=cfg.bn_endpoints,
+                                           model_at=model_at),
+                         folder=_ckpt(run_dir, "strong", config_hash(strong_spec(cfg))),
+                         num_classes=data.num_classes, progress=progress, desc=desc,
+                         endpoint_ids=None if endpoint_keys is None else dict(
+                             zip(("a", "b"), endpoint_keys)))

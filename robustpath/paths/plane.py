@@ -385,15 +385,20 @@ __all__ = ["plane_basis", "coords", "out_of_plane", "plane_grid", "plot_planes",
            "load_planes", "contour_levels", "control_xy"]
 
 
-if __name__ == "__main__":  # a library module: say so rather than exit 0 having done nothing
-    import sys
-
-    print("error: robustpath.paths.plane is a library module, not a command; loss planes come from "
-          "python -m robustpath.bench --plane-grid N", file=sys.stderr)
-    raise SystemExit(2)
-
-
 # ---------------------------------------------------------------- plane of a curve
+PLANE_EXAMPLES = 300  # the plane stage's test examples (the first ones)
+
+
+def plane_spec(cfg, curve_key: str) -> dict:
+    """What the plane of the curve with key ``curve_key`` depends on (its cache key)."""
+    return {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            # the lattice covers the control point; its orthogonal side is at least
+            # ORTH_SPAN of the side along θ1 - θ0; clean and robust error too
+            "extent": "with-control/orth-0.45/err",
+            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "attack": cfg.eval_attack().to_dict()}
+
+
 def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True,
           desc: str = "plane") -> dict:
     """The plane stage (``robustpath.engine.stages.plane``): loss surface on the plane of curve
@@ -407,7 +412,6 @@ def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = 
     about 580. At 9 x 9 the contours of the unaligned plane still showed kinks between
     grid points (the contouring interpolates linearly), so the quick preset uses 13 x 13."""
     from robustpath.attacks.base import build_attack
-    from robustpath.engine.keys import PLANE_EXAMPLES, plane_spec
     from robustpath.io.cache import load_npz, recompute_notice, save_npz
     from robustpath.io.store import CacheError, config_hash
 
@@ -429,3 +433,46 @@ def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = 
     res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
     save_npz(path, res, spec)
     return res
+
+
+# ---------------------------------------------------------------- its registration
+def write_planes(run_dir: Path, cfg, entries: dict) -> None:
+    """``plane.npz`` (the grids, so that report redraws plots/plane.* without ckpt/) and
+    ``plane.json``; ``entries``: path id -> (alignment method, plane arrays)."""
+    from robustpath.io.store import atomic_write_json
+
+    planes = dict(entries.values())
+    save_planes(run_dir / "plane.npz", planes)
+    atomic_write_json(run_dir / "plane.json", {
+        m: {"max_out_of_plane": float(p["out_of_plane"].max()),
+            "clean_loss_min": float(p["clean_loss"].min()),
+            "robust_loss_min": float(p["robust_loss"].min()),
+            **({"robust_err_min": float(p["robust_err"].min())} if "robust_err" in p else {})}
+        for m, p in planes.items()})
+
+
+def _register() -> None:
+    from robustpath.engine.path_stages import PathStage, register, single
+
+    register(PathStage(
+        name="plane", label="plane", seconds=107.8,
+        work=lambda cfg: float(cfg.plane_grid) ** 2,
+        # the bezier curve of the cell's first pair, per alignment method
+        applies=lambda info: bool(info.cfg.plane_grid) and info.kind == "bezier"
+        and info.index == 0,
+        parts=single(lambda info: {"plane": plane_spec(info.cfg, info.curve_key)}),
+        run=lambda inp: {"plane": stage(inp.cfg, inp.curve(), inp.curve_key, inp.root,
+                                        inp.data, inp.device, inp.progress)},
+        collect=lambda ref, res: (ref.method, res["main"]["plane"]),
+        write=write_planes))
+
+
+_register()
+
+
+if __name__ == "__main__":  # a library module: say so rather than exit 0 having done nothing
+    import sys
+
+    print("error: robustpath.paths.plane is a library module, not a command; loss planes come from "
+          "python -m robustpath.bench --plane-grid N", file=sys.stderr)
+    raise SystemExit(2)
