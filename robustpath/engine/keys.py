@@ -19,6 +19,7 @@ from robustpath.io.store import config_hash
 from robustpath.paths import curves as curves_mod
 from robustpath.train.loop import TrainConfig
 
+
 def endpoint_config(cfg: BenchConfig, seed: int) -> TrainConfig:
     return TrainConfig(dataset=cfg.dataset, arch=cfg.arch, width=cfg.width, seed=seed,
                        method="pgd", epochs=cfg.endpoint_epochs, batch_size=cfg.batch_size,

@@ -401,7 +401,7 @@ def plane_spec(cfg, curve_key: str) -> dict:
 
 def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True,
           desc: str = "plane") -> dict:
-    """The plane stage (``robustpath.engine.stages.plane``): loss surface on the plane of curve
+    """The plane stage (registered below as a path stage): loss surface on the plane of curve
     ``c`` (``cfg.plane_grid`` squared points, on the first ``PLANE_EXAMPLES`` test
     examples); cached as ``ckpt/plane/<key>.npz``.
 
