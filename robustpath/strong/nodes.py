@@ -6,8 +6,8 @@ Per path (``--no-strong`` off) the stage asks for
 * ``source-a`` / ``source-b``: the evaluation attack's examples made against endpoint A
   / B (the transfer check's sources), keyed by the endpoint's function (its key): one
   node per endpoint, shared by every path that has it as an end;
-* ``a``: the point t = 0, model A, keyed by A's endpoint key: one node shared by every
-  path of the pair (and by every pair starting at A);
+* ``a``: the point t = 0, model A, keyed by A's endpoint key and the pair (its transfer
+  columns are against the pair's endpoints): one node shared by every path of the pair;
 * ``b``: the point t = 1, keyed by the path's alignment of B (the alignment key): shared
   by the path families of one alignment method, not across methods (a permuted network
   computes B's function only up to float rounding);
@@ -50,8 +50,9 @@ def parts(info) -> list[Part]:
     src = ("source-a", "source-b")
     return [Part("source-a", {"strong_source": ka, **common}, params={"role": "a", "t": 0.0}),
             Part("source-b", {"strong_source": kb, **common}, params={"role": "b", "t": 1.0}),
-            Part("a", {"strong_point": ka, **common}, ("curve", *src)),
-            Part("b", {"strong_point": _b_net(info.align_key), **common}, ("curve", *src)),
+            Part("a", {"strong_point": ka, "pair": [ka, kb], **common}, ("curve", *src)),
+            Part("b", {"strong_point": _b_net(info.align_key), "pair": [ka, kb], **common},
+                 ("curve", *src)),
             Part("interior", {"strong_path": info.eval_key, **common, "at": cfg.strong_at},
                  ("curve", "eval", *src))]
 

@@ -399,15 +399,20 @@ class PointAttacker:
         """The point at ``t``: its per-example arrays (``clean``, ``aa``, ``pgd_many``,
         ``transfer_a``, ``transfer_b``) and metadata, cached in ``folder`` under a key of
         the settings and the network (``net``, default :meth:`net_id`; else the weights'
-        hash) before BatchNorm recomputation; and the entry's path."""
+        hash) before BatchNorm recomputation, and at an endpoint the pair (its transfer
+        sources); and the entry's path."""
         setup, device, x, y = self.setup, self.setup.device, self.x, self.y
         settings, eval_attack = self.settings, self.eval_attack
         raw = None
         net = net or self.net_id(role, t)
         if net is None:
             raw = self.model_at(float(t)).to(device)
-        pkey = config_hash({"s": self.skey, "net": net or PointCache.key(raw),
-                            "bn": self.bn_key(t)})
+        spec = {"s": self.skey, "net": net or PointCache.key(raw), "bn": self.bn_key(t)}
+        if role in ("a", "b") and self.endpoint_ids:
+            # its transfer columns are against this pair's endpoints: a model A of pairs
+            # (0, 1) and (0, 2) is a point of each (one entry served both before)
+            spec["pair"] = [self.endpoint_ids.get("a"), self.endpoint_ids.get("b")]
+        pkey = config_hash(spec)
         got = _load(self.folder / pkey, len(self.idx), self.engine)
         if got is not None:
             return got[0], got[1], self.folder / pkey
