@@ -151,7 +151,8 @@ def test_plan_nodes_per_stage_and_shared_nodes():
     plan = build_plan([Cell("a", cfg)])
     # strong: per pair 2 transfer sources, t = 0, t = 1 per method, each path's own points
     assert plan.counts() == {"endpoint": 4, "align": 4, "curve": 8, "eval": 8,
-                             "strong": 2 * (2 + 1 + 2) + 8, "curvature": 8, "plane": 2}
+                             "strong": 2 * (2 + 1 + 2) + 8, "curvature": 8,
+                             "plane": 2 * (cfg.plane_grid + 1)}  # a node per row, then the plane
     seen = set()
     for nid, node in plan.nodes.items():  # dependency order
         assert set(node.deps) <= seen
