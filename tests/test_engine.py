@@ -119,6 +119,35 @@ def test_shared_strong_nodes_give_the_per_path_strong_stage(runs):
                 np.testing.assert_array_equal(got[f"{pid}/{p.role}/{k}"], v, err_msg=pid)
 
 
+def test_plane_rows_give_the_whole_plane(runs, tmp_path):
+    """The plane is a node per lattice row, then the plane from its rows: the run's
+    ``plane.npz`` equals the plane computed in one piece (``plane.stage``, empty cache)."""
+    import json
+
+    import torch
+
+    from robustpath.config import BenchConfig
+    from robustpath.engine import nodes
+    from robustpath.paths import plane
+
+    run = runs[0] / "w1"
+    cfg = BenchConfig(**json.loads((run / "config.json").read_text()))
+    plan = build_plan([SimpleNamespace(name="w1", cfg=cfg)])
+    rows = [n for n in plan.nodes.values() if n.stage == "plane" and n.params["part"] != "main"]
+    assert len(rows) == 2 * cfg.plane_grid
+    saved = plane.load_planes(run / "plane.npz")
+    data = nodes.run_data(cfg)
+    for (method, kind, _), pn in plan.cells["w1"].paths.items():
+        if "plane" not in pn.stages:
+            continue
+        node = plan.nodes[pn.curve]
+        c, _, ckey = nodes._curve(node, cfg, run, data, torch.device("cpu"), False)
+        whole = plane.stage(cfg, c, ckey, tmp_path, data, torch.device("cpu"), False)
+        assert sorted(whole) == sorted(saved[method])
+        for k, v in whole.items():
+            np.testing.assert_array_equal(saved[method][k], v, err_msg=f"{method} {k}")
+
+
 @pytest.mark.slow
 def test_a_one_cell_sweep_gives_the_bench_records(runs, tmp_path):
     """The same plan object serves both: a sweep cell with the bench's settings (strong,
