@@ -137,7 +137,7 @@ def test_plane_rows_give_the_whole_plane(runs, tmp_path):
     assert len(rows) == 2 * cfg.plane_grid
     saved = plane.load_planes(run / "plane.npz")
     data = nodes.run_data(cfg)
-    for (method, kind, _), pn in plan.cells["w1"].paths.items():
+    for (method, _kind, _), pn in plan.cells["w1"].paths.items():
         if "plane" not in pn.stages:
             continue
         node = plan.nodes[pn.curve]
