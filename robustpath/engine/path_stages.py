@@ -138,10 +138,9 @@ def register(stage: PathStage) -> PathStage:
     """Register ``stage`` (its ``module`` defaults to the caller's, so that a worker
     process can import it: :func:`get`)."""
     if not stage.module:
-        import inspect
+        import sys
 
-        caller = inspect.stack()[1].frame.f_globals.get("__name__", "")
-        stage = replace(stage, module=caller)
+        stage = replace(stage, module=sys._getframe(1).f_globals.get("__name__", ""))
     PATH_STAGES.register(stage.name)(stage)
     return stage
 

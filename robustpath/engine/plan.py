@@ -141,7 +141,7 @@ def build_plan(cells: list, source: str | None = None) -> Plan:
                                  {"source": source, "seed": seed})
         aligns: dict = {}
         paths: dict = {}
-        extra = [s for s in path_stages.stages()]
+        extra = path_stages.stages()
         for i, (sa, sb) in enumerate(src.pairs(cfg)):
             pair = (sa, sb)
             ep_deps = (eps[sa], eps[sb])
