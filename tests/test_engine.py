@@ -84,10 +84,10 @@ def test_run_log_has_a_banner_and_a_line_per_stage_start_and_end(runs):
 
 
 def test_shared_strong_nodes_give_the_per_path_strong_stage(runs):
-    """The strong stage's points are nodes shared between paths (t = 0 once per pair,
-    t = 1 once per pair and alignment); the paths assembled from them hold exactly what
-    the strong stage run path by path gives (``stages.strong``, the same cache: points
-    at t = 1 keyed by the endpoint there, so computed again from the first path)."""
+    """The strong stage's points are nodes shared between paths (t = 0 and t = 1 once per
+    pair); the paths assembled from them hold exactly what the strong stage run path by
+    path gives (``stages.strong``, the same cache: points at the ends keyed by the
+    endpoint there)."""
     import json
 
     import torch
@@ -102,7 +102,7 @@ def test_shared_strong_nodes_give_the_per_path_strong_stage(runs):
 
     plan = build_plan([SimpleNamespace(name="w1", cfg=cfg)])
     parts = [n.params["part"] for n in plan.nodes.values() if n.stage == "strong"]
-    assert parts.count("a") == 1 and parts.count("b") == 2 and parts.count("interior") == 4
+    assert parts.count("a") == 1 and parts.count("b") == 1 and parts.count("interior") == 4
     data = nodes.run_data(cfg)
     got = np.load(run / "strong_examples.npz")
     src = SOURCES.get("seed")
@@ -178,9 +178,9 @@ def test_plan_nodes_per_stage_and_shared_nodes():
             self.name, self.cfg = name, cfg
 
     plan = build_plan([Cell("a", cfg)])
-    # strong: per pair 2 transfer sources, t = 0, t = 1 per method, each path's own points
+    # strong: per pair 2 transfer sources, t = 0, t = 1, each path's own points
     assert plan.counts() == {"endpoint": 4, "align": 4, "curve": 8, "eval": 8,
-                             "strong": 2 * (2 + 1 + 2) + 8, "curvature": 8,
+                             "strong": 2 * (2 + 1 + 1) + 8, "curvature": 8,
                              "plane": 2 * (cfg.plane_grid + 1)}  # a node per row, then the plane
     seen = set()
     for nid, node in plan.nodes.items():  # dependency order

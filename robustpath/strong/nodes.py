@@ -8,9 +8,12 @@ Per path (``--no-strong`` off) the stage asks for
   node per endpoint, shared by every path that has it as an end;
 * ``a``: the point t = 0, model A, keyed by A's endpoint key and the pair (its transfer
   columns are against the pair's endpoints): one node shared by every path of the pair;
-* ``b``: the point t = 1, keyed by the path's alignment of B (the alignment key): shared
-  by the path families of one alignment method, not across methods (a permuted network
-  computes B's function only up to float rounding);
+* ``b``: the point t = 1, keyed by B's endpoint key and the pair: one node shared by
+  every path of the pair, aligned or not. An aligned path ends at a permutation of B,
+  which computes B's function (the equivalence invariant of :mod:`robustpath.align`,
+  checked on every alignment); the strong point is B's, as the strong stage has always
+  cached it (the committed runs' t = 1 entries are B's), and attacking each permuted copy
+  again would only add float-rounding noise at the cost of one AutoAttack per method;
 * ``interior``: the path's own points (PGD's worst t, every grid t with
   ``--strong-at grid``, ``extra_t``), which depend on its evaluation.
 
@@ -26,7 +29,6 @@ points (``collect``), with its own PGD outcome and transfer tests.
 from __future__ import annotations
 
 from robustpath.engine.path_stages import Part, PathStage, register
-from robustpath.io.store import config_hash
 
 
 def _common(cfg) -> dict:
@@ -39,11 +41,6 @@ def _common(cfg) -> dict:
     return {"strong": strong_spec(cfg), **settings, "eval_attack": cfg.eval_attack().to_dict()}
 
 
-def _b_net(align_key: str) -> str:
-    """The id of the network at t = 1 of a path: its alignment of B."""
-    return config_hash({"aligned_b": align_key})
-
-
 def parts(info) -> list[Part]:
     cfg, (ka, kb) = info.cfg, info.endpoint_keys
     common = _common(cfg)
@@ -51,8 +48,7 @@ def parts(info) -> list[Part]:
     return [Part("source-a", {"strong_source": ka, **common}, params={"role": "a", "t": 0.0}),
             Part("source-b", {"strong_source": kb, **common}, params={"role": "b", "t": 1.0}),
             Part("a", {"strong_point": ka, "pair": [ka, kb], **common}, ("curve", *src)),
-            Part("b", {"strong_point": _b_net(info.align_key), "pair": [ka, kb], **common},
-                 ("curve", *src)),
+            Part("b", {"strong_point": kb, "pair": [ka, kb], **common}, ("curve", *src)),
             Part("interior", {"strong_path": info.eval_key, **common, "at": cfg.strong_at},
                  ("curve", "eval", *src))]
 
@@ -74,7 +70,7 @@ def run(inp) -> dict:
     if inp.part == "a":
         pts, nets = [("a", 0.0)], [None]
     elif inp.part == "b":
-        pts, nets = [("b", 1.0)], [_b_net(inp.align_key)]
+        pts, nets = [("b", 1.0)], [None]  # B's entry: keyed by its endpoint key
     else:
         s = inp.cfg.strong_settings()
         pts = strong_ts(inp.eval, s.extra_t, endpoints=False, at=s.at)
