@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,71 @@ def test_run_log_has_a_banner_and_a_line_per_stage_start_and_end(runs):
             assert len(done) == 1 and "left" in done[0], (stage, log)
 
 
+def test_shared_strong_nodes_give_the_per_path_strong_stage(runs):
+    """The strong stage's points are nodes shared between paths (t = 0 and t = 1 once per
+    pair); the paths assembled from them hold exactly what the strong stage run path by
+    path gives (``stages.strong``, the same cache: points at the ends keyed by the
+    endpoint there)."""
+    import json
+
+    import torch
+
+    from robustpath.config import BenchConfig
+    from robustpath.engine import nodes, stages
+    from robustpath.engine.sources import SOURCES
+
+    base, _ = runs
+    run = base / "w1"
+    cfg = BenchConfig(**json.loads((run / "config.json").read_text()))
+
+    plan = build_plan([SimpleNamespace(name="w1", cfg=cfg)])
+    parts = [n.params["part"] for n in plan.nodes.values() if n.stage == "strong"]
+    assert parts.count("a") == 1 and parts.count("b") == 1 and parts.count("interior") == 4
+    data = nodes.run_data(cfg)
+    got = np.load(run / "strong_examples.npz")
+    src = SOURCES.get("seed")
+    for (method, kind, pair), pn in plan.cells["w1"].paths.items():
+        node = plan.nodes[pn.eval]
+        c = nodes._curve(node, cfg, run, data, torch.device("cpu"), False)[0]
+        res = stages.cached_eval(cfg, nodes._curve_key(node, cfg), run)
+        sp = stages.strong(cfg, c.model_at, res, run, data, torch.device("cpu"), False,
+                           endpoint_keys=tuple(src.key(cfg, s) for s in pair))
+        pid = f"{method}-{kind}-s{pair[0]}-{pair[1]}"
+        np.testing.assert_array_equal(got[f"{pid}/indices"], sp.indices)
+        for p in sp.points:
+            for k, v in p.arrays.items():
+                np.testing.assert_array_equal(got[f"{pid}/{p.role}/{k}"], v, err_msg=pid)
+
+
+def test_plane_rows_give_the_whole_plane(runs, tmp_path):
+    """The plane is a node per lattice row, then the plane from its rows: the run's
+    ``plane.npz`` equals the plane computed in one piece (``plane.stage``, empty cache)."""
+    import json
+
+    import torch
+
+    from robustpath.config import BenchConfig
+    from robustpath.engine import nodes
+    from robustpath.paths import plane
+
+    run = runs[0] / "w1"
+    cfg = BenchConfig(**json.loads((run / "config.json").read_text()))
+    plan = build_plan([SimpleNamespace(name="w1", cfg=cfg)])
+    rows = [n for n in plan.nodes.values() if n.stage == "plane" and n.params["part"] != "main"]
+    assert len(rows) == 2 * cfg.plane_grid
+    saved = plane.load_planes(run / "plane.npz")
+    data = nodes.run_data(cfg)
+    for (method, _kind, _), pn in plan.cells["w1"].paths.items():
+        if "plane" not in pn.stages:
+            continue
+        node = plan.nodes[pn.curve]
+        c, _, ckey = nodes._curve(node, cfg, run, data, torch.device("cpu"), False)
+        whole = plane.stage(cfg, c, ckey, tmp_path, data, torch.device("cpu"), False)
+        assert sorted(whole) == sorted(saved[method])
+        for k, v in whole.items():
+            np.testing.assert_array_equal(saved[method][k], v, err_msg=f"{method} {k}")
+
+
 @pytest.mark.slow
 def test_a_one_cell_sweep_gives_the_bench_records(runs, tmp_path):
     """The same plan object serves both: a sweep cell with the bench's settings (strong,
@@ -112,8 +178,10 @@ def test_plan_nodes_per_stage_and_shared_nodes():
             self.name, self.cfg = name, cfg
 
     plan = build_plan([Cell("a", cfg)])
-    assert plan.counts() == {"endpoint": 4, "align": 4, "curve": 8, "eval": 8, "strong": 8,
-                             "curvature": 8, "plane": 2}
+    # strong: per pair 2 transfer sources, t = 0, t = 1, each path's own points
+    assert plan.counts() == {"endpoint": 4, "align": 4, "curve": 8, "eval": 8,
+                             "strong": 2 * (2 + 1 + 1) + 8, "curvature": 8,
+                             "plane": 2 * (cfg.plane_grid + 1)}  # a node per row, then the plane
     seen = set()
     for nid, node in plan.nodes.items():  # dependency order
         assert set(node.deps) <= seen

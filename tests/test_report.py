@@ -58,8 +58,9 @@ def _write(run_dir, *, test_subset=1000, dip_b=1.0, planes=True, eps=8 / 255):
             PathRecord("none", "bezier", 0, 1, _result(2, 0.3)),
             PathRecord("activation", "line", 0, 1, _result(3, 0.5)),
             PathRecord("activation", "bezier", 0, 1, _result(4, 0.1 * dip_b))]
-    out = RunOutputs(records=recs, planes={"none": _plane(1.0), "activation": _plane(0.8)}
-                     if planes else {},
+    out = RunOutputs(records=recs, stages={"plane": {
+        "none-bezier-s0-1": ("none", _plane(1.0)),
+        "activation-bezier-s0-1": ("activation", _plane(0.8))}} if planes else {},
                      timings={"stages": [{"stage": "endpoint", "calls": 2, "seconds": 12.5},
                                          {"stage": "curve", "calls": 4, "seconds": 3.25}],
                               "total": 20.0})

@@ -120,8 +120,10 @@ def test_plan_merges_the_shared_endpoint(tiny_toml):
     assert [c.name for c in sweep.cells] == list(CELLS)
     plan = build_plan(sweep.cells)
     counts = plan.counts()
-    # strong: one node per path, on the path's curve and evaluation
-    assert counts == {"endpoint": 3, "align": 4, "curve": 8, "eval": 8, "strong": 8}
+    # strong: a transfer source per endpoint (seed 0's shared), t = 0 and t = 1 per pair,
+    # each path's own points
+    assert counts == {"endpoint": 3, "align": 4, "curve": 8, "eval": 8,
+                      "strong": 3 + 2 + 2 + 8}
     seed0 = [n for n in plan.nodes.values() if n.stage == "endpoint" and n.params["seed"] == 0]
     assert len(seed0) == 1 and seed0[0].cells == list(CELLS)
     # every node comes after its inputs
@@ -252,7 +254,7 @@ def test_rerun_does_no_work_and_resumes_a_lost_cell(local_run, tiny_toml, monkey
         (cell / f).unlink()
     assert sweep_main([str(tiny_toml), "--out", str(out), "--no-progress"]) == 0
     tasks = _tasks(out)
-    assert len(tasks) == 16 and {t["stage"] for t in tasks} == {"endpoint", "align", "curve",
+    assert len(tasks) == 12 + 8 and {t["stage"] for t in tasks} == {"endpoint", "align", "curve",
                                                                  "eval", "strong"}
     assert (cell / "records.csv").read_bytes() == records
 
@@ -277,7 +279,7 @@ def test_ray_trains_the_shared_endpoint_once(ray_run):
     assert len(endpoints) == 3 and all(t["computed"] for t in endpoints)
     assert len({t["key"] for t in endpoints}) == 3
     assert len(list((out / "ckpt" / "endpoints").glob("*.json"))) == 3
-    assert len(_tasks(out)) == 31 and not any("error" in t for t in _tasks(out))  # 8 strong
+    assert len(_tasks(out)) == 38 and not any("error" in t for t in _tasks(out))  # 15 strong
     assert {t["threads"] for t in _tasks(out)} == {1}
 
 

@@ -4,7 +4,9 @@ Modules: :mod:`~robustpath.engine.plan` (the graph: a node per stage computation
 by its cache key; cells share nodes), :mod:`~robustpath.engine.sources` (endpoint
 sources: trained seeds, checkpoint files, and the zoo's, registered from
 :mod:`robustpath.zoo.source` and imported on first use),
-:mod:`~robustpath.engine.nodes` (one runner per stage: what a node computes),
+:mod:`~robustpath.engine.nodes` (one runner per core stage: what a node computes),
+:mod:`~robustpath.engine.path_stages` (the registry of the stages that hang off a path:
+strong, curvature, plane, each declared in its own module),
 :mod:`~robustpath.engine.executors` (serial in process, or a pool of worker processes)
 and :mod:`~robustpath.engine.ray_executor` (Ray tasks), :mod:`~robustpath.engine.run`
 (one run folder's plan executed, for ``robustpath.bench``),

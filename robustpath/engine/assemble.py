@@ -4,7 +4,8 @@ per seed pair, per alignment method, per path family."""
 
 from __future__ import annotations
 
-from robustpath.engine.plan import STAGE_LABELS, CellPlan
+from robustpath.engine import path_stages
+from robustpath.engine.plan import CellPlan, stage_label
 from robustpath.engine.sources import SOURCES
 from robustpath.io.outputs import RunOutputs
 from robustpath.io.records import PathRecord, identity, path_id
@@ -16,9 +17,10 @@ def pair_label(a, b) -> str:
 
 
 def cell_outputs(cp: CellPlan, results: dict[str, dict]) -> RunOutputs:
-    """The run folder's contents of cell ``cp`` from its nodes' ``results``."""
-    records, strong, curvature = [], {}, {}
-    curves = {}
+    """The run folder's contents of cell ``cp`` from its nodes' ``results``; every path
+    stage's entry from its registration's ``collect``."""
+    records, curves = [], {}
+    extra: dict[str, dict] = {}
     ident_of = SOURCES.get(cp.source).ident  # a seed, or a file's stem
     for (method, kind, (ra, rb)), pn in cp.paths.items():
         sa, sb = ident_of(ra), ident_of(rb)
@@ -27,17 +29,16 @@ def cell_outputs(cp: CellPlan, results: dict[str, dict]) -> RunOutputs:
         pid, ident = path_id(method, kind, sa, sb), identity(method, kind, sa, sb)
         if results[pn.curve]["metrics"]:
             curves[f"{method}-{kind}-{pair_label(sa, sb)}"] = results[pn.curve]["metrics"]
-        if pn.curvature:
-            curvature[pid] = (ident, results[pn.curvature]["curvature"], res)
-        if pn.strong:
-            strong[pid] = (ident, results[pn.strong]["strong"])
+        ref = path_stages.PathRef(cp.cell.cfg, method, kind, pid, ident, res)
+        for name, parts in pn.stages.items():
+            st = path_stages.get(name)
+            extra.setdefault(name, {})[pid] = st.collect(
+                ref, {part: results[n] for part, n in parts.items()})
     return RunOutputs(
         endpoints={ident_of(s): results[n]["metrics"] for s, n in cp.endpoints.items()},
         alignment={f"{m}-{pair_label(ident_of(sa), ident_of(sb))}": results[n]["report"]
                    for (m, (sa, sb)), n in cp.aligns.items()},
-        curves=curves, records=records,
-        planes={m: results[n]["plane"] for m, n in cp.planes.items()},
-        strong=strong, curvature=curvature)
+        curves=curves, records=records, stages=extra)
 
 
 def stage_timings(plan, results: dict[str, dict], total: float) -> dict:
@@ -46,7 +47,7 @@ def stage_timings(plan, results: dict[str, dict], total: float) -> dict:
     seconds: dict[str, float] = {}
     calls: dict[str, int] = {}
     for nid, node in plan.nodes.items():
-        label = STAGE_LABELS[node.stage]
+        label = stage_label(node.stage)
         seconds[label] = seconds.get(label, 0.0) + float(results.get(nid, {}).get("seconds", 0))
         calls[label] = calls.get(label, 0) + 1
     return {"stages": [{"stage": k, "calls": calls[k], "seconds": round(v, 3)}

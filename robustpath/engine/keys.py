@@ -1,4 +1,6 @@
-"""Every stage's cache key, in one place.
+"""The cache keys of the core stages (endpoint, alignment, curve, evaluation) and the
+strong stage's point folder; a path stage's key is built in its own module from these
+(:mod:`robustpath.engine.path_stages`: curvature, plane).
 
 A stage's output is named by :func:`robustpath.io.store.config_hash` of its spec: its own
 result-relevant settings plus its inputs' keys. Settings that change how, not what
@@ -16,8 +18,6 @@ from robustpath.config import BenchConfig
 from robustpath.io.store import config_hash
 from robustpath.paths import curves as curves_mod
 from robustpath.train.loop import TrainConfig
-
-PLANE_EXAMPLES = 300  # the plane stage's test examples (the first ones)
 
 
 def endpoint_config(cfg: BenchConfig, seed: int) -> TrainConfig:
@@ -127,15 +127,6 @@ def _renorm_spec(cfg: BenchConfig) -> dict:
     from robustpath.paths.repair import renorm_spec
 
     return renorm_spec(cfg)
-
-
-def plane_spec(cfg: BenchConfig, curve_key: str) -> dict:
-    return {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
-            # the lattice covers the control point; its orthogonal side is at least
-            # robustpath.paths.plane.ORTH_SPAN of the side along θ1 - θ0; clean and robust error too
-            "extent": "with-control/orth-0.45/err",
-            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
-            "attack": cfg.eval_attack().to_dict()}
 
 
 def pam_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import sys
 import time
 
-from robustpath.engine.plan import STAGE_LABELS, Plan
+from robustpath.engine import path_stages
+from robustpath.engine.plan import Plan, stage_label
 
-# seconds per node of the default quick run at one thread (timings.json / calls)
-NODE_SECONDS = {"endpoint": 37.7, "align": 0.6, "curve": 19.4, "eval": 25.2, "strong": 19.8,
-                "curvature": 25.2, "plane": 107.8}
+# seconds per node of the default quick run at one thread (timings.json / calls); a path
+# stage's is its registration's (robustpath.engine.path_stages)
+NODE_SECONDS = {"endpoint": 37.7, "align": 0.6, "curve": 19.4, "eval": 25.2}
 
 
 def _work(stage: str, cfg) -> float:
@@ -34,13 +35,18 @@ def _work(stage: str, cfg) -> float:
         return n_tr * cfg.endpoint_epochs * (cfg.train_steps + 1)
     if stage == "curve":
         return n_tr * cfg.curve_epochs * (cfg.train_steps + 1)
-    if stage in ("eval", "curvature"):
+    if stage == "eval":
         return n_te * cfg.t_points * (cfg.eval_steps + 1) * max(cfg.restarts, 1)
-    if stage == "strong":
-        return float(cfg.strong_examples)
-    if stage == "plane":
-        return float(cfg.plane_grid) ** 2
-    return 1.0
+    if stage in NODE_SECONDS or not path_stages.is_path_stage(stage):
+        return 1.0
+    return path_stages.get(stage).work(cfg)
+
+
+def node_seconds(stage: str) -> float:
+    """Seconds per node of ``stage`` in the default quick run."""
+    if stage in NODE_SECONDS or not path_stages.is_path_stage(stage):
+        return NODE_SECONDS.get(stage, 10.0)
+    return path_stages.get(stage).seconds
 
 
 def fmt_seconds(s: float) -> str:
@@ -67,7 +73,7 @@ class StageLog:
         self.stage_start: dict[str, float] = {}
         self.measured: dict[str, list[float]] = {}
         ref = from_preset("quick")
-        self.prior = {nid: NODE_SECONDS.get(n.stage, 10.0) * _work(n.stage, n.cfg)
+        self.prior = {nid: node_seconds(n.stage) * _work(n.stage, n.cfg)
                       / max(_work(n.stage, ref), 1e-9) for nid, n in plan.nodes.items()}
         self.done: set[str] = set()
 
@@ -86,7 +92,7 @@ class StageLog:
         return s / self.workers
 
     def banner(self) -> None:
-        counts = ", ".join(f"{STAGE_LABELS[k]} {v}" for k, v in self.total.items())
+        counts = ", ".join(f"{stage_label(k)} {v}" for k, v in self.total.items())
         w = int(self.workers)
         self._line(f"plan: {len(self.plan.nodes)} nodes ({counts or 'none'}) on {w} worker"
                    f"{'s' if w != 1 else ''}; writing {self.out}")
@@ -98,7 +104,7 @@ class StageLog:
         self.begun[st] = self.begun.get(st, 0) + 1
         if self.begun[st] == 1:
             self.stage_start[st] = time.time()
-            self._line(f"{STAGE_LABELS[st]}: start ({self.total[st]} node"
+            self._line(f"{stage_label(st)}: start ({self.total[st]} node"
                        f"{'s' if self.total[st] != 1 else ''})")
 
     def finished(self, node, result: dict) -> None:
@@ -112,6 +118,6 @@ class StageLog:
         if self.ended[st] == self.total[st]:
             took = time.time() - self.stage_start.get(st, self.start)  # Ray: no start events
             failed = " (some failed)" if "error" in result else ""
-            self._line(f"{STAGE_LABELS[st]}: done{failed}, {self.total[st]} node"
+            self._line(f"{stage_label(st)}: done{failed}, {self.total[st]} node"
                        f"{'s' if self.total[st] != 1 else ''} in {fmt_seconds(took)}; "
                        f"about {fmt_seconds(self.left())} left")

@@ -8,10 +8,10 @@ recomputing it, so a node computes the same bytes in any process. On a cluster t
 folder must therefore be on a filesystem every node shares; an input missing there is
 an error (:class:`MissingInput`) rather than a silent retraining.
 
-Results (one runner per stage in :data:`RUNNERS`): ``endpoint`` -> ``{"key",
+Results (one runner per core stage in :data:`RUNNERS`): ``endpoint`` -> ``{"key",
 "metrics"}``, ``align`` -> ``{"key", "report"}``, ``curve`` -> ``{"key", "metrics"}``,
-``eval`` -> ``{"result": PathResult}``, ``strong`` -> ``{"strong": StrongPath}``,
-``curvature`` -> ``{"curvature": arrays}``, ``plane`` -> ``{"plane": arrays}``; every
+``eval`` -> ``{"result": PathResult}``; a path stage's node (strong, curvature, plane:
+:mod:`robustpath.engine.path_stages`) -> what its stage's ``run`` returns; every
 result also has ``node``, ``stage``, ``seconds``, ``files`` (stage outputs, relative
 to the run folder), ``computed`` (an output was written by this task; ``None`` where
 the stage writes nothing the task can name), ``host``, ``pid`` and ``threads``
@@ -40,7 +40,7 @@ import torch
 from robustpath import runtime
 from robustpath.config import BenchConfig
 from robustpath.device import resolve
-from robustpath.engine import keys, stages, stages_align
+from robustpath.engine import keys, path_stages, stages, stages_align
 from robustpath.engine.plan import Node
 from robustpath.engine.sources import SOURCES
 from robustpath.errors import UserError
@@ -139,8 +139,9 @@ def call_node(node: Node, ctx: Context, *upstream: dict) -> dict:
         _check_inputs(root, upstream)
         cfg = node.cfg
         with runtime.use(runtime.Runtime.of(cfg, progress=ctx.progress, threads=ctx.threads)):
-            out = RUNNERS.get(node.stage)(node, cfg, root, run_data(cfg), resolve(cfg.device),
-                                          ctx.progress, upstream)
+            run = RUNNERS.get(node.stage) if node.stage in RUNNERS else _run_path_stage
+            out = run(node, cfg, root, run_data(cfg), resolve(cfg.device), ctx.progress,
+                      upstream)
     except UserError as e:
         return {"node": node.id, "stage": node.stage, "error": str(e), "user_error": True}
     files, end = out.setdefault("files", []), time.time()
@@ -231,32 +232,20 @@ def _run_eval(node: Node, cfg, root: Path, data, device, progress, inputs) -> di
     return {"result": res}
 
 
-@RUNNERS.register("strong")
-def _run_strong(node: Node, cfg, root: Path, data, device, progress, inputs) -> dict:
+def _run_path_stage(node: Node, cfg, root: Path, data, device, progress, inputs) -> dict:
+    """A node of a path stage (:mod:`robustpath.engine.path_stages`): its stage's runner."""
+    st = path_stages.get(node.stage, node.params.get("module"))
     src = SOURCES.get(node.params["source"])
-    res = inputs[-1]["result"]  # the path's evaluation: where its worst t is
-    curve = _deferred_curve(node, cfg, root, data, device, progress)
-    ends = tuple(src.key(cfg, s) for s in node.params["pair"])
-    # the zoo's points are keyed by path and t (its caches' keys), a seed's by network
-    by_path = keys.eval_key(cfg, _curve_key(node, cfg)) if src.strong_by_path else None
-    return {"strong": stages.strong(cfg, lambda t: curve().model_at(t), res, root, data, device,
-                                    progress, desc=_desc(node, "strong"), endpoint_keys=ends,
-                                    path_key=by_path)}
-
-
-@RUNNERS.register("curvature")
-def _run_curvature(node: Node, cfg, root: Path, data, device, progress, inputs) -> dict:
-    from robustpath.paths.curvature import curvature
-
-    curve = _deferred_curve(node, cfg, root, data, device, progress)
-    return {"curvature": curvature(cfg, curve, _curve_key(node, cfg), root, data, device,
-                                   progress, desc=_desc(node, "curvature"))}
-
-
-@RUNNERS.register("plane")
-def _run_plane(node: Node, cfg, root: Path, data, device, progress, inputs) -> dict:
-    c, _, ckey = _curve(node, cfg, root, data, device, progress)
-    return {"plane": stages.plane(cfg, c, ckey, root, data, device, progress)}
+    sa, sb = node.params["pair"]
+    ka, kb = src.key(cfg, sa), src.key(cfg, sb)
+    akey = keys.align_key(cfg, node.params["method"], ka, kb)
+    res = next((u["result"] for u in inputs if u.get("stage") == "eval"), None)
+    part = node.params.get("part", "main")
+    return st.run(path_stages.PathInputs(
+        part, node.params, cfg, root, data, device, progress,
+        _deferred_curve(node, cfg, root, data, device, progress),
+        keys.curve_key(cfg, node.params["kind"], ka, akey), (ka, kb), akey, res, inputs,
+        _desc(node, st.label if part == "main" else f"{st.label} {part}")))
 
 
 def describe(result: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,10 @@ per grid point (one seed pair each). Per seed pair ``(a, b)`` of a cell the plan
 * ``align`` per alignment method (inputs: both endpoints),
 * ``curve`` per method x path family (inputs: endpoint a, the alignment),
 * ``eval`` per curve (input: the curve),
-* ``strong`` per curve unless ``--no-strong`` (inputs: the curve, its evaluation),
-* ``curvature`` per curve with ``--curvature N`` (input: the curve),
-* ``plane`` per method for the bezier curve of the cell's first pair with ``plane_grid``.
+* the nodes of every path stage that applies to the path
+  (:mod:`robustpath.engine.path_stages`: ``strong`` unless ``--no-strong``,
+  ``curvature`` with ``--curvature N``, ``plane`` for the bezier curve of the cell's
+  first pair with ``plane_grid``), keyed by their stage's parts.
 
 A node is named by its stage's own cache key (:mod:`robustpath.engine.keys`), computed from the
 cell's settings and its input nodes' keys, so cells that need the same computation get
@@ -26,14 +27,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robustpath.config import BenchConfig
-from robustpath.engine import keys
+from robustpath.engine import keys, path_stages
 from robustpath.engine.sources import SOURCES, for_config
 from robustpath.io.store import config_hash
 
-# what each stage is called in timings.json and the run log (the names bench always used)
-STAGE_LABELS = {"endpoint": "endpoint", "align": "alignment", "curve": "curve",
-                "eval": "path eval", "strong": "strong", "curvature": "curvature",
-                "plane": "plane"}
+# what each core stage is called in timings.json and the run log (the names bench always
+# used); a path stage's label is its registration's (robustpath.engine.path_stages)
+CORE_LABELS = {"endpoint": "endpoint", "align": "alignment", "curve": "curve",
+               "eval": "path eval"}
+
+
+def stage_label(stage: str) -> str:
+    """The label of ``stage`` in ``timings.json`` and the run log."""
+    if stage in CORE_LABELS or not path_stages.is_path_stage(stage):
+        return CORE_LABELS.get(stage, stage)
+    return path_stages.get(stage).label
 
 
 @dataclass
@@ -60,17 +68,18 @@ class Node:
         a, b = (ident(r) for r in p["pair"])
         pair = f"s{a}-{b}" if isinstance(a, int) and isinstance(b, int) else f"{a}__{b}"
         what = "/".join(str(p[k]) for k in ("method", "kind") if k in p)
-        return f"{self.stage} {what} {pair}"
+        part = f" {p['part']}" if p.get("part", "main") != "main" else ""
+        return f"{self.stage}{part} {what} {pair}"
 
 
 @dataclass
 class PathNodes:
-    """The nodes of one path (method x family x pair)."""
+    """The nodes of one path (method x family x pair): its curve, its evaluation and,
+    per path stage that applies, its parts' nodes (stage -> part -> node id)."""
 
     curve: str
     eval: str
-    strong: str | None = None
-    curvature: str | None = None
+    stages: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,14 +90,14 @@ class CellPlan:
     endpoints: dict[int, str]                   # seed -> endpoint node
     aligns: dict[tuple[str, tuple], str]        # (method, pair) -> align node
     paths: dict[tuple[str, str, tuple], PathNodes]  # (method, kind, pair) -> its nodes
-    planes: dict[str, str]                      # method -> plane node (first pair, bezier)
     source: str = "seed"                        # where its endpoints come from (sources)
 
     def nodes(self) -> list[str]:
         out = [*self.endpoints.values(), *self.aligns.values()]
         for p in self.paths.values():
-            out += [n for n in (p.curve, p.eval, p.strong, p.curvature) if n]
-        return out + list(self.planes.values())
+            out += [p.curve, p.eval]
+            out += [n for parts in p.stages.values() for n in parts.values() if n not in out]
+        return out
 
 
 @dataclass
@@ -132,9 +141,7 @@ def build_plan(cells: list, source: str | None = None) -> Plan:
                                  {"source": source, "seed": seed})
         aligns: dict = {}
         paths: dict = {}
-        planes: dict = {}
-        strong = ({"strong": keys.strong_spec(cfg), **cfg.strong_settings().__dict__}
-                  if cfg.strong else None)
+        extra = path_stages.stages()
         for i, (sa, sb) in enumerate(src.pairs(cfg)):
             pair = (sa, sb)
             ep_deps = (eps[sa], eps[sb])
@@ -150,19 +157,20 @@ def build_plan(cells: list, source: str | None = None) -> Plan:
                     up = ep_deps + (a, c)
                     ekey = keys.eval_key(cfg, ckey)
                     pn = PathNodes(c, plan.add("eval", cfg, name, {"eval": ekey}, params, up))
-                    if strong is not None:
-                        pn.strong = plan.add(
-                            "strong", cfg, name, {"eval": ekey, **strong,
-                                                  "ends": [ekeys[sa], ekeys[sb]]},
-                            params, up + (pn.eval,))
-                    if cfg.curvature_examples:
-                        from robustpath.paths.curvature import stage_spec
-
-                        pn.curvature = plan.add("curvature", cfg, name,
-                                                {"curvature": stage_spec(cfg, ckey)}, params, up)
+                    info = path_stages.PathInfo(cfg, method, kind, pair, i, source,
+                                                (ekeys[sa], ekeys[sb]), akey, ckey, ekey)
+                    for st in extra:
+                        if not st.applies(info):
+                            continue
+                        ids: dict[str, str] = {}
+                        for part in st.parts(info):
+                            deps = tuple(d for x in part.inputs for d in (
+                                up if x == "curve" else (pn.eval,) if x == "eval" else (ids[x],)))
+                            ids[part.name] = plan.add(
+                                st.name, cfg, name, part.spec,
+                                {**params, **part.params, "part": part.name,
+                                 "module": st.module}, deps)
+                        pn.stages[st.name] = ids
                     paths[(method, kind, pair)] = pn
-                    if cfg.plane_grid and kind == "bezier" and i == 0:
-                        planes[method] = plan.add("plane", cfg, name,
-                                                  {"plane": keys.plane_spec(cfg, ckey)}, params, up)
-        plan.cells[name] = CellPlan(cell, eps, aligns, paths, planes, source)
+        plan.cells[name] = CellPlan(cell, eps, aligns, paths, source)
     return plan

@@ -11,9 +11,10 @@ Stages: :func:`endpoint` (adversarial training; :func:`endpoint_from_file` reads
 user's checkpoint instead), :func:`alignment` (PAM:
 :func:`pam_alignment`; both re-exported from :mod:`robustpath.engine.stages_align`),
 :func:`curve` (fit with PGD in the loop; ``line`` needs no fitting), :func:`path_eval`
-(per-example results along t), :func:`strong` (AutoAttack, many-restart PGD and the
-transfer check at the ends and the worst t) and :func:`plane` (re-exported from
-:mod:`robustpath.paths.plane`). Their keys are :mod:`robustpath.engine.keys`; the
+(per-example results along t) and :func:`strong` (AutoAttack, many-restart PGD and the
+transfer check at the ends and the worst t, one path at a time; the engine's strong
+nodes attack one point each with :func:`strong_attacker`). The path stages' own modules
+hold the others (:mod:`robustpath.engine.path_stages`). Their keys are :mod:`robustpath.engine.keys`; the
 run's data and the checkpoint helpers they share are :mod:`robustpath.engine.stages_common`.
 """
 
@@ -46,7 +47,6 @@ from robustpath.io.store import (
 )
 from robustpath.paths import curves as curves_mod
 from robustpath.paths.evaluate import PathResult, curve_speed, evaluate_path, refine_minimum, t_grid
-from robustpath.paths.plane import stage as plane  # noqa: F401  (the plane stage, re-exported)
 from robustpath.train.loop import train_endpoint
 
 
@@ -235,3 +235,21 @@ def strong(cfg: BenchConfig, model_at, res: PathResult, run_dir: Path, data: Run
                        desc=desc, path_key=path_key,
                        endpoint_ids=None if endpoint_keys is None else dict(
                            zip(("a", "b"), endpoint_keys)))
+
+
+def strong_attacker(cfg: BenchConfig, model_at, run_dir: Path, data: RunData, device,
+                    progress: bool = True, desc: str = "strong",
+                    endpoint_keys: tuple[str, str] | None = None, path_key: str | None = None):
+    """What :func:`strong` attacks a path's points with
+    (:class:`robustpath.strong.stage.PointAttacker`, same folder, settings and point
+    preparation), for the engine's strong nodes that attack one point each."""
+    from robustpath.strong.stage import PointAttacker
+
+    return PointAttacker(model_at, data.x_test, data.y_test, settings=cfg.strong_settings(),
+                         eval_attack=cfg.eval_attack(),
+                         setup=point_setup(cfg, data, device, recompute_ends=cfg.bn_endpoints,
+                                           model_at=model_at),
+                         folder=_ckpt(run_dir, "strong", config_hash(strong_spec(cfg))),
+                         num_classes=data.num_classes, progress=progress, desc=desc,
+                         endpoint_ids=None if endpoint_keys is None else dict(
+                             zip(("a", "b"), endpoint_keys)), path_key=path_key)

@@ -60,18 +60,17 @@ class RunOutputs:
     ``endpoints``: seed -> training metrics; ``alignment``: ``"<method>-s<a>-<b>"`` ->
     alignment report; ``curves``: ``"<method>-<kind>-s<a>-<b>"`` -> curve-fit metrics
     (fitted curves only); ``records``: one :class:`PathRecord` per evaluated path, in
-    the order they appear in ``records.csv``; ``planes``: alignment method -> plane
-    arrays of its bezier curve (first seed pair; empty without ``--plane-grid``).
+    the order they appear in ``records.csv``; ``stages``: path stage name -> path id ->
+    the entry its registration's ``collect`` made (:mod:`robustpath.engine.path_stages`:
+    strong, curvature, plane; written by its ``write``).
     """
 
     endpoints: dict[int, dict] = field(default_factory=dict)
     alignment: dict[str, dict] = field(default_factory=dict)
     curves: dict[str, dict] = field(default_factory=dict)
     records: list[PathRecord] = field(default_factory=list)
-    planes: dict[str, dict] = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
-    strong: dict = field(default_factory=dict)  # path_id -> (identity, StrongPath)
-    curvature: dict = field(default_factory=dict)  # path_id -> (identity, arrays, PathResult)
+    stages: dict[str, dict] = field(default_factory=dict)
 
 
 def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
@@ -80,7 +79,8 @@ def write_run(run_dir: str | Path, cfg: BenchConfig, out: RunOutputs, *,
 
     Writes (each atomically) ``config.json``, ``provenance.json``, ``command.txt``,
     ``endpoints.json``, ``alignment.json``, ``curves.json``, ``records.csv`` +
-    ``examples.npz``, the plane plots and ``plane.json`` when there are planes, then
+    ``examples.npz``, ``timings.json``, every path stage's files (its registration's
+    ``write``: ``strong_eval.*``, ``curvature.*``, ``plane.npz`` / ``plane.json``), then
     the tables, plots, ``report.{md,html}`` and ``summary.json`` of
     :func:`robustpath.report.run.build_report`. Used by
     :func:`run` and by the sweep executors (one call per cell).
@@ -112,25 +112,12 @@ def write_staged(run_dir: Path, cfg: BenchConfig, out: RunOutputs,
     atomic_write_json(run_dir / "alignment.json", out.alignment)
     atomic_write_json(run_dir / "curves.json", out.curves)
     write_records(run_dir, out.records)
-    if out.strong:  # strong_eval.{csv,md}, strong_examples.npz, cards/ (robustpath.strong.files)
-        from robustpath.strong import files as strong_io
-
-        strong_io.write(run_dir, out.strong, cfg=cfg.to_dict())
     if out.timings:  # robustpath.engine.timing.StageTimer.to_dict(): shown in report.html
         atomic_write_json(run_dir / "timings.json", out.timings)
-    if out.planes:  # the grids, so that report redraws plots/plane.* without ckpt/
-        from robustpath.paths.plane import save_planes
+    from robustpath.engine import path_stages
 
-        save_planes(run_dir / "plane.npz", out.planes)
-        atomic_write_json(run_dir / "plane.json", {
-            m: {"max_out_of_plane": float(p["out_of_plane"].max()),
-                "clean_loss_min": float(p["clean_loss"].min()),
-                "robust_loss_min": float(p["robust_loss"].min()),
-                **({"robust_err_min": float(p["robust_err"].min())} if "robust_err" in p else {})}
-            for m, p in out.planes.items()})
-    if out.curvature:  # curvature.{csv,md}, plots/curvature_*.png (robustpath.paths.curvature)
-        from robustpath.paths import curvature
-
-        curvature.write(run_dir, out.curvature, bootstrap=cfg.bootstrap)
+    for st in path_stages.stages():  # strong_eval.*, curvature.*, plane.npz, ...
+        if out.stages.get(st.name):
+            st.write(run_dir, cfg, out.stages[st.name])
     primary = runfolder.outputs(run_dir)  # the run's sources (hashed in its manifest), not
     return build_report(run_dir), primary  # what report rebuilds from them

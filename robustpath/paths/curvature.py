@@ -361,3 +361,29 @@ def plot(rows: pd.DataFrame, out: Path, *, title: str = "") -> Path:
         plt.close(fig)
     atomic_write_bytes(out, buf.getvalue())
     return out
+
+
+# ---------------------------------------------------------------- its registration
+def _run(inp) -> dict:
+    return {"curvature": curvature(inp.cfg, inp.curve, inp.curve_key, inp.root, inp.data,
+                                   inp.device, inp.progress, desc=inp.desc)}
+
+
+def _work(cfg) -> float:  # a node's cost grows with examples x t x attack steps
+    return ((cfg.test_subset or 10000) * cfg.t_points * (cfg.eval_steps + 1)
+            * max(cfg.restarts, 1))
+
+
+def _register() -> None:
+    from robustpath.engine.path_stages import PathStage, register, single
+
+    register(PathStage(
+        name="curvature", label="curvature", seconds=25.2, work=_work,
+        applies=lambda info: bool(info.cfg.curvature_examples),
+        parts=single(lambda info: {"curvature": stage_spec(info.cfg, info.curve_key)}),
+        run=_run,
+        collect=lambda ref, res: (ref.identity, res["main"]["curvature"], ref.result),
+        write=lambda run_dir, cfg, entries: write(run_dir, entries, bootstrap=cfg.bootstrap)))
+
+
+_register()

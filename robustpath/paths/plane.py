@@ -87,18 +87,9 @@ def _model_at_flat(curve, flat: torch.Tensor):
 ORTH_SPAN = 0.45
 
 
-def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
-               margin: float = 0.25, bn_inputs: str = "clean", bn_attack: Attack | None = None,
-               device="cpu", progress: bool = True, desc: str = "plane") -> dict[str, np.ndarray]:
-    """Clean and robust loss and error on a ``grid`` x ``grid`` lattice of the curve's plane.
-
-    The lattice spans the extent of the curve, the line and the control point plus
-    ``margin`` of it on each side; across θ1 − θ0 at least :data:`ORTH_SPAN` of its
-    length along, so the valley's walls are in the window. ``bn_data`` is a list of training batches used at every grid point.
-    Returns ``xs [G], ys [G], clean_loss [G, G], robust_loss [G, G]``, ``clean_err``,
-    ``robust_err [G, G]`` (fractions of the examples misclassified; row = y) and
-    ``curve_xy [T, 2]``, ``line_xy [2, 2]``, ``control_xy [2]``.
-    """
+def plane_lattice(curve, grid: int = 7, margin: float = 0.25) -> dict:
+    """The lattice of :func:`plane_grid`: basis ``a, e1, e2`` and ``xs [G], ys [G]``,
+    with the drawn ``curve_xy [T, 2]``, ``line_xy [2, 2]``, ``control_xy [2]``."""
     a, e1, e2 = plane_basis(curve)
     ts = np.linspace(0, 1, 41)
     cxy = coords(curve, ts)
@@ -112,23 +103,63 @@ def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
     xs = np.linspace(lo[0] - margin * span[0], hi[0] + margin * span[0], grid)
     mid_y = 0.5 * (lo[1] + hi[1])
     ys = np.linspace(mid_y - (0.5 + margin) * span[1], mid_y + (0.5 + margin) * span[1], grid)
-    clean, robust = np.zeros((grid, grid)), np.zeros((grid, grid))
-    clean_err, robust_err = np.zeros((grid, grid)), np.zeros((grid, grid))
-    bar = progress_mod.bar(total=grid * grid, desc=desc, unit="pt", progress=progress)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            flat = (a + x * e1 + y * e2).to(curve.theta_a.device)
-            model = _model_at_flat(curve, flat).to(device)
-            recompute_bn(model, bn_data, batches=len(bn_data), inputs=bn_inputs, attack=bn_attack)
-            ce = per_example(model, x_test, y_test, None, device=device)
-            rob = per_example(model, x_test, y_test, attack, device=device)
-            clean[i, j], clean_err[i, j] = ce.mean_loss, 1.0 - ce.accuracy
-            robust[i, j], robust_err[i, j] = rob.mean_loss, 1.0 - rob.accuracy
+    return {"a": a, "e1": e1, "e2": e2, "xs": xs, "ys": ys, "curve_xy": cxy, "line_xy": lxy,
+            "control_xy": ctrl}
+
+
+#: the arrays of one lattice row (``[G]`` each; row i of the plane's ``[G, G]`` arrays)
+ROW_ARRAYS = ("clean_loss", "robust_loss", "clean_err", "robust_err")
+
+
+def plane_row(curve, lat: dict, i: int, x_test, y_test, attack: Attack, bn_data, *,
+              bn_inputs: str = "clean", bn_attack: Attack | None = None, device="cpu",
+              bar=None) -> dict[str, np.ndarray]:
+    """Row ``i`` (y = ``lat["ys"][i]``) of :func:`plane_grid`: :data:`ROW_ARRAYS`, each
+    ``[G]``. Every point is independent of the others (seeded attacks, the same BN
+    batches), so rows computed apart give the bytes of the whole grid."""
+    a, e1, e2, y = lat["a"], lat["e1"], lat["e2"], lat["ys"][i]
+    g = len(lat["xs"])
+    out = {k: np.zeros(g) for k in ROW_ARRAYS}
+    for j, x in enumerate(lat["xs"]):
+        flat = (a + x * e1 + y * e2).to(curve.theta_a.device)
+        model = _model_at_flat(curve, flat).to(device)
+        recompute_bn(model, bn_data, batches=len(bn_data), inputs=bn_inputs, attack=bn_attack)
+        ce = per_example(model, x_test, y_test, None, device=device)
+        rob = per_example(model, x_test, y_test, attack, device=device)
+        out["clean_loss"][j], out["clean_err"][j] = ce.mean_loss, 1.0 - ce.accuracy
+        out["robust_loss"][j], out["robust_err"][j] = rob.mean_loss, 1.0 - rob.accuracy
+        if bar is not None:
             bar.update(1)
+    return out
+
+
+def _assemble(lat: dict, rows: list[dict]) -> dict[str, np.ndarray]:
+    """:func:`plane_grid`'s arrays from its lattice and rows, in its order."""
+    grid = {k: np.stack([r[k] for r in rows]) for k in ROW_ARRAYS}
+    return {"xs": lat["xs"], "ys": lat["ys"], "clean_loss": grid["clean_loss"],
+            "robust_loss": grid["robust_loss"], "clean_err": grid["clean_err"],
+            "robust_err": grid["robust_err"], "curve_xy": lat["curve_xy"],
+            "line_xy": lat["line_xy"], "control_xy": lat["control_xy"]}
+
+
+def plane_grid(curve, x_test, y_test, attack: Attack, bn_data, *, grid: int = 7,
+               margin: float = 0.25, bn_inputs: str = "clean", bn_attack: Attack | None = None,
+               device="cpu", progress: bool = True, desc: str = "plane") -> dict[str, np.ndarray]:
+    """Clean and robust loss and error on a ``grid`` x ``grid`` lattice of the curve's plane.
+
+    The lattice spans the extent of the curve, the line and the control point plus
+    ``margin`` of it on each side; across θ1 − θ0 at least :data:`ORTH_SPAN` of its
+    length along, so the valley's walls are in the window. ``bn_data`` is a list of training batches used at every grid point.
+    Returns ``xs [G], ys [G], clean_loss [G, G], robust_loss [G, G]``, ``clean_err``,
+    ``robust_err [G, G]`` (fractions of the examples misclassified; row = y) and
+    ``curve_xy [T, 2]``, ``line_xy [2, 2]``, ``control_xy [2]``.
+    """
+    lat = plane_lattice(curve, grid, margin)
+    bar = progress_mod.bar(total=grid * grid, desc=desc, unit="pt", progress=progress)
+    rows = [plane_row(curve, lat, i, x_test, y_test, attack, bn_data, bn_inputs=bn_inputs,
+                      bn_attack=bn_attack, device=device, bar=bar) for i in range(grid)]
     bar.close()
-    return {"xs": xs, "ys": ys, "clean_loss": clean, "robust_loss": robust,
-            "clean_err": clean_err, "robust_err": robust_err, "curve_xy": cxy,
-            "line_xy": lxy, "control_xy": ctrl}
+    return _assemble(lat, rows)
 
 
 # the colour of loss above the top contour level (Garipov et al. draw it as one colour)
@@ -385,18 +416,23 @@ __all__ = ["plane_basis", "coords", "out_of_plane", "plane_grid", "plot_planes",
            "load_planes", "contour_levels", "control_xy"]
 
 
-if __name__ == "__main__":  # a library module: say so rather than exit 0 having done nothing
-    import sys
-
-    print("error: robustpath.paths.plane is a library module, not a command; loss planes come from "
-          "python -m robustpath.bench --plane-grid N", file=sys.stderr)
-    raise SystemExit(2)
-
-
 # ---------------------------------------------------------------- plane of a curve
+PLANE_EXAMPLES = 300  # the plane stage's test examples (the first ones)
+
+
+def plane_spec(cfg, curve_key: str) -> dict:
+    """What the plane of the curve with key ``curve_key`` depends on (its cache key)."""
+    return {"curve": curve_key, "grid": cfg.plane_grid, "examples": PLANE_EXAMPLES,
+            # the lattice covers the control point; its orthogonal side is at least
+            # ORTH_SPAN of the side along θ1 - θ0; clean and robust error too
+            "extent": "with-control/orth-0.45/err",
+            "bn_batches": cfg.bn_batches, "bn_inputs": cfg.bn_inputs,
+            "attack": cfg.eval_attack().to_dict()}
+
+
 def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = True,
           desc: str = "plane") -> dict:
-    """The plane stage (``robustpath.engine.stages.plane``): loss surface on the plane of curve
+    """The plane stage (registered below as a path stage): loss surface on the plane of curve
     ``c`` (``cfg.plane_grid`` squared points, on the first ``PLANE_EXAMPLES`` test
     examples); cached as ``ckpt/plane/<key>.npz``.
 
@@ -406,26 +442,151 @@ def stage(cfg, c, curve_key: str, run_dir: Path, data, device, progress: bool = 
     9 x 9 planes are about 160 points (~5 min there), 13 x 13 about 340 and 17 x 17
     about 580. At 9 x 9 the contours of the unaligned plane still showed kinks between
     grid points (the contouring interpolates linearly), so the quick preset uses 13 x 13."""
-    from robustpath.attacks.base import build_attack
-    from robustpath.engine.keys import PLANE_EXAMPLES, plane_spec
-    from robustpath.io.cache import load_npz, recompute_notice, save_npz
-    from robustpath.io.store import CacheError, config_hash
-
-    spec = plane_spec(cfg, curve_key)
-    key = config_hash(spec)
-    path = Path(run_dir) / "ckpt" / "plane" / f"{key}.npz"
-    try:
-        arrays = load_npz(path, spec)
-        if arrays is not None:
-            return arrays
-    except CacheError as e:
-        recompute_notice(e, "loss plane")
-    attack = build_attack(cfg.eval_attack(), data.num_classes)
-    bn_attack = build_attack(dataclasses.replace(cfg.train_attack(), seed=1), data.num_classes)
-    bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
+    spec, path, cached = _cached(cfg, curve_key, run_dir)
+    if cached is not None:
+        return cached
+    attack, bn_attack, bn_data = _measure(cfg, data, device)
     res = plane_grid(c, data.x_test[:PLANE_EXAMPLES], data.y_test[:PLANE_EXAMPLES], attack,
                      bn_data, grid=cfg.plane_grid, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
                      device=device, progress=progress, desc=desc)
     res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
-    save_npz(path, res, spec)
+    _save(path, res, spec)
     return res
+
+
+def _cached(cfg, curve_key: str, run_dir: Path):
+    """``(spec, path, arrays or None)`` of the plane's cache entry ``ckpt/plane/<key>.npz``."""
+    from robustpath.io.cache import load_npz, recompute_notice
+    from robustpath.io.store import CacheError, config_hash
+
+    spec = plane_spec(cfg, curve_key)
+    path = Path(run_dir) / "ckpt" / "plane" / f"{config_hash(spec)}.npz"
+    try:
+        return spec, path, load_npz(path, spec)
+    except CacheError as e:
+        recompute_notice(e, "loss plane")
+    return spec, path, None
+
+
+def _measure(cfg, data, device):
+    """The evaluation attack, the BN attack (seed 1) and the BN batches of every point."""
+    from robustpath.attacks.base import build_attack
+
+    attack = build_attack(cfg.eval_attack(), data.num_classes)
+    bn_attack = build_attack(dataclasses.replace(cfg.train_attack(), seed=1), data.num_classes)
+    bn_data = list(data.train_batches(cfg, seed=0, device=device))[: cfg.bn_batches]
+    return attack, bn_attack, bn_data
+
+
+def _save(path: Path, res: dict, spec: dict) -> None:
+    import shutil
+
+    from robustpath.io.cache import save_npz
+
+    save_npz(path, res, spec)
+    shutil.rmtree(path.with_suffix(".rows"), ignore_errors=True)  # its rows, now in the entry
+
+
+def stage_row(cfg, c, curve_key: str, i: int, run_dir: Path, data, device,
+              progress: bool = True, desc: str = "plane") -> dict[str, np.ndarray]:
+    """Row ``i`` of the plane stage (:func:`plane_row`; one engine node each, so rows run
+    in parallel): from the whole plane's entry when it exists, else from
+    ``ckpt/plane/<key>.rows/row<i>.npz`` (a killed run resumes by row), else computed
+    and stored there. ``c``: the curve, or a function returning it (called on a miss)."""
+    from robustpath.io.cache import load_npz, recompute_notice, save_npz
+    from robustpath.io.store import CacheError
+
+    spec, path, full = _cached(cfg, curve_key, run_dir)
+    if full is not None:
+        return {k: full[k][i] for k in ROW_ARRAYS}
+    rpath, rspec = path.with_suffix(".rows") / f"row{i}.npz", {**spec, "row": i}
+    try:
+        got = load_npz(rpath, rspec)
+        if got is not None:
+            return {k: got[k] for k in ROW_ARRAYS}
+    except CacheError as e:
+        recompute_notice(e, f"loss plane row {i}")
+    c = c if isinstance(c, torch.nn.Module) else c()
+    attack, bn_attack, bn_data = _measure(cfg, data, device)
+    lat = plane_lattice(c, cfg.plane_grid)
+    bar = progress_mod.bar(total=cfg.plane_grid, desc=f"{desc} row {i}", unit="pt",
+                           progress=progress)
+    row = plane_row(c, lat, i, data.x_test[:PLANE_EXAMPLES], data.y_test[:PLANE_EXAMPLES],
+                    attack, bn_data, bn_inputs=cfg.bn_inputs, bn_attack=bn_attack,
+                    device=device, bar=bar)
+    bar.close()
+    save_npz(rpath, row, rspec)
+    return row
+
+
+def stage_from_rows(cfg, c, curve_key: str, rows: list[dict], run_dir: Path) -> dict:
+    """The plane stage's arrays (:func:`stage`'s) from its rows (:func:`stage_row`),
+    cached as ``ckpt/plane/<key>.npz``."""
+    spec, path, cached = _cached(cfg, curve_key, run_dir)
+    if cached is not None:
+        return cached
+    c = c if isinstance(c, torch.nn.Module) else c()
+    res = _assemble(plane_lattice(c, cfg.plane_grid), rows)
+    res["out_of_plane"] = out_of_plane(c, np.linspace(0, 1, 21))
+    _save(path, res, spec)
+    return res
+
+
+# ---------------------------------------------------------------- its registration
+def write_planes(run_dir: Path, cfg, entries: dict) -> None:
+    """``plane.npz`` (the grids, so that report redraws plots/plane.* without ckpt/) and
+    ``plane.json``; ``entries``: path id -> (alignment method, plane arrays)."""
+    from robustpath.io.store import atomic_write_json
+
+    planes = dict(entries.values())
+    save_planes(run_dir / "plane.npz", planes)
+    atomic_write_json(run_dir / "plane.json", {
+        m: {"max_out_of_plane": float(p["out_of_plane"].max()),
+            "clean_loss_min": float(p["clean_loss"].min()),
+            "robust_loss_min": float(p["robust_loss"].min()),
+            **({"robust_err_min": float(p["robust_err"].min())} if "robust_err" in p else {})}
+        for m, p in planes.items()})
+
+
+def _parts(info) -> list:
+    """One node per lattice row (independent: they run in parallel), then the plane
+    from its rows (keyed as the whole plane always was)."""
+    from robustpath.engine.path_stages import Part
+
+    spec = plane_spec(info.cfg, info.curve_key)
+    rows = [Part(f"row{i}", {"plane": spec, "row": i}, params={"row": i})
+            for i in range(info.cfg.plane_grid)]
+    return [*rows, Part("main", {"plane": spec}, ("curve", *(r.name for r in rows)))]
+
+
+def _run(inp) -> dict:
+    if inp.part == "main":
+        rows = [u["row"] for u in inp.inputs if "row" in u]
+        return {"plane": stage_from_rows(inp.cfg, inp.curve, inp.curve_key, rows, inp.root)}
+    return {"row": stage_row(inp.cfg, inp.curve, inp.curve_key, inp.params["row"], inp.root,
+                             inp.data, inp.device, inp.progress, desc=inp.desc)}
+
+
+def _register() -> None:
+    from robustpath.engine.path_stages import PathStage, register
+
+    register(PathStage(
+        # a row of the default quick run's 13 x 13 planes: 277 s / 26 rows at one thread
+        name="plane", label="plane", seconds=10.7, work=lambda cfg: float(cfg.plane_grid),
+        # the bezier curve of the cell's first pair, per alignment method
+        applies=lambda info: bool(info.cfg.plane_grid) and info.kind == "bezier"
+        and info.index == 0,
+        parts=_parts, run=_run,
+        collect=lambda ref, res: (ref.method, res["main"]["plane"]),
+        write=write_planes))
+
+
+_register()
+
+
+if __name__ == "__main__":  # a library module: say so rather than exit 0 having done nothing
+    import sys
+
+    print("error: robustpath.paths.plane is a library module, not a command; loss planes come from "
+          "python -m robustpath.bench --plane-grid N", file=sys.stderr)
+    raise SystemExit(2)

@@ -326,6 +326,136 @@ def _load(path: Path, n: int, engine: str | None = None) -> tuple[dict, dict] | 
     return None
 
 
+class PointAttacker:
+    """What the points of one path's strong stage share (:func:`strong_path`; the
+    engine's strong nodes, :mod:`robustpath.strong.nodes`, attack one point each with
+    it): the seeded subset, the attacks, the key of the settings (``skey``, with the
+    AutoAttack engine's version), the transfer sources (made lazily, cached in
+    ``folder``) and how a point is keyed and attacked. Arguments as
+    :func:`strong_path`'s."""
+
+    def __init__(self, model_at: ModelAt, x_test: torch.Tensor, y_test: torch.Tensor, *,
+                 settings: StrongSettings, eval_attack: AttackConfig, setup: PointSetup,
+                 folder: str | Path, num_classes: int, progress: bool = True,
+                 desc: str = "strong", endpoint_ids: dict[str, str] | None = None,
+                 path_key: str | None = None):
+        settings.validate()
+        self.model_at, self.x_test, self.y_test = model_at, x_test, y_test
+        self.settings, self.eval_attack, self.setup = settings, eval_attack, setup
+        self.folder, self.progress, self.desc = Path(folder), progress, desc
+        self.endpoint_ids, self.path_key = endpoint_ids or {}, path_key
+        self.idx = idx = subset_indices(len(y_test), settings.examples, settings.seed)
+        self.x, self.y = x_test[idx], y_test[idx]
+        self.aa = build_attack(settings.aa_config(eval_attack.norm, eval_attack.eps), num_classes)
+        self.many = build_attack(settings.pgd_config(eval_attack.norm, eval_attack.eps),
+                                 num_classes)
+        self.direct_attack = build_attack(eval_attack, num_classes)
+        self.engine = self.aa.describe()["engine"]  # "pyautoattack 0.2.0": the version is in the key
+        strong = {k: v for k, v in settings.to_dict().items() if k != "at"}
+        self.skey = config_hash({"strong": strong, "attack": eval_attack.to_dict(),
+                                 "n_test": len(y_test), "pgd_many": settings.pgd_config(
+                                     eval_attack.norm, eval_attack.eps).to_dict(),
+                                 "engine": self.engine})
+        self.sources: dict[str, torch.Tensor] = {}
+
+    def bn_key(self, t: float):
+        setup = self.setup
+        return setup.recomputes(t) and config_hash({"b": setup.bn_batches, "i": setup.bn_inputs})
+
+    def source_path(self, name: str, t: float) -> Path | None:
+        """Where the transfer source ``name`` (a | b) is cached: keyed by the endpoint's
+        function (shared by every path of the pair) or else by the path; with neither,
+        None (made for this call only)."""
+        fn = self.endpoint_ids.get(name) or (
+            self.path_key and config_hash({"path": self.path_key, "t": float(t)}))
+        return self.folder / config_hash({"s": self.skey, "source": fn, "bn": self.bn_key(t)}) \
+            if fn else None
+
+    def source(self, name: str, t: float) -> torch.Tensor:
+        """The evaluation attack's examples made against the path's point at ``t`` (an
+        endpoint), on the subset."""
+        if name not in self.sources:  # made lazily: a fully cached path needs no attack at all
+            setup, idx = self.setup, self.idx
+
+            def make() -> torch.Tensor:
+                m = setup.prepare(self.model_at, t)
+                # made on every test example in the evaluation's batches, then subset: at
+                # the source's own endpoint these are exactly the direct attack's examples
+                return adversarial_examples(m, self.x_test, self.y_test, self.direct_attack,
+                                            setup.batch_size, setup.device)[torch.as_tensor(idx)]
+
+            self.sources[name] = _source_examples(self.source_path(name, t), len(idx), make)
+        return self.sources[name]
+
+    def net_id(self, role: str, t: float) -> str | None:
+        """The id of the network at a point, when known without building it: the
+        endpoint's function (roles a, b) or the path and t."""
+        net = self.endpoint_ids.get(role) if role in ("a", "b") else None
+        if net is None and self.path_key is not None:
+            net = config_hash({"path": self.path_key, "t": round(float(t), 10)})
+        return net
+
+    def attack(self, role: str, t: float, net: str | None = None) -> tuple[dict, dict, Path]:
+        """The point at ``t``: its per-example arrays (``clean``, ``aa``, ``pgd_many``,
+        ``transfer_a``, ``transfer_b``) and metadata, cached in ``folder`` under a key of
+        the settings and the network (``net``, default :meth:`net_id`; else the weights'
+        hash) before BatchNorm recomputation, and at an endpoint the pair (its transfer
+        sources); and the entry's path."""
+        setup, device, x, y = self.setup, self.setup.device, self.x, self.y
+        settings, eval_attack = self.settings, self.eval_attack
+        raw = None
+        net = net or self.net_id(role, t)
+        if net is None:
+            raw = self.model_at(float(t)).to(device)
+        spec = {"s": self.skey, "net": net or PointCache.key(raw), "bn": self.bn_key(t)}
+        if role in ("a", "b") and self.endpoint_ids:
+            # its transfer columns are against this pair's endpoints: a model A of pairs
+            # (0, 1) and (0, 2) is a point of each (one entry served both before)
+            spec["pair"] = [self.endpoint_ids.get("a"), self.endpoint_ids.get("b")]
+        pkey = config_hash(spec)
+        got = _load(self.folder / pkey, len(self.idx), self.engine)
+        if got is not None:
+            return got[0], got[1], self.folder / pkey
+        model = setup.prepare_model(raw if raw is not None else self.model_at(float(t)), t)
+        res = self.aa.run(model, x.to(device), y.to(device),
+                          state_path=self.folder / f"{pkey}.aa-state.json",
+                          batch_size=setup.batch_size, progress=self.progress,
+                          desc=f"{self.desc} t={float(t):.3g} AA")
+        m = per_example(model, x, y, self.many, batch_size=setup.batch_size, device=device)
+        arrays = {"clean": res.clean.numpy(), "aa": res.robust.numpy(),
+                  "pgd_many": m.correct.numpy()}
+        for name, ts_ in (("a", 0.0), ("b", 1.0)):
+            r = per_example(model, self.source(name, ts_), y, None, batch_size=setup.batch_size,
+                            device=device)
+            arrays[f"transfer_{name}"] = r.correct.numpy()
+        meta = {"aa_after": res.after, "aa_warnings": res.warnings,
+                "aa_grad_passes": res.grad_passes, "aa_queries": res.queries,
+                "aa_attacks": res.attacks, "aa_resumed": res.resumed,
+                "aa": self.aa.describe(), "pgd_many": settings.pgd_config(
+                    eval_attack.norm, eval_attack.eps).to_dict()}
+        _save(self.folder / pkey, arrays, meta)
+        (self.folder / f"{pkey}.aa-state.json").unlink(missing_ok=True)
+        return arrays, meta, self.folder / pkey
+
+
+def finish_point(role: str, t: float, arrays: dict, meta: dict, result: PathResult,
+                 idx: np.ndarray, n_tests: int) -> StrongPoint:
+    """A path's :class:`StrongPoint` from an attacked point's arrays and metadata: the
+    path evaluation's own PGD outcome at ``t`` (``pgd``), whether the clean outcome
+    matches the path's, and the transfer tests (McNemar, Bonferroni over ``n_tests``)."""
+    i = int(np.argmin(np.abs(result.ts - t)))
+    pgd = np.asarray(result.robust_correct[i], dtype=bool)[idx]
+    grid_clean = np.asarray(result.clean_correct[i], dtype=bool)[idx]
+    arrays = {**{k: np.asarray(v, dtype=bool) for k, v in arrays.items()}, "pgd": pgd}
+    meta = dict(meta)
+    meta["clean_matches_path"] = bool((arrays["clean"] == grid_clean).all())
+    for name in ("a", "b"):
+        p = mcnemar_p(pgd, arrays[f"transfer_{name}"])
+        meta[f"transfer_p_{name}"] = p
+        meta[f"transfer_flag_{name}"] = bool(p < ALPHA / n_tests)
+    return StrongPoint(role, float(t), arrays, meta)
+
+
 def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
                 y_test: torch.Tensor, *, settings: StrongSettings, eval_attack: AttackConfig,
                 setup: PointSetup, folder: str | Path, num_classes: int,
@@ -347,87 +477,15 @@ def strong_path(model_at: ModelAt, result: PathResult, x_test: torch.Tensor,
     so that a fully cached path needs no network at all (``model_at`` is not called).
     """
     settings.validate()
-    folder = Path(folder)
     if result.robust_correct.shape[1] != len(y_test):
         raise UserError(f"strong stage: the path result has {result.robust_correct.shape[1]} "
                         f"examples but {len(y_test)} were given")
-    idx = subset_indices(len(y_test), settings.examples, settings.seed)
-    x, y = x_test[idx], y_test[idx]
-    device = setup.device
-    aa = build_attack(settings.aa_config(eval_attack.norm, eval_attack.eps), num_classes)
-    many = build_attack(settings.pgd_config(eval_attack.norm, eval_attack.eps), num_classes)
-    direct_attack = build_attack(eval_attack, num_classes)
-    engine = aa.describe()["engine"]   # "pyautoattack 0.2.0": the version is in the key
-    strong = {k: v for k, v in settings.to_dict().items() if k != "at"}
-    skey = config_hash({"strong": strong, "attack": eval_attack.to_dict(),
-                        "n_test": len(y_test), "pgd_many": settings.pgd_config(
-                            eval_attack.norm, eval_attack.eps).to_dict(), "engine": engine})
+    att = PointAttacker(model_at, x_test, y_test, settings=settings, eval_attack=eval_attack,
+                        setup=setup, folder=folder, num_classes=num_classes, progress=progress,
+                        desc=desc, endpoint_ids=endpoint_ids, path_key=path_key)
     pts = strong_ts(result, settings.extra_t, at=settings.at)
-    sources: dict[str, torch.Tensor] = {}
-
-    def bn_key(t: float):
-        return setup.recomputes(t) and config_hash({"b": setup.bn_batches, "i": setup.bn_inputs})
-
-    def source(name: str, t: float) -> torch.Tensor:
-        if name not in sources:  # made lazily: a fully cached path needs no attack at all
-            def make() -> torch.Tensor:
-                m = setup.prepare(model_at, t)
-                # made on every test example in the evaluation's batches, then subset: at
-                # the source's own endpoint these are exactly the direct attack's examples
-                return adversarial_examples(m, x_test, y_test, direct_attack,
-                                            setup.batch_size, device)[torch.as_tensor(idx)]
-
-            # keyed by the endpoint's function (shared by every path of the pair) or else
-            # by the path; with neither, made for this call only
-            fn = (endpoint_ids or {}).get(name) or (
-                path_key and config_hash({"path": path_key, "t": float(t)}))
-            spath = folder / config_hash({"s": skey, "source": fn, "bn": bn_key(t)}) \
-                if fn else None
-            sources[name] = _source_examples(spath, len(idx), make)
-        return sources[name]
-
     out: list[StrongPoint] = []
-    n_tests = 2 * len(pts)
     for role, t in progress_mod.bar(pts, desc=desc, unit="pt", progress=progress):
-        raw = None
-        net = (endpoint_ids or {}).get(role) if role in ("a", "b") else None
-        if net is None and path_key is not None:
-            net = config_hash({"path": path_key, "t": round(float(t), 10)})
-        if net is None:
-            raw = model_at(float(t)).to(device)
-        pkey = config_hash({"s": skey, "net": net or PointCache.key(raw), "bn": bn_key(t)})
-        i = int(np.argmin(np.abs(result.ts - t)))
-        pgd = np.asarray(result.robust_correct[i], dtype=bool)[idx]
-        grid_clean = np.asarray(result.clean_correct[i], dtype=bool)[idx]
-        got = _load(folder / pkey, len(idx), engine)
-        if got is None:
-            model = setup.prepare_model(raw if raw is not None else model_at(float(t)), t)
-            res = aa.run(model, x.to(device), y.to(device),
-                         state_path=folder / f"{pkey}.aa-state.json",
-                         batch_size=setup.batch_size, progress=progress,
-                         desc=f"{desc} t={float(t):.3g} AA")
-            m = per_example(model, x, y, many, batch_size=setup.batch_size, device=device)
-            arrays = {"clean": res.clean.numpy(), "aa": res.robust.numpy(),
-                      "pgd_many": m.correct.numpy()}
-            for name, ts_ in (("a", 0.0), ("b", 1.0)):
-                r = per_example(model, source(name, ts_), y, None, batch_size=setup.batch_size,
-                                device=device)
-                arrays[f"transfer_{name}"] = r.correct.numpy()
-            meta = {"aa_after": res.after, "aa_warnings": res.warnings,
-                    "aa_grad_passes": res.grad_passes, "aa_queries": res.queries,
-                    "aa_attacks": res.attacks, "aa_resumed": res.resumed,
-                    "aa": aa.describe(), "pgd_many": settings.pgd_config(
-                        eval_attack.norm, eval_attack.eps).to_dict()}
-            _save(folder / pkey, arrays, meta)
-            (folder / f"{pkey}.aa-state.json").unlink(missing_ok=True)
-        else:
-            arrays, meta = got
-        arrays = {**{k: np.asarray(v, dtype=bool) for k, v in arrays.items()}, "pgd": pgd}
-        meta = dict(meta)
-        meta["clean_matches_path"] = bool((arrays["clean"] == grid_clean).all())
-        for name in ("a", "b"):
-            p = mcnemar_p(pgd, arrays[f"transfer_{name}"])
-            meta[f"transfer_p_{name}"] = p
-            meta[f"transfer_flag_{name}"] = bool(p < ALPHA / n_tests)
-        out.append(StrongPoint(role, float(t), arrays, meta))
-    return StrongPath(points=out, indices=idx, settings=settings.to_dict())
+        arrays, meta, _ = att.attack(role, t)
+        out.append(finish_point(role, t, arrays, meta, result, att.idx, 2 * len(pts)))
+    return StrongPath(points=out, indices=att.idx, settings=settings.to_dict())

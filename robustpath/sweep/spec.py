@@ -45,7 +45,15 @@ from robustpath.errors import UserError
 
 # per-task requests beyond any one machine (cpus = 1e9 would become 1e9 torch threads)
 MAX_TASK_CPUS, MAX_TASK_GPUS = 1024, 64
-STAGE_NAMES = ("endpoint", "align", "curve", "eval", "plane")
+CORE_STAGES = ("endpoint", "align", "curve", "eval")
+
+
+def stage_names() -> tuple[str, ...]:
+    """Stages a ``[resources.<stage>]`` table may name: the core ones and every path
+    stage (:mod:`robustpath.engine.path_stages`: strong, curvature, plane)."""
+    from robustpath.engine.path_stages import stages
+
+    return (*CORE_STAGES, *(s.name for s in stages()))
 TOP_KEYS = {"name": str, "description": str, "preset": str, "grid": dict, "overrides": dict,
             "resources": dict}
 RESOURCE_KEYS = {"cpus": (int, float), "gpus": (int, float), "retries": int}
@@ -267,7 +275,7 @@ def _resources(loc: _Locator, raw: dict) -> Resources:
     res = Resources()
     for key, value in raw.items():
         keys = ("resources", key)
-        if key in STAGE_NAMES:
+        if key in stage_names():
             table = _check_table(loc, keys, value)
             for k, v in table.items():
                 if k not in ("cpus", "gpus"):
@@ -281,7 +289,7 @@ def _resources(loc: _Locator, raw: dict) -> Resources:
                                 else "must be an integer >= 0")
             setattr(res, key, value)
         else:
-            known = ", ".join([*RESOURCE_KEYS, *STAGE_NAMES])
+            known = ", ".join([*RESOURCE_KEYS, *stage_names()])
             raise loc.error(keys, f"unknown key (known: {known})")
     if res.cpus <= 0 or any(float(s.get("cpus", 1)) <= 0 for s in res.stages.values()):
         raise loc.error(("resources", "cpus"), "a task needs cpus > 0")
