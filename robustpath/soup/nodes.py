@@ -37,7 +37,7 @@ from robustpath import data as data_mod
 from robustpath.attacks.base import build_attack
 from robustpath.engine import keys
 from robustpath.engine.nodes import RUNNERS
-from robustpath.engine.plan import STAGE_LABELS, Node, Plan
+from robustpath.engine.plan import CORE_LABELS, Node, Plan
 from robustpath.engine.sources import SOURCES, for_config
 from robustpath.io.cache import BoundPointCache, cached_npz
 from robustpath.io.store import config_hash
@@ -52,7 +52,7 @@ from robustpath.soup.triangle import (
 )
 
 #: the soup's stages as the run log and timings.json name them
-STAGE_LABELS.update({"merge": "merge", "soup": "soup", "triangle": "triangle",
+CORE_LABELS.update({"merge": "merge", "soup": "soup", "triangle": "triangle",
                      "line": "soup line"})
 
 

@@ -258,8 +258,8 @@ def _run_locked(plan, scfg: ZooStageConfig, cfg: CompareConfig, data, device, pa
     print(format_summary(summary, cfg_dict))
     for a, b in skipped:
         print(f"skipped {a} vs {b}: different architectures")
-    if out.strong:
-        s = strong_io.frame(out.strong)
+    if out.stages.get("strong"):
+        s = strong_io.frame(out.stages["strong"])
         print(f"\nAutoAttack ({cfg.aa_version}) vs {cfg.attack}-{cfg.eval_steps} on "
               f"{int(s['n'].iloc[0])} examples: largest gap {100 * s['gap_pgd_aa'].max():.1f} "
               f"points; see strong_eval.md and cards/")
