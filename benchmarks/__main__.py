@@ -25,7 +25,16 @@ from robustpath.device import resolve
 from robustpath.errors import UserError, cli_main
 from robustpath.io.store import atomic_write_text
 
-from . import default_run, efficiency, machine, optimisations, path_cost, pgd_speed, plain_torch, subjects
+from . import (
+    default_run,
+    efficiency,
+    machine,
+    optimisations,
+    path_cost,
+    pgd_speed,
+    plain_torch,
+    subjects,
+)
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GOAL_ES, GOAL_FULL = 1.3, 1.0

@@ -447,7 +447,7 @@ ZOO_NAME = "TinyFault2099_WRN"
 @pytest.fixture
 def zoo_dir(tmp_path, monkeypatch):
     """A one-entry RobustBench registry (tiny WideResNet) and its checkpoint folder."""
-    from robustpath import zoo
+    from robustpath.zoo import access as zoo
     from robustpath.zoo.rbcompat import import_robustbench
 
     try:
@@ -473,7 +473,7 @@ def test_zoo_names_html_and_truncated_files_before_any_pickle_advice(zoo_dir):
     --trust-checkpoints"."""
     import torch
 
-    from robustpath import zoo
+    from robustpath.zoo import access as zoo
 
     model_dir, pt, wrn = zoo_dir
     pt.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning"
@@ -492,7 +492,7 @@ def test_zoo_names_html_and_truncated_files_before_any_pickle_advice(zoo_dir):
 def test_zoo_sha256_is_pinned(zoo_dir, tmp_path):
     import torch
 
-    from robustpath import zoo
+    from robustpath.zoo import access as zoo
 
     _, pt, wrn = zoo_dir
     torch.save(wrn().state_dict(), pt)
@@ -509,11 +509,11 @@ def test_zoo_sha256_is_pinned(zoo_dir, tmp_path):
 
 
 def test_zoo_list_model_dir_file_is_refused(tmp_path, capsys):
-    from robustpath import zoo
+    from robustpath.zoo import cli as zoo_cli
 
     f = tmp_path / "afile"
     f.write_text("x")
-    assert zoo.main(["list", "--model-dir", str(f)]) == 2
+    assert zoo_cli.main(["list", "--model-dir", str(f)]) == 2
     _one_error_line(capsys.readouterr().err, "is a file")
 
 
@@ -524,7 +524,8 @@ def test_zoo_compare_with_an_html_checkpoint_fails_cleanly(zoo_dir, tmp_path, mo
 
     import torch
 
-    from robustpath import zoo
+    from robustpath.zoo import access as zoo
+    from robustpath.zoo import cli as zoo_cli
 
     model_dir, pt, wrn = zoo_dir
     other = "TinyFault2099_WRN_B"
@@ -540,7 +541,7 @@ def test_zoo_compare_with_an_html_checkpoint_fails_cleanly(zoo_dir, tmp_path, mo
             pickle.dump({"data": rng.integers(0, 255, (8, 3072), dtype=np.uint8),
                          "labels": rng.integers(0, 10, 8).tolist()}, f)
     out = tmp_path / "run"
-    rc = zoo.main(["compare", "--models", f"{ZOO_NAME},{other}", "--model-dir", str(model_dir),
+    rc = zoo_cli.main(["compare", "--models", f"{ZOO_NAME},{other}", "--model-dir", str(model_dir),
                    "--data-root", str(tmp_path / "data"), "--paths", "line", "--align", "none",
                    "--t-points", "2", "--test-subset", "8", "--no-progress", "--out", str(out)])
     assert rc == 2

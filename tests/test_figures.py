@@ -227,11 +227,11 @@ def _helps(parser) -> dict[str, str]:
 
 
 def _parsers():
-    from robustpath import zoo
     from robustpath.report.cli import main as _  # noqa: F401
     from robustpath.sweep.__main__ import parser as sweep_parser
+    from robustpath.zoo.cli import parser as zoo_parser
 
-    zp = zoo.parser()
+    zp = zoo_parser()
     subs = zp._subparsers._group_actions[0].choices
     from robustpath.report import cli as report
     from robustpath.soup import cli as soup_cli
@@ -317,7 +317,7 @@ def test_preset_dependent_helps_state_the_true_preset_values(name):
 def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from robustpath import zoo
+    from robustpath.zoo.matrix import plot_barrier_matrix
 
     seen = []
     real_close = plt.close
@@ -325,7 +325,7 @@ def test_zoo_heat_map_colour_bar_of_tied_values_shows_the_value(tmp_path, monkey
     frame = pd.DataFrame([{"model_a": "a", "model_b": "b", "index_a": 0, "index_b": 1,
                            "align": "none", "curve": "line", "robust_loss_barrier": 0.25,
                            "robust_acc_min": 0.0}])
-    zoo.plot_barrier_matrix(frame, ["a", "b"], tmp_path)
+    plot_barrier_matrix(frame, ["a", "b"], tmp_path)
     fig = seen[0]
     cbars = [ax for ax in fig.axes if ax.get_ylabel() == "Robust min (grid) (%)"]  # metric_registry
     assert cbars, [ax.get_ylabel() for ax in fig.axes]

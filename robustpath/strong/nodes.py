@@ -55,11 +55,10 @@ def parts(info) -> list[Part]:
 
 def run(inp) -> dict:
     """One strong node: a transfer source, or the points of its part."""
-    from robustpath.engine.stages import strong_attacker
-    from robustpath.strong.stage import strong_ts
-
     from robustpath.engine.keys import eval_key
     from robustpath.engine.sources import SOURCES
+    from robustpath.engine.stages import strong_attacker
+    from robustpath.strong.stage import strong_ts
 
     curve = inp.curve
     # the zoo's interior points are keyed by path and t (its caches' keys), a seed's by
