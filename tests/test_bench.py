@@ -152,6 +152,7 @@ def test_report_refuses_corrupt_records_and_keeps_tables(tiny_run, tmp_path, cap
     assert report_main([str(bad)]) == 2
 
 
+@pytest.mark.slow  # 15 s; the fast tier stays under 6 min on 2 cores
 def test_interrupted_curve_training_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = TINY + ["--align", "none", "--paths", "bezier", "--out", str(out)]

@@ -113,6 +113,7 @@ def _zoo(base: Path, root: Path, run: Path, monkeypatch) -> Path:
     return out
 
 
+@pytest.mark.slow  # 30 s; the fast tier stays under 6 min on 2 cores
 def test_one_cell_is_the_same_by_bench_sweep_and_zoo(cell, tmp_path, monkeypatch):
     base, root, run = cell
     sweep = tmp_path / "sweep"

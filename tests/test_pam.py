@@ -188,6 +188,7 @@ def test_pam_clean_from_identity_with_given_midpoint(tiny_pair):
         PAMConfig(outer_iters=0).validate()
 
 
+@pytest.mark.slow  # 9 s; the fast tier stays under 6 min on 2 cores
 def test_bench_accepts_pam_alignments(tmp_path):
     out = tmp_path / "run"
     args = ["--train-subset", "400", "--test-subset", "60", "--epochs", "1", "--curve-epochs", "1",

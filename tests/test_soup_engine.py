@@ -49,6 +49,7 @@ def test_plan_has_a_node_per_stage_computation(serial):
     assert list(dict.fromkeys(soup["align"])) == ["none", "weight"]
 
 
+@pytest.mark.slow  # 10 s; the fast tier stays under 6 min on 2 cores
 def test_two_workers_give_the_bytes_of_the_serial_run(serial, tmp_path):
     out, _ = serial
     _main([*TINY, "--workers", "2", "--out", str(tmp_path / "w2")])

@@ -349,6 +349,7 @@ def test_bench_bad_strong_flags_fail_before_any_work(flags, msg, tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.slow  # 12 s; the fast tier stays under 6 min on 2 cores
 def test_transfer_sources_are_made_once_per_endpoint_function(trained_pair, fmnist, tmp_path):
     """Two paths between the same endpoints (as the aligned and unaligned paths of a pair):
     the second attacks neither endpoint, not even to make its transfer sources, and its

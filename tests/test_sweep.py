@@ -260,6 +260,7 @@ def test_rerun_does_no_work_and_resumes_a_lost_cell(local_run, tiny_toml, monkey
 
 
 # ---------------------------------------------------------------- Ray executor
+@pytest.mark.slow  # 20 s: Ray's start; the fast tier stays under 6 min on 2 cores
 def test_ray_records_equal_local(ray_run, local_run):
     (ray_out, _), (local_out, _) = ray_run, local_run
     for cell in CELLS:
