@@ -11,7 +11,8 @@ A node that raises is retried ``resources.retries`` times; a
 
 ``local`` with ``workers = 1`` runs the nodes one after the other in this process, in
 plan order. With ``workers = N > 1`` the nodes whose inputs are done run in a pool of N
-worker processes (:class:`concurrent.futures.ProcessPoolExecutor`, ``spawn`` context:
+worker processes, started longest remaining chain of work first
+(:meth:`robustpath.engine.plan.Plan.critical_order`) (:class:`concurrent.futures.ProcessPoolExecutor`, ``spawn`` context:
 no torch state is forked), each node with ``ctx.threads`` torch threads. Inputs reach a
 worker through the stage cache (files, under its entry locks), results come back
 pickled. Results do not depend on N: each stage seeds itself and computes with the same
@@ -116,7 +117,10 @@ class LocalExecutor:
                 tracker.finished(node.id, _attempts(node, ctx, inputs, resources.retries))
 
     def _pool(self, plan: Plan, ctx: Context, tracker, resources) -> None:
-        todo = dict(plan.nodes)  # in plan order: ready nodes start in that order
+        from robustpath.engine.log import estimates
+
+        # ready nodes start longest remaining chain first (Plan.critical_order)
+        todo = {nid: plan.nodes[nid] for nid in plan.critical_order(estimates(plan))}
         running: dict[Future, str] = {}
         mp = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(self.workers, mp_context=mp, initializer=_init_worker,

@@ -49,6 +49,16 @@ def node_seconds(stage: str) -> float:
     return path_stages.get(stage).seconds
 
 
+def estimates(plan: Plan) -> dict[str, float]:
+    """Estimated seconds of each node of ``plan`` from scratch: its stage's seconds per
+    node in the default quick run, scaled by the node's work relative to that run."""
+    from robustpath.config import from_preset
+
+    ref = from_preset("quick")
+    return {nid: node_seconds(n.stage) * _work(n.stage, n.cfg) / max(_work(n.stage, ref), 1e-9)
+            for nid, n in plan.nodes.items()}
+
+
 def fmt_seconds(s: float) -> str:
     s = int(round(s))
     if s >= 3600:
@@ -62,8 +72,6 @@ class StageLog:
     """Log lines of a plan's execution; ``workers``: nodes run at once."""
 
     def __init__(self, plan: Plan, *, workers: float = 1, out: str = "", stream=None):
-        from robustpath.config import from_preset
-
         self.plan, self.workers, self.out = plan, max(float(workers), 1.0), out
         self.stream = stream or sys.stdout
         self.start = time.time()
@@ -72,9 +80,7 @@ class StageLog:
         self.ended: dict[str, int] = {}
         self.stage_start: dict[str, float] = {}
         self.measured: dict[str, list[float]] = {}
-        ref = from_preset("quick")
-        self.prior = {nid: node_seconds(n.stage) * _work(n.stage, n.cfg)
-                      / max(_work(n.stage, ref), 1e-9) for nid, n in plan.nodes.items()}
+        self.prior = estimates(plan)
         self.done: set[str] = set()
 
     def _line(self, text: str) -> None:

@@ -117,6 +117,27 @@ class Plan:
             node.cells.append(cell)
         return node_id
 
+    def critical_order(self, seconds: dict[str, float]) -> list[str]:
+        """Node ids by decreasing *bottom level* (a node's estimated ``seconds`` plus the
+        longest chain of estimated seconds after it), ties in plan order: the priority
+        of critical-path list scheduling (Hu 1961; HLFET, Adam, Chandy and Dickson 1974).
+        A pool that starts its ready nodes in this order starts the long chains (an
+        endpoint's curves, their evaluations and strong points) before the short
+        branches (plane rows, transfer sources) that can fill the workers at the end.
+        For the default run on 2 workers, a simulation with its measured node costs
+        gives 875 s against 903 s in plan order (the lower bound, node-seconds / 2, is
+        875 s). The order changes no result: every node computes the same bytes in any
+        order."""
+        after: dict[str, list[str]] = {nid: [] for nid in self.nodes}
+        for node in self.nodes.values():
+            for dep in node.deps:
+                after[dep].append(node.id)
+        level: dict[str, float] = {}
+        for nid in reversed(list(self.nodes)):  # plan order is a topological order
+            level[nid] = seconds.get(nid, 0.0) + max((level[s] for s in after[nid]), default=0.0)
+        index = {nid: i for i, nid in enumerate(self.nodes)}
+        return sorted(self.nodes, key=lambda nid: (-level[nid], index[nid]))
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for n in self.nodes.values():
