@@ -3,6 +3,7 @@ performance suite."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,28 @@ def test_kernel_bound_bad_input_is_one_line_exit_2():
     r = subprocess.run([sys.executable, "-m", "benchmarks.kernel_bound", "--images", "0"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("run_args, says", [
+    ('"unbalanced', "--run-args: not a shell-quoted string"),  # shlex, at parsing
+    ("--arch nope", "--run-args: unknown architecture"),       # the bench's own check, before work
+    ("--workers 3", "--run-args: --workers is not for section run"),
+    # passes the bench's flag checks, fails inside its first run (no CIFAR-10 there)
+    ("--dataset cifar10 --data-root EMPTY", "section run: the bench with 1 worker(s) failed"),
+])
+def test_benchmarks_run_section_bad_input_is_one_line_exit_2(run_args, says, tmp_path):
+    """`--only run --run-args ...`: a bad string or a failing bench is one line, exit 2
+    (it was a ValueError / RuntimeError traceback), and nothing is written."""
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "R.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "run", "--out", str(out),
+                        "--run-args", run_args.replace("EMPTY", str(tmp_path / "empty"))],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "ROBUSTPATH_OFFLINE": "1"})
+    err = [line for line in r.stderr.strip().splitlines() if not line.startswith("  -m ")]
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and err[-1].startswith("error: ") and says in err[-1], err
+    assert len([line for line in err if line.startswith("error")]) == 1 and not out.exists()
 
 
 @pytest.mark.parametrize("extra", [["--against-out", "x.md"],
