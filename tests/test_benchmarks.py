@@ -133,24 +133,36 @@ def test_kernel_bound_bad_input_is_one_line_exit_2():
 
 @pytest.mark.parametrize("run_args, says", [
     ('"unbalanced', "--run-args: not a shell-quoted string"),  # shlex, at parsing
-    ("--arch nope", "--run-args: unknown architecture"),       # the bench's own check, before work
-    ("--workers 3", "--run-args: --workers is not for section run"),
     # passes the bench's flag checks, fails inside its first run (no CIFAR-10 there)
     ("--dataset cifar10 --data-root EMPTY", "section run: the bench with 1 worker(s) failed"),
 ])
 def test_benchmarks_run_section_bad_input_is_one_line_exit_2(run_args, says, tmp_path):
-    """`--only run --run-args ...`: a bad string or a failing bench is one line, exit 2
-    (it was a ValueError / RuntimeError traceback), and nothing is written."""
+    """`python -m benchmarks --only run --run-args ...`: a bad string or a failing bench
+    is one error line, exit 2 (it was a ValueError / RuntimeError traceback), no file."""
     (tmp_path / "empty").mkdir()
     out = tmp_path / "R.md"
     r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "run", "--out", str(out),
                         "--run-args", run_args.replace("EMPTY", str(tmp_path / "empty"))],
                        capture_output=True, text=True, cwd=ROOT, timeout=300,
                        env={**os.environ, "ROBUSTPATH_OFFLINE": "1"})
-    err = [line for line in r.stderr.strip().splitlines() if not line.startswith("  -m ")]
     assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
     assert "Traceback" not in r.stderr and err[-1].startswith("error: ") and says in err[-1], err
-    assert len([line for line in err if line.startswith("error")]) == 1 and not out.exists()
+    assert sum(line.startswith("error") for line in err) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("run_args, says", [
+    ("--arch nope", "--run-args: unknown architecture"),  # the bench's own check, before work
+    ("--workers=3", "--run-args: --workers is not for section run"),  # the section sets it
+])
+def test_benchmarks_run_args_are_checked_before_any_work(run_args, says, tmp_path, capsys):
+    from benchmarks.__main__ import main as benchmarks_main
+
+    out = tmp_path / "R.md"
+    assert benchmarks_main(["--only", "run", f"--run-args={run_args}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("extra", [["--against-out", "x.md"],
