@@ -48,6 +48,15 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def _shell_words(text: str) -> list[str]:
+    """``--run-args``: one shell-quoted string -> the bench's argv, split while the flags
+    are parsed so an unbalanced quote stops the command before any work."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:  # shlex: "No closing quotation", "No escaped character"
+        raise argparse.ArgumentTypeError(f"not a shell-quoted string ({e}): {text!r}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
@@ -70,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="comma-separated sections to run (the rest "
                    "skipped); `run` (the default run with 1 and 2 workers, ~45 min) runs only "
                    "when named here")
-    p.add_argument("--run-args", default="",
+    p.add_argument("--run-args", default=[], type=_shell_words,
                    help="extra bench flags for section run, one shell-quoted string (default: "
                    "none, i.e. the default run; --quick: a tiny mlp run)")
     p.add_argument("--plain-train", type=int, default=10000,
@@ -244,6 +253,9 @@ def main(argv=None) -> int:
     from robustpath.numbers import parse_float_list
 
     widths = parse_float_list(args.widths, name="--widths")
+    bench_args = args.run_args or (default_run.TINY if args.quick else [])
+    if "run" not in skip:
+        default_run.check_args(bench_args)  # a bad bench flag: one line now, not after 45 min
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve(args.device)
@@ -299,7 +311,6 @@ def main(argv=None) -> int:
                                              device=device, log=_log, root=args.data_root)
     drun = None
     if "run" not in skip:
-        bench_args = shlex.split(args.run_args) or (default_run.TINY if args.quick else [])
         _log("the bench from scratch with 1 and 2 workers ...")
         drun = default_run.run((1, 2), bench_args, log=_log)
     plain = None

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustpath.errors import UserError
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "results" / "fashion-mnist-cnn-small-quick"
 COMPARED = ("records.csv", "examples.npz", "strong_examples.npz", "plane.npz")
@@ -67,6 +69,26 @@ class DefaultRun:
     same_as_committed: dict[str, bool]    # file -> equal to the committed run (default flags)
 
 
+#: flags the section sets itself on every bench it starts (a second value would win)
+OWN_FLAGS = ("--workers", "--out")
+
+
+def check_args(bench_args: list[str]) -> None:
+    """Check the bench flags of ``--run-args`` as ``python -m robustpath.bench`` would,
+    before any work (a typo would otherwise surface after the first, 20-minute run)."""
+    from robustpath import bench
+
+    for a in bench_args:
+        flag = a.split("=", 1)[0]
+        if flag in OWN_FLAGS or flag in ("-h", "--help", "--print-config"):  # no timed run
+            raise UserError(f"--run-args: {flag} is not for section run (it times whole runs "
+                            f"and sets {' and '.join(OWN_FLAGS)} itself)")
+    try:
+        bench.parse([*bench_args, "--out", str(Path(tempfile.gettempdir()) / "rp-check")])
+    except UserError as e:
+        raise UserError(f"--run-args: {e}") from None
+
+
 def _bench(workers: int, out: Path, bench_args: list[str], log) -> RunTiming:
     cmd = [sys.executable, "-m", "robustpath.bench", "--no-progress", "--workers", str(workers),
            *bench_args, "--out", str(out)]
@@ -74,8 +96,11 @@ def _bench(workers: int, out: Path, bench_args: list[str], log) -> RunTiming:
     start = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    if r.returncode != 0:
-        raise RuntimeError(f"bench with {workers} worker(s) failed: {r.stderr.strip()[-800:]}")
+    if r.returncode != 0:  # its last line says why: its own `error:` line or the exception
+        last = next((ln.strip() for ln in reversed(r.stderr.splitlines()) if ln.strip()),
+                    "no output")
+        raise UserError(f"section run: the bench with {workers} worker(s) failed (exit "
+                        f"{r.returncode}): {last.removeprefix('error: ')}")
     timings = json.loads((out / "timings.json").read_text())
     return RunTiming(workers, wall, {s["stage"]: float(s["seconds"]) for s in timings["stages"]})
 

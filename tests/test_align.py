@@ -326,3 +326,31 @@ def test_incompatible_models_are_refused():
     b = models.create("cnn-small", "fashion-mnist", width=0.25)
     with pytest.raises(UserError, match="different architectures"):
         align(a, b, method="weight")
+
+
+def test_alignment_stage_on_adversarial_inputs_is_seeded(trained_pair, fmnist, tmp_path):
+    """`--align-inputs adv`: the PGD that makes the matching inputs is seeded
+    (keys.align_attack), so two alignments from different global RNG states give the same
+    permutation (unseeded, its random starts drew from the global generator)."""
+    from robustpath.config import from_preset
+    from robustpath.engine import keys, stages, stages_align
+
+    x_tr, y_tr, x_te, y_te = fmnist
+    cfg = from_preset("quick", seeds=[0, 1], align_inputs="adv", align_samples=250)
+    data = stages.RunData(x_tr[:250], y_tr[:250], x_te[:64], y_te[:64], 10)
+    aligned = []
+    for run, rng in (("r1", 1), ("r2", 2)):  # fresh folders: computed twice, not cached
+        torch.manual_seed(rng)
+        torch.rand(rng)  # different global generator states
+        m, report, _ = stages_align.alignment(cfg, "activation", trained_pair[0],
+                                              trained_pair[1], "ka", "kb", tmp_path / run, data,
+                                              "cpu", progress=False)
+        assert report["inputs"] == "adv"
+        aligned.append(m.state_dict())
+    assert all(torch.equal(aligned[0][k], aligned[1][k]) for k in aligned[0])
+    assert keys.align_spec(cfg, "activation", "ka", "kb")["attack"]["seed"] == 0
+    # the default (clean inputs, the committed run's) runs no attack: its key is unchanged
+    clean = from_preset("quick")
+    assert clean.align_inputs == "clean" and "attack" not in keys.align_spec(
+        clean, "activation", "ka", "kb")
+    assert keys.align_key(clean, "activation", "ka", "kb") == "91d48a2425aa"

@@ -219,33 +219,31 @@ def test_line_metrics_match_direct_interpolation(trained_pair, fmnist):
         max(0.0, res.clean_loss[1].mean() - lin), abs=1e-6)
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "robustpath.bench", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
-
-
 @pytest.mark.parametrize("args", [
     ["--dataset", "imagenet"], ["--arch", "resnet9000"], ["--attack", "banana"],
     ["--eps", "banana"], ["--eps", "-1"], ["--paths", "spiral"], ["--align", "magic"],
     ["--seeds", "0"], ["--bogus-flag"], ["--t-points", "1"], ["--device", "tpu"],
     ["--attack", "fgsm", "--threat-model", "L2"], ["--width", "-1"], ["--preset", "foo"],
 ])
-def test_bad_input_one_line_exit_2(args, tmp_path):
+def test_bad_input_one_line_exit_2(args, tmp_path, capsys):
+    """In process (the entry point's exit code and stderr through a subprocess:
+    test_missing_data_root_for_cifar); an exception other than the one-line error would
+    fail the call."""
     out = tmp_path / "run"
-    r = _cli(*args, "--out", str(out))
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
-    assert "Traceback" not in r.stderr
+    assert bench.main([*args, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
+    assert "Traceback" not in captured.err and not captured.out
     assert not out.exists()
 
 
-def test_unwritable_output_folder(tmp_path):
+def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = _cli("--out", str(blocker / "run"), "--epochs", "1")
-    assert r.returncode == 2
-    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert bench.main(["--out", str(blocker / "run"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) == 1
 
 
 def test_missing_data_root_for_cifar(tmp_path):
@@ -258,12 +256,14 @@ def test_missing_data_root_for_cifar(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_help_documents_every_flag():
-    r = _cli("--help")
-    assert r.returncode == 0
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as stop:  # argparse's --help: print, exit 0
+        bench.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
     for flag in ("--attack", "--eps", "--dataset", "--data-root", "--arch", "--preset", "--seeds",
                  "--align", "--paths", "--device", "--out"):
-        assert flag in r.stdout
+        assert flag in out
 
 
 def test_committed_default_run_matches_the_default_configuration():

@@ -130,6 +130,40 @@ def test_kernel_bound_bad_input_is_one_line_exit_2():
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_benchmarks_run_args_unbalanced_quote_is_one_line_exit_2(tmp_path):
+    """`python -m benchmarks --only run --run-args '"unbalanced'`: one error line, exit 2,
+    at argument parsing (it was shlex's ValueError traceback); nothing written."""
+    out = tmp_path / "R.md"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "run", "--out", str(out),
+                        "--run-args", '"unbalanced'], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in r.stderr, err
+    assert "--run-args: not a shell-quoted string" in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("run_args, says", [
+    ("--arch nope", "--run-args: unknown architecture"),  # the bench's own check, before work
+    ("--workers=3", "--run-args: --workers is not for section run"),  # the section sets it
+    # passes the bench's flag checks, fails inside its first run (no CIFAR-10 there): the
+    # bench subprocess's last line, not a RuntimeError traceback
+    ("--dataset cifar10 --data-root EMPTY", "section run: the bench with 1 worker(s) failed"),
+])
+def test_benchmarks_run_section_bad_input_is_one_error_line(run_args, says, tmp_path, capsys,
+                                                            monkeypatch):
+    from benchmarks.__main__ import main as benchmarks_main
+
+    monkeypatch.setenv("ROBUSTPATH_OFFLINE", "1")  # the bench subprocess inherits it
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "R.md"
+    run_args = run_args.replace("EMPTY", str(tmp_path / "empty"))
+    assert benchmarks_main(["--only", "run", f"--run-args={run_args}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("error")] == err[-1:], err
+    assert err[-1].startswith("error: ") and says in err[-1] and not out.exists()
+
+
 @pytest.mark.parametrize("extra", [["--against-out", "x.md"],
                                    ["--against", "RUN", "--against-out", ""],
                                    ["--against", "RUN", "--against-out", "TMP"]])

@@ -125,6 +125,8 @@ def test_one_cell_is_the_same_by_bench_sweep_and_zoo(cell, tmp_path, monkeypatch
     assert f"{NAMES[0]},{NAMES[1]}" in (zoo / "records.csv").read_text()
 
 
+@pytest.mark.slow  # 30 s with its bench cell; the zoo's strong and curvature stages in the
+# fast tier: test_zoo.py::test_compare_cli_writes_everything_and_rerun_does_nothing
 def test_zoo_runs_curvature_and_the_strong_stage(cell, monkeypatch):
     """A zoo comparison has every node type: --curvature and the strong stage write
     their files (and the plane stage its arrays) as in the bench."""

@@ -60,6 +60,7 @@ def test_a_new_stage_is_its_module_plus_one_registration(extra_stage, tmp_path):
                            "200", "--test-subset", "20", "--epochs", "1", "--curve-epochs",
                            "1", "--t-points", "3", "--train-steps", "1", "--steps", "1",
                            "--bn-batches", "1", "--bootstrap", "20", "--refine-rounds", "0",
+                           "--plane-grid", "0",  # the quick preset's 13 x 13 plane: not needed
                            "--out", str(out)]) == 0
     log = buf.getvalue()
     assert "] weight norm: start (1 node)" in log and "] weight norm: done" in log

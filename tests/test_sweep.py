@@ -274,6 +274,8 @@ def test_ray_records_equal_local(ray_run, local_run):
                 np.testing.assert_array_equal(za[k], zb[k])
 
 
+@pytest.mark.slow  # this and the next three share Ray's start and sweep (15-20 s); the Ray
+# executor rarely changes, and the same sweep on the local executor is in the fast tier above
 def test_ray_trains_the_shared_endpoint_once(ray_run):
     out, _ = ray_run
     endpoints = [t for t in _tasks(out) if t["stage"] == "endpoint"]
@@ -284,6 +286,7 @@ def test_ray_trains_the_shared_endpoint_once(ray_run):
     assert {t["threads"] for t in _tasks(out)} == {1}
 
 
+@pytest.mark.slow
 def test_ray_retries_a_failed_task(ray_run):
     out, marker = ray_run
     assert marker.is_file()  # the first curve task failed once ...
@@ -291,6 +294,7 @@ def test_ray_retries_a_failed_task(ray_run):
         assert (out / "cells" / cell / "done.json").is_file()
 
 
+@pytest.mark.slow
 def test_ray_rerun_does_no_work(ray_run, tiny_toml):
     out, _ = ray_run
     before = _mtimes(out)
@@ -299,6 +303,7 @@ def test_ray_rerun_does_no_work(ray_run, tiny_toml):
     assert _tasks(out) == [] and _mtimes(out) == before
 
 
+@pytest.mark.slow
 def test_ray_task_failing_for_good_fails_its_cell_only(ray_run, tiny_toml, tmp_path, capsys,
                                                        monkeypatch):
     out = tmp_path / "copy"

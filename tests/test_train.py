@@ -132,17 +132,24 @@ BAD = [
 
 
 @pytest.mark.parametrize("args,needle", BAD)
-def test_cli_bad_input_is_one_error_line(tmp_path, args, needle):
+def test_cli_bad_input_is_one_error_line(tmp_path, args, needle, capsys, monkeypatch):
+    """In process, as the subprocess would run it (offline, in ``tmp_path``); the entry
+    point's exit code through a subprocess: test_cli_trains_and_writes_a_checkpoint."""
+    from robustpath.train.cli import main as train_main
+
+    monkeypatch.setenv("ROBUSTPATH_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     args = [str(empty) if a == "EMPTY" else a for a in args]
     out = tmp_path / "out" / "ep"
-    res = _cli([*args, "--out", str(out)], cwd=tmp_path)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 2, res.stderr
-    assert len(lines) == 1, res.stderr
+    rc = train_main([*args, "--out", str(out)])
+    res = capsys.readouterr()
+    lines = res.err.strip().splitlines()
+    assert rc == 2, res.err
+    assert len(lines) == 1, res.err
     assert lines[0].startswith("error: ") and needle in lines[0]
-    assert "Traceback" not in res.stderr + res.stdout
+    assert "Traceback" not in res.err + res.out
     assert not (tmp_path / "out").exists()  # no output file, not even its folder
     assert list(empty.iterdir()) == []  # and no download into the data root
 

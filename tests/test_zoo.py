@@ -195,14 +195,18 @@ def test_compare_cli_writes_everything_and_rerun_does_nothing(tiny_zoo, tmp_path
             "--bn-batches", "2", "--bn-inputs", "clean", "--steps", "2", "--eps", "8/255",
             "--strong-examples", "8", "--aa-version", "custom", "--aa-attacks", "apgd-ce",
             "--strong-pgd-steps", "2", "--strong-pgd-restarts", "1", "--strong-t", "0.25",
-            "--bootstrap", "50",
+            "--bootstrap", "50", "--curvature", "2", "--curvature-iters", "2",
             "--device", "cpu", "--out", str(out), "--no-progress"]
     assert zoo_main(argv) == 0
     for f in ("records.csv", "examples.npz", "tables/summary.md", "plots/paths.png",
               "barrier_matrix.csv", "plots/barrier_matrix_line.png", "strong_eval.csv",
               "strong_eval.md", "strong_examples.npz", "transfer.csv", "transfer.md",
-              "models.json", "alignment.json", "equivalence.json"):
+              "models.json", "alignment.json", "equivalence.json", "curvature.csv",
+              "curvature.md"):
         assert (out / f).is_file(), f
+    # the curvature stage too, by model name (the plane stage, which needs a fitted
+    # curve: tests/test_identity.py, slow tier)
+    assert set(pd.read_csv(out / "curvature.csv")["endpoint_a"]) == {NAME_A}
     records = pd.read_csv(out / "records.csv")
     assert set(records["align"]) == {"none", "weight", "activation"}
     # endpoints named by model, not by index into models.json; C: other architecture

@@ -76,8 +76,17 @@ def align_spec(cfg: BenchConfig, method: str, key_a: str, key_b: str) -> dict:
     spec = {"method": method, "a": key_a, "b": key_b}
     spec.update({entry: getattr(cfg, f) for entry, f in methods.ALIGN.get(method).key_fields})
     if spec.get("inputs") == "adv":  # adversarial inputs: the attack that made them
-        spec["attack"] = cfg.train_attack().to_dict()
+        spec["attack"] = align_attack(cfg).to_dict()
     return spec
+
+
+def align_attack(cfg: BenchConfig):
+    """The PGD that makes activation matching's adversarial inputs (``--align-inputs
+    adv``): the training attack, seeded like a merge's (:func:`merge_attack`). Unseeded,
+    its random starts came from the process's global generator, so the permutation
+    depended on what that process had run before. Clean matching runs no attack: its
+    spec, hence its key, holds none."""
+    return cfg.train_attack(seed=0)
 
 
 def curve_train_config(cfg: BenchConfig):

@@ -19,7 +19,7 @@ import torch.nn as nn
 from robustpath import data as data_mod
 from robustpath.attacks.base import build_attack
 from robustpath.config import PAM_METHODS, BenchConfig
-from robustpath.engine.keys import align_spec, pam_settings, pam_spec
+from robustpath.engine.keys import align_attack, align_spec, pam_settings, pam_spec
 from robustpath.engine.stages_common import RunData, _check_meta, _ckpt
 from robustpath.io.cache import recompute_notice
 from robustpath.io.lock import entry_lock
@@ -108,7 +108,8 @@ def _alignment(cfg: BenchConfig, method: str, model_a: nn.Module, model_b: nn.Mo
 
     n = cfg.align_samples
     loader = data_mod.Batches(data.x_train[:n], data.y_train[:n], 250, device=device)
-    attack = build_attack(cfg.train_attack(), data.num_classes) if cfg.align_inputs == "adv" else None
+    attack = (build_attack(align_attack(cfg), data.num_classes) if cfg.align_inputs == "adv"
+              else None)
     aligned, perm, report = align(model_a, model_b, method=method, data=loader,
                                   inputs=cfg.align_inputs if method == "activation" else "clean",
                                   attack=attack)
