@@ -231,6 +231,24 @@ def test_adversarial_activation_matching():
         align(model_a, model_b, "activation", data=[x[:8]], inputs="adv", attack=cfg)
 
 
+def test_library_default_attack_for_adversarial_matching_is_seeded():
+    """``align(..., inputs="adv")`` without an attack: the default PGD is seeded, so the
+    permutation does not depend on the global random state before the call."""
+    torch.manual_seed(0)
+    model_a = _randomize(models.create("cnn-small", "fashion-mnist", width=0.5), seed=1)
+    model_b = _randomize(models.create("cnn-small", "fashion-mnist", width=0.5), seed=2)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    perms, corr = [], []
+    for rng in (1, 2):
+        torch.manual_seed(rng)
+        _, perm, report = align(model_a, model_b, "activation", data=Batches(x, y, 64),
+                                inputs="adv", max_batches=1)
+        perms.append({g: perm[g] for g in perm.spec.groups})
+        corr.append((report.mean_before, report.mean_after))  # from the adversarial inputs
+    assert all(torch.equal(perms[0][g], perms[1][g]) for g in perms[0])
+    assert corr[0] == corr[1]
+
+
 def test_pre_activation_and_none_method():
     torch.manual_seed(0)
     model = _randomize(models.create("tinyten", "cifar10", width=0.5))
