@@ -1,7 +1,8 @@
 """``python -m benchmarks``: PGD speed against torchattacks, the cheap optimisations
 before/after, one PGD-training epoch against this machine's matmul peak, and the quick
 preset's curve pipeline against a plain-PyTorch loop of the same work (section
-``plain``, :mod:`benchmarks.plain_torch`; ``--only plain`` runs it alone), and, opt-in
+``plain``, :mod:`benchmarks.plain_torch`; ``--only plain`` runs it alone), what two
+cores give a node's work (section ``scaling``, :mod:`benchmarks.scaling`), and, opt-in
 (about 45 minutes), the default run's wall time with 1 and 2 workers (section ``run``,
 :mod:`benchmarks.default_run`: ``--only run``).
 
@@ -33,12 +34,13 @@ from . import (
     path_cost,
     pgd_speed,
     plain_torch,
+    scaling,
     subjects,
 )
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GOAL_ES, GOAL_FULL = 1.3, 1.0
-SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align", "plain", "run"}
+SECTIONS = {"pgd", "opt", "epoch", "path", "compile", "align", "plain", "run", "scaling"}
 #: sections that run only when --only names them (the default run takes ~45 min)
 OPT_IN = {"run"}
 
@@ -75,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--data-root", default=None, help="folder with dataset files (default ./data)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: "
-                   "pgd,opt,epoch,path,compile,align,plain,run")
+                   "pgd,opt,epoch,path,compile,align,plain,scaling,run")
     p.add_argument("--only", default="", help="comma-separated sections to run (the rest "
                    "skipped); `run` (the default run with 1 and 2 workers, ~45 min) runs only "
                    "when named here")
@@ -88,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plain-epochs", type=int, default=4,
                    help="endpoint and curve epochs, plain section (default 4 as quick)")
     p.add_argument("--plain-rounds", type=int, default=2, help="alternated rounds, plain section")
+    p.add_argument("--scaling-images", type=int, default=5000,
+                   help="training images per work unit, scaling section (default %(default)s)")
     p.add_argument("--t-batch", type=int, default=4, help="t per vmap batch in the path section")
     p.add_argument("--path-images", type=int, default=1000, help="test images per t, path section")
     p.add_argument("--bn-batches", type=int, default=10,
@@ -234,6 +238,7 @@ def main(argv=None) -> int:
         args.rounds, args.steps = 1, 3
         args.path_images, args.bn_batches, args.t_batch, args.widths = 50, 1, 2, "0.5,1"
         args.plain_train, args.plain_test, args.plain_epochs, args.plain_rounds = 256, 100, 1, 1
+        args.scaling_images = 256
     for flag in ("steps", "rounds", "cnn_images", "resnet_images", "cnn_batch", "resnet_batch",
                  "cnn_train", "resnet_train", "epoch_images", "matmul_n"):
         if getattr(args, flag) < 1:
@@ -247,7 +252,7 @@ def main(argv=None) -> int:
         skip |= SECTIONS - only
     else:
         skip |= OPT_IN
-    for flag in ("plain_train", "plain_test", "plain_epochs", "plain_rounds"):
+    for flag in ("plain_train", "plain_test", "plain_epochs", "plain_rounds", "scaling_images"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
     from robustpath.numbers import parse_float_list
@@ -309,6 +314,10 @@ def main(argv=None) -> int:
         _log("alignment time against width ...")
         align_res = path_cost.align_vs_width(widths, n_images=2000 if not args.quick else 250,
                                              device=device, log=_log, root=args.data_root)
+    scal = None
+    if "scaling" not in skip:
+        _log("two cores: concurrent single-thread workers against two threads ...")
+        scal = scaling.run(2, args.scaling_images, rounds=args.rounds, log=_log)
     drun = None
     if "run" not in skip:
         _log("the bench from scratch with 1 and 2 workers ...")
@@ -393,6 +402,11 @@ def main(argv=None) -> int:
     if plain is not None:
         sec = plain_torch.section(plain, command, f"torch threads: {torch.get_num_threads()}; "
                                   f"load average at start: {load_before}")
+        md += sec
+        out_lines += sec
+    if scal is not None:
+        sec = scaling.section(scal, command, f"cpu: {info['cpu']}; load average at start: "
+                              f"{load_before}")
         md += sec
         out_lines += sec
     if drun is not None:

@@ -73,7 +73,8 @@ def test_benchmarks_quick_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     text = out.read_text()
     for section in ("PGD: ours vs torchattacks", "Path evaluation per t", "Alignment time",
-                    "Like-for-like: robustpath against a plain-PyTorch loop"):
+                    "Like-for-like: robustpath against a plain-PyTorch loop",
+                    "Two cores: concurrent single-thread workers against two threads"):
         assert section in text
 
 

@@ -571,8 +571,9 @@ def _register() -> None:
     from robustpath.engine.path_stages import PathStage, register
 
     register(PathStage(
-        # a row of the default quick run's 13 x 13 planes: 277 s / 26 rows at one thread
-        name="plane", label="plane", seconds=10.7, work=lambda cfg: float(cfg.plane_grid),
+        # a node of the default quick run's 13 x 13 planes (timings.json, 2 workers of one
+        # thread): 259.4 s / 28 nodes (26 rows, 2 planes)
+        name="plane", label="plane", seconds=9.3, work=lambda cfg: float(cfg.plane_grid),
         # the bezier curve of the cell's first pair, per alignment method
         applies=lambda info: bool(info.cfg.plane_grid) and info.kind == "bezier"
         and info.index == 0,

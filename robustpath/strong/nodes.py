@@ -118,7 +118,8 @@ def write(run_dir, cfg, entries) -> None:
 
 register(PathStage(
     name="strong", label="strong",
-    # the default quick run: 369 s for 12 paths x 3 points at one thread, ~10 s a point
-    seconds=10.3, work=lambda cfg: float(cfg.strong_examples),
+    # the default quick run (timings.json, 2 workers of one thread): 291.5 s for 24 nodes,
+    # transfer sources ~3 s, AutoAttack points ~15 s
+    seconds=12.1, work=lambda cfg: float(cfg.strong_examples),
     applies=lambda info: bool(info.cfg.strong), parts=parts, run=run, collect=collect,
     write=write))
