@@ -12,6 +12,13 @@ class UserError(Exception):
     """An error the user can act on (bad flag, unknown name, missing file)."""
 
 
+class NodeFailed(RuntimeError):
+    """A stage node that failed in a worker process for a reason other than the user's
+    input (a bug, a killed worker). The driver holds only the worker's one-line error, so
+    its own traceback would say nothing: :func:`cli_main` prints one line and exits 1.
+    The nodes that finished are cached, so rerunning the command resumes."""
+
+
 def _is_oom(e: BaseException) -> bool:
     """torch's allocation failures: ``torch.OutOfMemoryError`` (a RuntimeError) and the
     CPU allocator's "can't allocate memory" RuntimeError."""
@@ -49,6 +56,14 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
             print(f"error: out of memory{_first(e)}; lower the size that asked for it "
                   "(--width, --batch-size, --t-batch, --bootstrap) and rerun", file=sys.stderr)
             return 2
+        except NodeFailed as e:
+            if _is_oom(e):
+                print(f"error: out of memory{_first(e)}; lower the size that asked for it "
+                      "(--width, --batch-size, --t-batch, --bootstrap) and rerun",
+                      file=sys.stderr)
+                return 2
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         except RuntimeError as e:
             if not _is_oom(e):
                 raise

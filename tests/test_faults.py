@@ -547,3 +547,27 @@ def test_zoo_compare_with_an_html_checkpoint_fails_cleanly(zoo_dir, tmp_path, mo
     assert rc == 2
     _one_error_line(capsys.readouterr().err, "HTML page")
     assert not out.exists()
+
+
+def test_a_node_failing_in_a_worker_is_one_line_exit_1_and_a_rerun_resumes(tmp_path,
+                                                                          monkeypatch, capsys):
+    """With 2 workers a node's error comes back as a line of text: the bench prints it as
+    one line and exits 1 (not a traceback of the driver, not 2: the input was fine),
+    writes no results file, keeps the finished nodes, and the same command then resumes
+    from them."""
+    out = tmp_path / "run"
+    args = [*FAULT, "--arch", "mlp", "--paths", "bezier", "--epochs", "1", "--curve-epochs", "1",
+            "--workers", "2", "--out", str(out)]
+    monkeypatch.setenv("ROBUSTPATH_SWEEP_FAULT", "curve:always")
+    assert bench.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: curve ") and "injected fault" in err[0]
+    assert "rerun the same command to resume" in err[0] and "Traceback" not in err[0]
+    assert not (out / "records.csv").exists()
+    ends = sorted((out / "ckpt" / "endpoints").glob("*.safetensors"))
+    assert len(ends) == 2
+    stamps = [p.stat().st_mtime_ns for p in ends]
+    monkeypatch.delenv("ROBUSTPATH_SWEEP_FAULT")
+    assert bench.main(args) == 0
+    assert (out / "records.csv").is_file()
+    assert [p.stat().st_mtime_ns for p in ends] == stamps  # not trained again

@@ -17,7 +17,7 @@ from robustpath.engine.executors import EXECUTORS
 from robustpath.engine.log import StageLog
 from robustpath.engine.nodes import Context
 from robustpath.engine.plan import Plan
-from robustpath.errors import UserError
+from robustpath.errors import NodeFailed, UserError
 
 
 @dataclass
@@ -61,7 +61,8 @@ def execute(plan: Plan, run_dir: Path, *, workers: int, progress: bool,
             threads: int | None = 1) -> dict[str, dict]:
     """Run ``plan`` into ``run_dir`` (its stage cache: ``run_dir/ckpt``) with ``workers``
     processes; returns ``node id -> result``. Raises the first failed node's error
-    (a :class:`UserError` as it was, anything else as a RuntimeError naming the node)."""
+    (a :class:`UserError` as it was, anything else as a
+    :class:`robustpath.errors.NodeFailed` naming the node)."""
     exe = EXECUTORS.get("local")(workers=workers)
     log = StageLog(plan, workers=workers, out=str(run_dir))
     log.banner()
@@ -72,5 +73,6 @@ def execute(plan: Plan, run_dir: Path, *, workers: int, progress: bool,
         if "error" in r and not r.get("upstream"):
             if r.get("user_error"):
                 raise UserError(r["error"])
-            raise RuntimeError(f"{plan.nodes[nid].label} failed: {r['error']}")
+            raise NodeFailed(f"{plan.nodes[nid].label} failed: {r['error']} (the nodes that "
+                             "finished are cached: rerun the same command to resume)")
     return tracker.results
