@@ -252,3 +252,28 @@ def test_a_one_cell_ray_sweep_gives_the_bench_records(runs, tmp_path):
     cell = tmp_path / "s" / "cells" / "fashion-mnist-mlp-s0-1"
     pd.testing.assert_frame_equal(pd.read_csv(base / "w1" / "records.csv"),
                                   pd.read_csv(cell / "records.csv"), check_exact=True)
+
+
+@pytest.mark.slow  # 10 s: a fresh interpreter and two spawned workers
+def test_workers_start_from_a_script_on_stdin(tmp_path):
+    """``python - <<EOF`` (or ``python -c``) has a ``__main__`` whose ``__file__`` is no
+    file; spawn would re-run it by path in each worker and fail. The pool hides it while
+    workers start, so a two-worker bench runs from such a script."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    args = ["--arch", "mlp", "--seeds", "0,1", "--align", "none", "--paths", "line",
+            "--train-subset", "200", "--test-subset", "40", "--epochs", "1", "--t-points", "3",
+            "--bn-batches", "1", "--bootstrap", "20", "--steps", "2", "--train-steps", "1",
+            "--plane-grid", "0", "--no-strong", "--refine-rounds", "0", "--no-progress",
+            "--workers", "2", "--out", str(tmp_path / "run")]
+    script = f"from robustpath import bench\nraise SystemExit(bench.main({args!r}))\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(repo), os.environ.get("PYTHONPATH")])), "ROBUSTPATH_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "records.csv").is_file()

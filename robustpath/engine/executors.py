@@ -21,8 +21,10 @@ thread count, so a node's output is the same in any process and in any order.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from robustpath.engine.nodes import Context, call_node
@@ -46,6 +48,25 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _spawnable_main():
+    """While worker processes start: a ``__main__`` whose ``__file__`` is no file on disk
+    (``python - <<EOF``, ``python -c``: ``<stdin>``, ``<string>``) is hidden from
+    ``multiprocessing``'s spawn, which would re-run it by path in every worker and fail
+    there. Workers need nothing from ``__main__``: a node runs robustpath's own functions.
+    A script or ``python -m`` main is left as it is (spawn imports it as usual)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _init_worker(threads: int | None) -> None:
@@ -123,8 +144,9 @@ class LocalExecutor:
         todo = {nid: plan.nodes[nid] for nid in plan.critical_order(estimates(plan))}
         running: dict[Future, str] = {}
         mp = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=mp, initializer=_init_worker,
-                                 initargs=(ctx.threads,)) as pool:
+        with _spawnable_main(), ProcessPoolExecutor(
+                self.workers, mp_context=mp, initializer=_init_worker,
+                initargs=(ctx.threads,)) as pool:
             while todo or running:
                 for node_id, node in list(todo.items()):
                     if len(running) >= self.workers:
