@@ -32,6 +32,12 @@ def _first(e: BaseException) -> str:
     return f" ({line})" if line else ""
 
 
+def _out_of_memory(e: BaseException) -> int:
+    print(f"error: out of memory{_first(e)}; lower the size that asked for it "
+          "(--width, --batch-size, --t-batch, --bootstrap) and rerun", file=sys.stderr)
+    return 2
+
+
 def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a CLI ``main`` so a :class:`UserError` prints one line and exits 2; so do a
     full disk (``ENOSPC``/``EDQUOT``) and a failed allocation (issue 25 D7), naming what ran
@@ -53,23 +59,16 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
                   "half-written file is taken for a result", file=sys.stderr)
             return 2
         except MemoryError as e:
-            print(f"error: out of memory{_first(e)}; lower the size that asked for it "
-                  "(--width, --batch-size, --t-batch, --bootstrap) and rerun", file=sys.stderr)
-            return 2
+            return _out_of_memory(e)
         except NodeFailed as e:
             if _is_oom(e):
-                print(f"error: out of memory{_first(e)}; lower the size that asked for it "
-                      "(--width, --batch-size, --t-batch, --bootstrap) and rerun",
-                      file=sys.stderr)
-                return 2
+                return _out_of_memory(e)
             print(f"error: {e}", file=sys.stderr)
             return 1
         except RuntimeError as e:
             if not _is_oom(e):
                 raise
-            print(f"error: out of memory{_first(e)}; lower the size that asked for it "
-                  "(--width, --batch-size, --t-batch, --bootstrap) and rerun", file=sys.stderr)
-            return 2
+            return _out_of_memory(e)
         except KeyboardInterrupt:
             print("interrupted; completed stages are kept and a rerun resumes", file=sys.stderr)
             return 130

@@ -11,9 +11,10 @@ A node that raises is retried ``resources.retries`` times; a
 
 ``local`` with ``workers = 1`` runs the nodes one after the other in this process, in
 plan order. With ``workers = N > 1`` the nodes whose inputs are done run in a pool of N
-worker processes, started longest remaining chain of work first
-(:meth:`robustpath.engine.plan.Plan.critical_order`) (:class:`concurrent.futures.ProcessPoolExecutor`, ``spawn`` context:
-no torch state is forked), each node with ``ctx.threads`` torch threads. Inputs reach a
+worker processes (:class:`concurrent.futures.ProcessPoolExecutor`, ``spawn`` context:
+no torch state is forked), each node with ``ctx.threads`` torch threads; ready nodes
+start longest remaining chain of work first
+(:meth:`robustpath.engine.plan.Plan.critical_order`). Inputs reach a
 worker through the stage cache (files, under its entry locks), results come back
 pickled. Results do not depend on N: each stage seeds itself and computes with the same
 thread count, so a node's output is the same in any process and in any order.

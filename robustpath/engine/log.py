@@ -8,8 +8,9 @@ time and the estimate of what is left.
 
 The estimate: nodes left x their stage's seconds per node / workers. A stage's seconds
 per node are measured in this run once one of its nodes has finished; before that they
-come from :data:`NODE_SECONDS` (the committed default run, ``--preset quick`` at one
-torch thread on an idle 2-core CPU: results/fashion-mnist-cnn-small-quick/timings.json)
+come from :data:`NODE_SECONDS` (the committed default run, ``--preset quick`` on 2
+workers of one torch thread on an idle 2-core CPU:
+results/fashion-mnist-cnn-small-quick/timings.json, seconds / calls)
 scaled by the node's work relative to that run (examples x epochs x attack steps). A
 cached node takes about a second, so a rerun finishes well before the banner's estimate.
 """
@@ -22,9 +23,9 @@ import time
 from robustpath.engine import path_stages
 from robustpath.engine.plan import Plan, stage_label
 
-# seconds per node of the default quick run at one thread (timings.json / calls); a path
+# seconds per node of the default quick run on 2 workers (timings.json / calls); a path
 # stage's is its registration's (robustpath.engine.path_stages)
-NODE_SECONDS = {"endpoint": 37.7, "align": 0.6, "curve": 19.4, "eval": 25.2}
+NODE_SECONDS = {"endpoint": 37.3, "align": 0.8, "curve": 22.6, "eval": 26.3}
 
 
 def _work(stage: str, cfg) -> float:

@@ -9,7 +9,8 @@ functions as separate jobs: they only share files.
 
 Stages: :func:`endpoint` (adversarial training; :func:`endpoint_from_file` reads a
 user's checkpoint instead), alignment (:func:`robustpath.engine.stages_align.alignment`;
-PAM: :func:`robustpath.engine.stages_align.pam_alignment`), :func:`curve` (fit with PGD in the loop; ``line`` needs no fitting), :func:`path_eval`
+PAM: :func:`robustpath.engine.stages_align.pam_alignment`), :func:`curve` (fit with PGD
+in the loop; ``line`` needs no fitting), :func:`path_eval`
 (per-example results along t) and :func:`strong` (AutoAttack, many-restart PGD and the
 transfer check at the ends and the worst t, one path at a time; the engine's strong
 nodes attack one point each with :func:`strong_attacker`). The path stages' own modules
